@@ -1,0 +1,1 @@
+"""The HTTP API: routes, auth, error model and the ``reelhouse`` command."""

@@ -1,0 +1,170 @@
+"""``create_app(settings)``: the one place where reelhouse's parts are wired together."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+
+from aiohttp import web
+
+from ingest.errors import RpcCode, SessionError
+from ingest.sessions import SessionManager
+from ingest.ws import IngestHandler
+from storage.meta_sqlite import SqliteMetaStore
+from storage.objects import ObjectInfo
+from storage.objects_local import LocalObjectStore
+from storage.presign import UrlSigner
+from storage.spool import Spool, SpoolItem
+
+from . import metrics, objects_route, screen_recording
+from .auth import ApiKeys, load_or_create_credentials
+from .errors import rpc_error, rpc_status
+from .keys import API_KEYS, INGEST, META, SESSIONS, SETTINGS, SIGNER, SPOOL, STORE
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+PUBLIC_PATHS = ("/healthz", "/metrics", "/v1/ingest", "/v1/objects/")
+META_FILE = "meta.sqlite3"
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+    """Every failure leaves as an ``rpcStatus`` body, never a traceback."""
+    try:
+        return await handler(request)
+    except SessionError as exc:
+        raise rpc_error(exc.code, exc.message) from None
+    except web.HTTPException as exc:
+        if exc.content_type == "application/json" or exc.status < 400:
+            raise
+        code = {404: RpcCode.NOT_FOUND, 405: RpcCode.UNIMPLEMENTED, 413: RpcCode.INVALID_ARGUMENT}.get(
+            exc.status, RpcCode.INVALID_ARGUMENT if exc.status < 500 else RpcCode.INTERNAL
+        )
+        return web.json_response(rpc_status(code, exc.reason), status=exc.status)
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return web.json_response(rpc_status(RpcCode.INTERNAL, "internal error"), status=500)
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+    """``Authorization: Bearer KEY`` on every API route but the public ones."""
+    if not request.path.startswith(PUBLIC_PATHS):
+        if not await request.app[API_KEYS].check_header(request.headers.get("Authorization")):
+            raise rpc_error(
+                RpcCode.UNAUTHENTICATED,
+                "missing or invalid credential: send Authorization: Bearer <api key>",
+                headers={"WWW-Authenticate": 'Bearer realm="reelhouse"'},
+            )
+    return await handler(request)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Liveness and readiness: the metadata store answers."""
+    version = await request.app[META].schema_version()
+    return web.json_response({"status": "ok", "schemaVersion": version})
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    """Prometheus text format."""
+    app = request.app
+    manager, spool = app[SESSIONS], app[SPOOL]
+    live = [s.recorder.stats for s in manager.sessions.values()]
+    text = metrics.render(
+        [
+            ("reelhouse_sessions_active", "gauge", "Open screen-recording sessions.", len(manager.sessions)),
+            ("reelhouse_sessions_started_total", "counter", "Sessions started.", manager.stats.started),
+            ("reelhouse_sessions_ended_total", "counter", "Sessions ended.", manager.stats.ended),
+            ("reelhouse_ws_connections", "gauge", "Open ingest WebSockets.", len(app[INGEST].connections)),
+            ("reelhouse_frames_in_total", "counter", "Media frames received.",
+             manager.stats.frames_in + sum(s.frames_in for s in live)),
+            ("reelhouse_bytes_in_total", "counter", "Media payload bytes received.",
+             manager.stats.bytes_in + sum(s.bytes_in for s in live)),
+            ("reelhouse_segments_written_total", "counter", "HLS segments written.",
+             manager.stats.segments + sum(s.segments for s in live)),
+            ("reelhouse_upload_queue_depth", "gauge", "Files waiting in the spool.", spool.depth),
+            ("reelhouse_spool_bytes", "gauge", "Bytes held in the spool.", spool.bytes),
+            ("reelhouse_uploads_total", "counter", "Files confirmed by the object store.", spool.uploaded_total),
+            ("reelhouse_upload_failures_total", "counter", "Failed upload attempts.", spool.upload_failures_total),
+        ]
+    )
+    return web.Response(text=text, content_type="text/plain", charset="utf-8", headers={"X-Format": "0.0.4"})
+
+
+async def _services(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    data = settings.data_dir
+    creds, created = await asyncio.to_thread(load_or_create_credentials, data)
+    api_key = settings.auth.api_key or creds["api_key"]
+    if created and not settings.auth.api_key:
+        log.info("created development credentials in %s", data / "credentials.json")
+    meta = SqliteMetaStore(data / META_FILE)
+    await meta.open()
+    signer = UrlSigner(creds["signing_secret"].encode(), settings.base_url)
+    store = LocalObjectStore(data / "objects", signer)
+
+    async def uploaded(item: SpoolItem, info: ObjectInfo, latency_s: float) -> None:
+        await meta.mark_uploaded(item.key, datetime.now(UTC))
+
+    spool = Spool(
+        data / "spool",
+        lambda store_id: store,
+        max_bytes=settings.spool.max_bytes,
+        workers=settings.spool.upload_workers,
+        retry_base_s=settings.spool.retry_base_s,
+        retry_max_s=settings.spool.retry_max_s,
+        on_uploaded=uploaded,
+    )
+    await spool.start()
+    executor = ThreadPoolExecutor(settings.ingest.writer_threads, thread_name_prefix="reelhouse-writer")
+    manager = SessionManager(
+        meta=meta,
+        spool=spool,
+        live_dir=data / "live",
+        recorder=settings.recorder,
+        ingest=settings.ingest,
+        executor=executor,
+    )
+    keys = ApiKeys(api_key, meta)
+    app[META], app[STORE], app[SPOOL], app[SIGNER] = meta, store, spool, signer
+    app[API_KEYS], app[SESSIONS] = keys, manager
+    app[INGEST] = IngestHandler(manager, settings.ingest, keys.check)
+    await manager.start()
+    try:
+        yield
+    finally:
+        await app[INGEST].aclose()
+        await manager.aclose()
+        await spool.aclose()
+        await asyncio.to_thread(executor.shutdown, True)
+        await store.aclose()
+        await meta.aclose()
+
+
+async def _on_shutdown(app: web.Application) -> None:
+    # before handlers are cancelled: close sockets with GOING_AWAY, then make open segments safe
+    if INGEST in app:
+        await app[INGEST].aclose()
+        await app[SESSIONS].aclose()
+
+
+async def _ingest(request: web.Request) -> web.StreamResponse:
+    return await request.app[INGEST](request)
+
+
+def create_app(settings: Settings) -> web.Application:
+    """The aiohttp application with every service opened in ``cleanup_ctx``."""
+    app = web.Application(middlewares=[errors_middleware, auth_middleware], client_max_size=1024**2)
+    app[SETTINGS] = settings
+    app.cleanup_ctx.append(_services)
+    app.on_shutdown.append(_on_shutdown)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics_handler)
+    app.router.add_get("/v1/ingest", _ingest)
+    screen_recording.add_routes(app)
+    objects_route.add_routes(app)
+    return app

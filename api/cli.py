@@ -1,0 +1,139 @@
+"""The ``reelhouse`` command: ``serve`` runs the server, ``publish`` streams media to one."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from .logs import setup_logging
+from .settings import load_settings
+
+log = logging.getLogger("reelhouse")
+
+
+def _serve_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    http: dict[str, Any] = {}
+    if args.host is not None:
+        http["host"] = args.host
+    if args.port is not None:
+        http["port"] = args.port
+    if http:
+        out["http"] = http
+    if args.data_dir is not None:
+        out["data_dir"] = args.data_dir
+    if args.api_key is not None:
+        out["auth"] = {"api_key": args.api_key}
+    if args.log_level is not None:
+        out["log_level"] = args.log_level
+    return out
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    from .app import create_app  # imported late: `reelhouse publish` needs none of it
+    from .auth import load_or_create_credentials
+
+    settings = load_settings(args.config, overrides=_serve_overrides(args))
+    setup_logging(settings.log_level, settings.log_json)
+    creds, _ = await asyncio.to_thread(load_or_create_credentials, settings.data_dir)
+    app = create_app(settings)
+    runner = web.AppRunner(app, shutdown_timeout=settings.http.shutdown_timeout_s, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.http.host, settings.http.port)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    url = f"http://{host}:{port}"
+    key = settings.auth.api_key or creds["api_key"]
+    # the one place that prints: people (and scripts) read the URL and key from here
+    print(f"reelhouse listening on {url}", flush=True)
+    print(f"data directory: {settings.data_dir.resolve()}", flush=True)
+    if not settings.auth.api_key:
+        print(f"development API key: {key}  (Authorization: Bearer {key})", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down: closing connections and finishing open segments")
+    await runner.cleanup()
+    return 0
+
+
+async def _publish(args: argparse.Namespace) -> int:
+    from ingest.publisher import publish
+
+    def on_event(name: str, info: dict[str, Any]) -> None:
+        print(json.dumps({"event": name, **{k: v for k, v in info.items() if isinstance(v, (str, int, float, bool, type(None)))}}), flush=True)
+
+    result = await publish(
+        args.source,
+        server=args.server,
+        api_key=args.api_key,
+        session_id=args.session,
+        platform_call_id=args.platform_call_id,
+        agent_platform_id=args.agent_platform_id,
+        user_id=args.user_id,
+        duration_s=args.duration,
+        codec=args.codec,
+        realtime=not args.fast,
+        on_event=on_event,
+    )
+    print(json.dumps({"event": "done", "session_id": result.session_id, "frames_sent": result.frames_sent,
+                      "frames_acked": result.frames_acked, "reconnects": result.reconnects}), flush=True)
+    return 0 if result.frames_acked == result.frames_sent else 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="reelhouse", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the server")
+    s.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    s.add_argument("--port", type=int, help="port (default 8080; 0 picks a free one)")
+    s.add_argument("--data-dir", type=Path, help="where metadata, spool and objects live (default ./data)")
+    s.add_argument("--api-key", help="fix the development API key instead of generating one")
+    s.add_argument("--config", type=Path, help="TOML settings file (see README)")
+    s.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR")
+
+    pub = sub.add_parser("publish", help="stream a file or a test pattern over the ingest protocol")
+    pub.add_argument("source", help="a media file, or 'testsrc' for a 1280x720 15 fps pattern with a tone")
+    pub.add_argument("--server", required=True, help="server base URL, e.g. http://127.0.0.1:8080")
+    pub.add_argument("--api-key", required=True)
+    pub.add_argument("--session", help="an existing session id to publish into")
+    pub.add_argument("--platform-call-id", help="wait for a START event with this platformCallId")
+    pub.add_argument("--agent-platform-id")
+    pub.add_argument("--user-id")
+    pub.add_argument("--duration", type=float, help="stop after this many seconds of media")
+    pub.add_argument("--codec", choices=("h264", "vp8"), default="h264", help="video codec for testsrc")
+    pub.add_argument("--fast", action="store_true", help="send as fast as acks allow, not in real time")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``reelhouse`` console script."""
+    args = _parser().parse_args(argv)
+    if args.command == "publish" and not (args.session or args.platform_call_id or args.agent_platform_id or args.user_id):
+        _parser().error("publish needs --session or one of --platform-call-id/--agent-platform-id/--user-id")
+    runner = _serve if args.command == "serve" else _publish
+    try:
+        import uvloop
+
+        run = uvloop.run
+    except ImportError:  # pragma: no cover - uvloop is a dependency where it builds
+        run = asyncio.run
+    with contextlib.suppress(KeyboardInterrupt):
+        return run(runner(args))
+    return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

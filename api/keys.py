@@ -1,0 +1,24 @@
+"""Typed application state: the services ``create_app`` opens, under ``web.AppKey``s."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from ingest.sessions import SessionManager
+from ingest.ws import IngestHandler
+from storage.meta import MetaStore
+from storage.objects import ObjectStore
+from storage.presign import UrlSigner
+from storage.spool import Spool
+
+from .auth import ApiKeys
+from .settings import Settings
+
+SETTINGS = web.AppKey("settings", Settings)
+META = web.AppKey("meta", MetaStore)
+STORE = web.AppKey("store", ObjectStore)
+SPOOL = web.AppKey("spool", Spool)
+SIGNER = web.AppKey("signer", UrlSigner)
+API_KEYS = web.AppKey("api_keys", ApiKeys)
+SESSIONS = web.AppKey("sessions", SessionManager)
+INGEST = web.AppKey("ingest", IngestHandler)

@@ -1,0 +1,102 @@
+"""Seed 000: ``ProcessScreenRecordingSessionEvent``, and reading a session back."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from aiohttp import web
+
+from ingest.errors import InvalidEvent, RpcCode
+from ingest.events import parse_event
+from storage.meta import FileRow, SessionEventRow, SessionRow
+
+from .errors import rpc_error
+from .keys import SESSIONS
+
+MAX_BODY_BYTES = 64 * 1024
+PROFILE_ID_RE = r"[^/:]+"
+
+
+def _ts(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+def _name(row: SessionRow) -> str:
+    return f"customers/{row.customer_id}/profiles/{row.profile_id}/screenRecordingSessions/{row.session_id}"
+
+
+def session_json(row: SessionRow, events: list[SessionEventRow] | None = None, files: list[FileRow] | None = None) -> dict[str, Any]:
+    """The session resource in the API's JSON (camelCase, RFC 3339 times)."""
+    out: dict[str, Any] = {
+        "name": _name(row),
+        "sessionId": row.session_id,
+        "state": row.state,
+        "platformCallId": row.platform_call_id,
+        "agentPlatformId": row.agent_platform_id,
+        "userId": row.user_id,
+        "createTime": _ts(row.created_at),
+        "updateTime": _ts(row.updated_at),
+        "endTime": _ts(row.ended_at),
+        "recordedDuration": f"{row.recorded_ms / 1000:.3f}s",
+    }
+    if events is not None:
+        out["events"] = [
+            {
+                "eventType": ev.event_type,
+                "createTime": _ts(ev.created_at),
+                "acked": ev.acked_at is not None,
+                "ackTime": _ts(ev.acked_at),
+            }
+            for ev in events
+        ]
+    if files is not None:
+        out["files"] = [
+            {
+                "kind": f.kind,
+                "key": f.key,
+                "sizeBytes": str(f.size),
+                "duration": f"{f.duration_ms / 1000:.3f}s",
+                "uploaded": f.uploaded_at is not None,
+                **({"sequence": f.seq, "discontinuity": f.discontinuity,
+                    "programDateTime": _ts(f.program_date_time)} if f.kind == "segment" else {}),
+            }
+            for f in files
+        ]
+    return out
+
+
+async def _json_body(request: web.Request) -> Any:
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        raise rpc_error(RpcCode.INVALID_ARGUMENT, f"request body larger than {MAX_BODY_BYTES} bytes")
+    raw = await request.content.read(MAX_BODY_BYTES + 1)
+    if len(raw) > MAX_BODY_BYTES:
+        raise rpc_error(RpcCode.INVALID_ARGUMENT, f"request body larger than {MAX_BODY_BYTES} bytes")
+    try:
+        return json.loads(raw or b"{}")
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidEvent("request body is not valid JSON") from None
+
+
+def add_routes(app: web.Application) -> None:
+    """Register the screen recorder service's routes."""
+    base = f"/v1/customers/{{customer_id}}/profiles/{{profile_id:{PROFILE_ID_RE}}}"
+    app.router.add_post(base + ":processScreenRecordingSessionEvent", process_event)
+    app.router.add_get(base + "/screenRecordingSessions/{session_id}", get_session)
+
+
+async def process_event(request: web.Request) -> web.Response:
+    """``POST …:processScreenRecordingSessionEvent``."""
+    event = parse_event(await _json_body(request))
+    customer_id, profile_id = request.match_info["customer_id"], request.match_info["profile_id"]
+    event, row = await request.app[SESSIONS].process_event(customer_id, profile_id, event)
+    return web.json_response({"sessionEvent": event.to_json(), "session": session_json(row)})
+
+
+async def get_session(request: web.Request) -> web.Response:
+    """``GET …/screenRecordingSessions/{session_id}``: state, timestamps, events, files."""
+    row, events, files = await request.app[SESSIONS].get(
+        request.match_info["customer_id"], request.match_info["profile_id"], request.match_info["session_id"]
+    )
+    return web.json_response(session_json(row, events, files))

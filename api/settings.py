@@ -1,0 +1,137 @@
+"""Configuration: one frozen dataclass per component, loaded once from defaults, an optional
+TOML file, ``REELHOUSE_*`` environment variables and command-line flags (later wins)."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from ingest.config import IngestSettings, RecorderSettings
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8080
+DEFAULT_DATA_DIR = Path("data")
+ENV_PREFIX = "REELHOUSE_"
+
+
+@dataclass(frozen=True, slots=True)
+class HttpSettings:
+    """Where the server listens and how it shuts down."""
+
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    public_url: str = ""  # announced in URLs; derived from host/port when empty
+    shutdown_timeout_s: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class AuthSettings:
+    """The development credential; generated at first start when empty."""
+
+    api_key: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolSettings:
+    """The durable spool between the recorders and the object store."""
+
+    max_bytes: int = 20 * 1024**3
+    upload_workers: int = 4
+    retry_base_s: float = 0.2
+    retry_max_s: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything ``reelhouse serve`` needs; each component receives only its own part."""
+
+    data_dir: Path = DEFAULT_DATA_DIR
+    log_level: str = "INFO"
+    log_json: bool = False
+    http: HttpSettings = field(default_factory=HttpSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    ingest: IngestSettings = field(default_factory=IngestSettings)
+    recorder: RecorderSettings = field(default_factory=RecorderSettings)
+    spool: SpoolSettings = field(default_factory=SpoolSettings)
+
+    @property
+    def base_url(self) -> str:
+        """The URL clients use to reach this server."""
+        return self.http.public_url or f"http://{self.http.host}:{self.http.port}"
+
+
+_SECTIONS = ("http", "auth", "ingest", "recorder", "spool")
+
+
+def _coerce(value: Any, to: Any, name: str) -> Any:
+    kind = to if isinstance(to, type) else type(to)
+    if kind is bool and isinstance(value, str):
+        if value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{name}: expected a boolean, got {value!r}")
+    if kind is Path:
+        return Path(value)
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: expected {kind.__name__}, got {value!r}") from None
+
+
+def _apply(obj: Any, values: Mapping[str, Any], where: str) -> Any:
+    known = {f.name: getattr(obj, f.name) for f in fields(obj)}
+    changes: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in known:
+            raise ValueError(f"{where}: unknown setting {key!r}")
+        current = known[key]
+        if key in _SECTIONS and where == "settings":
+            if not isinstance(value, Mapping):
+                raise ValueError(f"[{key}] must be a table")
+            changes[key] = _apply(current, value, key)
+        else:
+            changes[key] = _coerce(value, current, f"{where}.{key}")
+    return replace(obj, **changes)
+
+
+def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    """``REELHOUSE_DATA_DIR`` → data_dir; ``REELHOUSE_HTTP__PORT`` → http.port;
+    ``REELHOUSE_API_KEY``/``REELHOUSE_HOST``/``REELHOUSE_PORT`` are short aliases."""
+    aliases = {"API_KEY": ("auth", "api_key"), "HOST": ("http", "host"), "PORT": ("http", "port")}
+    out: dict[str, Any] = {}
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        rest = name[len(ENV_PREFIX):]
+        if rest in aliases:
+            section, key = aliases[rest]
+            out.setdefault(section, {})[key] = value
+        elif "__" in rest:
+            section, key = rest.lower().split("__", 1)
+            out.setdefault(section, {})[key] = value
+        elif rest != "CONFIG":
+            out[rest.lower()] = value
+    return out
+
+
+def load_settings(
+    config_file: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Build settings: defaults, then the TOML file, then the environment, then ``overrides``."""
+    env = os.environ if env is None else env
+    settings = Settings()
+    config_file = config_file or (Path(env["REELHOUSE_CONFIG"]) if env.get("REELHOUSE_CONFIG") else None)
+    if config_file is not None:
+        with open(config_file, "rb") as f:
+            settings = _apply(settings, tomllib.load(f), "settings")
+    settings = _apply(settings, _from_env(env), "settings")
+    if overrides:
+        settings = _apply(settings, overrides, "settings")
+    return settings

@@ -1,0 +1,434 @@
+"""Ingest benchmark: N WebSocket publishers into one reelhouse, against N ``ffmpeg -re`` to HLS.
+
+Run: ``.venv/bin/python bench/ingest.py --publishers 50 --duration 30``. It makes a 1280x720
+15 fps H.264 + Opus clip once (cached in bench/.cache/), starts ``reelhouse serve`` on a free
+loopback port, streams the clip in a loop from N publishers in one client process, samples the
+server's CPU time and peak RSS, then runs min(N, FFMPEG_MAX_STREAMS) ffmpeg processes copying
+the same clip to HLS (Opus → AAC, as reelhouse records it) and measures them the same way.
+Writes bench/results/ingest-<N>.json and appends a row to bench/results/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = ROOT / "bench" / ".cache"
+RESULTS = ROOT / "bench" / "results"
+CLIP_S = 20
+FFMPEG_MAX_STREAMS = 50  # one process per stream: more only measures the scheduler
+SERVER_START_TIMEOUT_S = 30.0
+SAMPLE_EVERY_S = 0.5
+REALTIME_TOLERANCE = 0.97  # acked media ≥ 97% of the wall time counts as holding real time
+CLIENT_GRACE_S = 60.0  # for the last acks, bye and END after the publishing time is up
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+VIDEO_FPS = 15
+AUDIO_FPS = 50  # 20 ms Opus frames
+
+
+def make_clip() -> Path:
+    """The benchmark clip, made once with the ffmpeg CLI."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    clip = CACHE / "clip-720p15-h264-opus.mkv"
+    if not clip.exists():
+        tmp = clip.with_suffix(".tmp.mkv")
+        subprocess.run(
+            ["ffmpeg", "-v", "error", "-y",
+             "-f", "lavfi", "-i", "testsrc2=size=1280x720:rate=15",
+             "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000",
+             "-c:v", "libx264", "-preset", "veryfast", "-g", "30", "-bf", "0",
+             "-pix_fmt", "yuv420p", "-c:a", "libopus", "-ac", "1", "-t", str(CLIP_S), str(tmp)],
+            check=True,
+        )  # fmt: skip
+        tmp.rename(clip)
+    return clip
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    with contextlib.suppress(OSError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                out += [int(c) for c in f.read().split()]
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime+stime of a process, its waited-for children, and its live descendants."""
+    total = 0.0
+    with contextlib.suppress(OSError):
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        # fields[11..14] = utime, stime, cutime, cstime (stat fields 14-17)
+        total = sum(int(x) for x in fields[11:15]) / CLK_TCK
+    for child in _children(pid):
+        total += cpu_seconds(child)
+    return total
+
+
+def peak_rss_mb(pid: int) -> float:
+    """VmHWM of a process and its live descendants, in MB."""
+    total = 0.0
+    with contextlib.suppress(OSError):
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    total = int(line.split()[1]) / 1024
+    return total + sum(peak_rss_mb(c) for c in _children(pid))
+
+
+class Sampler:
+    """Samples CPU seconds and peak RSS of a set of processes until stopped."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids
+        self.cpu: dict[int, float] = {}
+        self.rss: dict[int, float] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def sample(self) -> None:
+        for pid in self.pids:
+            cpu, rss = cpu_seconds(pid), peak_rss_mb(pid)
+            if cpu:  # a reaped process reads 0: keep its last figure
+                self.cpu[pid] = cpu
+            self.rss[pid] = max(self.rss.get(pid, 0.0), rss)
+
+    async def _run(self) -> None:
+        while True:
+            self.sample()
+            await asyncio.sleep(SAMPLE_EVERY_S)
+
+    def start(self) -> None:
+        self.sample()
+        self._start_cpu = dict(self.cpu)
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> tuple[float, float]:
+        """CPU seconds used since start (all pids) and the summed peak RSS (MB)."""
+        self.sample()
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        used = sum(self.cpu.get(p, 0.0) - self._start_cpu.get(p, 0.0) for p in self.pids)
+        return used, sum(self.rss.values())
+
+
+async def wait_healthy(url: str, proc: subprocess.Popen[bytes]) -> None:
+    import aiohttp
+
+    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+    async with aiohttp.ClientSession() as http:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"reelhouse exited with {proc.returncode}")
+            with contextlib.suppress(aiohttp.ClientError, OSError):
+                async with http.get(url + "/healthz") as resp:
+                    if resp.status == 200:
+                        return
+            await asyncio.sleep(0.2)
+    raise TimeoutError("reelhouse did not become healthy")
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+# ---- the client process (one asyncio loop, N publishers) ---------------------------------
+
+
+async def _client_main(args: argparse.Namespace) -> None:
+    import aiohttp
+
+    from ingest.publisher import Publisher
+
+    server, key, n = args.server, args.api_key, args.publishers
+    url = f"{server}/v1/customers/bench/profiles/bench:processScreenRecordingSessionEvent"
+    headers = {"Authorization": f"Bearer {key}"}
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as http:
+
+        async def event(body: dict[str, Any]) -> dict[str, Any]:
+            async with http.post(url, json={"sessionEvent": body}, headers=headers) as resp:
+                data: dict[str, Any] = await resp.json(content_type=None)
+                if resp.status != 200:
+                    raise RuntimeError(f"session event failed: {resp.status} {data}")
+                return data
+
+        async def one(i: int) -> dict[str, Any]:
+            await asyncio.sleep(i * args.stagger)  # spread keyframes and connects
+            started = await event({"eventType": "EVENT_TYPE_START", "userId": f"u{i}"})
+            sid = started["sessionEvent"]["sessionId"]
+            pub = Publisher(args.clip, server=server, api_key=key, session_id=sid,
+                            duration_s=args.duration, loop=True, session=http)  # fmt: skip
+            t0 = time.monotonic()
+            error = None
+            try:
+                result = await pub.publish()
+            except Exception as exc:
+                error = f"{type(exc).__name__}: {exc}"
+            wall = time.monotonic() - t0
+            with contextlib.suppress(Exception):
+                await event({"eventType": "EVENT_TYPE_END", "userId": f"u{i}", "sessionId": sid})
+            if error:
+                return {"error": error, "wall_s": wall}
+            return {
+                "frames_sent": result.frames_sent,
+                "frames_acked": result.frames_acked,
+                "reconnects": result.reconnects,
+                "wall_s": wall,
+                "latencies": result.ack_latencies_ms,
+            }
+
+        results = await asyncio.gather(*(one(i) for i in range(n)))
+    json.dump(results, sys.stdout)
+
+
+# ---- the driver ------------------------------------------------------------------------
+
+
+@dataclass
+class RunResult:
+    publishers: int
+    duration_s: float
+    server_cpu_s_per_stream_s: float
+    server_peak_rss_mb_per_stream: float
+    server_peak_rss_mb: float
+    ack_p50_ms: float | None
+    ack_p99_ms: float | None
+    realtime_ok: bool
+    frames_acked: int
+    frames_expected: int
+    errors: int
+    ffmpeg_streams: int
+    ffmpeg_cpu_s_per_stream_s: float | None
+    ratio_server_over_ffmpeg: float | None
+
+
+def _terminate(proc: subprocess.Popen[Any], timeout: float = 10.0) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+async def run_server_part(args: argparse.Namespace, clip: Path, tmp: Path) -> dict[str, Any]:
+    port, key = free_port(), secrets.token_hex(16)
+    server = f"http://127.0.0.1:{port}"
+    reelhouse = ROOT / ".venv" / "bin" / "reelhouse"
+    log = open(tmp / "server.log", "wb")  # noqa: ASYNC230 - closed in finally
+    proc = subprocess.Popen(  # noqa: ASYNC220 - returns at once
+        [str(reelhouse), "serve", "--host", "127.0.0.1", "--port", str(port),
+         "--data-dir", str(tmp / "data"), "--api-key", key, "--log-level", "WARNING"],
+        stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+    )  # fmt: skip
+    client: subprocess.Popen[bytes] | None = None
+    try:
+        await wait_healthy(server, proc)
+        sampler = Sampler([proc.pid])
+        sampler.start()
+        t0 = time.monotonic()
+        client = subprocess.Popen(  # noqa: ASYNC220 - returns at once
+            [sys.executable, __file__, "--client", "--server", server, "--api-key", key,
+             "--publishers", str(args.publishers), "--duration", str(args.duration),
+             "--clip", str(clip), "--stagger", str(args.stagger)],
+            stdout=subprocess.PIPE, cwd=ROOT,
+        )  # fmt: skip
+        limit = args.duration + args.publishers * args.stagger + CLIENT_GRACE_S
+        out, _ = await asyncio.to_thread(client.communicate, timeout=limit)
+        wall = time.monotonic() - t0
+        cpu, rss = await sampler.stop()
+    finally:
+        if client is not None:
+            _terminate(client)
+        _terminate(proc)
+        log.close()
+    per = json.loads(out)
+    lat = [x for p in per for x in p.get("latencies", [])]
+    acked = sum(p.get("frames_acked", 0) for p in per)
+    expected = round(args.publishers * args.duration * (VIDEO_FPS + AUDIO_FPS))
+    stream_s = args.publishers * args.duration
+    return {
+        "server_cpu_s": cpu,
+        "wall_s": wall,
+        "server_cpu_s_per_stream_s": cpu / stream_s,
+        "server_peak_rss_mb": rss,
+        "ack_p50_ms": _percentile(lat, 0.5),
+        "ack_p99_ms": _percentile(lat, 0.99),
+        "frames_acked": acked,
+        "frames_expected": expected,
+        "realtime_ok": acked >= REALTIME_TOLERANCE * expected
+        and all(p.get("wall_s", 1e9) <= args.duration * 1.1 + 5 for p in per),
+        "errors": sum(1 for p in per if "error" in p),
+        "error_samples": [p["error"] for p in per if "error" in p][:3],
+    }
+
+
+async def run_ffmpeg_part(args: argparse.Namespace, clip: Path, tmp: Path) -> dict[str, Any]:
+    n = min(args.publishers, FFMPEG_MAX_STREAMS)
+    procs = []
+    try:
+        for i in range(n):
+            out = tmp / f"ffmpeg-{i}"
+            out.mkdir()
+            procs.append(
+                subprocess.Popen(  # noqa: ASYNC220 - returns at once
+                    [
+                        "ffmpeg",
+                        "-v",
+                        "error",
+                        "-nostdin",
+                        "-re",
+                        "-stream_loop",
+                        "-1",
+                        "-i",
+                        str(clip),
+                        "-t",
+                        str(args.duration),
+                        "-c:v",
+                        "copy",
+                        "-c:a",
+                        "aac",
+                        "-f",
+                        "hls",
+                        "-hls_time",
+                        "4",
+                        "-hls_list_size",
+                        "0",
+                        str(out / "index.m3u8"),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        sampler = Sampler([p.pid for p in procs])
+        sampler.start()
+        deadline = time.monotonic() + args.duration + CLIENT_GRACE_S
+        while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+            sampler.sample()
+            await asyncio.sleep(SAMPLE_EVERY_S)
+        cpu, rss = await sampler.stop()
+    finally:
+        for p in procs:
+            _terminate(p)
+    return {
+        "ffmpeg_streams": n,
+        "ffmpeg_cpu_s_per_stream_s": cpu / (n * args.duration) if n else None,
+        "ffmpeg_peak_rss_mb_per_stream": rss / n if n else None,
+    }
+
+
+async def driver(args: argparse.Namespace) -> None:
+    if not shutil.which("ffmpeg"):
+        sys.exit("ffmpeg is needed (apt-get install ffmpeg)")
+    clip = await asyncio.to_thread(make_clip)
+    runs = []
+    for r in range(args.repeats):
+        with tempfile.TemporaryDirectory(prefix="reelhouse-bench-") as tmpdir:
+            tmp = Path(tmpdir)
+            server = await run_server_part(args, clip, tmp)
+            ff = await run_ffmpeg_part(args, clip, tmp) if not args.no_ffmpeg else {}
+        runs.append({**server, **ff})
+        print(f"run {r + 1}/{args.repeats}: {json.dumps(runs[-1])}", flush=True)
+
+    def med(name: str) -> Any:
+        values = [x[name] for x in runs if x.get(name) is not None]
+        return statistics.median(values) if values else None
+
+    n = args.publishers
+    server_cpu, ff_cpu = med("server_cpu_s_per_stream_s"), med("ffmpeg_cpu_s_per_stream_s")
+    result = RunResult(
+        publishers=n,
+        duration_s=args.duration,
+        server_cpu_s_per_stream_s=server_cpu,
+        server_peak_rss_mb_per_stream=med("server_peak_rss_mb") / n,
+        server_peak_rss_mb=med("server_peak_rss_mb"),
+        ack_p50_ms=med("ack_p50_ms"),
+        ack_p99_ms=med("ack_p99_ms"),
+        realtime_ok=all(x["realtime_ok"] for x in runs),
+        frames_acked=int(med("frames_acked")),
+        frames_expected=int(med("frames_expected")),
+        errors=max(x["errors"] for x in runs),
+        ffmpeg_streams=min(n, FFMPEG_MAX_STREAMS) if not args.no_ffmpeg else 0,
+        ffmpeg_cpu_s_per_stream_s=ff_cpu,
+        ratio_server_over_ffmpeg=server_cpu / ff_cpu if ff_cpu else None,
+    )
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = {**asdict(result), "repeats": runs, "cpu_count": os.cpu_count()}
+    (RESULTS / f"ingest-{n}.json").write_text(json.dumps(out, indent=2) + "\n")
+    table = RESULTS / "README.md"
+    if not table.exists():
+        table.write_text(
+            "# Ingest benchmark results\n\n"
+            "`bench/ingest.py`: N WebSocket publishers of a 1280x720 15 fps H.264 + Opus clip "
+            "into one reelhouse, against N `ffmpeg -re … -c:v copy -c:a aac -f hls`.\n\n"
+            "| date | N | s | server CPU-s/stream-s | peak RSS MB/stream | ack p50 ms | "
+            "ack p99 ms | real time | ffmpeg CPU-s/stream-s | ratio |\n"
+            "|---|---|---|---|---|---|---|---|---|---|\n"
+        )
+
+    def fmt(x: float | None, spec: str = ".4f") -> str:
+        return "-" if x is None else format(x, spec)
+
+    row = (
+        f"| {time.strftime('%Y-%m-%d')} | {n} | {args.duration:g} | {fmt(server_cpu)} | "
+        f"{fmt(result.server_peak_rss_mb_per_stream, '.1f')} | {fmt(result.ack_p50_ms, '.1f')} | "
+        f"{fmt(result.ack_p99_ms, '.1f')} | "
+        f"{'yes' if result.realtime_ok else 'NO'} "
+        f"({result.frames_acked}/{result.frames_expected}) | "
+        f"{fmt(ff_cpu)} | {fmt(result.ratio_server_over_ffmpeg, '.2f')} |\n"
+    )
+    with table.open("a") as f:
+        f.write(row)
+    print(json.dumps(asdict(result), indent=2))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--publishers", type=int, default=10)
+    p.add_argument("--duration", type=float, default=30.0, help="seconds of media per publisher")
+    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--stagger", type=float, default=0.02, help="seconds between publisher starts")
+    p.add_argument("--no-ffmpeg", action="store_true", help="skip the ffmpeg comparison")
+    p.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--server", help=argparse.SUPPRESS)
+    p.add_argument("--api-key", help=argparse.SUPPRESS)
+    p.add_argument("--clip", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.client:
+        sys.path.insert(0, str(ROOT))
+        asyncio.run(_client_main(args))
+    else:
+        asyncio.run(driver(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Ingest: transports, sessions and the recorders that subscribe to them."""

@@ -1,0 +1,26 @@
+"""Settings of the ingest layer: transports, sessions and recorders."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class IngestSettings:
+    """WebSocket ingest limits and timing."""
+
+    max_frame_bytes: int = 4 * 1024 * 1024
+    hello_timeout_s: float = 10.0
+    keepalive_s: float = 15.0
+    queue_frames: int = 1024  # per-session inbound bound: the socket read waits when full
+    gap_s: float = 3.0  # a pts jump larger than this starts a new discontinuity
+    idle_end_s: float = 3600.0  # end a session nobody has touched for this long
+    writer_threads: int = 8
+
+
+@dataclass(frozen=True, slots=True)
+class RecorderSettings:
+    """How recordings are cut and named."""
+
+    segment_target_s: float = 4.0
+    key_prefix: str = "recordings"

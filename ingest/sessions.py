@@ -1,0 +1,324 @@
+"""Screen-recording sessions: the registry of open sessions, the events that drive them
+and the recording apps connected to them."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from storage.meta import FileRow, MetaStore, SessionEventRow, SessionRow
+from storage.spool import Spool
+
+from .config import IngestSettings, RecorderSettings
+from .errors import CloseCode, ProtocolError, SessionExists, SessionNotFound
+from .events import CONTROL_ACTION, OPEN_STATES, EventType, SessionEvent, SessionState, next_state
+from .recorder import SessionRecorder
+
+log = logging.getLogger(__name__)
+
+PLATFORM_FIELDS = ("platform_call_id", "agent_platform_id", "user_id")
+
+
+class Connection(Protocol):
+    """A recording app's live connection, as the session registry sees it."""
+
+    ids: dict[str, str]  # platform_call_id / agent_platform_id / user_id it announced
+    session: LiveSession | None
+
+    async def send_control(self, event_id: int, action: str, session_id: str, event: dict[str, str]) -> None:
+        """Push a control message."""
+        ...
+
+    async def send_ack(self, seq: int) -> None:
+        """Tell the client every frame up to ``seq`` is safe."""
+        ...
+
+    async def close(self, code: CloseCode, reason: str) -> None:
+        """Close the connection."""
+        ...
+
+
+@dataclass(eq=False)
+class LiveSession:
+    """An open session: its row, its recorder and the connection feeding it (if any)."""
+
+    row: SessionRow
+    recorder: SessionRecorder
+    conn: Connection | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def session_id(self) -> str:
+        """The session's id."""
+        return self.row.session_id
+
+
+@dataclass(slots=True)
+class SessionStats:
+    """Counters for /metrics that outlive individual sessions."""
+
+    started: int = 0
+    ended: int = 0
+    frames_in: int = 0
+    bytes_in: int = 0
+    segments: int = 0
+
+
+def _matches(ids: dict[str, str], row: SessionRow) -> bool:
+    given = {k: v for k, v in ids.items() if v}
+    return bool(given) and all(getattr(row, k) == v for k, v in given.items())
+
+
+class SessionManager:
+    """Creates, drives, recovers and ends sessions; the one owner of their recorders."""
+
+    def __init__(
+        self,
+        *,
+        meta: MetaStore,
+        spool: Spool,
+        live_dir: Path,
+        recorder: RecorderSettings,
+        ingest: IngestSettings,
+        executor: Executor,
+    ) -> None:
+        self._meta = meta
+        self._spool = spool
+        self._live_dir = live_dir
+        self._recorder_settings = recorder
+        self._ingest = ingest
+        self._executor = executor
+        self.sessions: dict[str, LiveSession] = {}
+        self._waiting: list[Connection] = []
+        self.stats = SessionStats()
+        self._closed = False
+
+    # lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Recover the sessions that were open when the server last stopped."""
+        for row in await self._meta.list_sessions(OPEN_STATES):
+            try:
+                await self._open(row)
+            except Exception:
+                log.exception("could not recover session", extra={"session_id": row.session_id})
+            else:
+                log.info("recovered open session", extra={"session_id": row.session_id})
+
+    async def aclose(self) -> None:
+        """Close every open segment so it is safe; sessions stay open for the next start."""
+        if self._closed:
+            return
+        self._closed = True
+        for live in list(self.sessions.values()):
+            if live.conn is not None:
+                await live.conn.close(CloseCode.GOING_AWAY, "server shutting down")
+            await live.recorder.aclose()
+            self._collect(live.recorder)
+        for conn in list(self._waiting):
+            await conn.close(CloseCode.GOING_AWAY, "server shutting down")
+        self.sessions.clear()
+
+    async def _open(self, row: SessionRow) -> LiveSession:
+        recorder = SessionRecorder(
+            row.session_id,
+            live_dir=self._live_dir / row.session_id,
+            key_prefix=f"{self._recorder_settings.key_prefix}/{row.customer_id}/{row.profile_id}/{row.session_id}",
+            settings=self._recorder_settings,
+            ingest=self._ingest,
+            meta=self._meta,
+            spool=self._spool,
+            executor=self._executor,
+            paused=row.state == SessionState.PAUSED,
+            acked_seq=row.acked_seq,
+        )
+        live = LiveSession(row=row, recorder=recorder)
+        recorder.on_ack = lambda seq: self._ack(live, seq)
+        recorder.on_error = lambda err: self._recorder_error(live, err)
+        await recorder.start()
+        self.sessions[row.session_id] = live
+        return live
+
+    async def _ack(self, live: LiveSession, seq: int) -> None:
+        if live.conn is not None:
+            await live.conn.send_ack(seq)
+
+    async def _recorder_error(self, live: LiveSession, err: ProtocolError) -> None:
+        if live.conn is not None:
+            await live.conn.close(err.code, err.reason)
+
+    def _collect(self, recorder: SessionRecorder) -> None:
+        self.stats.frames_in += recorder.stats.frames_in
+        self.stats.bytes_in += recorder.stats.bytes_in
+        self.stats.segments += recorder.stats.segments
+
+    # events ------------------------------------------------------------------------------
+
+    async def process_event(self, customer_id: str, profile_id: str, event: SessionEvent) -> tuple[SessionEvent, SessionRow]:
+        """Carry out one event; returns the event (with its session id) and the session after it."""
+        if event.event_type is EventType.START:
+            return await self._start(customer_id, profile_id, event)
+        live = await self._live(customer_id, profile_id, event.session_id)
+        async with live.lock:
+            if live.session_id not in self.sessions:  # ended while we waited for the lock
+                raise SessionNotFound(f"session {event.session_id} has ended")
+            before = SessionState(live.row.state)
+            after = next_state(before, event.event_type)
+            now = datetime.now(UTC)
+            ev_row = await self._meta.add_event(live.session_id, event.event_type.value, now)
+            await self._push(live, ev_row, event)
+            if event.event_type is EventType.PAUSE:
+                await live.recorder.pause()
+            elif event.event_type is EventType.RESUME:
+                await live.recorder.resume()
+            elif event.event_type is EventType.END:
+                await live.recorder.finish()
+                self._collect(live.recorder)
+                self.stats.ended += 1
+            changes: dict[str, Any] = {"state": after.value}
+            if after is SessionState.ENDED:
+                changes["ended_at"] = now
+                changes["acked_seq"] = live.recorder.acked_seq
+            live.row = await self._meta.update_session(live.session_id, **changes)
+            if after is SessionState.ENDED:
+                del self.sessions[live.session_id]
+                if live.conn is not None:
+                    await live.conn.close(CloseCode.NORMAL, "session ended")
+                    live.conn = None
+            log.info("%s: %s → %s", event.event_type.value, before.value, after.value,
+                     extra={"session_id": live.session_id})
+            return event, live.row
+
+    async def _start(self, customer_id: str, profile_id: str, event: SessionEvent) -> tuple[SessionEvent, SessionRow]:
+        session_id = event.session_id or str(uuid.uuid4())
+        if session_id in self.sessions or await self._meta.get_session(session_id) is not None:
+            raise SessionExists(f"session {session_id} already exists")
+        now = datetime.now(UTC)
+        row = SessionRow(
+            session_id=session_id,
+            customer_id=customer_id,
+            profile_id=profile_id,
+            platform_call_id=event.platform_call_id,
+            agent_platform_id=event.agent_platform_id,
+            user_id=event.user_id,
+            state=next_state(None, EventType.START).value,
+            created_at=now,
+            updated_at=now,
+        )
+        await self._meta.create_session(row)
+        live = await self._open(row)
+        self.stats.started += 1
+        event = SessionEvent(
+            event_type=event.event_type,
+            session_id=session_id,
+            platform_call_id=event.platform_call_id,
+            agent_platform_id=event.agent_platform_id,
+            user_id=event.user_id,
+        )
+        ev_row = await self._meta.add_event(session_id, event.event_type.value, now)
+        waiting = [c for c in reversed(self._waiting) if _matches(c.ids, row)]
+        if waiting:
+            conn = waiting[0]  # the most recent connection of that app
+            self._waiting.remove(conn)
+            self._bind(live, conn)
+        await self._push(live, ev_row, event)
+        log.info("EVENT_TYPE_START: new session", extra={"session_id": session_id})
+        return event, row
+
+    async def _live(self, customer_id: str, profile_id: str, session_id: str) -> LiveSession:
+        live = self.sessions.get(session_id)
+        if live is not None and (live.row.customer_id, live.row.profile_id) == (customer_id, profile_id):
+            return live
+        row = await self._meta.get_session(session_id)
+        if row is None or (row.customer_id, row.profile_id) != (customer_id, profile_id):
+            raise SessionNotFound(f"session {session_id} not found")
+        # it exists but is not open: every event is then a transition from ENDED
+        next_state(SessionState(row.state), EventType.END)
+        raise AssertionError("unreachable: an ended session allows no event")  # pragma: no cover
+
+    async def _push(self, live: LiveSession, ev_row: SessionEventRow, event: SessionEvent) -> None:
+        action = CONTROL_ACTION.get(event.event_type, "reconnect")
+        if live.conn is not None:
+            await live.conn.send_control(ev_row.event_id, action, live.session_id, event.to_json())
+
+    # queries -----------------------------------------------------------------------------
+
+    async def get(self, customer_id: str, profile_id: str, session_id: str) -> tuple[SessionRow, list[SessionEventRow], list[FileRow]]:
+        """A session of this profile with its events and files; ``SessionNotFound`` otherwise."""
+        row = await self._meta.get_session(session_id)
+        if row is None or (row.customer_id, row.profile_id) != (customer_id, profile_id):
+            raise SessionNotFound(f"session {session_id} not found")
+        events = await self._meta.list_events(session_id)
+        files = await self._meta.list_files(session_id)
+        return row, events, files
+
+    # connections -------------------------------------------------------------------------
+
+    async def attach(self, conn: Connection, session_id: str | None) -> LiveSession | None:
+        """Bind a connection to its session, or park it until a matching START; returns the session."""
+        if self._closed:
+            raise ProtocolError(CloseCode.GOING_AWAY, "server shutting down")
+        if session_id:
+            live = self.sessions.get(session_id)
+            if live is None:
+                row = await self._meta.get_session(session_id)
+                if row is None:
+                    raise ProtocolError(CloseCode.UNKNOWN_SESSION, f"session {session_id} not found")
+                raise ProtocolError(CloseCode.SESSION_STATE, f"session {session_id} has ended")
+            await self._replace(live, conn)
+            return live
+        if not any(conn.ids.values()):
+            raise ProtocolError(CloseCode.SCHEMA, "hello: give session_id or platform ids")
+        for live in self.sessions.values():
+            if live.conn is None and _matches(conn.ids, live.row):
+                await self._replace(live, conn)
+                return live
+        self._waiting.append(conn)
+        return None
+
+    async def _replace(self, live: LiveSession, conn: Connection) -> None:
+        old = live.conn
+        self._bind(live, conn)
+        if old is not None and old is not conn:
+            old.session = None
+            await old.close(CloseCode.REPLACED, "replaced by a newer connection")
+
+    def _bind(self, live: LiveSession, conn: Connection) -> None:
+        live.conn = conn
+        conn.session = live
+
+    async def pending_controls(self, live: LiveSession) -> list[tuple[int, str, dict[str, str]]]:
+        """Events of the session the app has not acked yet, to push after (re)connecting."""
+        out = []
+        for ev in await self._meta.list_events(live.session_id):
+            if ev.acked_at is None:
+                event_type = EventType(ev.event_type)
+                body = SessionEvent(event_type=event_type, session_id=live.session_id).to_json()
+                out.append((ev.event_id, CONTROL_ACTION.get(event_type, "reconnect"), body))
+        return out
+
+    def detach(self, conn: Connection) -> None:
+        """Forget a closed connection."""
+        if conn in self._waiting:
+            self._waiting.remove(conn)
+        live = conn.session
+        if live is not None and live.conn is conn:
+            live.conn = None
+        conn.session = None
+
+    async def control_acked(self, conn: Connection, event_id: int) -> bool:
+        """Record the app's ack of a control message; false when the id is not one of its session's."""
+        live = conn.session
+        if live is None:
+            return False
+        events = await self._meta.list_events(live.session_id)
+        if not any(ev.event_id == event_id for ev in events):
+            return False
+        await self._meta.ack_event(event_id, datetime.now(UTC))
+        return True

@@ -1,0 +1,166 @@
+"""The WebSocket transport of protocol v1 (``docs/protocol.md``): one handler per connection."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from .config import IngestSettings
+from .errors import CloseCode, ProtocolError
+from .protocol import PROTOCOL_VERSION, SUBPROTOCOL, decode_client, encode
+from .sessions import PLATFORM_FIELDS, LiveSession, SessionManager
+
+log = logging.getLogger(__name__)
+
+BYE_DRAIN_TIMEOUT_S = 30.0  # how long `bye` waits for the last frames to be made safe
+
+
+class WsConnection:
+    """A recording app's WebSocket, as the session registry sees it."""
+
+    def __init__(self, ws: web.WebSocketResponse, ids: dict[str, str]) -> None:
+        self.ws = ws
+        self.ids = ids
+        self.session: LiveSession | None = None
+        self._send_lock = asyncio.Lock()
+
+    async def _send(self, message: Any) -> None:
+        if self.ws.closed:
+            return
+        async with self._send_lock:
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await self.ws.send_bytes(encode(message))
+
+    async def send_control(self, event_id: int, action: str, session_id: str, event: dict[str, str]) -> None:
+        """Push a control message."""
+        await self._send({"t": "control", "id": event_id, "action": action, "session_id": session_id, "event": event})
+
+    async def send_ack(self, seq: int) -> None:
+        """Cumulative ack."""
+        await self._send({"t": "ack", "seq": seq})
+
+    async def close(self, code: CloseCode, reason: str) -> None:
+        """Close with a protocol close code and reason."""
+        if not self.ws.closed:
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await self.ws.close(code=int(code), message=reason.encode()[:120])
+
+
+class IngestHandler:
+    """Serves ``GET /v1/ingest``."""
+
+    def __init__(
+        self,
+        manager: SessionManager,
+        settings: IngestSettings,
+        authenticate: Callable[[str], Awaitable[bool]],
+    ) -> None:
+        self._manager = manager
+        self._settings = settings
+        self._authenticate = authenticate
+        self.connections: set[WsConnection] = set()
+
+    async def __call__(self, request: web.Request) -> web.StreamResponse:
+        """Run one connection to its end."""
+        ws = web.WebSocketResponse(
+            protocols=(SUBPROTOCOL,),
+            heartbeat=self._settings.keepalive_s,
+            max_msg_size=self._settings.max_frame_bytes,
+            compress=False,
+        )
+        await ws.prepare(request)
+        conn = WsConnection(ws, {})
+        self.connections.add(conn)
+        try:
+            await self._run(conn)
+        except ProtocolError as exc:
+            log.info("closing ws: %s (%d)", exc.reason, exc.code, extra=_ctx(conn))
+            await conn.close(exc.code, exc.reason)
+        finally:
+            self._manager.detach(conn)
+            self.connections.discard(conn)
+            await conn.close(CloseCode.NORMAL, "")
+        return ws
+
+    async def _receive(self, conn: WsConnection, timeout: float | None = None) -> dict[str, Any] | None:
+        msg = await conn.ws.receive(timeout=timeout)
+        if msg.type == WSMsgType.BINARY:
+            return decode_client(msg.data, self._settings.max_frame_bytes)  # type: ignore[return-value]
+        if msg.type == WSMsgType.TEXT:
+            raise ProtocolError(CloseCode.UNSUPPORTED_DATA, "text frames are not part of protocol v1")
+        if msg.type == WSMsgType.ERROR:
+            exc = conn.ws.exception()
+            if "too big" in str(exc).lower() or "message size" in str(exc).lower():
+                raise ProtocolError(CloseCode.MESSAGE_TOO_BIG, f"message exceeds {self._settings.max_frame_bytes} bytes")
+            log.info("ws error: %s", exc, extra=_ctx(conn))
+        return None  # closed, closing or error
+
+    async def _run(self, conn: WsConnection) -> None:
+        try:
+            hello = await self._receive(conn, timeout=self._settings.hello_timeout_s)
+        except TimeoutError:
+            raise ProtocolError(CloseCode.HELLO_TIMEOUT, "no hello in time") from None
+        if hello is None:
+            return
+        if hello["t"] != "hello":
+            raise ProtocolError(CloseCode.SCHEMA, "the first message must be hello")
+        if not await self._authenticate(hello["token"]):
+            raise ProtocolError(CloseCode.UNAUTHENTICATED, "invalid token")
+        conn.ids = {k: hello.get(k, "") for k in PLATFORM_FIELDS}
+        live = await self._manager.attach(conn, hello.get("session_id"))
+        await conn._send(
+            {
+                "t": "welcome",
+                "v": PROTOCOL_VERSION,
+                "session_id": live.session_id if live else None,
+                "state": live.row.state if live else "WAITING",
+                "acked_seq": live.recorder.acked_seq if live else 0,
+                "max_frame": self._settings.max_frame_bytes,
+                "keepalive_s": self._settings.keepalive_s,
+            }
+        )
+        if live is not None:
+            for event_id, action, event in await self._manager.pending_controls(live):
+                await conn.send_control(event_id, action, live.session_id, event)
+        while True:
+            msg = await self._receive(conn)
+            if msg is None:
+                return
+            kind = msg["t"]
+            if kind == "media":
+                live = conn.session
+                if live is None:
+                    raise ProtocolError(CloseCode.SESSION_STATE, "media before the session started")
+                await live.recorder.submit(msg)
+            elif kind == "track":
+                live = conn.session
+                if live is None:
+                    raise ProtocolError(CloseCode.SESSION_STATE, "track before the session started")
+                await live.recorder.add_track(msg)  # type: ignore[arg-type]
+            elif kind == "ack":
+                await self._manager.control_acked(conn, msg["id"])
+            elif kind == "ping":
+                await conn._send({"t": "pong", "ts": msg.get("ts", 0)})
+            elif kind == "bye":
+                live = conn.session
+                if live is not None:
+                    with contextlib.suppress(TimeoutError):
+                        await live.recorder.wait_acked(live.recorder.received_seq, BYE_DRAIN_TIMEOUT_S)
+                await conn.close(CloseCode.NORMAL, "bye")
+                return
+            else:
+                raise ProtocolError(CloseCode.BAD_MESSAGE, f"{kind} is not a client message here")
+
+    async def aclose(self) -> None:
+        """Close every connection with GOING_AWAY."""
+        for conn in list(self.connections):
+            await conn.close(CloseCode.GOING_AWAY, "server shutting down")
+
+
+def _ctx(conn: WsConnection) -> dict[str, str]:
+    return {"session_id": conn.session.session_id if conn.session else "-"}

@@ -1,0 +1,367 @@
+"""HLS writer: the facade that turns client frames into MPEG-TS segments and a media playlist."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import av
+
+from mixer.errors import InvalidMedia, MediaError
+from mixer.playlist import Playlist, PlaylistSegment
+from mixer.segmenter import (
+    DEFAULT_SEGMENT_TARGET_S,
+    SegmentInfo,
+    StreamSlot,
+    TsSegment,
+    fsync_path,
+)
+from mixer.tracks import Codec, Kind, TrackSpec
+from mixer.transcode import (
+    KEYFRAME_SLACK_TICKS,
+    TICKS_PER_S,
+    AudioTranscoder,
+    Normaliser,
+    create_normaliser,
+)
+from mixer.webm import WebmDemuxer, WebmPacket
+
+log = logging.getLogger(__name__)
+
+US_PER_S = 1_000_000
+# A frame may step back this far (jitter, rounding in the client) and is nudged forward; a
+# larger step back is dropped.
+BACKWARDS_TOLERANCE_US = 5_000
+# A frame that lands this far before the start of the timeline (a late track's backlog) is
+# dropped rather than written before the first segment.
+EARLY_TOLERANCE_TICKS = TICKS_PER_S // 2
+DEFAULT_FRAME_TICKS = TICKS_PER_S // 30  # Video frame length until two frames are seen.
+# Packets of a track added while a segment is open wait for the next segment; this bounds them.
+MAX_PENDING_PACKETS = 2_000
+
+
+@dataclass(slots=True)
+class _Track:
+    """State of one input stream (a `webm` track has one per demuxed kind)."""
+
+    kind: Kind
+    slot: int
+    normaliser: Normaliser | None
+    need_keyframe: bool = True
+    last_dts_us: int | None = None
+    webm: WebmDemuxer | None = None
+    webm_base_us: int = 0
+    subs: dict[Kind, _Track] = field(default_factory=dict)
+
+
+def _us_to_ticks(us: int) -> int:
+    return (us * 9 + 50) // 100  # 90 kHz ticks = µs * 9 / 100, rounded.
+
+
+class HlsWriter:
+    """Writes one session's tracks as HLS: `.ts` segments cut on keyframes plus a playlist.
+
+    Synchronous and not thread-safe: one writer per session, called from one worker thread.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        target_segment_s: float = DEFAULT_SEGMENT_TARGET_S,
+        name: str = "index",
+        start_index: int = 0,
+        start_s: float = 0.0,
+        discontinuity_first: bool = False,
+    ) -> None:
+        if target_segment_s <= 0:
+            raise ValueError("target_segment_s must be positive")
+        self._dir = Path(directory)
+        self._dir.mkdir(parents=True, exist_ok=True)
+        self._name = name
+        self._target_s = target_segment_s
+        self._target_ticks = round(target_segment_s * TICKS_PER_S)
+        self._index = start_index
+        self._start_ticks = round(start_s * TICKS_PER_S)
+        self._playlist_path = self._dir / f"{name}.m3u8"
+        self._playlist = Playlist()
+        if start_index > 0 and self._playlist_path.exists():
+            # A restart continues the playlist that the previous writer left.
+            self._playlist = Playlist.parse(self._playlist_path.read_text())
+            self._playlist.ended = False
+        self._tracks: dict[int, _Track] = {}
+        self._slots: list[StreamSlot] = []
+        self._frame_ticks: list[int] = []
+        self._last_pts: list[int | None] = []
+        self._lead_slot: int | None = None  # The video stream whose keyframes cut segments.
+        self._offset_us: int | None = None  # Session-wide input µs minus output µs.
+        self._resume_ticks = self._start_ticks
+        self._end_ticks = self._start_ticks
+        self._segment: TsSegment | None = None
+        self._seg_start = 0
+        self._seg_date = datetime.now(UTC)
+        self._seg_discontinuity = discontinuity_first
+        self._next_discontinuity = discontinuity_first
+        self._pending: list[tuple[int, av.Packet, float | None]] = []
+        self._cut_asap = False
+        self._finished = False
+
+    @property
+    def playlist(self) -> Playlist:
+        """The playlist of segments finished so far."""
+        return self._playlist
+
+    @property
+    def duration_s(self) -> float:
+        """Media time this writer has written (finished segments and the open one)."""
+        return (self._end_ticks - self._start_ticks) / TICKS_PER_S
+
+    def _new_slot(self, slot: StreamSlot) -> int:
+        self._slots.append(slot)
+        self._frame_ticks.append(DEFAULT_FRAME_TICKS)
+        self._last_pts.append(None)
+        return len(self._slots) - 1
+
+    def add_track(self, spec: TrackSpec) -> None:
+        """Register an input track; allowed before or after the first write."""
+        if spec.track_id in self._tracks:
+            raise InvalidMedia(f"track {spec.track_id} is already added")
+        if spec.codec is Codec.WEBM:
+            track = _Track(Kind.VIDEO, -1, None, webm=WebmDemuxer())
+            track.subs[Kind.VIDEO] = _Track(
+                Kind.VIDEO, self._new_slot(StreamSlot(Kind.VIDEO)), None
+            )
+            track.subs[Kind.AUDIO] = _Track(
+                Kind.AUDIO, self._new_slot(StreamSlot(Kind.AUDIO)), None
+            )
+        else:
+            normaliser = create_normaliser(spec, self._target_s)
+            slot = StreamSlot(spec.kind, spec.width, spec.height, spec.sample_rate)
+            if spec.kind is Kind.AUDIO and isinstance(normaliser, AudioTranscoder):
+                slot = StreamSlot(Kind.AUDIO)
+            track = _Track(spec.kind, self._new_slot(slot), normaliser)
+        self._tracks[spec.track_id] = track
+
+    def write(
+        self,
+        track_id: int,
+        data: bytes,
+        pts_us: int,
+        *,
+        keyframe: bool,
+        dts_us: int | None = None,
+        arrival: float | None = None,
+    ) -> list[SegmentInfo]:
+        """Write one frame; return the segments this write finished (closed and fsync'd)."""
+        if self._finished:
+            raise RuntimeError("the writer is finished")
+        track = self._tracks.get(track_id)
+        if track is None:
+            raise InvalidMedia(f"track {track_id} was not added")
+        if track.webm is None:
+            return self._write_frame(track, data, pts_us, dts_us, keyframe, arrival)
+        return self._write_webm(track, data, pts_us, arrival)
+
+    def _write_webm(
+        self, track: _Track, data: bytes, pts_us: int, arrival: float | None
+    ) -> list[SegmentInfo]:
+        assert track.webm is not None  # narrowed for mypy.
+        if WebmDemuxer.starts_stream(data):
+            # WebM times start at 0 with each recorder; the chunk's own time anchors them.
+            track.webm_base_us = pts_us
+        return self._write_webm_packets(track, track.webm.feed(data), arrival, strict=True)
+
+    def _write_webm_packets(
+        self, track: _Track, packets: list[WebmPacket], arrival: float | None, *, strict: bool
+    ) -> list[SegmentInfo]:
+        finished: list[SegmentInfo] = []
+        for packet in packets:
+            sub = track.subs[packet.kind]
+            if sub.normaliser is None:
+                spec = TrackSpec(-1, packet.kind, packet.codec, channels=packet.channels)
+                sub.normaliser = create_normaliser(spec, self._target_s)
+            pts = track.webm_base_us + packet.pts_us
+            try:
+                finished += self._write_frame(sub, packet.data, pts, None, packet.keyframe, arrival)
+            except MediaError as exc:
+                if strict:
+                    raise
+                log.warning("dropped a bad frame at the end of a WebM stream: %s", exc)
+        return finished
+
+    def _write_frame(
+        self,
+        track: _Track,
+        data: bytes,
+        pts_us: int,
+        dts_us: int | None,
+        keyframe: bool,
+        arrival: float | None,
+    ) -> list[SegmentInfo]:
+        if not data:
+            raise InvalidMedia("empty frame")
+        video = track.kind is Kind.VIDEO
+        if video and track.need_keyframe and not keyframe:
+            return []  # Undecodable without the keyframe it refers to.
+        dts = pts_us if dts_us is None else dts_us
+        if track.last_dts_us is not None and dts < track.last_dts_us:
+            if track.last_dts_us - dts > BACKWARDS_TOLERANCE_US:
+                log.warning("dropped a frame %d µs back in time", track.last_dts_us - dts)
+                return []
+        if self._offset_us is None:
+            # One offset for all tracks keeps A/V sync; after a pause the timeline resumes
+            # right where it stopped.
+            self._offset_us = dts - self._resume_ticks * 100 // 9
+        dts_t = _us_to_ticks(dts - self._offset_us)
+        if dts_t < self._resume_ticks - EARLY_TOLERANCE_TICKS:
+            log.warning("dropped a frame %d ticks before the timeline start", dts_t)
+            return []
+        pts_t = _us_to_ticks(pts_us - self._offset_us)
+        assert track.normaliser is not None  # set for every non-webm track.
+        try:
+            packets = track.normaliser.push(data, pts_t, dts_t, keyframe)
+        except MediaError:
+            if video:
+                track.need_keyframe = True  # A decoder may be confused until the next one.
+            raise
+        track.last_dts_us = max(dts, track.last_dts_us or dts)
+        if video:
+            track.need_keyframe = False
+        finished: list[SegmentInfo] = []
+        for packet in packets:
+            finished += self._emit(track.slot, packet, arrival)
+        return finished
+
+    def _emit(self, slot: int, packet: av.Packet, arrival: float | None) -> list[SegmentInfo]:
+        pts = packet.pts if packet.pts is not None else 0
+        dts = packet.dts if packet.dts is not None else pts
+        last = self._last_pts[slot]
+        kind = self._slots[slot].kind
+        if kind is Kind.VIDEO:
+            if last is not None and pts > last:
+                self._frame_ticks[slot] = pts - last
+            if self._lead_slot is None:
+                self._lead_slot = slot
+        if last is not None and dts <= last and kind is Kind.AUDIO:
+            dts = pts = last + 1  # Nudged within tolerance: the muxer needs rising times.
+            packet.pts = packet.dts = pts
+        self._last_pts[slot] = max(pts, last or pts)
+        duration = packet.duration or self._frame_ticks[slot]
+        finished: list[SegmentInfo] = []
+        if self._segment is None:
+            self._open(self._resume_ticks, arrival)
+        elif self._is_cut(slot, kind, packet, dts):
+            finished.append(self._close(dts))
+            self._open(dts, arrival)
+        assert self._segment is not None  # opened above.
+        if slot >= self._segment.slot_count:
+            self._hold(slot, packet, arrival)
+        else:
+            self._segment.mux(slot, packet)
+        self._end_ticks = max(self._end_ticks, pts + duration)
+        return finished
+
+    def _is_cut(self, slot: int, kind: Kind, packet: av.Packet, dts: int) -> bool:
+        if self._lead_slot is None:
+            at_boundary = kind is Kind.AUDIO
+        else:
+            at_boundary = slot == self._lead_slot and packet.is_keyframe
+        if not at_boundary:
+            return False
+        return self._cut_asap or dts - self._seg_start >= self._target_ticks - KEYFRAME_SLACK_TICKS
+
+    def _hold(self, slot: int, packet: av.Packet, arrival: float | None) -> None:
+        # A segment's streams are fixed when it opens: a late track waits for the next one,
+        # which is cut at the next keyframe rather than at the target.
+        self._cut_asap = True
+        self._pending.append((slot, packet, arrival))
+        if len(self._pending) > MAX_PENDING_PACKETS:
+            log.warning("dropped a packet of a late track: no keyframe came to cut on")
+            del self._pending[0]
+
+    def _open(self, start: int, arrival: float | None) -> None:
+        path = self._dir / f"{self._name}_{self._index:05d}.ts"
+        self._segment = TsSegment(path, list(self._slots))
+        self._seg_start = start
+        self._seg_date = datetime.fromtimestamp(time.time() if arrival is None else arrival, UTC)
+        self._seg_discontinuity = self._next_discontinuity
+        self._next_discontinuity = False
+        self._cut_asap = False
+        pending, self._pending = self._pending, []
+        for slot, packet, _ in pending:
+            self._segment.mux(slot, packet)
+
+    def _close(self, end: int) -> SegmentInfo:
+        assert self._segment is not None  # only called with a segment open.
+        segment, self._segment = self._segment, None
+        size = segment.close()
+        info = SegmentInfo(
+            index=self._index,
+            path=segment.path,
+            uri=segment.path.name,
+            duration_s=max(0, end - self._seg_start) / TICKS_PER_S,
+            start_s=self._seg_start / TICKS_PER_S,
+            program_date_time=self._seg_date,
+            discontinuity=self._seg_discontinuity,
+            size=size,
+        )
+        self._index += 1
+        self._playlist.append(
+            PlaylistSegment(info.uri, info.duration_s, info.program_date_time, info.discontinuity)
+        )
+        self._write_playlist(end=False)
+        return info
+
+    def _write_playlist(self, *, end: bool) -> None:
+        tmp = self._playlist_path.with_suffix(".m3u8.tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(self._playlist.render(end=end))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self._playlist_path)
+        fsync_path(self._dir)
+
+    def discontinuity(self) -> list[SegmentInfo]:
+        """Close the open segment now; the next one is flagged and continues the timeline."""
+        if self._finished:
+            raise RuntimeError("the writer is finished")
+        finished: list[SegmentInfo] = []
+        if self._segment is not None:
+            finished.append(self._close(self._end_ticks))
+            self._next_discontinuity = True
+        self._resume_ticks = self._end_ticks
+        self._offset_us = None
+        for track in self._tracks.values():
+            for t in (track, *track.subs.values()):
+                t.need_keyframe = True
+                t.last_dts_us = None
+                if t.normaliser is not None:
+                    t.normaliser.reset()
+        return finished
+
+    def finish(self) -> list[SegmentInfo]:
+        """Flush the encoders, close the last segment and end the playlist."""
+        if self._finished:
+            return []
+        finished: list[SegmentInfo] = []
+        for track in self._tracks.values():
+            if track.webm is not None:
+                finished += self._drain_webm(track)
+            for t in (track, *track.subs.values()):
+                if t.normaliser is not None:
+                    for packet in t.normaliser.flush():
+                        finished += self._emit(t.slot, packet, None)
+        if self._segment is not None:
+            finished.append(self._close(self._end_ticks))
+        self._finished = True
+        self._playlist.ended = True
+        self._write_playlist(end=True)
+        return finished
+
+    def _drain_webm(self, track: _Track) -> list[SegmentInfo]:
+        assert track.webm is not None  # narrowed for mypy.
+        return self._write_webm_packets(track, track.webm.close(), None, strict=False)

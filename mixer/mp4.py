@@ -1,0 +1,115 @@
+"""Remux a session's MPEG-TS segments, in order, into one MP4 without re-encoding."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import av.error
+from av.container import InputContainer, OutputContainer
+from av.stream import Stream
+
+from mixer.errors import InvalidMedia
+from mixer.segmenter import fsync_path
+
+MP4_OPTIONS = {"movflags": "+faststart"}
+ADTS_SYNC_MASK = 0xFFF6
+ADTS_SYNC = 0xFFF0
+
+
+@dataclass(frozen=True, slots=True)
+class Mp4Info:
+    """What was written: media length, file size and frame counts."""
+
+    duration_s: float
+    size: int
+    video_frames: int
+    audio_frames: int
+
+
+def _adts_to_raw(data: bytes) -> tuple[bytes, bytes]:
+    """Split one ADTS frame into (AudioSpecificConfig, raw payload)."""
+    # Done here rather than with `aac_adtstoasc`: that filter hands the config over as packet
+    # side data after the first packet, but the MP4 stream needs it before the header.
+    if len(data) < 7 or (int.from_bytes(data[:2], "big") & ADTS_SYNC_MASK) != ADTS_SYNC:
+        raise InvalidMedia("AAC in a segment is not ADTS")
+    object_type = (data[2] >> 6) + 1
+    rate_index = (data[2] >> 2) & 0x0F
+    channels = ((data[2] & 1) << 2) | (data[3] >> 6)
+    header = 7 if data[1] & 1 else 9  # protection_absent=0 adds a 2-byte CRC.
+    config = bytes(
+        ((object_type << 3) | (rate_index >> 1), ((rate_index & 1) << 7) | (channels << 3))
+    )
+    return config, data[header:]
+
+
+def _open(path: Path) -> InputContainer:
+    try:
+        return av.open(str(path), mode="r")
+    except av.error.FFmpegError as exc:
+        raise InvalidMedia(f"cannot read segment {path.name}: {exc}") from exc
+
+
+def _add_streams(output: OutputContainer, segments: Sequence[Path]) -> dict[str, Stream]:
+    # The MP4 header needs every stream (and the AAC config) before the first packet, and a
+    # track that joined late is only in later segments: look through them all first.
+    streams: dict[str, Stream] = {}
+    for path in segments:
+        with _open(path) as container:
+            for stream in container.streams:
+                if stream.type not in ("video", "audio") or stream.type in streams:
+                    continue
+                added = output.add_stream_from_template(stream, opaque=True)
+                if stream.type == "audio":
+                    for packet in container.demux(stream):
+                        if packet.size:
+                            added.codec_context.extradata = _adts_to_raw(bytes(packet))[0]
+                            break
+                streams[stream.type] = added
+        if len(streams) == 2:
+            break
+    return streams
+
+
+def build_mp4(segments: Sequence[Path], out: Path) -> Mp4Info:
+    """Remux TS segments in order into `out` (temp name, fsync, rename); return what it holds."""
+    if not segments:
+        raise InvalidMedia("no segments to build an MP4 from")
+    tmp = out.with_name(f".{out.name}.tmp")
+    counts = {"video": 0, "audio": 0}
+    first_ts: float | None = None
+    last_end = 0.0
+    with av.open(str(tmp), mode="w", format="mp4", options=MP4_OPTIONS) as output:
+        streams = _add_streams(output, segments)
+        for path in segments:
+            with _open(path) as container:
+                inputs = [s for s in container.streams if s.type in streams]
+                for packet in container.demux(inputs):
+                    if packet.dts is None or packet.pts is None or packet.size == 0:
+                        continue
+                    kind = packet.stream.type
+                    counts[kind] += 1
+                    tb = packet.time_base
+                    assert tb is not None  # Demuxed packets carry their stream's time base.
+                    start = float(packet.pts * tb)
+                    first_ts = start if first_ts is None else min(first_ts, start)
+                    last_end = max(last_end, start + float((packet.duration or 0) * tb))
+                    if kind == "audio":
+                        copy = av.Packet(_adts_to_raw(bytes(packet))[1])
+                        copy.pts, copy.dts, copy.duration = packet.pts, packet.dts, packet.duration
+                        copy.time_base, copy.is_keyframe = tb, packet.is_keyframe
+                        packet = copy
+                    packet.stream = streams[kind]
+                    output.mux(packet)
+    fsync_path(tmp)
+    os.replace(tmp, out)
+    fsync_path(out.parent)
+    return Mp4Info(
+        duration_s=max(0.0, last_end - (first_ts or 0.0)),
+        size=out.stat().st_size,
+        video_frames=counts["video"],
+        audio_frames=counts["audio"],
+    )

@@ -1,0 +1,87 @@
+"""MPEG-TS segment files: one container per segment, timestamps kept across segments."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import av
+import av.error
+from av.container import OutputContainer
+
+from mixer.errors import InvalidMedia
+from mixer.tracks import Kind
+
+DEFAULT_SEGMENT_TARGET_S = 4.0
+TS_FORMAT = "mpegts"
+# Every segment keeps the session's timestamps (the mpegts muxer adds the same fixed delay to
+# each), and libavformat must not shift a segment that starts with AAC priming below zero, or
+# that one segment would drift from the others.
+TS_OPTIONS = {"avoid_negative_ts": "disabled"}
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentInfo:
+    """A finished segment: its file (closed and fsync'd), place on the timeline and wall clock."""
+
+    index: int
+    path: Path
+    uri: str
+    duration_s: float
+    start_s: float
+    program_date_time: datetime
+    discontinuity: bool
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSlot:
+    """An output elementary stream of the segments: H.264 video or AAC audio."""
+
+    kind: Kind
+    width: int = 0
+    height: int = 0
+    sample_rate: int = 48_000
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a file (or directory) to disk so it survives a crash."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class TsSegment:
+    """One open `.ts` segment; its streams are fixed when it opens."""
+
+    def __init__(self, path: Path, slots: list[StreamSlot]) -> None:
+        self.path = path
+        self.slot_count = len(slots)
+        self._container: OutputContainer = av.open(
+            str(path), mode="w", format=TS_FORMAT, options=TS_OPTIONS
+        )
+        # Mux-only streams: packets are already encoded, so no codec is opened per segment.
+        self._streams = [
+            self._container.add_mux_stream("h264", width=s.width, height=s.height)
+            if s.kind is Kind.VIDEO
+            else self._container.add_mux_stream("aac", rate=s.sample_rate)
+            for s in slots
+        ]
+
+    def mux(self, slot: int, packet: av.Packet) -> None:
+        """Write one packet into the stream of `slot`."""
+        packet.stream = self._streams[slot]
+        try:
+            self._container.mux_one(packet)
+        except av.error.FFmpegError as exc:
+            raise InvalidMedia(f"muxer refused a packet: {exc}") from exc
+
+    def close(self) -> int:
+        """Write the trailer, fsync the file, and return its size in bytes."""
+        self._container.close()
+        fsync_path(self.path)
+        return self.path.stat().st_size

@@ -1,0 +1,417 @@
+"""Per-track input normalisers: turn client frames into H.264 (Annex B) or AAC (ADTS) packets.
+
+H.264 and AAC pass through untouched (never decode what you only store); VP8/VP9 are
+transcoded to H.264 with libx264 and Opus to AAC with FFmpeg's native encoder. Every
+normaliser takes timestamps already on the output timeline, in `OUTPUT_TIME_BASE` ticks, and
+returns `av.Packet`s in that time base, ready to mux.
+"""
+
+from __future__ import annotations
+
+import logging
+from fractions import Fraction
+from typing import Protocol
+
+import av
+import av.error
+from av.audio.codeccontext import AudioCodecContext
+from av.audio.frame import AudioFrame
+from av.audio.resampler import AudioResampler
+from av.video.codeccontext import VideoCodecContext
+from av.video.frame import PictureType, VideoFrame
+
+from mixer.errors import InvalidMedia, UnsupportedCodec
+from mixer.tracks import Codec, Kind, TrackSpec
+
+log = logging.getLogger(__name__)
+
+TICKS_PER_S = 90_000  # MPEG-TS clock.
+OUTPUT_TIME_BASE = Fraction(1, TICKS_PER_S)
+# Keyframes are forced, and segments cut, once this close to the target (one TS clock ms), so
+# that float rounding of a frame time never pushes a cut one frame later.
+KEYFRAME_SLACK_TICKS = 90
+AAC_FRAME_SAMPLES = 1024
+AAC_SAMPLE_RATE_HZ = 48_000
+AAC_BIT_RATE_MONO_BPS = 64_000
+AAC_BIT_RATE_STEREO_BPS = 128_000
+AAC_OBJECT_TYPE_LC = 2
+ADTS_HEADER_BYTES = 7
+ADTS_MAX_FRAME_BYTES = 0x1FFF  # 13-bit frame length field.
+ADTS_SAMPLE_RATES_HZ = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000,
+                        11025, 8000, 7350)  # fmt: skip
+# Opus input whose timestamps drift this far from the samples decoded is re-anchored (a gap).
+AUDIO_RESYNC_TICKS = 9_000  # 100 ms.
+X264_PRESET = "veryfast"
+X264_TUNE = "zerolatency"
+# Keyframes are forced at segment boundaries; this GOP cap only matters if none are forced.
+X264_MAX_GOP_FRAMES = 600
+ANNEX_B_START = b"\x00\x00\x01"
+H264_NAL_LENGTH_BYTES_MASK = 0x03
+
+
+class Normaliser(Protocol):
+    """Turns one input stream's frames into output packets (H.264 Annex B or AAC ADTS)."""
+
+    kind: Kind
+
+    def push(self, data: bytes, pts: int, dts: int, keyframe: bool) -> list[av.Packet]:
+        """Take one input frame (times in output ticks) and return the packets it completes."""
+        ...
+
+    def reset(self) -> None:
+        """Forget timing state after a discontinuity; the next output starts a new GOP."""
+        ...
+
+    def flush(self) -> list[av.Packet]:
+        """Drain buffered frames at the end of the stream."""
+        ...
+
+
+def _packet(data: bytes, pts: int, dts: int, keyframe: bool, duration: int) -> av.Packet:
+    packet = av.Packet(data)
+    packet.pts = pts
+    packet.dts = dts
+    packet.duration = duration
+    packet.time_base = OUTPUT_TIME_BASE
+    packet.is_keyframe = keyframe
+    return packet
+
+
+def adts_header(payload_size: int, sample_rate: int, channels: int) -> bytes:
+    """Build the 7-byte ADTS header (AAC-LC, no CRC) for one raw AAC frame."""
+    try:
+        rate_index = ADTS_SAMPLE_RATES_HZ.index(sample_rate)
+    except ValueError as exc:
+        raise UnsupportedCodec(f"AAC sample rate {sample_rate} Hz has no ADTS index") from exc
+    length = payload_size + ADTS_HEADER_BYTES
+    if length > ADTS_MAX_FRAME_BYTES:
+        raise InvalidMedia(f"AAC frame of {payload_size} bytes is too large")
+    profile = AAC_OBJECT_TYPE_LC - 1
+    return bytes(
+        (
+            0xFF,
+            0xF1,  # Sync word, MPEG-4, layer 0, no CRC.
+            (profile << 6) | (rate_index << 2) | (channels >> 2),
+            ((channels & 3) << 6) | (length >> 11),
+            (length >> 3) & 0xFF,
+            ((length & 7) << 5) | 0x1F,
+            0xFC,  # Buffer fullness 0x7FF (variable rate), one raw block.
+        )
+    )
+
+
+def parse_audio_specific_config(config: bytes) -> tuple[int, int]:
+    """Return (sample_rate, channels) from an AAC AudioSpecificConfig."""
+    if len(config) < 2:
+        raise InvalidMedia("AAC AudioSpecificConfig is shorter than 2 bytes")
+    rate_index = ((config[0] & 0x07) << 1) | (config[1] >> 7)
+    channels = (config[1] >> 3) & 0x0F
+    if rate_index >= len(ADTS_SAMPLE_RATES_HZ) or not 1 <= channels <= 2:
+        raise InvalidMedia("AAC AudioSpecificConfig is not mono/stereo at a known rate")
+    return ADTS_SAMPLE_RATES_HZ[rate_index], channels
+
+
+def _avcc_to_annexb_prefix(avcc: bytes) -> tuple[int, bytes]:
+    """Return (NAL length size, SPS+PPS in Annex B) from an avcC record."""
+    # Parsed here rather than with `h264_mp4toannexb` because that filter takes its avcC from a
+    # stream's codec parameters, which PyAV only fills from an opened container.
+    try:
+        length_size = (avcc[4] & H264_NAL_LENGTH_BYTES_MASK) + 1
+        out = bytearray()
+        pos = 5
+        for count_mask in (0x1F, 0xFF):  # SPS count (5 bits), then PPS count (8 bits).
+            count = avcc[pos] & count_mask
+            pos += 1
+            for _ in range(count):
+                size = int.from_bytes(avcc[pos : pos + 2], "big")
+                out += b"\x00\x00\x00\x01" + avcc[pos + 2 : pos + 2 + size]
+                pos += 2 + size
+    except IndexError as exc:
+        raise InvalidMedia("H.264 avcC extradata is truncated") from exc
+    if avcc[0] != 1 or not out:
+        raise InvalidMedia("H.264 extradata is not an avcC record")
+    return length_size, bytes(out)
+
+
+class H264Passthrough:
+    """Passes H.264 through; length-prefixed frames (avcC given) are rewritten as Annex B."""
+
+    kind = Kind.VIDEO
+
+    def __init__(self, spec: TrackSpec) -> None:
+        self._length_size = 0
+        self._parameter_sets = b""
+        if spec.extradata:
+            self._length_size, self._parameter_sets = _avcc_to_annexb_prefix(spec.extradata)
+
+    def _to_annexb(self, data: bytes, keyframe: bool) -> bytes:
+        out = bytearray(self._parameter_sets if keyframe else b"")
+        pos, size = 0, len(data)
+        while pos < size:
+            n = int.from_bytes(data[pos : pos + self._length_size], "big")
+            pos += self._length_size
+            if n == 0 or pos + n > size:
+                raise InvalidMedia("length-prefixed H.264 frame is truncated")
+            out += b"\x00\x00\x00\x01" + data[pos : pos + n]
+            pos += n
+        return bytes(out)
+
+    def push(self, data: bytes, pts: int, dts: int, keyframe: bool) -> list[av.Packet]:
+        """Check the framing and wrap the frame as a packet."""
+        if self._length_size:
+            data = self._to_annexb(data, keyframe)
+        # Cheap sanity check instead of parsing: Annex B starts with a start code and the
+        # first NAL header has its forbidden bit clear.
+        start = 4 if data.startswith(b"\x00\x00\x00\x01") else 3
+        if not data.startswith(ANNEX_B_START, start - 3) or len(data) <= start:
+            raise InvalidMedia("H.264 frame is not Annex B (no start code)")
+        if data[start] & 0x80:
+            raise InvalidMedia("H.264 NAL header has the forbidden bit set")
+        return [_packet(data, pts, dts, keyframe, 0)]
+
+    def reset(self) -> None:
+        """Nothing to forget: passthrough keeps no timing state."""
+
+    def flush(self) -> list[av.Packet]:
+        """Nothing is buffered."""
+        return []
+
+
+class AacPassthrough:
+    """Passes AAC through as ADTS; raw frames get an ADTS header built from the config."""
+
+    kind = Kind.AUDIO
+
+    def __init__(self, spec: TrackSpec) -> None:
+        self._raw = bool(spec.extradata)
+        self._rate, self._channels = spec.sample_rate, spec.channels
+        if self._raw:
+            self._rate, self._channels = parse_audio_specific_config(spec.extradata)
+
+    def push(self, data: bytes, pts: int, dts: int, keyframe: bool) -> list[av.Packet]:
+        """Check the framing and wrap the frame(s) as one packet."""
+        if self._raw:
+            if not data:
+                raise InvalidMedia("empty AAC frame")
+            data = adts_header(len(data), self._rate, self._channels) + data
+            frames, rate = 1, self._rate
+        else:
+            frames, rate = self._count_adts_frames(data)
+        duration = frames * AAC_FRAME_SAMPLES * TICKS_PER_S // rate
+        return [_packet(data, pts, pts, True, duration)]
+
+    @staticmethod
+    def _count_adts_frames(data: bytes) -> tuple[int, int]:
+        pos, frames, rate, size = 0, 0, AAC_SAMPLE_RATE_HZ, len(data)
+        while pos < size:
+            if size - pos < ADTS_HEADER_BYTES or data[pos] != 0xFF or data[pos + 1] & 0xF6 != 0xF0:
+                raise InvalidMedia("AAC frame is not ADTS (no sync word)")
+            rate_index = (data[pos + 2] >> 2) & 0x0F
+            length = ((data[pos + 3] & 3) << 11) | (data[pos + 4] << 3) | (data[pos + 5] >> 5)
+            if rate_index >= len(ADTS_SAMPLE_RATES_HZ) or length < ADTS_HEADER_BYTES:
+                raise InvalidMedia("AAC ADTS header is invalid")
+            rate = ADTS_SAMPLE_RATES_HZ[rate_index]
+            frames += 1 + (data[pos + 6] & 3)
+            pos += length
+        if pos != size:
+            raise InvalidMedia("AAC ADTS frame is truncated")
+        return frames, rate
+
+    def reset(self) -> None:
+        """Nothing to forget: passthrough keeps no timing state."""
+
+    def flush(self) -> list[av.Packet]:
+        """Nothing is buffered."""
+        return []
+
+
+class VideoTranscoder:
+    """Decodes VP8/VP9 and encodes H.264 (libx264, no B-frames) with forced segment keyframes."""
+
+    kind = Kind.VIDEO
+
+    def __init__(self, spec: TrackSpec, keyframe_interval_s: float) -> None:
+        if spec.codec not in (Codec.VP8, Codec.VP9):
+            raise UnsupportedCodec(f"cannot transcode {spec.codec!s} video")
+        decoder = av.CodecContext.create(str(spec.codec), "r")
+        assert isinstance(decoder, VideoCodecContext)  # PyAV typing only.
+        self._decoder = decoder
+        self._encoder: VideoCodecContext | None = None
+        self._interval = round(keyframe_interval_s * TICKS_PER_S)
+        self._next_key: int | None = None
+        self._last_pts: int | None = None
+
+    def _open_encoder(self, frame: VideoFrame) -> VideoCodecContext:
+        encoder = av.CodecContext.create("libx264", "w")
+        assert isinstance(encoder, VideoCodecContext)  # PyAV typing only.
+        encoder.width = frame.width - frame.width % 2  # 4:2:0 needs even sizes.
+        encoder.height = frame.height - frame.height % 2
+        encoder.pix_fmt = "yuv420p"
+        encoder.time_base = OUTPUT_TIME_BASE
+        encoder.max_b_frames = 0
+        encoder.gop_size = X264_MAX_GOP_FRAMES
+        encoder.thread_count = 1  # Many streams per core: threads would only add overhead.
+        encoder.options = {"preset": X264_PRESET, "tune": X264_TUNE, "forced-idr": "1"}
+        return encoder
+
+    def push(self, data: bytes, pts: int, dts: int, keyframe: bool) -> list[av.Packet]:
+        """Decode one frame and encode what it yields."""
+        packet = av.Packet(data)
+        packet.pts = pts
+        packet.dts = pts
+        packet.time_base = OUTPUT_TIME_BASE
+        try:
+            frames = self._decoder.decode(packet)
+        except av.error.FFmpegError as exc:
+            raise InvalidMedia(f"cannot decode video frame: {exc}") from exc
+        out: list[av.Packet] = []
+        for frame in frames:
+            assert isinstance(frame, VideoFrame)  # PyAV typing only.
+            out += self._encode(frame, pts if frame.pts is None else frame.pts)
+        return out
+
+    def _encode(self, frame: VideoFrame, pts: int) -> list[av.Packet]:
+        if self._last_pts is not None and pts <= self._last_pts:
+            return []  # x264 refuses non-increasing times; the writer already logged why.
+        self._last_pts = pts
+        if self._encoder is None:
+            self._encoder = self._open_encoder(frame)
+        encoder = self._encoder
+        size = (encoder.width, encoder.height)
+        if (frame.width, frame.height) != size or frame.format.name != "yuv420p":
+            frame = frame.reformat(width=encoder.width, height=encoder.height, format="yuv420p")
+        frame.pts = pts
+        frame.time_base = OUTPUT_TIME_BASE
+        if self._next_key is None or pts >= self._next_key - KEYFRAME_SLACK_TICKS:
+            frame.pict_type = PictureType.I
+            self._next_key = pts + self._interval
+        else:
+            frame.pict_type = PictureType.NONE
+        return self._wrap(encoder.encode(frame))
+
+    @staticmethod
+    def _wrap(packets: list[av.Packet]) -> list[av.Packet]:
+        for packet in packets:
+            packet.time_base = OUTPUT_TIME_BASE
+        return packets
+
+    def reset(self) -> None:
+        """Force a keyframe on the next frame so the new segment starts with one."""
+        self._next_key = None
+
+    def flush(self) -> list[av.Packet]:
+        """Drain the encoder."""
+        if self._encoder is None:
+            return []
+        try:
+            return self._wrap(self._encoder.encode(None))
+        finally:
+            self._encoder = None
+
+
+class AudioTranscoder:
+    """Decodes Opus and encodes AAC-LC at 48 kHz (native `aac` encoder), output as ADTS."""
+
+    kind = Kind.AUDIO
+
+    def __init__(self, spec: TrackSpec) -> None:
+        if spec.codec is not Codec.OPUS:
+            raise UnsupportedCodec(f"cannot transcode {spec.codec!s} audio")
+        self._channels = spec.channels
+        layout = "stereo" if spec.channels == 2 else "mono"
+        decoder = av.CodecContext.create("opus", "r")
+        assert isinstance(decoder, AudioCodecContext)  # PyAV typing only.
+        decoder.sample_rate = spec.sample_rate
+        decoder.layout = layout
+        self._decoder = decoder
+        self._resampler = AudioResampler(
+            format="fltp", layout=layout, rate=AAC_SAMPLE_RATE_HZ, frame_size=AAC_FRAME_SAMPLES
+        )
+        encoder = av.CodecContext.create("aac", "w")
+        assert isinstance(encoder, AudioCodecContext)  # PyAV typing only.
+        encoder.sample_rate = AAC_SAMPLE_RATE_HZ
+        encoder.layout = layout
+        encoder.format = "fltp"
+        encoder.bit_rate = AAC_BIT_RATE_STEREO_BPS if spec.channels == 2 else AAC_BIT_RATE_MONO_BPS
+        encoder.time_base = Fraction(1, AAC_SAMPLE_RATE_HZ)
+        self._encoder: AudioCodecContext | None = encoder
+        # Encoder input is stamped by a sample counter; `_shift` maps samples to output ticks.
+        self._samples_in = 0
+        self._samples_out = 0
+        self._shift: int | None = None
+
+    def _ticks(self, samples: int) -> int:
+        return samples * TICKS_PER_S // AAC_SAMPLE_RATE_HZ
+
+    def push(self, data: bytes, pts: int, dts: int, keyframe: bool) -> list[av.Packet]:
+        """Decode one Opus packet and return the AAC packets completed so far."""
+        if not data:
+            raise InvalidMedia("empty Opus packet")
+        try:
+            frames = self._decoder.decode(av.Packet(data))
+        except av.error.FFmpegError as exc:
+            raise InvalidMedia(f"cannot decode Opus packet: {exc}") from exc
+        expected = self._ticks(self._samples_in)
+        if self._shift is None or abs(pts - (expected + self._shift)) > AUDIO_RESYNC_TICKS:
+            self._shift = pts - expected  # First packet, or a gap in the input: re-anchor.
+        out: list[av.Packet] = []
+        for frame in frames:
+            assert isinstance(frame, AudioFrame)  # PyAV typing only.
+            self._samples_in += frame.samples
+            frame.pts = None
+            out += self._encode(self._resampler.resample(frame))
+        return out
+
+    def _encode(self, frames: list[AudioFrame]) -> list[av.Packet]:
+        out: list[av.Packet] = []
+        if self._encoder is None:
+            return out
+        for frame in frames:
+            frame.pts = self._samples_out
+            frame.time_base = self._encoder.time_base
+            self._samples_out += frame.samples
+            out += self._wrap(self._encoder.encode(frame))
+        return out
+
+    def _wrap(self, packets: list[av.Packet]) -> list[av.Packet]:
+        out = []
+        shift = self._shift or 0
+        for packet in packets:
+            payload = bytes(packet)
+            pts = self._ticks(packet.pts or 0) + shift
+            out.append(
+                _packet(
+                    adts_header(len(payload), AAC_SAMPLE_RATE_HZ, self._channels) + payload,
+                    pts,
+                    pts,
+                    True,
+                    self._ticks(AAC_FRAME_SAMPLES),
+                )
+            )
+        return out
+
+    def reset(self) -> None:
+        """Keep the sample clock: the writer's timeline continues without a gap."""
+
+    def flush(self) -> list[av.Packet]:
+        """Drain the resampler and the encoder."""
+        if self._encoder is None:
+            return []
+        out = self._encode(self._resampler.resample(None))
+        out += self._wrap(self._encoder.encode(None))
+        self._encoder = None
+        return out
+
+
+def create_normaliser(spec: TrackSpec, keyframe_interval_s: float) -> Normaliser:
+    """Pick the normaliser for an audio or video track (not `webm`, which is demuxed first)."""
+    match spec.codec:
+        case Codec.H264:
+            return H264Passthrough(spec)
+        case Codec.AAC:
+            return AacPassthrough(spec)
+        case Codec.VP8 | Codec.VP9:
+            return VideoTranscoder(spec, keyframe_interval_s)
+        case Codec.OPUS:
+            return AudioTranscoder(spec)
+    raise UnsupportedCodec(f"no normaliser for codec {spec.codec!s}")

@@ -1,0 +1,1 @@
+"""Storage: metadata, object stores and the durable spool. Knows nothing of media."""

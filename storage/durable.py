@@ -1,0 +1,127 @@
+"""Crash-safe file operations shared by the local object store and the spool.
+
+Every function here blocks: callers run them in a worker thread, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+TEMP_PREFIX = ".tmp-"  # names that start with this are half-written and never served
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a directory's entries (creates, renames, unlinks) durable."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_file(path: Path) -> None:
+    """Flush a file's data to disk (works on a file written by someone else, too)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def ensure_dir(path: Path) -> None:
+    """Create ``path`` and missing parents, fsyncing each parent so new entries survive a crash."""
+    missing: list[Path] = []
+    probe = path
+    while not probe.is_dir():
+        missing.append(probe)
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    for directory in reversed(missing):
+        try:
+            directory.mkdir()
+        except FileExistsError:
+            if not directory.is_dir():
+                raise
+            continue  # a concurrent writer made it; it fsyncs the parent itself
+        fsync_dir(directory.parent)
+
+
+def temp_path_for(dest: Path) -> Path:
+    """A unique hidden temporary name beside ``dest`` (same directory, so same filesystem)."""
+    return dest.with_name(f"{TEMP_PREFIX}{dest.name}.{uuid.uuid4().hex}")
+
+
+def write_atomic(dest: Path, data: bytes) -> None:
+    """Replace ``dest`` with ``data`` so that a crash leaves either the old or the new content."""
+    tmp = temp_path_for(dest)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(dest.parent)
+
+
+def copy_durable(src: Path, dest: Path) -> None:
+    """Copy ``src`` to ``dest`` (which must not be visible to readers yet) and fsync it."""
+    with open(src, "rb") as fin, open(dest, "wb") as fout:
+        shutil.copyfileobj(fin, fout, 1024 * 1024)
+        fout.flush()
+        os.fsync(fout.fileno())
+
+
+def place_atomic(src: Path, dest: Path, *, move: bool) -> None:
+    """Put ``src``'s content at ``dest`` atomically: rename (``move``) or hard link, else copy.
+
+    Rename and link only work within one filesystem; any other case falls back to a fsync'd
+    copy. With ``move`` the source is gone afterwards; without it the source stays put.
+    """
+    tmp = temp_path_for(dest)
+    try:
+        if move:
+            try:
+                os.replace(src, dest)
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    raise
+            else:
+                fsync_file(dest)  # the writer may not have flushed it
+                fsync_dir(dest.parent)
+                return
+        linked = False
+        if not move:
+            try:
+                os.link(src, tmp)
+                linked = True
+            except OSError as exc:
+                if exc.errno == errno.ENOENT:
+                    raise
+        if linked:
+            fsync_file(tmp)
+        else:
+            copy_durable(src, tmp)
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(dest.parent)
+    if move:
+        src.unlink(missing_ok=True)  # copied across filesystems: only now is the move complete
+
+
+def remove_quietly(path: Path) -> bool:
+    """Unlink ``path``; true when it existed."""
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    return True

@@ -1,0 +1,136 @@
+"""The metadata store interface: sessions, their events, recorded files and API keys.
+
+SQLite (``meta_sqlite.SqliteMetaStore``) is the embedded default; the interface is kept
+narrow and SQL-neutral so a Postgres implementation can fill it later.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRow:
+    """One screen-recording session as stored."""
+
+    session_id: str
+    customer_id: str
+    profile_id: str
+    platform_call_id: str
+    agent_platform_id: str
+    user_id: str
+    state: str  # ingest.sessions.SessionState value
+    created_at: datetime
+    updated_at: datetime
+    ended_at: datetime | None = None
+    acked_seq: int = 0  # highest media sequence number made durable
+    recorded_ms: int = 0  # media time recorded so far (paused time excluded)
+    extra: dict[str, Any] = field(default_factory=dict)  # small JSON-able state
+
+
+@dataclass(frozen=True, slots=True)
+class SessionEventRow:
+    """One processed session event and whether the recording app acked it."""
+
+    event_id: int
+    session_id: str
+    event_type: str
+    created_at: datetime
+    acked_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FileRow:
+    """One file a recording produced: a segment, a playlist, an MP4, a snapshot."""
+
+    session_id: str
+    key: str  # object-store key
+    kind: str  # "segment" | "playlist" | "mp4" | "snapshot"
+    size: int
+    created_at: datetime
+    duration_ms: int = 0
+    seq: int = 0  # segment index within the session
+    discontinuity: bool = False
+    program_date_time: datetime | None = None
+    uploaded_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeyRow:
+    """A stored API key (only its hash is kept)."""
+
+    key_hash: str
+    name: str
+    tenant_id: str
+    user_id: str
+    created_at: datetime
+
+
+class MetaStore(Protocol):
+    """Durable metadata. Every method is a single transaction; rows come back as dataclasses."""
+
+    async def open(self) -> None:
+        """Connect and apply pending migrations."""
+        ...
+
+    async def aclose(self) -> None:
+        """Close; calling it twice is harmless."""
+        ...
+
+    async def schema_version(self) -> int:
+        """The migration number the database is at."""
+        ...
+
+    # sessions
+    async def create_session(self, row: SessionRow) -> None:
+        """Insert a new session; ``MetaConflict`` if the id exists."""
+        ...
+
+    async def get_session(self, session_id: str) -> SessionRow | None:
+        """The session, or ``None``."""
+        ...
+
+    async def update_session(self, session_id: str, **changes: Any) -> SessionRow:
+        """Set the named columns (and ``updated_at``); ``KeyError`` when the session is unknown."""
+        ...
+
+    async def list_sessions(self, states: tuple[str, ...] | None = None) -> list[SessionRow]:
+        """Sessions, optionally only those in ``states``, oldest first."""
+        ...
+
+    # events
+    async def add_event(self, session_id: str, event_type: str, at: datetime) -> SessionEventRow:
+        """Record a processed event."""
+        ...
+
+    async def ack_event(self, event_id: int, at: datetime) -> None:
+        """Mark an event acked by the recording app."""
+        ...
+
+    async def list_events(self, session_id: str) -> list[SessionEventRow]:
+        """A session's events in order."""
+        ...
+
+    # files
+    async def add_file(self, row: FileRow) -> None:
+        """Record a produced file (replaces a row with the same key)."""
+        ...
+
+    async def mark_uploaded(self, key: str, at: datetime) -> None:
+        """Record that the object store confirmed ``key``."""
+        ...
+
+    async def list_files(self, session_id: str, kind: str | None = None) -> list[FileRow]:
+        """A session's files ordered by kind then seq."""
+        ...
+
+    # API keys
+    async def add_api_key(self, row: ApiKeyRow) -> None:
+        """Store a key hash."""
+        ...
+
+    async def find_api_key(self, key_hash: str) -> ApiKeyRow | None:
+        """The key with this hash, or ``None``."""
+        ...

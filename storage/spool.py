@@ -1,0 +1,447 @@
+"""The durable spool: finished files wait here, fsync'd, until an object store confirms them.
+
+Each item is two files in the spool directory: ``<item_id>.data`` (the bytes) and
+``<item_id>.json`` (its manifest). The manifest is written last, atomically, so an item is
+durable exactly when its manifest exists; a data file without one is a half-done ``add``
+and is dropped on recovery. Items of one group upload strictly in add order, one at a time;
+groups upload in parallel on a fixed pool of workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import dataclasses
+import heapq
+import json
+import logging
+import os
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from .durable import TEMP_PREFIX, ensure_dir, fsync_dir, place_atomic, remove_quietly, write_atomic
+from .errors import SpoolFull, StoreRefused
+from .objects import ObjectInfo, ObjectStore
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_BYTES = 2 * 1024**3
+DEFAULT_WORKERS = 4
+DEFAULT_RETRY_BASE_S = 0.2
+DEFAULT_RETRY_MAX_S = 30.0
+DEFAULT_DRAIN_TIMEOUT_S = 5.0
+DATA_SUFFIX = ".data"
+MANIFEST_SUFFIX = ".json"
+_ID_WIDTH = 20  # zero-padded so a directory listing sorts in item order
+
+OnUploaded = Callable[["SpoolItem", ObjectInfo, float], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolItem:
+    """One file held by the spool until its upload is confirmed."""
+
+    item_id: int  # increases with every add; recovery re-enqueues in this order
+    key: str
+    store_id: str
+    group: str  # items of a group upload in add order, one after the other
+    content_type: str | None
+    size: int
+    added_at: datetime
+    attempts: int = 0  # upload attempts made so far (not persisted across restarts)
+
+
+@dataclass(slots=True)
+class _Group:
+    queue: list[tuple[int, SpoolItem]] = field(default_factory=list)  # heap by item_id
+    adding: set[int] = field(default_factory=set)  # ids reserved by adds still writing
+    busy: bool = False  # queued on the ready queue or being uploaded by a worker
+
+
+def _stem(item_id: int) -> str:
+    return f"{item_id:0{_ID_WIDTH}d}"
+
+
+class Spool:
+    """A directory of fsync'd files and the workers that upload them with retry."""
+
+    def __init__(
+        self,
+        directory: Path,
+        resolve_store: Callable[[str], ObjectStore],
+        *,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        workers: int = DEFAULT_WORKERS,
+        retry_base_s: float = DEFAULT_RETRY_BASE_S,
+        retry_max_s: float = DEFAULT_RETRY_MAX_S,
+        on_uploaded: OnUploaded | None = None,
+    ) -> None:
+        if workers < 1 or max_bytes < 1 or not 0 < retry_base_s <= retry_max_s:
+            raise ValueError("spool needs workers >= 1, max_bytes >= 1, 0 < retry_base_s <= max")
+        self.directory = directory
+        self._resolve_store = resolve_store
+        self.max_bytes = max_bytes
+        self._workers = workers
+        self._retry_base_s = retry_base_s
+        self._retry_max_s = retry_max_s
+        self._on_uploaded = on_uploaded
+        self._random = random.Random()
+        self._groups: dict[str, _Group] = {}
+        self._ready: asyncio.Queue[str] = asyncio.Queue()  # groups whose head may upload now
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._uploading: set[asyncio.Task[None]] = set()  # workers in the middle of an item
+        self._changed = asyncio.Condition()  # notified whenever an item leaves or arrives
+        self._closing = asyncio.Event()
+        self._next_id = 1
+        self._pending = 0  # items added (or being added) and not yet confirmed
+        self._bytes = 0
+        self._full_logged = False
+        self._started = False
+        self.uploaded_total = 0
+        self.upload_failures_total = 0
+
+    @property
+    def depth(self) -> int:
+        """Items waiting for a confirmed upload (including those being added or uploaded)."""
+        return self._pending
+
+    @property
+    def bytes(self) -> int:
+        """Bytes held in the spool (including adds in progress)."""
+        return self._bytes
+
+    # lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Recover the items a previous run left behind, then start the upload workers."""
+        if self._closing.is_set():
+            raise RuntimeError("spool is closed")
+        if self._started:
+            return
+        self._started = True
+        items = await asyncio.to_thread(self._recover_sync)
+        for item in items:
+            self._next_id = max(self._next_id, item.item_id + 1)
+            self._pending += 1
+            self._bytes += item.size
+            self._enqueue(item)
+        if items:
+            log.info("spool recovered %d items (%d bytes)", len(items), self._bytes)
+        for n in range(self._workers):
+            task = asyncio.create_task(self._worker(), name=f"spool-upload-{n}")
+            self._tasks.add(task)
+
+    def _recover_sync(self) -> list[SpoolItem]:
+        ensure_dir(self.directory)
+        manifests: dict[int, Path] = {}
+        datas: dict[int, Path] = {}
+        for entry in os.scandir(self.directory):
+            path = Path(entry.path)
+            if entry.name.startswith(TEMP_PREFIX):
+                remove_quietly(path)  # an atomic write that never finished
+                continue
+            stem, _, suffix = entry.name.partition(".")
+            if not stem.isdigit():
+                continue
+            if "." + suffix == MANIFEST_SUFFIX:
+                manifests[int(stem)] = path
+            elif "." + suffix == DATA_SUFFIX:
+                datas[int(stem)] = path
+        items: list[SpoolItem] = []
+        for item_id in sorted(manifests.keys() | datas.keys()):
+            manifest, data = manifests.get(item_id), datas.get(item_id)
+            if manifest is None or data is None:
+                # add() crashed before its manifest (never acknowledged), or an upload was
+                # confirmed and its manifest removed first: either way nothing to keep
+                for leftover in (manifest, data):
+                    if leftover is not None:
+                        remove_quietly(leftover)
+                continue
+            try:
+                fields = json.loads(manifest.read_bytes())
+                items.append(
+                    SpoolItem(
+                        item_id=item_id,
+                        key=str(fields["key"]),
+                        store_id=str(fields["store_id"]),
+                        group=str(fields["group"]),
+                        content_type=fields.get("content_type"),
+                        size=data.stat().st_size,  # the bytes we hold, whatever was planned
+                        added_at=datetime.fromisoformat(fields["added_at"]),
+                    )
+                )
+            except (ValueError, KeyError, TypeError) as exc:
+                # written atomically, so this is corruption: keep the files for a human
+                log.error("spool manifest %s unreadable, left in place: %s", manifest, exc)
+        return items
+
+    async def aclose(self, drain_timeout: float = DEFAULT_DRAIN_TIMEOUT_S) -> None:
+        """Stop accepting, let in-flight uploads finish for ``drain_timeout`` s, then stop.
+
+        Items not confirmed by then stay on disk for the next ``start``.
+        """
+        if self._closing.is_set() and not self._tasks:
+            return
+        self._closing.set()
+        async with self._changed:
+            self._changed.notify_all()  # waiters see the spool will not drain any further
+        for task in self._tasks - self._uploading:
+            task.cancel()  # idle workers: nothing to finish
+        if self._uploading:
+            await asyncio.wait(set(self._uploading), timeout=drain_timeout)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        self._uploading.clear()
+
+    # adding ------------------------------------------------------------------------------
+
+    async def add(
+        self,
+        key: str,
+        src: Path,
+        *,
+        group: str,
+        store_id: str = "default",
+        content_type: str | None = None,
+        move: bool = True,
+    ) -> SpoolItem:
+        """Take ``src`` into the spool (moved, or copied when ``move`` is false) and queue it.
+
+        When this returns the file is fsync'd in the spool and will be uploaded even across a
+        crash; ``SpoolFull`` when it would push the spool over ``max_bytes`` (``src`` untouched).
+        """
+        self._check_open()
+        size = (await asyncio.to_thread(src.stat)).st_size
+        return await self._add(key, group, store_id, content_type, size, src, b"", move)
+
+    async def add_bytes(
+        self,
+        key: str,
+        data: builtins.bytes,
+        *,
+        group: str,
+        store_id: str = "default",
+        content_type: str | None = None,
+    ) -> SpoolItem:
+        """Write ``data`` into the spool and queue it; durable when this returns."""
+        self._check_open()
+        return await self._add(key, group, store_id, content_type, len(data), None, data, False)
+
+    def _check_open(self) -> None:
+        if not self._started:
+            raise RuntimeError("spool is not started")
+        if self._closing.is_set():
+            raise RuntimeError("spool is closed")
+
+    async def _add(
+        self,
+        key: str,
+        group: str,
+        store_id: str,
+        content_type: str | None,
+        size: int,
+        src: Path | None,
+        data: builtins.bytes,
+        move: bool,
+    ) -> SpoolItem:
+        self._check_open()
+        if self._bytes + size > self.max_bytes:
+            if not self._full_logged:  # once per episode: a full spool would flood the log
+                self._full_logged = True
+                log.error(
+                    "spool full: %d + %d bytes exceeds %d; refusing %s",
+                    self._bytes,
+                    size,
+                    self.max_bytes,
+                    key,
+                    extra={"key": key, "session_id": group},
+                )
+            raise SpoolFull(f"spool holds {self._bytes} bytes; {key} ({size} bytes) does not fit")
+        # reserve id and bytes before the first await, so concurrent adds keep their order
+        # within the group and cannot overshoot the cap together
+        item = SpoolItem(
+            item_id=self._next_id,
+            key=key,
+            store_id=store_id,
+            group=group,
+            content_type=content_type,
+            size=size,
+            added_at=datetime.now(UTC),
+        )
+        self._next_id += 1
+        self._bytes += size
+        self._pending += 1
+        state = self._groups.setdefault(group, _Group())
+        state.adding.add(item.item_id)
+        try:
+            await asyncio.to_thread(self._write_sync, item, src, data, move)
+        except BaseException:
+            self._bytes -= size
+            self._pending -= 1
+            state.adding.discard(item.item_id)
+            self._settle_group(group)
+            raise
+        self._full_logged = False
+        state.adding.discard(item.item_id)
+        self._enqueue(item)
+        async with self._changed:
+            self._changed.notify_all()
+        return item
+
+    def _write_sync(
+        self, item: SpoolItem, src: Path | None, data: builtins.bytes, move: bool
+    ) -> None:
+        stem = _stem(item.item_id)
+        data_path = self.directory / (stem + DATA_SUFFIX)
+        if src is not None:
+            place_atomic(src, data_path, move=move)  # fsyncs the file and the directory
+        else:
+            write_atomic(data_path, data)
+        manifest = {
+            "item_id": item.item_id,
+            "key": item.key,
+            "store_id": item.store_id,
+            "group": item.group,
+            "content_type": item.content_type,
+            "size": item.size,
+            "added_at": item.added_at.isoformat(),
+        }
+        try:
+            write_atomic(self.directory / (stem + MANIFEST_SUFFIX), json.dumps(manifest).encode())
+        except BaseException:
+            remove_quietly(data_path)  # without a manifest the data would be dropped anyway
+            raise
+
+    # scheduling --------------------------------------------------------------------------
+
+    def _enqueue(self, item: SpoolItem) -> None:
+        state = self._groups.setdefault(item.group, _Group())
+        heapq.heappush(state.queue, (item.item_id, item))
+        self._settle_group(item.group)
+
+    def _settle_group(self, group: str) -> None:
+        """Hand the group to a worker if its head may go now, or forget it when it is empty."""
+        state = self._groups.get(group)
+        if state is None or state.busy:
+            return
+        if not state.queue:
+            if not state.adding:
+                del self._groups[group]
+            return
+        head_id = state.queue[0][0]
+        if state.adding and min(state.adding) < head_id:
+            return  # an earlier add of this group is still writing; it goes first
+        state.busy = True
+        self._ready.put_nowait(group)
+
+    async def _worker(self) -> None:
+        current = asyncio.current_task()
+        assert current is not None  # always run as a task
+        while not self._closing.is_set():
+            group = await self._ready.get()
+            self._uploading.add(current)
+            try:
+                await self._upload_head(group)
+            finally:
+                self._uploading.discard(current)
+
+    async def _upload_head(self, group: str) -> None:
+        state = self._groups[group]
+        _, item = state.queue[0]
+        while True:
+            item = dataclasses.replace(item, attempts=item.attempts + 1)
+            try:
+                store = self._resolve_store(item.store_id)
+                path = self.directory / (_stem(item.item_id) + DATA_SUFFIX)
+                info = await store.put_file(item.key, path, item.content_type)
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.upload_failures_total += 1
+                extra = {"key": item.key, "session_id": group, "attempt": item.attempts}
+                if isinstance(exc, StoreRefused):  # the user's store said no: loud
+                    log.error(
+                        "upload of %s refused (attempt %d): %s",
+                        item.key,
+                        item.attempts,
+                        exc,
+                        extra=extra,
+                    )
+                else:
+                    log.warning(
+                        "upload of %s failed (attempt %d): %r",
+                        item.key,
+                        item.attempts,
+                        exc,
+                        extra=extra,
+                    )
+            if await self._backoff(item.attempts):
+                state.busy = False  # closing: leave the item on disk for the next start
+                return
+        latency_s = max(0.0, (datetime.now(UTC) - item.added_at).total_seconds())
+        if self._on_uploaded is not None:
+            try:
+                await self._on_uploaded(item, info, latency_s)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # the object is safe in the store; a failing hook must not re-upload forever
+                log.exception(
+                    "on_uploaded hook failed for %s",
+                    item.key,
+                    extra={"key": item.key, "session_id": group},
+                )
+        await asyncio.to_thread(self._remove_sync, item.item_id)
+        heapq.heappop(state.queue)
+        state.busy = False
+        self._bytes -= item.size
+        self._pending -= 1
+        self.uploaded_total += 1
+        self._settle_group(group)
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def _backoff(self, attempts: int) -> bool:
+        """Wait before the next attempt; true when the spool began closing meanwhile."""
+        ceiling_s = min(self._retry_max_s, self._retry_base_s * 2 ** min(attempts - 1, 62))
+        delay_s = self._random.uniform(self._retry_base_s, max(self._retry_base_s, ceiling_s))
+        try:
+            await asyncio.wait_for(self._closing.wait(), delay_s)
+        except TimeoutError:
+            return False
+        return True
+
+    def _remove_sync(self, item_id: int) -> None:
+        stem = _stem(item_id)
+        # manifest first: a crash in between leaves bare data, which recovery drops
+        remove_quietly(self.directory / (stem + MANIFEST_SUFFIX))
+        remove_quietly(self.directory / (stem + DATA_SUFFIX))
+        fsync_dir(self.directory)
+
+    # waiting -----------------------------------------------------------------------------
+
+    # a timeout argument (not asyncio.timeout) so a timeout is an answer, not an exception
+    async def wait_idle(self, timeout: float | None = None) -> bool:  # noqa: ASYNC109
+        """Wait until nothing is pending; false on timeout or when the spool closed first."""
+        return await self._wait(lambda: self._pending == 0, timeout)
+
+    async def wait_group(self, group: str, timeout: float | None = None) -> bool:  # noqa: ASYNC109
+        """Wait until ``group`` has nothing pending; false on timeout or when the spool closed."""
+        return await self._wait(lambda: group not in self._groups, timeout)
+
+    async def _wait(self, done: Callable[[], bool], timeout: float | None) -> bool:  # noqa: ASYNC109
+        async def until() -> None:
+            async with self._changed:
+                await self._changed.wait_for(lambda: done() or self._closing.is_set())
+
+        try:
+            await asyncio.wait_for(until(), timeout)
+        except TimeoutError:
+            pass
+        return done()

@@ -1,0 +1,70 @@
+"""Shared fixtures: the loop-blocking guard, and a real reelhouse server on a free loopback port."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from blockbuster import BlockBuster, blockbuster_ctx
+
+PROJECT_PACKAGES = ["api", "ingest", "mixer", "storage"]
+
+
+@pytest.fixture(autouse=True)
+def blockbuster() -> Iterator[BlockBuster]:
+    """Fail any test in which our code makes a blocking call on the event loop thread."""
+    with blockbuster_ctx(PROJECT_PACKAGES) as bb:
+        yield bb
+
+
+@dataclass
+class Server:
+    """A running reelhouse on loopback, with what a test needs to talk to it."""
+
+    url: str
+    api_key: str
+    data_dir: Path
+    app: object
+
+    @property
+    def auth(self) -> dict[str, str]:
+        """The Authorization header of the development key."""
+        return {"Authorization": f"Bearer {self.api_key}"}
+
+
+API_KEY = "test-key-0123456789"
+
+
+@pytest.fixture
+async def server_factory(tmp_path: Path, aiohttp_server):  # type: ignore[no-untyped-def]
+    """Start reelhouse servers (same data dir restarts the same server's state)."""
+    from api.app import create_app
+    from api.settings import load_settings
+
+    started = []
+
+    async def start(data_dir: Path | None = None, **overrides: object) -> Server:
+        data = data_dir or tmp_path / "data"
+        settings = load_settings(
+            env={},
+            overrides={"data_dir": data, "auth": {"api_key": API_KEY}, **overrides},
+        )
+        app = create_app(settings)
+        srv = await aiohttp_server(app, host="127.0.0.1", port=0)
+        started.append(srv)
+        return Server(url=str(srv.make_url("")).rstrip("/"), api_key=API_KEY, data_dir=data, app=app)
+
+    yield start
+
+
+@pytest.fixture
+async def server(server_factory) -> AsyncIterator[Server]:  # type: ignore[no-untyped-def]
+    """One reelhouse server with a fresh data directory."""
+    yield await server_factory()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the slow end-to-end tests last so quick failures show first."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is not None)

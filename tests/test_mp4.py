@@ -1,0 +1,60 @@
+"""MP4 rebuilt from TS segments."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from media import decode_counts, encode_clip, ffprobe
+
+from mixer.errors import InvalidMedia
+from mixer.hls import HlsWriter
+from mixer.mp4 import build_mp4
+from mixer.tracks import Codec, Kind, TrackSpec
+
+BASE_US = 1_000_000
+# Remuxing keeps every packet; the MP4's reported length may differ by an audio frame or two.
+DURATION_TOLERANCE_S = 0.1
+
+
+def _record(directory: Path, *, pause: bool) -> list[Path]:
+    clip = encode_clip("h264", duration_s=2.0, audio_codec="opus")
+    writer = HlsWriter(directory, target_segment_s=1.0)
+    writer.add_track(TrackSpec(1, Kind.VIDEO, Codec.H264, 320, 240))
+    writer.add_track(TrackSpec(2, Kind.AUDIO, Codec.OPUS))
+    segments = []
+    for round_ in range(2 if pause else 1):
+        for f in clip.frames:
+            pts = f.pts_us + BASE_US + round_ * 30_000_000
+            segments += writer.write(1 if f.kind == "video" else 2, f.data, pts,
+                                     keyframe=f.keyframe)  # fmt: skip
+        if pause and round_ == 0:
+            segments += writer.discontinuity()
+    segments += writer.finish()
+    return [s.path for s in segments]
+
+
+@pytest.mark.parametrize("pause", [False, True])
+def test_mp4_from_segments(tmp_path: Path, pause: bool) -> None:
+    paths = _record(tmp_path, pause=pause)
+    out = tmp_path / "session.mp4"
+    info = build_mp4(paths, out)
+    assert out.stat().st_size == info.size
+    expected_s = 4.0 if pause else 2.0
+    assert info.duration_s == pytest.approx(expected_s, abs=DURATION_TOLERANCE_S)
+    counts = decode_counts(out)
+    assert counts["video"] == info.video_frames == (60 if pause else 30)
+    assert counts["audio"] >= info.audio_frames - 1
+    probe = ffprobe(out, "-show_entries", "format=duration:stream=codec_name")
+    assert sorted(s["codec_name"] for s in probe["streams"]) == ["aac", "h264"]
+    assert float(probe["format"]["duration"]) == pytest.approx(expected_s, abs=DURATION_TOLERANCE_S)
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_mp4_rejects_no_segments_and_garbage(tmp_path: Path) -> None:
+    with pytest.raises(InvalidMedia):
+        build_mp4([], tmp_path / "x.mp4")
+    bad = tmp_path / "bad.ts"
+    bad.write_bytes(b"\x00" * 100)
+    with pytest.raises(InvalidMedia):
+        build_mp4([bad], tmp_path / "x.mp4")

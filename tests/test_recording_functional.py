@@ -1,0 +1,182 @@
+"""Screen recording end to end: a real server, a protocol client, and the HLS and MP4 it
+writes decoded by ffprobe and PyAV."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import av
+import pytest
+
+from api.keys import SPOOL, STORE
+from conftest import Server
+from media import Clip, encode_clip, ffprobe
+from wsclient import RawClient
+
+EVENT_PATH = "/v1/customers/acme/profiles/support:processScreenRecordingSessionEvent"
+PREFIX = "recordings/acme/support"
+SEGMENT_S = 1.0  # short segments keep the clips short
+DURATION_TOLERANCE_S = SEGMENT_S  # the issue's bound: media sent minus paused time, within one segment
+UPLOAD_TIMEOUT_S = 30.0
+
+pytestmark = pytest.mark.slow
+
+
+async def event(http: aiohttp.ClientSession, server: Server, kind: str, sid: str = "", **ids: str) -> dict[str, Any]:
+    body = {"eventType": kind, **({"sessionId": sid} if sid else {}), **ids}
+    async with http.post(server.url + EVENT_PATH, json={"sessionEvent": body}, headers=server.auth) as resp:
+        out = await resp.json()
+        assert resp.status == 200, out
+        return out
+
+
+async def fetch(server: Server, key: str, dest: Path) -> Path:
+    """Copy an object out of the store to a local file."""
+    store = server.app[SPOOL] and server.app[STORE]  # type: ignore[index]
+    data = await store.get_bytes(key)
+    path = dest / key.rsplit("/", 1)[-1]
+    await asyncio.to_thread(path.write_bytes, data)
+    return path
+
+
+async def fetch_recording(server: Server, sid: str, dest: Path) -> tuple[Path, Path]:
+    """Wait until the spool is empty, then copy playlist, segments and MP4 out of the store."""
+    assert await server.app[SPOOL].wait_idle(UPLOAD_TIMEOUT_S)  # type: ignore[index]
+    store = server.app[STORE]  # type: ignore[index]
+    keys = [info.key async for info in store.list(f"{PREFIX}/{sid}/")]
+    for key in keys:
+        await fetch(server, key, dest)
+    return dest / "index.m3u8", dest / f"{sid}.mp4"
+
+
+def count_frames(path: Path) -> tuple[int, int, float]:
+    """Decoded video frames, decoded audio frames and the video duration of a media file."""
+    video = audio = 0
+    first = last = None
+    with av.open(str(path)) as container:
+        for frame in container.decode(*container.streams):
+            if isinstance(frame, av.VideoFrame):
+                video += 1
+                t = frame.time or 0.0
+                first = t if first is None else min(first, t)
+                last = t if last is None else max(last, t)
+            else:
+                audio += 1
+    return video, audio, (last or 0.0) - (first or 0.0)
+
+
+async def publish_frames(client: RawClient, frames: list[Any]) -> int:
+    seq = 0
+    for f in frames:
+        seq = await client.media(f)
+    await client.wait_ack(seq)
+    return seq
+
+
+def split(clip: Clip, start_s: float, end_s: float) -> list[Any]:
+    return [f for f in clip.frames if start_s * 1e6 <= f.pts_us < end_s * 1e6]
+
+
+@pytest.mark.parametrize("video_codec", ["h264", "vp8"])
+async def test_start_pause_resume_end(server_factory: Any, tmp_path: Path, video_codec: str) -> None:
+    server = await server_factory(recorder={"segment_target_s": SEGMENT_S})
+    clip = encode_clip(video_codec, duration_s=6.0, audio_codec="opus")
+    async with aiohttp.ClientSession() as http:
+        sid = (await event(http, server, "EVENT_TYPE_START", userId="agent"))["sessionEvent"]["sessionId"]
+        client = RawClient(http, server.url)
+        await client.connect()
+        welcome = await client.hello(server.api_key, session_id=sid)
+        assert (welcome["session_id"], welcome["state"], welcome["acked_seq"]) == (sid, "RECORDING", 0)
+        start = await client.wait_control("start")
+        await client.send({"t": "ack", "id": start["id"]})
+        await client.tracks(video_codec, "opus")
+        await publish_frames(client, split(clip, 0, 2.0))
+
+        await event(http, server, "EVENT_TYPE_PAUSE", sid)
+        pause = await client.wait_control("pause")
+        await client.send({"t": "ack", "id": pause["id"]})
+        await publish_frames(client, split(clip, 2.0, 3.0))  # acked, not recorded
+        await event(http, server, "EVENT_TYPE_RESUME", sid)
+        await client.wait_control("resume")
+        await publish_frames(client, split(clip, 3.0, 6.1))
+        await event(http, server, "EVENT_TYPE_END", sid)
+        code, reason = await client.closed()
+        assert (code, reason) == (1000, "session ended")
+
+        playlist, mp4 = await fetch_recording(server, sid, tmp_path)
+        async with http.get(f"{server.url}/v1/customers/acme/profiles/support/screenRecordingSessions/{sid}",
+                            headers=server.auth) as resp:
+            session = await resp.json()
+
+    text = playlist.read_text()
+    lines = text.splitlines()
+    assert lines[0] == "#EXTM3U" and lines[-1] == "#EXT-X-ENDLIST"
+    assert "#EXT-X-PROGRAM-DATE-TIME:" in text
+    durations = [float(line.split(":")[1].rstrip(",")) for line in lines if line.startswith("#EXTINF")]
+    uris = [line for line in lines if line and not line.startswith("#")]
+    # the discontinuity sits where the pause was: after the segments holding the first 2 s
+    assert text.count("#EXT-X-DISCONTINUITY\n") == 1
+    before = text.split("#EXT-X-DISCONTINUITY\n")[0]
+    before_s = sum(float(line.split(":")[1].rstrip(",")) for line in before.splitlines() if line.startswith("#EXTINF"))
+    assert before_s == pytest.approx(2.0, abs=0.15)
+    recorded_s = 2.0 + 3.0  # 6 s of media minus the 1 s sent while paused
+    assert sum(durations) == pytest.approx(recorded_s, abs=DURATION_TOLERANCE_S)
+
+    probe = await asyncio.to_thread(ffprobe, playlist, "-show_entries", "stream=codec_type,codec_name")
+    kinds = {s["codec_type"]: s["codec_name"] for s in probe["streams"]}
+    assert kinds == {"video": "h264", "audio": "aac"}
+
+    video, audio, _ = await asyncio.to_thread(count_frames, mp4)
+    sent_video = sum(1 for f in split(clip, 0, 2.0) + split(clip, 3.0, 6.1) if f.kind == "video")
+    assert abs(video - sent_video) <= 1
+    assert audio > 0
+    mp4_probe = await asyncio.to_thread(ffprobe, mp4, "-show_entries", "format=duration:stream=codec_type")
+    assert float(mp4_probe["format"]["duration"]) == pytest.approx(recorded_s, abs=DURATION_TOLERANCE_S)
+    assert {s["codec_type"] for s in mp4_probe["streams"]} == {"video", "audio"}
+    assert len(uris) == len(durations) >= 4
+
+    assert session["state"] == "ENDED"
+    kinds_stored = {f["kind"] for f in session["files"]}
+    assert kinds_stored == {"segment", "playlist", "mp4"}
+    assert all(f["uploaded"] for f in session["files"])
+    acked = {e["eventType"]: e["acked"] for e in session["events"]}
+    assert acked["EVENT_TYPE_START"] and acked["EVENT_TYPE_PAUSE"]
+
+
+async def test_reconnect_loses_no_frame(server_factory: Any, tmp_path: Path) -> None:
+    """Drop the socket mid-stream with frames unacked; resend from acked_seq: frames in = frames out."""
+    server = await server_factory(recorder={"segment_target_s": SEGMENT_S})
+    clip = encode_clip("h264", duration_s=4.0, audio_codec="opus")
+    async with aiohttp.ClientSession() as http:
+        sid = (await event(http, server, "EVENT_TYPE_START"))["sessionEvent"]["sessionId"]
+        first = RawClient(http, server.url)
+        await first.connect()
+        await first.hello(server.api_key, session_id=sid)
+        await first.tracks()
+        half = len(clip.frames) // 2
+        for f in clip.frames[:half]:
+            await first.media(f)
+        await first.wait_ack(half // 2)  # some acked, the rest maybe in flight
+        await first.ws.close()  # type: ignore[union-attr]  # the drop
+
+        second = RawClient(http, server.url)
+        await second.connect()
+        welcome = await second.hello(server.api_key, session_id=sid)
+        acked = welcome["acked_seq"]
+        assert half // 2 <= acked <= half
+        await second.tracks()
+        second.seq = acked
+        last = 0
+        for f in clip.frames[acked:]:  # resend everything above acked_seq, then go on
+            last = await second.media(f)
+        await second.wait_ack(last)
+        assert last == len(clip.frames)
+        await event(http, server, "EVENT_TYPE_RECONNECT", sid)
+        await event(http, server, "EVENT_TYPE_END", sid)
+        _, mp4 = await fetch_recording(server, sid, tmp_path)
+    video, audio, _ = await asyncio.to_thread(count_frames, mp4)
+    assert video == clip.video_frames
+    assert audio >= clip.audio_frames * 0.9  # Opus→AAC re-frames audio (20 ms in, 21.3 ms out)
