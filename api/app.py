@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from ingest.errors import RpcCode, SessionError
 from ingest.sessions import SessionManager
@@ -32,7 +33,7 @@ META_FILE = "meta.sqlite3"
 
 
 @web.middleware
-async def errors_middleware(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every failure leaves as an ``rpcStatus`` body, never a traceback."""
     try:
         return await handler(request)
@@ -41,9 +42,11 @@ async def errors_middleware(request: web.Request, handler: web.Handler) -> web.S
     except web.HTTPException as exc:
         if exc.content_type == "application/json" or exc.status < 400:
             raise
-        code = {404: RpcCode.NOT_FOUND, 405: RpcCode.UNIMPLEMENTED, 413: RpcCode.INVALID_ARGUMENT}.get(
-            exc.status, RpcCode.INVALID_ARGUMENT if exc.status < 500 else RpcCode.INTERNAL
-        )
+        code = {
+            404: RpcCode.NOT_FOUND,
+            405: RpcCode.UNIMPLEMENTED,
+            413: RpcCode.INVALID_ARGUMENT,
+        }.get(exc.status, RpcCode.INVALID_ARGUMENT if exc.status < 500 else RpcCode.INTERNAL)
         return web.json_response(rpc_status(code, exc.reason), status=exc.status)
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
@@ -51,7 +54,7 @@ async def errors_middleware(request: web.Request, handler: web.Handler) -> web.S
 
 
 @web.middleware
-async def auth_middleware(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """``Authorization: Bearer KEY`` on every API route but the public ones."""
     if not request.path.startswith(PUBLIC_PATHS):
         if not await request.app[API_KEYS].check_header(request.headers.get("Authorization")):
@@ -76,23 +79,62 @@ async def metrics_handler(request: web.Request) -> web.Response:
     live = [s.recorder.stats for s in manager.sessions.values()]
     text = metrics.render(
         [
-            ("reelhouse_sessions_active", "gauge", "Open screen-recording sessions.", len(manager.sessions)),
-            ("reelhouse_sessions_started_total", "counter", "Sessions started.", manager.stats.started),
+            (
+                "reelhouse_sessions_active",
+                "gauge",
+                "Open screen-recording sessions.",
+                len(manager.sessions),
+            ),
+            (
+                "reelhouse_sessions_started_total",
+                "counter",
+                "Sessions started.",
+                manager.stats.started,
+            ),
             ("reelhouse_sessions_ended_total", "counter", "Sessions ended.", manager.stats.ended),
-            ("reelhouse_ws_connections", "gauge", "Open ingest WebSockets.", len(app[INGEST].connections)),
-            ("reelhouse_frames_in_total", "counter", "Media frames received.",
-             manager.stats.frames_in + sum(s.frames_in for s in live)),
-            ("reelhouse_bytes_in_total", "counter", "Media payload bytes received.",
-             manager.stats.bytes_in + sum(s.bytes_in for s in live)),
-            ("reelhouse_segments_written_total", "counter", "HLS segments written.",
-             manager.stats.segments + sum(s.segments for s in live)),
+            (
+                "reelhouse_ws_connections",
+                "gauge",
+                "Open ingest WebSockets.",
+                len(app[INGEST].connections),
+            ),
+            (
+                "reelhouse_frames_in_total",
+                "counter",
+                "Media frames received.",
+                manager.stats.frames_in + sum(s.frames_in for s in live),
+            ),
+            (
+                "reelhouse_bytes_in_total",
+                "counter",
+                "Media payload bytes received.",
+                manager.stats.bytes_in + sum(s.bytes_in for s in live),
+            ),
+            (
+                "reelhouse_segments_written_total",
+                "counter",
+                "HLS segments written.",
+                manager.stats.segments + sum(s.segments for s in live),
+            ),
             ("reelhouse_upload_queue_depth", "gauge", "Files waiting in the spool.", spool.depth),
             ("reelhouse_spool_bytes", "gauge", "Bytes held in the spool.", spool.bytes),
-            ("reelhouse_uploads_total", "counter", "Files confirmed by the object store.", spool.uploaded_total),
-            ("reelhouse_upload_failures_total", "counter", "Failed upload attempts.", spool.upload_failures_total),
+            (
+                "reelhouse_uploads_total",
+                "counter",
+                "Files confirmed by the object store.",
+                spool.uploaded_total,
+            ),
+            (
+                "reelhouse_upload_failures_total",
+                "counter",
+                "Failed upload attempts.",
+                spool.upload_failures_total,
+            ),
         ]
     )
-    return web.Response(text=text, content_type="text/plain", charset="utf-8", headers={"X-Format": "0.0.4"})
+    return web.Response(
+        text=text, content_type="text/plain", charset="utf-8", headers={"X-Format": "0.0.4"}
+    )
 
 
 async def _services(app: web.Application) -> AsyncIterator[None]:
@@ -120,7 +162,9 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         on_uploaded=uploaded,
     )
     await spool.start()
-    executor = ThreadPoolExecutor(settings.ingest.writer_threads, thread_name_prefix="reelhouse-writer")
+    executor = ThreadPoolExecutor(
+        settings.ingest.writer_threads, thread_name_prefix="reelhouse-writer"
+    )
     manager = SessionManager(
         meta=meta,
         spool=spool,

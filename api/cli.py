@@ -9,6 +9,7 @@ import json
 import logging
 import signal
 import sys
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +73,19 @@ async def _publish(args: argparse.Namespace) -> int:
     from ingest.publisher import publish
 
     def on_event(name: str, info: dict[str, Any]) -> None:
-        print(json.dumps({"event": name, **{k: v for k, v in info.items() if isinstance(v, (str, int, float, bool, type(None)))}}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "event": name,
+                    **{
+                        k: v
+                        for k, v in info.items()
+                        if isinstance(v, (str, int, float, bool, type(None)))
+                    },
+                }
+            ),
+            flush=True,
+        )
 
     result = await publish(
         args.source,
@@ -87,8 +100,18 @@ async def _publish(args: argparse.Namespace) -> int:
         realtime=not args.fast,
         on_event=on_event,
     )
-    print(json.dumps({"event": "done", "session_id": result.session_id, "frames_sent": result.frames_sent,
-                      "frames_acked": result.frames_acked, "reconnects": result.reconnects}), flush=True)
+    print(
+        json.dumps(
+            {
+                "event": "done",
+                "session_id": result.session_id,
+                "frames_sent": result.frames_sent,
+                "frames_acked": result.frames_acked,
+                "reconnects": result.reconnects,
+            }
+        ),
+        flush=True,
+    )
     return 0 if result.frames_acked == result.frames_sent else 1
 
 
@@ -99,13 +122,17 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="run the server")
     s.add_argument("--host", help="address to bind (default 127.0.0.1)")
     s.add_argument("--port", type=int, help="port (default 8080; 0 picks a free one)")
-    s.add_argument("--data-dir", type=Path, help="where metadata, spool and objects live (default ./data)")
+    s.add_argument(
+        "--data-dir", type=Path, help="where metadata, spool and objects live (default ./data)"
+    )
     s.add_argument("--api-key", help="fix the development API key instead of generating one")
     s.add_argument("--config", type=Path, help="TOML settings file (see README)")
     s.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR")
 
     pub = sub.add_parser("publish", help="stream a file or a test pattern over the ingest protocol")
-    pub.add_argument("source", help="a media file, or 'testsrc' for a 1280x720 15 fps pattern with a tone")
+    pub.add_argument(
+        "source", help="a media file, or 'testsrc' for a 1280x720 15 fps pattern with a tone"
+    )
     pub.add_argument("--server", required=True, help="server base URL, e.g. http://127.0.0.1:8080")
     pub.add_argument("--api-key", required=True)
     pub.add_argument("--session", help="an existing session id to publish into")
@@ -113,23 +140,30 @@ def _parser() -> argparse.ArgumentParser:
     pub.add_argument("--agent-platform-id")
     pub.add_argument("--user-id")
     pub.add_argument("--duration", type=float, help="stop after this many seconds of media")
-    pub.add_argument("--codec", choices=("h264", "vp8"), default="h264", help="video codec for testsrc")
-    pub.add_argument("--fast", action="store_true", help="send as fast as acks allow, not in real time")
+    pub.add_argument(
+        "--codec", choices=("h264", "vp8"), default="h264", help="video codec for testsrc"
+    )
+    pub.add_argument(
+        "--fast", action="store_true", help="send as fast as acks allow, not in real time"
+    )
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``reelhouse`` console script."""
     args = _parser().parse_args(argv)
-    if args.command == "publish" and not (args.session or args.platform_call_id or args.agent_platform_id or args.user_id):
-        _parser().error("publish needs --session or one of --platform-call-id/--agent-platform-id/--user-id")
+    if args.command == "publish" and not (
+        args.session or args.platform_call_id or args.agent_platform_id or args.user_id
+    ):
+        _parser().error(
+            "publish needs --session or one of --platform-call-id/--agent-platform-id/--user-id"
+        )
     runner = _serve if args.command == "serve" else _publish
-    try:
+    run: Callable[[Coroutine[Any, Any, int]], int] = asyncio.run
+    with contextlib.suppress(ImportError):  # uvloop is a dependency wherever it builds
         import uvloop
 
         run = uvloop.run
-    except ImportError:  # pragma: no cover - uvloop is a dependency where it builds
-        run = asyncio.run
     with contextlib.suppress(KeyboardInterrupt):
         return run(runner(args))
     return 130

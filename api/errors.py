@@ -30,7 +30,9 @@ HTTP_STATUS: dict[RpcCode, int] = {
 }
 
 
-def rpc_status(code: RpcCode, message: str, details: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def rpc_status(
+    code: RpcCode, message: str, details: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
     """An ``rpcStatus`` body: ``{"code", "message", "details"}``."""
     return {"code": int(code), "message": message, "details": details or []}
 
@@ -38,7 +40,7 @@ def rpc_status(code: RpcCode, message: str, details: list[dict[str, Any]] | None
 def rpc_error(
     code: RpcCode, message: str, headers: dict[str, str] | None = None
 ) -> web.HTTPException:
-    """An aiohttp exception whose body is the ``rpcStatus`` JSON and whose status matches ``code``."""
+    """An aiohttp exception with the ``rpcStatus`` body and the HTTP status of ``code``."""
     status = HTTP_STATUS[code]
     exc = web.HTTPException(
         text=web.json_response(rpc_status(code, message)).text,

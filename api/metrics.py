@@ -1,4 +1,4 @@
-"""``/metrics`` in the Prometheus text exposition format, read from the components at scrape time."""
+"""``/metrics`` in the Prometheus text format, read from the components at scrape time."""
 
 from __future__ import annotations
 

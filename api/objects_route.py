@@ -37,7 +37,9 @@ async def get_object(request: web.Request) -> web.StreamResponse:
     info = await store.head(key)
     if info is None:
         raise rpc_error(RpcCode.NOT_FOUND, f"object {key} not found")
-    resp = web.StreamResponse(headers={"Content-Type": info.content_type, "Content-Length": str(info.size)})
+    resp = web.StreamResponse(
+        headers={"Content-Type": info.content_type, "Content-Length": str(info.size)}
+    )
     await resp.prepare(request)
     try:
         async for chunk in store.stream(key):

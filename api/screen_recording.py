@@ -24,10 +24,13 @@ def _ts(value: datetime | None) -> str | None:
 
 
 def _name(row: SessionRow) -> str:
-    return f"customers/{row.customer_id}/profiles/{row.profile_id}/screenRecordingSessions/{row.session_id}"
+    profile = f"customers/{row.customer_id}/profiles/{row.profile_id}"
+    return f"{profile}/screenRecordingSessions/{row.session_id}"
 
 
-def session_json(row: SessionRow, events: list[SessionEventRow] | None = None, files: list[FileRow] | None = None) -> dict[str, Any]:
+def session_json(
+    row: SessionRow, events: list[SessionEventRow] | None = None, files: list[FileRow] | None = None
+) -> dict[str, Any]:
     """The session resource in the API's JSON (camelCase, RFC 3339 times)."""
     out: dict[str, Any] = {
         "name": _name(row),
@@ -59,8 +62,15 @@ def session_json(row: SessionRow, events: list[SessionEventRow] | None = None, f
                 "sizeBytes": str(f.size),
                 "duration": f"{f.duration_ms / 1000:.3f}s",
                 "uploaded": f.uploaded_at is not None,
-                **({"sequence": f.seq, "discontinuity": f.discontinuity,
-                    "programDateTime": _ts(f.program_date_time)} if f.kind == "segment" else {}),
+                **(
+                    {
+                        "sequence": f.seq,
+                        "discontinuity": f.discontinuity,
+                        "programDateTime": _ts(f.program_date_time),
+                    }
+                    if f.kind == "segment"
+                    else {}
+                ),
             }
             for f in files
         ]
@@ -69,10 +79,14 @@ def session_json(row: SessionRow, events: list[SessionEventRow] | None = None, f
 
 async def _json_body(request: web.Request) -> Any:
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-        raise rpc_error(RpcCode.INVALID_ARGUMENT, f"request body larger than {MAX_BODY_BYTES} bytes")
+        raise rpc_error(
+            RpcCode.INVALID_ARGUMENT, f"request body larger than {MAX_BODY_BYTES} bytes"
+        )
     raw = await request.content.read(MAX_BODY_BYTES + 1)
     if len(raw) > MAX_BODY_BYTES:
-        raise rpc_error(RpcCode.INVALID_ARGUMENT, f"request body larger than {MAX_BODY_BYTES} bytes")
+        raise rpc_error(
+            RpcCode.INVALID_ARGUMENT, f"request body larger than {MAX_BODY_BYTES} bytes"
+        )
     try:
         return json.loads(raw or b"{}")
     except (ValueError, UnicodeDecodeError):
@@ -97,6 +111,8 @@ async def process_event(request: web.Request) -> web.Response:
 async def get_session(request: web.Request) -> web.Response:
     """``GET …/screenRecordingSessions/{session_id}``: state, timestamps, events, files."""
     row, events, files = await request.app[SESSIONS].get(
-        request.match_info["customer_id"], request.match_info["profile_id"], request.match_info["session_id"]
+        request.match_info["customer_id"],
+        request.match_info["profile_id"],
+        request.match_info["session_id"],
     )
     return web.json_response(session_json(row, events, files))

@@ -107,7 +107,7 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
     for name, value in env.items():
         if not name.startswith(ENV_PREFIX):
             continue
-        rest = name[len(ENV_PREFIX):]
+        rest = name[len(ENV_PREFIX) :]
         if rest in aliases:
             section, key = aliases[rest]
             out.setdefault(section, {})[key] = value
@@ -127,7 +127,9 @@ def load_settings(
     """Build settings: defaults, then the TOML file, then the environment, then ``overrides``."""
     env = os.environ if env is None else env
     settings = Settings()
-    config_file = config_file or (Path(env["REELHOUSE_CONFIG"]) if env.get("REELHOUSE_CONFIG") else None)
+    config_file = config_file or (
+        Path(env["REELHOUSE_CONFIG"]) if env.get("REELHOUSE_CONFIG") else None
+    )
     if config_file is not None:
         with open(config_file, "rb") as f:
             settings = _apply(settings, tomllib.load(f), "settings")

@@ -103,7 +103,7 @@ _ALIASES = {
 
 
 def parse_event(body: Any) -> SessionEvent:
-    """Validate a ``ProcessScreenRecordingSessionEvent`` request body; raises :class:`InvalidEvent`."""
+    """Validate a ``ProcessScreenRecordingSessionEvent`` body; raises :class:`InvalidEvent`."""
     if not isinstance(body, dict):
         raise InvalidEvent("request body must be a JSON object")
     unknown = set(body) - {"sessionEvent", "session_event"}

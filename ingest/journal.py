@@ -44,7 +44,7 @@ class Journal:
     def __init__(self, directory: Path, segment_index: int) -> None:
         self.path = journal_path(directory, segment_index)
         self.segment_index = segment_index
-        self._file: BinaryIO = open(self.path, "ab")  # noqa: SIM115 - closed in close()
+        self._file: BinaryIO = open(self.path, "ab")
         self._packer = msgpack.Packer(use_bin_type=True)
         self._dirty = False
 

@@ -141,7 +141,9 @@ def _int(msg: dict[str, Any], name: str, *, lo: int, hi: int, required: bool = T
         raise _fail(CloseCode.SCHEMA, f"{msg['t']}: {name} must be an integer in [{lo}, {hi}]")
 
 
-def _str(msg: dict[str, Any], name: str, *, required: bool = False, limit: int = MAX_ID_CHARS) -> None:
+def _str(
+    msg: dict[str, Any], name: str, *, required: bool = False, limit: int = MAX_ID_CHARS
+) -> None:
     if name not in msg:
         if required:
             raise _fail(CloseCode.SCHEMA, f"{msg['t']}: missing {name}")
@@ -158,7 +160,11 @@ _SEQ_MAX = 2**53  # stays exact in JavaScript clients
 def _check_media(msg: dict[str, Any]) -> None:
     # the hot path: one message per frame, so checks are inline and cheap
     seq, track, pts, key, data = (
-        msg.get("seq"), msg.get("track"), msg.get("pts"), msg.get("key"), msg.get("data")
+        msg.get("seq"),
+        msg.get("track"),
+        msg.get("pts"),
+        msg.get("key"),
+        msg.get("data"),
     )
     if type(seq) is not int or not 0 < seq <= _SEQ_MAX:
         raise _fail(CloseCode.SCHEMA, "media: seq must be a positive integer")
@@ -193,7 +199,10 @@ def _check_track(msg: dict[str, Any]) -> None:
     _int(msg, "channels", lo=1, hi=8, required=False)
     extradata = msg.get("extradata", b"")
     if type(extradata) is not bytes or len(extradata) > MAX_EXTRADATA_BYTES:
-        raise _fail(CloseCode.SCHEMA, f"track: extradata must be binary of at most {MAX_EXTRADATA_BYTES} bytes")
+        raise _fail(
+            CloseCode.SCHEMA,
+            f"track: extradata must be binary of at most {MAX_EXTRADATA_BYTES} bytes",
+        )
 
 
 def _check_hello(msg: dict[str, Any]) -> None:
@@ -241,7 +250,13 @@ def decode_client(frame: bytes, max_frame: int = MAX_FRAME_BYTES) -> ClientMessa
             max_bin_len=max_frame,
             max_ext_len=0,
         )
-    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, TypeError) as exc:
+    except (
+        ValueError,
+        msgpack.ExtraData,
+        msgpack.FormatError,
+        msgpack.StackError,
+        TypeError,
+    ) as exc:
         raise _fail(CloseCode.BAD_MESSAGE, f"not a msgpack message: {type(exc).__name__}") from None
     if type(msg) is not dict:
         raise _fail(CloseCode.BAD_MESSAGE, "a message must be a msgpack map")
@@ -262,4 +277,4 @@ def decode_server(frame: bytes) -> ServerMessage:
 
 def encode(message: ClientMessage | ServerMessage) -> bytes:
     """Serialise a message to one binary frame."""
-    return msgpack.packb(message, use_bin_type=True)  # type: ignore[no-any-return]
+    return msgpack.packb(message, use_bin_type=True)

@@ -250,13 +250,23 @@ class SessionRecorder:
                 CloseCode.SEQUENCE, f"expected seq {self.received_seq + 1}, got {seq}"
             )
         if msg["track"] not in self._tracks:
-            raise ProtocolError(CloseCode.UNKNOWN_TRACK, f"media for unannounced track {msg['track']}")
+            raise ProtocolError(
+                CloseCode.UNKNOWN_TRACK, f"media for unannounced track {msg['track']}"
+            )
         self.received_seq = seq
         self.stats.frames_in += 1
         self.stats.bytes_in += len(msg["data"])
         await self._queue.put(
-            ("media", seq, msg["track"], msg["pts"], msg.get("dts", msg["pts"]), msg["key"],
-             datetime.now(UTC).timestamp(), msg["data"])
+            (
+                "media",
+                seq,
+                msg["track"],
+                msg["pts"],
+                msg.get("dts", msg["pts"]),
+                msg["key"],
+                datetime.now(UTC).timestamp(),
+                msg["data"],
+            )
         )
 
     async def wait_acked(self, seq: int, timeout: float | None = None) -> None:
@@ -311,7 +321,9 @@ class SessionRecorder:
                         log.exception("recorder failed", extra={"session_id": self.session_id})
                         self._failed = exc
                         if self.on_error is not None:
-                            await self.on_error(ProtocolError(CloseCode.INTERNAL_ERROR, "recorder failed"))
+                            await self.on_error(
+                                ProtocolError(CloseCode.INTERNAL_ERROR, "recorder failed")
+                            )
                         return
                     await self._spool_segments(done)
                     if acked > self.acked_seq:
@@ -344,7 +356,9 @@ class SessionRecorder:
 
     # the thread side ---------------------------------------------------------------------
 
-    def _process(self, batch: list[tuple[Any, ...]]) -> tuple[int, list[SegmentInfo], ProtocolError | None]:
+    def _process(
+        self, batch: list[tuple[Any, ...]]
+    ) -> tuple[int, list[SegmentInfo], ProtocolError | None]:
         """Journal and write a batch; returns the new durable seq and the finished segments."""
         self._pending_segments = []
         acked = self.acked_seq
@@ -398,7 +412,9 @@ class SessionRecorder:
         if last is not None and pts - last > self._ingest.gap_s * US:
             self._break_sync()  # the client was away: do not record the hole
         self._last_pts[track] = pts
-        self._rotate(self._writer.write(track, data, pts, keyframe=key, dts_us=dts, arrival=arrival))
+        self._rotate(
+            self._writer.write(track, data, pts, keyframe=key, dts_us=dts, arrival=arrival)
+        )
 
     def _rotate(self, done: list[SegmentInfo]) -> None:
         """Start a new journal after each closed segment: the old one is now redundant."""
@@ -452,7 +468,9 @@ class SessionRecorder:
             )
             await self._spool_playlist(end=False)
             await self._meta.update_session(
-                self.session_id, acked_seq=self.acked_seq, recorded_ms=round(self._playlist.duration_s * 1000)
+                self.session_id,
+                acked_seq=self.acked_seq,
+                recorded_ms=round(self._playlist.duration_s * 1000),
             )
             await self._in_thread(_drop_journals_before, self.live_dir, seg.index + 1)
 
@@ -492,7 +510,9 @@ class SessionRecorder:
         await self._in_thread(shutil.rmtree, self.live_dir, True)
 
 
-def _split_commands(items: list[tuple[Any, ...]]) -> list[tuple[tuple[Any, ...] | None, list[tuple[Any, ...]]]]:
+def _split_commands(
+    items: list[tuple[Any, ...]],
+) -> list[tuple[tuple[Any, ...] | None, list[tuple[Any, ...]]]]:
     """Cut a batch at the commands that must run on the loop (finish, stop)."""
     out: list[tuple[tuple[Any, ...] | None, list[tuple[Any, ...]]]] = []
     batch: list[tuple[Any, ...]] = []

@@ -31,7 +31,9 @@ class Connection(Protocol):
     ids: dict[str, str]  # platform_call_id / agent_platform_id / user_id it announced
     session: LiveSession | None
 
-    async def send_control(self, event_id: int, action: str, session_id: str, event: dict[str, str]) -> None:
+    async def send_control(
+        self, event_id: int, action: str, session_id: str, event: dict[str, str]
+    ) -> None:
         """Push a control message."""
         ...
 
@@ -160,7 +162,9 @@ class SessionManager:
 
     # events ------------------------------------------------------------------------------
 
-    async def process_event(self, customer_id: str, profile_id: str, event: SessionEvent) -> tuple[SessionEvent, SessionRow]:
+    async def process_event(
+        self, customer_id: str, profile_id: str, event: SessionEvent
+    ) -> tuple[SessionEvent, SessionRow]:
         """Carry out one event; returns the event (with its session id) and the session after it."""
         if event.event_type is EventType.START:
             return await self._start(customer_id, profile_id, event)
@@ -191,11 +195,18 @@ class SessionManager:
                 if live.conn is not None:
                     await live.conn.close(CloseCode.NORMAL, "session ended")
                     live.conn = None
-            log.info("%s: %s → %s", event.event_type.value, before.value, after.value,
-                     extra={"session_id": live.session_id})
+            log.info(
+                "%s: %s → %s",
+                event.event_type.value,
+                before.value,
+                after.value,
+                extra={"session_id": live.session_id},
+            )
             return event, live.row
 
-    async def _start(self, customer_id: str, profile_id: str, event: SessionEvent) -> tuple[SessionEvent, SessionRow]:
+    async def _start(
+        self, customer_id: str, profile_id: str, event: SessionEvent
+    ) -> tuple[SessionEvent, SessionRow]:
         session_id = event.session_id or str(uuid.uuid4())
         if session_id in self.sessions or await self._meta.get_session(session_id) is not None:
             raise SessionExists(f"session {session_id} already exists")
@@ -233,7 +244,10 @@ class SessionManager:
 
     async def _live(self, customer_id: str, profile_id: str, session_id: str) -> LiveSession:
         live = self.sessions.get(session_id)
-        if live is not None and (live.row.customer_id, live.row.profile_id) == (customer_id, profile_id):
+        if live is not None and (live.row.customer_id, live.row.profile_id) == (
+            customer_id,
+            profile_id,
+        ):
             return live
         row = await self._meta.get_session(session_id)
         if row is None or (row.customer_id, row.profile_id) != (customer_id, profile_id):
@@ -249,7 +263,9 @@ class SessionManager:
 
     # queries -----------------------------------------------------------------------------
 
-    async def get(self, customer_id: str, profile_id: str, session_id: str) -> tuple[SessionRow, list[SessionEventRow], list[FileRow]]:
+    async def get(
+        self, customer_id: str, profile_id: str, session_id: str
+    ) -> tuple[SessionRow, list[SessionEventRow], list[FileRow]]:
         """A session of this profile with its events and files; ``SessionNotFound`` otherwise."""
         row = await self._meta.get_session(session_id)
         if row is None or (row.customer_id, row.profile_id) != (customer_id, profile_id):
@@ -261,7 +277,7 @@ class SessionManager:
     # connections -------------------------------------------------------------------------
 
     async def attach(self, conn: Connection, session_id: str | None) -> LiveSession | None:
-        """Bind a connection to its session, or park it until a matching START; returns the session."""
+        """Bind a connection to its session (returned), or park it until a matching START."""
         if self._closed:
             raise ProtocolError(CloseCode.GOING_AWAY, "server shutting down")
         if session_id:
@@ -269,7 +285,9 @@ class SessionManager:
             if live is None:
                 row = await self._meta.get_session(session_id)
                 if row is None:
-                    raise ProtocolError(CloseCode.UNKNOWN_SESSION, f"session {session_id} not found")
+                    raise ProtocolError(
+                        CloseCode.UNKNOWN_SESSION, f"session {session_id} not found"
+                    )
                 raise ProtocolError(CloseCode.SESSION_STATE, f"session {session_id} has ended")
             await self._replace(live, conn)
             return live
@@ -313,7 +331,7 @@ class SessionManager:
         conn.session = None
 
     async def control_acked(self, conn: Connection, event_id: int) -> bool:
-        """Record the app's ack of a control message; false when the id is not one of its session's."""
+        """Record the app's ack of a control message; false when the id is not its session's."""
         live = conn.session
         if live is None:
             return False

@@ -36,9 +36,19 @@ class WsConnection:
             with contextlib.suppress(ConnectionError, RuntimeError):
                 await self.ws.send_bytes(encode(message))
 
-    async def send_control(self, event_id: int, action: str, session_id: str, event: dict[str, str]) -> None:
+    async def send_control(
+        self, event_id: int, action: str, session_id: str, event: dict[str, str]
+    ) -> None:
         """Push a control message."""
-        await self._send({"t": "control", "id": event_id, "action": action, "session_id": session_id, "event": event})
+        await self._send(
+            {
+                "t": "control",
+                "id": event_id,
+                "action": action,
+                "session_id": session_id,
+                "event": event,
+            }
+        )
 
     async def send_ack(self, seq: int) -> None:
         """Cumulative ack."""
@@ -87,16 +97,23 @@ class IngestHandler:
             await conn.close(CloseCode.NORMAL, "")
         return ws
 
-    async def _receive(self, conn: WsConnection, timeout: float | None = None) -> dict[str, Any] | None:
+    async def _receive(
+        self, conn: WsConnection, timeout: float | None = None
+    ) -> dict[str, Any] | None:
         msg = await conn.ws.receive(timeout=timeout)
         if msg.type == WSMsgType.BINARY:
             return decode_client(msg.data, self._settings.max_frame_bytes)  # type: ignore[return-value]
         if msg.type == WSMsgType.TEXT:
-            raise ProtocolError(CloseCode.UNSUPPORTED_DATA, "text frames are not part of protocol v1")
+            raise ProtocolError(
+                CloseCode.UNSUPPORTED_DATA, "text frames are not part of protocol v1"
+            )
         if msg.type == WSMsgType.ERROR:
             exc = conn.ws.exception()
             if "too big" in str(exc).lower() or "message size" in str(exc).lower():
-                raise ProtocolError(CloseCode.MESSAGE_TOO_BIG, f"message exceeds {self._settings.max_frame_bytes} bytes")
+                raise ProtocolError(
+                    CloseCode.MESSAGE_TOO_BIG,
+                    f"message exceeds {self._settings.max_frame_bytes} bytes",
+                )
             log.info("ws error: %s", exc, extra=_ctx(conn))
         return None  # closed, closing or error
 
@@ -141,7 +158,7 @@ class IngestHandler:
                 live = conn.session
                 if live is None:
                     raise ProtocolError(CloseCode.SESSION_STATE, "track before the session started")
-                await live.recorder.add_track(msg)  # type: ignore[arg-type]
+                await live.recorder.add_track(msg)
             elif kind == "ack":
                 await self._manager.control_acked(conn, msg["id"])
             elif kind == "ping":
@@ -150,7 +167,9 @@ class IngestHandler:
                 live = conn.session
                 if live is not None:
                     with contextlib.suppress(TimeoutError):
-                        await live.recorder.wait_acked(live.recorder.received_seq, BYE_DRAIN_TIMEOUT_S)
+                        await live.recorder.wait_acked(
+                            live.recorder.received_seq, BYE_DRAIN_TIMEOUT_S
+                        )
                 await conn.close(CloseCode.NORMAL, "bye")
                 return
             else:

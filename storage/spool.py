@@ -427,15 +427,15 @@ class Spool:
     # waiting -----------------------------------------------------------------------------
 
     # a timeout argument (not asyncio.timeout) so a timeout is an answer, not an exception
-    async def wait_idle(self, timeout: float | None = None) -> bool:  # noqa: ASYNC109
+    async def wait_idle(self, timeout: float | None = None) -> bool:
         """Wait until nothing is pending; false on timeout or when the spool closed first."""
         return await self._wait(lambda: self._pending == 0, timeout)
 
-    async def wait_group(self, group: str, timeout: float | None = None) -> bool:  # noqa: ASYNC109
+    async def wait_group(self, group: str, timeout: float | None = None) -> bool:
         """Wait until ``group`` has nothing pending; false on timeout or when the spool closed."""
         return await self._wait(lambda: group not in self._groups, timeout)
 
-    async def _wait(self, done: Callable[[], bool], timeout: float | None) -> bool:  # noqa: ASYNC109
+    async def _wait(self, done: Callable[[], bool], timeout: float | None) -> bool:
         async def until() -> None:
             async with self._changed:
                 await self._changed.wait_for(lambda: done() or self._closing.is_set())

@@ -54,7 +54,9 @@ async def server_factory(tmp_path: Path, aiohttp_server):  # type: ignore[no-unt
         app = create_app(settings)
         srv = await aiohttp_server(app, host="127.0.0.1", port=0)
         started.append(srv)
-        return Server(url=str(srv.make_url("")).rstrip("/"), api_key=API_KEY, data_dir=data, app=app)
+        return Server(
+            url=str(srv.make_url("")).rstrip("/"), api_key=API_KEY, data_dir=data, app=app
+        )
 
     yield start
 

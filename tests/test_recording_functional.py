@@ -10,24 +10,30 @@ from typing import Any
 import aiohttp
 import av
 import pytest
-
-from api.keys import SPOOL, STORE
 from conftest import Server
 from media import Clip, encode_clip, ffprobe
 from wsclient import RawClient
 
+from api.keys import SPOOL, STORE
+
 EVENT_PATH = "/v1/customers/acme/profiles/support:processScreenRecordingSessionEvent"
 PREFIX = "recordings/acme/support"
 SEGMENT_S = 1.0  # short segments keep the clips short
-DURATION_TOLERANCE_S = SEGMENT_S  # the issue's bound: media sent minus paused time, within one segment
+DURATION_TOLERANCE_S = (
+    SEGMENT_S  # the issue's bound: media sent minus paused time, within one segment
+)
 UPLOAD_TIMEOUT_S = 30.0
 
 pytestmark = pytest.mark.slow
 
 
-async def event(http: aiohttp.ClientSession, server: Server, kind: str, sid: str = "", **ids: str) -> dict[str, Any]:
+async def event(
+    http: aiohttp.ClientSession, server: Server, kind: str, sid: str = "", **ids: str
+) -> dict[str, Any]:
     body = {"eventType": kind, **({"sessionId": sid} if sid else {}), **ids}
-    async with http.post(server.url + EVENT_PATH, json={"sessionEvent": body}, headers=server.auth) as resp:
+    async with http.post(
+        server.url + EVENT_PATH, json={"sessionEvent": body}, headers=server.auth
+    ) as resp:
         out = await resp.json()
         assert resp.status == 200, out
         return out
@@ -81,15 +87,23 @@ def split(clip: Clip, start_s: float, end_s: float) -> list[Any]:
 
 
 @pytest.mark.parametrize("video_codec", ["h264", "vp8"])
-async def test_start_pause_resume_end(server_factory: Any, tmp_path: Path, video_codec: str) -> None:
+async def test_start_pause_resume_end(
+    server_factory: Any, tmp_path: Path, video_codec: str
+) -> None:
     server = await server_factory(recorder={"segment_target_s": SEGMENT_S})
     clip = encode_clip(video_codec, duration_s=6.0, audio_codec="opus")
     async with aiohttp.ClientSession() as http:
-        sid = (await event(http, server, "EVENT_TYPE_START", userId="agent"))["sessionEvent"]["sessionId"]
+        sid = (await event(http, server, "EVENT_TYPE_START", userId="agent"))["sessionEvent"][
+            "sessionId"
+        ]
         client = RawClient(http, server.url)
         await client.connect()
         welcome = await client.hello(server.api_key, session_id=sid)
-        assert (welcome["session_id"], welcome["state"], welcome["acked_seq"]) == (sid, "RECORDING", 0)
+        assert (welcome["session_id"], welcome["state"], welcome["acked_seq"]) == (
+            sid,
+            "RECORDING",
+            0,
+        )
         start = await client.wait_control("start")
         await client.send({"t": "ack", "id": start["id"]})
         await client.tracks(video_codec, "opus")
@@ -107,25 +121,35 @@ async def test_start_pause_resume_end(server_factory: Any, tmp_path: Path, video
         assert (code, reason) == (1000, "session ended")
 
         playlist, mp4 = await fetch_recording(server, sid, tmp_path)
-        async with http.get(f"{server.url}/v1/customers/acme/profiles/support/screenRecordingSessions/{sid}",
-                            headers=server.auth) as resp:
+        async with http.get(
+            f"{server.url}/v1/customers/acme/profiles/support/screenRecordingSessions/{sid}",
+            headers=server.auth,
+        ) as resp:
             session = await resp.json()
 
     text = playlist.read_text()
     lines = text.splitlines()
     assert lines[0] == "#EXTM3U" and lines[-1] == "#EXT-X-ENDLIST"
     assert "#EXT-X-PROGRAM-DATE-TIME:" in text
-    durations = [float(line.split(":")[1].rstrip(",")) for line in lines if line.startswith("#EXTINF")]
+    durations = [
+        float(line.split(":")[1].rstrip(",")) for line in lines if line.startswith("#EXTINF")
+    ]
     uris = [line for line in lines if line and not line.startswith("#")]
     # the discontinuity sits where the pause was: after the segments holding the first 2 s
     assert text.count("#EXT-X-DISCONTINUITY\n") == 1
     before = text.split("#EXT-X-DISCONTINUITY\n")[0]
-    before_s = sum(float(line.split(":")[1].rstrip(",")) for line in before.splitlines() if line.startswith("#EXTINF"))
+    before_s = sum(
+        float(line.split(":")[1].rstrip(","))
+        for line in before.splitlines()
+        if line.startswith("#EXTINF")
+    )
     assert before_s == pytest.approx(2.0, abs=0.15)
     recorded_s = 2.0 + 3.0  # 6 s of media minus the 1 s sent while paused
     assert sum(durations) == pytest.approx(recorded_s, abs=DURATION_TOLERANCE_S)
 
-    probe = await asyncio.to_thread(ffprobe, playlist, "-show_entries", "stream=codec_type,codec_name")
+    probe = await asyncio.to_thread(
+        ffprobe, playlist, "-show_entries", "stream=codec_type,codec_name"
+    )
     kinds = {s["codec_type"]: s["codec_name"] for s in probe["streams"]}
     assert kinds == {"video": "h264", "audio": "aac"}
 
@@ -133,8 +157,12 @@ async def test_start_pause_resume_end(server_factory: Any, tmp_path: Path, video
     sent_video = sum(1 for f in split(clip, 0, 2.0) + split(clip, 3.0, 6.1) if f.kind == "video")
     assert abs(video - sent_video) <= 1
     assert audio > 0
-    mp4_probe = await asyncio.to_thread(ffprobe, mp4, "-show_entries", "format=duration:stream=codec_type")
-    assert float(mp4_probe["format"]["duration"]) == pytest.approx(recorded_s, abs=DURATION_TOLERANCE_S)
+    mp4_probe = await asyncio.to_thread(
+        ffprobe, mp4, "-show_entries", "format=duration:stream=codec_type"
+    )
+    assert float(mp4_probe["format"]["duration"]) == pytest.approx(
+        recorded_s, abs=DURATION_TOLERANCE_S
+    )
     assert {s["codec_type"] for s in mp4_probe["streams"]} == {"video", "audio"}
     assert len(uris) == len(durations) >= 4
 
@@ -147,7 +175,7 @@ async def test_start_pause_resume_end(server_factory: Any, tmp_path: Path, video
 
 
 async def test_reconnect_loses_no_frame(server_factory: Any, tmp_path: Path) -> None:
-    """Drop the socket mid-stream with frames unacked; resend from acked_seq: frames in = frames out."""
+    """Drop the socket with frames unacked, resend above acked_seq: frames in = frames out."""
     server = await server_factory(recorder={"segment_target_s": SEGMENT_S})
     clip = encode_clip("h264", duration_s=4.0, audio_codec="opus")
     async with aiohttp.ClientSession() as http:

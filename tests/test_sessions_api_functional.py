@@ -6,36 +6,58 @@ from typing import Any
 
 import aiohttp
 import pytest
-
 from conftest import Server
 
 EVENT_PATH = "/v1/customers/acme/profiles/support:processScreenRecordingSessionEvent"
 
 
-async def post_event(http: aiohttp.ClientSession, server: Server, event: dict[str, Any], *,
-                     path: str = EVENT_PATH, headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
-    async with http.post(server.url + path, json={"sessionEvent": event},
-                         headers=server.auth if headers is None else headers) as resp:
+async def post_event(
+    http: aiohttp.ClientSession,
+    server: Server,
+    event: dict[str, Any],
+    *,
+    path: str = EVENT_PATH,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, dict[str, Any]]:
+    async with http.post(
+        server.url + path,
+        json={"sessionEvent": event},
+        headers=server.auth if headers is None else headers,
+    ) as resp:
         return resp.status, await resp.json()
 
 
-async def get_session(http: aiohttp.ClientSession, server: Server, sid: str,
-                      profile: str = "acme/profiles/support") -> tuple[int, dict[str, Any]]:
-    async with http.get(f"{server.url}/v1/customers/{profile}/screenRecordingSessions/{sid}",
-                        headers=server.auth) as resp:
+async def get_session(
+    http: aiohttp.ClientSession, server: Server, sid: str, profile: str = "acme/profiles/support"
+) -> tuple[int, dict[str, Any]]:
+    async with http.get(
+        f"{server.url}/v1/customers/{profile}/screenRecordingSessions/{sid}", headers=server.auth
+    ) as resp:
         return resp.status, await resp.json()
 
 
 async def test_session_lifecycle(server: Server) -> None:
     async with aiohttp.ClientSession() as http:
-        status, body = await post_event(http, server, {"eventType": "EVENT_TYPE_START", "platformCallId": "c1",
-                                                      "agentPlatformId": "a1", "userId": "u1"})
+        status, body = await post_event(
+            http,
+            server,
+            {
+                "eventType": "EVENT_TYPE_START",
+                "platformCallId": "c1",
+                "agentPlatformId": "a1",
+                "userId": "u1",
+            },
+        )
         assert status == 200, body
         sid = body["sessionEvent"]["sessionId"]
         assert sid and body["session"]["state"] == "RECORDING"
         assert body["sessionEvent"]["platformCallId"] == "c1"
-        for event, state in [("EVENT_TYPE_PAUSE", "PAUSED"), ("EVENT_TYPE_RECONNECT", "PAUSED"),
-                             ("EVENT_TYPE_RESUME", "RECORDING"), ("EVENT_TYPE_END", "ENDED")]:
+        for event, state in [
+            ("EVENT_TYPE_PAUSE", "PAUSED"),
+            ("EVENT_TYPE_RECONNECT", "PAUSED"),
+            ("EVENT_TYPE_RESUME", "RECORDING"),
+            ("EVENT_TYPE_END", "ENDED"),
+        ]:
             status, body = await post_event(http, server, {"eventType": event, "sessionId": sid})
             assert status == 200, body
             assert body["session"]["state"] == state
@@ -44,15 +66,24 @@ async def test_session_lifecycle(server: Server) -> None:
         assert got["state"] == "ENDED" and got["endTime"]
         assert got["name"] == f"customers/acme/profiles/support/screenRecordingSessions/{sid}"
         assert [e["eventType"] for e in got["events"]] == [
-            "EVENT_TYPE_START", "EVENT_TYPE_PAUSE", "EVENT_TYPE_RECONNECT", "EVENT_TYPE_RESUME", "EVENT_TYPE_END"]
+            "EVENT_TYPE_START",
+            "EVENT_TYPE_PAUSE",
+            "EVENT_TYPE_RECONNECT",
+            "EVENT_TYPE_RESUME",
+            "EVENT_TYPE_END",
+        ]
         assert not any(e["acked"] for e in got["events"])  # no recording app was connected
 
 
 async def test_start_with_a_chosen_id_then_again_is_already_exists(server: Server) -> None:
     async with aiohttp.ClientSession() as http:
-        status, body = await post_event(http, server, {"eventType": "EVENT_TYPE_START", "sessionId": "mine-1"})
+        status, body = await post_event(
+            http, server, {"eventType": "EVENT_TYPE_START", "sessionId": "mine-1"}
+        )
         assert status == 200 and body["sessionEvent"]["sessionId"] == "mine-1"
-        status, body = await post_event(http, server, {"eventType": "EVENT_TYPE_START", "sessionId": "mine-1"})
+        status, body = await post_event(
+            http, server, {"eventType": "EVENT_TYPE_START", "sessionId": "mine-1"}
+        )
         assert status == 409 and body["code"] == 6 and "already exists" in body["message"]
 
 
@@ -65,15 +96,18 @@ async def test_start_with_a_chosen_id_then_again_is_already_exists(server: Serve
         (["EVENT_TYPE_END", "EVENT_TYPE_RECONNECT"], 400, 9, "state ENDED"),
     ],
 )
-async def test_transitions_not_allowed(server: Server, events: list[str], status: int, code: int,
-                                       fragment: str) -> None:
+async def test_transitions_not_allowed(
+    server: Server, events: list[str], status: int, code: int, fragment: str
+) -> None:
     async with aiohttp.ClientSession() as http:
         _, body = await post_event(http, server, {"eventType": "EVENT_TYPE_START"})
         sid = body["sessionEvent"]["sessionId"]
         for event in events[:-1]:
             ok, _ = await post_event(http, server, {"eventType": event, "sessionId": sid})
             assert ok == 200
-        got_status, body = await post_event(http, server, {"eventType": events[-1], "sessionId": sid})
+        got_status, body = await post_event(
+            http, server, {"eventType": events[-1], "sessionId": sid}
+        )
         assert (got_status, body["code"]) == (status, code), body
         assert fragment in body["message"]
         assert body["details"] == []
@@ -81,12 +115,16 @@ async def test_transitions_not_allowed(server: Server, events: list[str], status
 
 async def test_unknown_session_and_other_profile_are_not_found(server: Server) -> None:
     async with aiohttp.ClientSession() as http:
-        status, body = await post_event(http, server, {"eventType": "EVENT_TYPE_END", "sessionId": "nope"})
+        status, body = await post_event(
+            http, server, {"eventType": "EVENT_TYPE_END", "sessionId": "nope"}
+        )
         assert (status, body["code"]) == (404, 5)
         _, body = await post_event(http, server, {"eventType": "EVENT_TYPE_START"})
         sid = body["sessionEvent"]["sessionId"]
         other = "/v1/customers/acme/profiles/other:processScreenRecordingSessionEvent"
-        status, body = await post_event(http, server, {"eventType": "EVENT_TYPE_PAUSE", "sessionId": sid}, path=other)
+        status, body = await post_event(
+            http, server, {"eventType": "EVENT_TYPE_PAUSE", "sessionId": sid}, path=other
+        )
         assert (status, body["code"]) == (404, 5)
         status, body = await get_session(http, server, sid, profile="acme/profiles/other")
         assert (status, body["code"]) == (404, 5)
@@ -99,27 +137,45 @@ async def test_unknown_session_and_other_profile_are_not_found(server: Server) -
         (b"[]", "JSON object"),
         (b'{"sessionEvent": {"eventType": "EVENT_TYPE_PAUSE"}}', "sessionId is required"),
         (b'{"sessionEvent": {"eventType": "BOGUS"}}', "eventType must be one of"),
-        (b'{"sessionEvent": {"eventType": "EVENT_TYPE_START", "userId": 7}}', "userId must be a string"),
-        (b'{"sessionEvent": {"eventType": "EVENT_TYPE_START"}, "x": ' + b"1" * 70000 + b"}", "larger than"),
+        (
+            b'{"sessionEvent": {"eventType": "EVENT_TYPE_START", "userId": 7}}',
+            "userId must be a string",
+        ),
+        (
+            b'{"sessionEvent": {"eventType": "EVENT_TYPE_START"}, "x": ' + b"1" * 70000 + b"}",
+            "larger than",
+        ),
     ],
 )
-async def test_bad_bodies_are_invalid_argument(server: Server, payload: bytes, fragment: str) -> None:
-    async with aiohttp.ClientSession() as http, http.post(
-        server.url + EVENT_PATH, data=payload, headers={**server.auth, "Content-Type": "application/json"}
-    ) as resp:
+async def test_bad_bodies_are_invalid_argument(
+    server: Server, payload: bytes, fragment: str
+) -> None:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            server.url + EVENT_PATH,
+            data=payload,
+            headers={**server.auth, "Content-Type": "application/json"},
+        ) as resp,
+    ):
         body = await resp.json()
         assert resp.status == 400 and body["code"] == 3, body
         assert fragment in body["message"]
 
 
 @pytest.mark.parametrize("header", [None, "Bearer wrong", "Basic dXNlcjpwYXNz", "Bearer "])
-async def test_missing_or_wrong_credentials_are_unauthenticated(server: Server, header: str | None) -> None:
+async def test_missing_or_wrong_credentials_are_unauthenticated(
+    server: Server, header: str | None
+) -> None:
     headers = {} if header is None else {"Authorization": header}
     async with aiohttp.ClientSession() as http:
-        status, body = await post_event(http, server, {"eventType": "EVENT_TYPE_START"}, headers=headers)
+        status, body = await post_event(
+            http, server, {"eventType": "EVENT_TYPE_START"}, headers=headers
+        )
         assert (status, body["code"]) == (401, 16)
-        async with http.get(server.url + "/v1/customers/a/profiles/b/screenRecordingSessions/x",
-                            headers=headers) as resp:
+        async with http.get(
+            server.url + "/v1/customers/a/profiles/b/screenRecordingSessions/x", headers=headers
+        ) as resp:
             assert resp.status == 401 and (await resp.json())["code"] == 16
 
 
@@ -132,8 +188,14 @@ async def test_healthz_and_metrics(server: Server) -> None:
         async with http.get(server.url + "/metrics") as resp:
             text = await resp.text()
         assert resp.headers["Content-Type"].startswith("text/plain")
-        values = dict(line.split(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
+        values = dict(
+            line.split(" ", 1) for line in text.splitlines() if line and not line.startswith("#")
+        )
         assert values["reelhouse_sessions_active"] == "1"
         assert values["reelhouse_sessions_started_total"] == "1"
-        for name in ("reelhouse_bytes_in_total", "reelhouse_segments_written_total", "reelhouse_upload_queue_depth"):
+        for name in (
+            "reelhouse_bytes_in_total",
+            "reelhouse_segments_written_total",
+            "reelhouse_upload_queue_depth",
+        ):
             assert name in values

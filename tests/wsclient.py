@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import aiohttp
 import msgpack
-
 from media import Frame
 
 TRACK_IDS = {"video": 0, "audio": 1}
@@ -36,7 +34,11 @@ class RawClient:
         """The next server message; raises ``ConnectionError`` with the close code when closed."""
         assert self.ws is not None
         msg = await self.ws.receive(timeout=timeout)
-        if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING):
+        if msg.type in (
+            aiohttp.WSMsgType.CLOSE,
+            aiohttp.WSMsgType.CLOSED,
+            aiohttp.WSMsgType.CLOSING,
+        ):
             raise ConnectionError(self.ws.close_code, msg.extra)
         assert msg.type == aiohttp.WSMsgType.BINARY, msg
         out: dict[str, Any] = msgpack.unpackb(msg.data, raw=False)
@@ -96,7 +98,7 @@ class RawClient:
                 await self.recv()
             except ConnectionError as exc:
                 return exc.args[0], str(exc.args[1] or "")
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return None, "timeout"
 
     async def close(self) -> None:
