@@ -15,6 +15,8 @@ import asyncio
 import contextlib
 import json
 import os
+import re
+import resource
 import secrets
 import shutil
 import signal
@@ -40,6 +42,29 @@ CLIENT_GRACE_S = 60.0  # for the last acks, bye and END after the publishing tim
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 VIDEO_FPS = 15
 AUDIO_FPS = 50  # 20 ms Opus frames
+SERVER_LOG_KEEP = Path(tempfile.gettempdir())  # server logs are kept as reelhouse-bench-N-R.log
+_LOG_PROBLEM = re.compile(r"^\S+ (WARNING|ERROR|CRITICAL) |^Traceback")
+
+
+def scan_log(path: Path) -> dict[str, Any]:
+    """Counts of WARNING/ERROR lines and tracebacks in a server log, with a few samples."""
+    counts: dict[str, int] = {}
+    samples: list[str] = []
+    with contextlib.suppress(OSError), path.open(errors="replace") as f:
+        for line in f:
+            m = _LOG_PROBLEM.match(line)
+            if not m:
+                continue
+            kind = m.group(1) or "Traceback"
+            counts[kind] = counts.get(kind, 0) + 1
+            if len(samples) < 5:
+                samples.append(line.rstrip()[:300])
+    return {"server_log_problems": counts, "server_log_samples": samples}
+
+
+def children_cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 def make_clip() -> Path:
@@ -166,7 +191,9 @@ async def _client_main(args: argparse.Namespace) -> None:
     import aiohttp
 
     from ingest.publisher import Publisher
+    from mixer.sources import MemoryClip
 
+    clip = MemoryClip(args.clip)  # demuxed once, shared: the client spends its CPU on sending
     server, key, n = args.server, args.api_key, args.publishers
     url = f"{server}/v1/customers/bench/profiles/bench:processScreenRecordingSessionEvent"
     headers = {"Authorization": f"Bearer {key}"}
@@ -184,7 +211,7 @@ async def _client_main(args: argparse.Namespace) -> None:
             await asyncio.sleep(i * args.stagger)  # spread keyframes and connects
             started = await event({"eventType": "EVENT_TYPE_START", "userId": f"u{i}"})
             sid = started["sessionEvent"]["sessionId"]
-            pub = Publisher(args.clip, server=server, api_key=key, session_id=sid,
+            pub = Publisher(clip.source(), server=server, api_key=key, session_id=sid,
                             duration_s=args.duration, loop=True, session=http)  # fmt: skip
             t0 = time.monotonic()
             error = None
@@ -202,7 +229,7 @@ async def _client_main(args: argparse.Namespace) -> None:
                 "frames_acked": result.frames_acked,
                 "reconnects": result.reconnects,
                 "wall_s": wall,
-                "latencies": result.ack_latencies_ms,
+                "latencies": [round(x, 3) for x in result.ack_latencies_ms],
             }
 
         results = await asyncio.gather(*(one(i) for i in range(n)))
@@ -240,7 +267,9 @@ def _terminate(proc: subprocess.Popen[Any], timeout: float = 10.0) -> None:
             proc.wait()
 
 
-async def run_server_part(args: argparse.Namespace, clip: Path, tmp: Path) -> dict[str, Any]:
+async def run_server_part(
+    args: argparse.Namespace, clip: Path, tmp: Path, run: int
+) -> dict[str, Any]:
     port, key = free_port(), secrets.token_hex(16)
     server = f"http://127.0.0.1:{port}"
     reelhouse = ROOT / ".venv" / "bin" / "reelhouse"
@@ -256,6 +285,8 @@ async def run_server_part(args: argparse.Namespace, clip: Path, tmp: Path) -> di
         sampler = Sampler([proc.pid])
         sampler.start()
         t0 = time.monotonic()
+        # the client is the only child reaped while it runs: its CPU is this difference
+        client_cpu0 = children_cpu_s()
         client = subprocess.Popen(  # noqa: ASYNC220 - returns at once
             [sys.executable, __file__, "--client", "--server", server, "--api-key", key,
              "--publishers", str(args.publishers), "--duration", str(args.duration),
@@ -265,12 +296,18 @@ async def run_server_part(args: argparse.Namespace, clip: Path, tmp: Path) -> di
         limit = args.duration + args.publishers * args.stagger + CLIENT_GRACE_S
         out, _ = await asyncio.to_thread(client.communicate, timeout=limit)
         wall = time.monotonic() - t0
+        client_cpu = children_cpu_s() - client_cpu0
         cpu, rss = await sampler.stop()
     finally:
         if client is not None:
             _terminate(client)
         _terminate(proc)
         log.close()
+        kept = SERVER_LOG_KEEP / f"reelhouse-bench-{args.publishers}-{run}.log"
+        shutil.copyfile(tmp / "server.log", kept)
+        print(f"server log: {kept}", file=sys.stderr)
+    if client.returncode != 0:
+        raise RuntimeError(f"the client process failed with {client.returncode}")
     per = json.loads(out)
     lat = [x for p in per for x in p.get("latencies", [])]
     acked = sum(p.get("frames_acked", 0) for p in per)
@@ -280,6 +317,8 @@ async def run_server_part(args: argparse.Namespace, clip: Path, tmp: Path) -> di
         "server_cpu_s": cpu,
         "wall_s": wall,
         "server_cpu_s_per_stream_s": cpu / stream_s,
+        "client_cpu_s": client_cpu,
+        "client_cpu_share": client_cpu / wall,
         "server_peak_rss_mb": rss,
         "ack_p50_ms": _percentile(lat, 0.5),
         "ack_p99_ms": _percentile(lat, 0.99),
@@ -289,6 +328,8 @@ async def run_server_part(args: argparse.Namespace, clip: Path, tmp: Path) -> di
         and all(p.get("wall_s", 1e9) <= args.duration * 1.1 + 5 for p in per),
         "errors": sum(1 for p in per if "error" in p),
         "error_samples": [p["error"] for p in per if "error" in p][:3],
+        "reconnects": sum(p.get("reconnects", 0) for p in per),
+        **scan_log(kept),
     }
 
 
@@ -354,7 +395,7 @@ async def driver(args: argparse.Namespace) -> None:
     for r in range(args.repeats):
         with tempfile.TemporaryDirectory(prefix="reelhouse-bench-") as tmpdir:
             tmp = Path(tmpdir)
-            server = await run_server_part(args, clip, tmp)
+            server = await run_server_part(args, clip, tmp, r + 1)
             ff = await run_ffmpeg_part(args, clip, tmp) if not args.no_ffmpeg else {}
         runs.append({**server, **ff})
         print(f"run {r + 1}/{args.repeats}: {json.dumps(runs[-1])}", flush=True)

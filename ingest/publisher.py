@@ -326,6 +326,14 @@ class Publisher:
         """Fill the queue from the source in worker-thread batches; ``None`` marks the end."""
         assert self._source is not None
         frames = iter(self._source)
+        if getattr(self._source, "in_memory", False):  # nothing to wait for: no thread hops
+            try:
+                for frame in frames:
+                    await self._queue.put(frame)
+            finally:
+                self._source.close()
+            await self._queue.put(None)
+            return
         batch = 1 if isinstance(self._source, TestPattern) else FILE_READ_BATCH  # live: no lag
 
         def pull() -> list[EncodedFrame]:

@@ -202,14 +202,18 @@ class SessionRecorder:
             self.acked_seq = max(self.acked_seq, seq)
 
     async def aclose(self) -> None:
-        """Stop taking frames and close the current segment so it is safe (graceful shutdown)."""
+        """Stop taking frames and leave the open segment to its journal (graceful shutdown).
+
+        Closing the open segment here would cut a GOP in two, and the frames a client resends
+        after the restart would then wait for the next keyframe: lost. Replaying the journal
+        at the next start rebuilds the open segment whole instead, as after a crash.
+        """
         if self._closed:
             return
         self._closed = True
         await self._stop_task()
         if self._writer is not None:
-            done = await self._in_thread(self._suspend_sync)
-            await self._spool_segments(done)
+            await self._in_thread(self._suspend_sync)
 
     async def _stop_task(self) -> None:
         if self._task is None:
@@ -427,12 +431,10 @@ class SessionRecorder:
         for fields in self._tracks.values():
             self._journal.track(fields)
 
-    def _suspend_sync(self) -> list[SegmentInfo]:
+    def _suspend_sync(self) -> None:
         assert self._writer is not None and self._journal is not None
-        self._pending_segments = []
-        self._rotate(self._writer.discontinuity())
         self._journal.close()
-        return self._pending_segments
+        self._writer.finish()  # releases the files; what it closes is rebuilt from the journal
 
     def _finish_sync(self) -> tuple[list[SegmentInfo], Path | None]:
         assert self._writer is not None and self._journal is not None
@@ -448,11 +450,11 @@ class SessionRecorder:
             keep = self.live_dir / KEEP_DIR / seg.path.name
             await self._in_thread(_link, seg.path, keep)
             key = self.key_prefix + seg.path.name
-            await self._spool.add(key, seg.path, group=self.session_id, move=True)
             self._playlist.append(
                 PlaylistSegment(seg.uri, seg.duration_s, seg.program_date_time, seg.discontinuity)
             )
             self.stats.segments += 1
+            # the row first: the upload may be confirmed before add() returns
             await self._meta.add_file(
                 FileRow(
                     session_id=self.session_id,
@@ -466,6 +468,7 @@ class SessionRecorder:
                     program_date_time=seg.program_date_time,
                 )
             )
+            await self._spool.add(key, seg.path, group=self.session_id, move=True)
             await self._spool_playlist(end=False)
             await self._meta.update_session(
                 self.session_id,
@@ -476,7 +479,6 @@ class SessionRecorder:
 
     async def _spool_playlist(self, *, end: bool) -> None:
         text = self._playlist.render(end=end).encode()
-        await self._spool.add_bytes(self.key_playlist, text, group=self.session_id)
         await self._meta.add_file(
             FileRow(
                 session_id=self.session_id,
@@ -487,6 +489,7 @@ class SessionRecorder:
                 duration_ms=round(self._playlist.duration_s * 1000),
             )
         )
+        await self._spool.add_bytes(self.key_playlist, text, group=self.session_id)
 
     async def _finish(self) -> None:
         done, _ = await self._in_thread(self._finish_sync)
@@ -496,7 +499,6 @@ class SessionRecorder:
         if keep:
             mp4 = self.live_dir / f"{self.session_id}.mp4"
             info = await self._in_thread(build_mp4, keep, mp4)
-            await self._spool.add(self.key_mp4, mp4, group=self.session_id, move=True)
             await self._meta.add_file(
                 FileRow(
                     session_id=self.session_id,
@@ -507,6 +509,7 @@ class SessionRecorder:
                     duration_ms=round(info.duration_s * 1000),
                 )
             )
+            await self._spool.add(self.key_mp4, mp4, group=self.session_id, move=True)
         await self._in_thread(shutil.rmtree, self.live_dir, True)
 
 

@@ -18,6 +18,7 @@ from .sessions import PLATFORM_FIELDS, LiveSession, SessionManager
 log = logging.getLogger(__name__)
 
 BYE_DRAIN_TIMEOUT_S = 30.0  # how long `bye` waits for the last frames to be made safe
+CLOSE_HANDSHAKE_TIMEOUT_S = 5.0  # a close started by another task (replace, shutdown) ends by then
 
 
 class WsConnection:
@@ -28,6 +29,7 @@ class WsConnection:
         self.ids = ids
         self.session: LiveSession | None = None
         self._send_lock = asyncio.Lock()
+        self._closed = asyncio.Event()
 
     async def _send(self, message: Any) -> None:
         if self.ws.closed:
@@ -55,10 +57,20 @@ class WsConnection:
         await self._send({"t": "ack", "seq": seq})
 
     async def close(self, code: CloseCode, reason: str) -> None:
-        """Close with a protocol close code and reason."""
-        if not self.ws.closed:
+        """Close with a protocol close code and reason (from any task)."""
+        if self.ws.closed:
+            return
+        try:
             with contextlib.suppress(ConnectionError, RuntimeError):
                 await self.ws.close(code=int(code), message=reason.encode()[:120])
+        finally:
+            self._closed.set()
+
+    async def wait_closed(self) -> None:
+        """Wait until a close started by any task has finished its handshake."""
+        if self.ws.closed:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closed.wait(), CLOSE_HANDSHAKE_TIMEOUT_S)
 
 
 class IngestHandler:
@@ -95,6 +107,7 @@ class IngestHandler:
             self._manager.detach(conn)
             self.connections.discard(conn)
             await conn.close(CloseCode.NORMAL, "")
+            await conn.wait_closed()
         return ws
 
     async def _receive(

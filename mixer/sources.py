@@ -478,6 +478,66 @@ class _StreamHandler:
                 )
 
 
+class MemoryClip:
+    """A file's frames demuxed once and held in memory, for many publishers of the same clip.
+
+    :meth:`source` gives each publisher its own :class:`MemorySource` over the shared frames
+    (no demuxing, no copies), so a load generator spends its CPU on sending, not reading.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        src = FileSource(path, loop=False)
+        self.info = src.info
+        frames: list[EncodedFrame] = []
+        gen = src._one_pass(0)
+        while True:
+            try:
+                frames.append(next(gen))
+            except StopIteration as stop:
+                self.period_us: int = stop.value
+                break
+        if not frames or self.period_us <= 0:
+            raise ValueError(f"{path}: no frames")
+        self.frames = tuple(frames)
+
+    def source(self, *, loop: bool = True) -> MemorySource:
+        """A fresh source replaying the clip from its start (forever when ``loop``)."""
+        return MemorySource(self, loop=loop)
+
+
+class MemorySource:
+    """One publisher's replay of a :class:`MemoryClip`; cheap enough to iterate on the loop."""
+
+    in_memory = True  # a publisher reads it inline instead of in a worker thread
+
+    def __init__(self, clip: MemoryClip, *, loop: bool = True) -> None:
+        self.info = clip.info
+        self._clip = clip
+        self._loop = loop
+        self._closed = False
+
+    def force_keyframe(self) -> None:
+        """Nothing to do for a recorded clip: a publisher skips video until the next keyframe."""
+
+    def close(self) -> None:
+        """Stop producing frames (the iterator ends at its next step)."""
+        self._closed = True
+
+    def __iter__(self) -> Iterator[EncodedFrame]:
+        offset = 0
+        frames, period = self._clip.frames, self._clip.period_us
+        while not self._closed:
+            for f in frames:
+                if self._closed:
+                    return
+                if offset:
+                    f = _shift(f, offset)
+                yield f
+            if not self._loop:
+                return
+            offset += period
+
+
 def open_source(
     source: str | Path, *, codec: str = "h264", duration_s: float | None = None, loop: bool = False
 ) -> TestPattern | FileSource:

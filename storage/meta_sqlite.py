@@ -280,8 +280,8 @@ class SqliteMetaStore:
     async def add_file(self, row: FileRow) -> None:
         """Record a produced file, replacing any row with its key; ``KeyError`` if no session.
 
-        A replaced row keeps its ``uploaded_at`` when the new row has none, so a confirmation
-        that raced ahead of this call is not lost.
+        A replaced row is a new version of the file: it takes the new row's ``uploaded_at``
+        (usually none yet). Callers add the row before handing the file to the spool.
         """
         values = [
             row.session_id,
@@ -295,18 +295,13 @@ class SqliteMetaStore:
             _to_text(row.program_date_time),
             _to_text(row.uploaded_at),
         ]
-        updates = ", ".join(
-            f"{name} = excluded.{name}"
-            for name in _FILE_COLUMNS
-            if name not in ("key", "uploaded_at")
-        )
+        updates = ", ".join(f"{name} = excluded.{name}" for name in _FILE_COLUMNS if name != "key")
         try:
             async with self._tx() as db:
                 await db.execute(
                     f"INSERT INTO files ({', '.join(_FILE_COLUMNS)})"
                     f" VALUES ({', '.join('?' * len(values))})"
-                    f" ON CONFLICT (key) DO UPDATE SET {updates},"
-                    " uploaded_at = COALESCE(excluded.uploaded_at, files.uploaded_at)",
+                    f" ON CONFLICT (key) DO UPDATE SET {updates}",
                     values,
                 )
         except sqlite3.IntegrityError as exc:

@@ -215,9 +215,13 @@ class Spool:
         When this returns the file is fsync'd in the spool and will be uploaded even across a
         crash; ``SpoolFull`` when it would push the spool over ``max_bytes`` (``src`` untouched).
         """
-        self._check_open()
-        size = (await asyncio.to_thread(src.stat)).st_size
-        return await self._add(key, group, store_id, content_type, size, src, b"", move)
+        item_id = self._reserve(group)  # before the first await: ids follow call order
+        try:
+            size = (await asyncio.to_thread(src.stat)).st_size
+        except BaseException:
+            self._release(group, item_id, 0)
+            raise
+        return await self._add(item_id, key, group, store_id, content_type, size, src, b"", move)
 
     async def add_bytes(
         self,
@@ -229,17 +233,32 @@ class Spool:
         content_type: str | None = None,
     ) -> SpoolItem:
         """Write ``data`` into the spool and queue it; durable when this returns."""
-        self._check_open()
-        return await self._add(key, group, store_id, content_type, len(data), None, data, False)
+        item_id = self._reserve(group)
+        return await self._add(
+            item_id, key, group, store_id, content_type, len(data), None, data, False
+        )
 
-    def _check_open(self) -> None:
+    def _reserve(self, group: str) -> int:
         if not self._started:
             raise RuntimeError("spool is not started")
         if self._closing.is_set():
             raise RuntimeError("spool is closed")
+        item_id = self._next_id
+        self._next_id += 1
+        self._pending += 1
+        # the group's later items wait for this one even before its bytes are written
+        self._groups.setdefault(group, _Group()).adding.add(item_id)
+        return item_id
+
+    def _release(self, group: str, item_id: int, size: int) -> None:
+        self._pending -= 1
+        self._bytes -= size
+        self._groups[group].adding.discard(item_id)
+        self._settle_group(group)
 
     async def _add(
         self,
+        item_id: int,
         key: str,
         group: str,
         store_id: str,
@@ -249,45 +268,25 @@ class Spool:
         data: builtins.bytes,
         move: bool,
     ) -> SpoolItem:
-        self._check_open()
         if self._bytes + size > self.max_bytes:
+            self._release(group, item_id, 0)
             if not self._full_logged:  # once per episode: a full spool would flood the log
                 self._full_logged = True
                 log.error(
                     "spool full: %d + %d bytes exceeds %d; refusing %s",
-                    self._bytes,
-                    size,
-                    self.max_bytes,
-                    key,
+                    *(self._bytes, size, self.max_bytes, key),
                     extra={"key": key, "session_id": group},
                 )
             raise SpoolFull(f"spool holds {self._bytes} bytes; {key} ({size} bytes) does not fit")
-        # reserve id and bytes before the first await, so concurrent adds keep their order
-        # within the group and cannot overshoot the cap together
-        item = SpoolItem(
-            item_id=self._next_id,
-            key=key,
-            store_id=store_id,
-            group=group,
-            content_type=content_type,
-            size=size,
-            added_at=datetime.now(UTC),
-        )
-        self._next_id += 1
-        self._bytes += size
-        self._pending += 1
-        state = self._groups.setdefault(group, _Group())
-        state.adding.add(item.item_id)
+        self._bytes += size  # reserved before the await, so concurrent adds cannot overshoot
+        item = SpoolItem(item_id, key, store_id, group, content_type, size, datetime.now(UTC))
         try:
             await asyncio.to_thread(self._write_sync, item, src, data, move)
         except BaseException:
-            self._bytes -= size
-            self._pending -= 1
-            state.adding.discard(item.item_id)
-            self._settle_group(group)
+            self._release(group, item_id, size)
             raise
         self._full_logged = False
-        state.adding.discard(item.item_id)
+        self._groups[group].adding.discard(item_id)
         self._enqueue(item)
         async with self._changed:
             self._changed.notify_all()
@@ -365,25 +364,20 @@ class Spool:
             except Exception as exc:
                 self.upload_failures_total += 1
                 extra = {"key": item.key, "session_id": group, "attempt": item.attempts}
-                if isinstance(exc, StoreRefused):  # the user's store said no: loud
-                    log.error(
-                        "upload of %s refused (attempt %d): %s",
-                        item.key,
-                        item.attempts,
-                        exc,
-                        extra=extra,
-                    )
-                else:
-                    log.warning(
-                        "upload of %s failed (attempt %d): %r",
-                        item.key,
-                        item.attempts,
-                        exc,
-                        extra=extra,
-                    )
+                # a refusal is the user's store saying no: loud, and a later policy may reroute
+                level = logging.ERROR if isinstance(exc, StoreRefused) else logging.WARNING
+                log.log(
+                    level,
+                    "upload of %s failed (attempt %d): %r",
+                    item.key,
+                    item.attempts,
+                    exc,
+                    extra=extra,
+                )
             if await self._backoff(item.attempts):
                 state.busy = False  # closing: leave the item on disk for the next start
                 return
+        extra = {"key": item.key, "session_id": group}
         latency_s = max(0.0, (datetime.now(UTC) - item.added_at).total_seconds())
         if self._on_uploaded is not None:
             try:
@@ -392,12 +386,12 @@ class Spool:
                 raise
             except Exception:
                 # the object is safe in the store; a failing hook must not re-upload forever
-                log.exception(
-                    "on_uploaded hook failed for %s",
-                    item.key,
-                    extra={"key": item.key, "session_id": group},
-                )
-        await asyncio.to_thread(self._remove_sync, item.item_id)
+                log.exception("on_uploaded hook failed for %s", item.key, extra=extra)
+        try:
+            await asyncio.to_thread(self._remove_sync, item.item_id)
+        except OSError:
+            # confirmed all the same; a copy left behind is uploaded again after a restart
+            log.exception("could not remove spooled %s", item.key, extra=extra)
         heapq.heappop(state.queue)
         state.busy = False
         self._bytes -= item.size

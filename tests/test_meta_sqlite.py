@@ -229,10 +229,10 @@ async def test_files(meta: SqliteMetaStore) -> None:
     [pl] = await meta.list_files("s1", kind="playlist")
     assert pl.uploaded_at == up and pl.uploaded_at.tzinfo == UTC
 
-    # replacing by key updates the row and keeps a confirmation that raced ahead
+    # replacing by key is a new version of the file: not uploaded until confirmed again
     await meta.add_file(FileRow("s1", "s1/index.m3u8", "playlist", 80, T0, duration_ms=8000))
     [pl] = await meta.list_files("s1", kind="playlist")
-    assert (pl.size, pl.duration_ms, pl.uploaded_at) == (80, 8000, up)
+    assert (pl.size, pl.duration_ms, pl.uploaded_at) == (80, 8000, None)
 
 
 async def test_api_keys(meta: SqliteMetaStore) -> None:

@@ -1,0 +1,200 @@
+"""Bad input on the ingest WebSocket: each gets its documented close code, and a session
+recording beside it is not harmed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+import pytest
+
+from conftest import Server
+from media import encode_clip
+from wsclient import RawClient
+
+EVENT_PATH = "/v1/customers/acme/profiles/support:processScreenRecordingSessionEvent"
+
+
+async def start(http: aiohttp.ClientSession, server: Server, **ids: str) -> str:
+    body = {"sessionEvent": {"eventType": "EVENT_TYPE_START", **ids}}
+    async with http.post(server.url + EVENT_PATH, json=body, headers=server.auth) as resp:
+        assert resp.status == 200
+        return (await resp.json())["sessionEvent"]["sessionId"]
+
+
+async def end(http: aiohttp.ClientSession, server: Server, sid: str) -> None:
+    body = {"sessionEvent": {"eventType": "EVENT_TYPE_END", "sessionId": sid}}
+    async with http.post(server.url + EVENT_PATH, json=body, headers=server.auth) as resp:
+        assert resp.status == 200
+
+
+def media(seq: int, data: bytes = b"\x00\x00\x00\x01\x09\xf0", track: int = 0) -> dict[str, Any]:
+    return {
+        "t": "media",
+        "seq": seq,
+        "track": track,
+        "pts": seq * 66_666,
+        "key": True,
+        "data": data,
+    }
+
+
+async def connect(http: aiohttp.ClientSession, server: Server) -> RawClient:
+    client = RawClient(http, server.url)
+    await client.connect()
+    return client
+
+
+BAD_AFTER_HELLO: list[tuple[str, list[Any], int, str]] = [
+    ("garbage frame", [b"\xc1\xc1 not msgpack"], 4000, "not a msgpack"),
+    ("unknown type", [{"t": "launch"}], 4000, "unknown message type"),
+    ("wrong schema", [{"t": "media", "seq": "one"}], 4001, "seq must be"),
+    ("unknown codec", [{"t": "track", "id": 0, "kind": "video", "codec": "h265"}], 4005, "h265"),
+    ("unannounced track", [media(1)], 4006, "unannounced track"),
+    (
+        "seq skips ahead",
+        [{"t": "track", "id": 0, "kind": "video", "codec": "h264"}, media(5)],
+        4007,
+        "expected seq 1",
+    ),
+    (
+        "undecodable vp8",
+        [{"t": "track", "id": 0, "kind": "video", "codec": "vp8"}, media(1, b"\xff" * 64)],
+        4011,
+        "seq 1",
+    ),
+    ("text frame", ["hello"], 1003, "text frames"),
+    ("oversized frame", [b"\x00" * (256 * 1024 + 1)], 1009, ""),
+]
+
+
+@pytest.mark.parametrize(
+    ("bad", "frames", "code", "fragment"), BAD_AFTER_HELLO, ids=[b[0] for b in BAD_AFTER_HELLO]
+)
+async def test_bad_input_closes_with_its_code_and_spares_other_sessions(
+    server_factory: Any, bad: str, frames: list[Any], code: int, fragment: str
+) -> None:
+    server = await server_factory(ingest={"max_frame_bytes": 256 * 1024})
+    clip = encode_clip("h264", duration_s=2.0, audio_codec="opus")
+    async with aiohttp.ClientSession() as http:
+        good_sid = await start(http, server)
+        good = await connect(http, server)
+        await good.hello(server.api_key, session_id=good_sid)
+        await good.tracks()
+        half = len(clip.frames) // 2
+        for f in clip.frames[:half]:
+            await good.media(f)
+
+        bad_sid = await start(http, server)
+        client = await connect(http, server)
+        await client.hello(server.api_key, session_id=bad_sid)
+        for frame in frames:
+            assert client.ws is not None
+            if isinstance(frame, bytes):
+                await client.ws.send_bytes(frame)
+            elif isinstance(frame, str):
+                await client.ws.send_str(frame)
+            else:
+                await client.send(frame)
+        got_code, reason = await client.closed()
+        assert got_code == code, reason
+        assert fragment in reason
+
+        for f in clip.frames[half:]:  # the other session goes on as if nothing happened
+            await good.media(f)
+        await good.wait_ack(len(clip.frames))
+        await end(http, server, good_sid)
+        assert (await good.closed())[0] == 1000
+
+
+@pytest.mark.parametrize(
+    ("hello", "code", "fragment"),
+    [
+        ({"t": "hello", "v": 1, "token": "wrong", "session_id": "x"}, 4002, "invalid token"),
+        ({"t": "hello", "v": 1, "token": "K", "session_id": "nope"}, 4003, "not found"),
+        ({"t": "hello", "v": 1, "token": "K"}, 4001, "session_id or platform ids"),
+        ({"t": "ping"}, 4001, "first message must be hello"),
+        ({"t": "hello", "v": 2, "token": "K"}, 4001, "v must be 1"),
+    ],
+)
+async def test_bad_hello(server: Server, hello: dict[str, Any], code: int, fragment: str) -> None:
+    if hello.get("token") == "K":
+        hello = {**hello, "token": server.api_key}
+    async with aiohttp.ClientSession() as http:
+        client = await connect(http, server)
+        await client.send(hello)
+        got_code, reason = await client.closed()
+        assert (got_code, fragment in reason) == (code, True), reason
+
+
+async def test_ended_session_refuses_connections(server: Server) -> None:
+    async with aiohttp.ClientSession() as http:
+        sid = await start(http, server)
+        await end(http, server, sid)
+        client = await connect(http, server)
+        await client.send({"t": "hello", "v": 1, "token": server.api_key, "session_id": sid})
+        assert (await client.closed())[0] == 4004
+
+
+async def test_media_before_start_is_refused(server: Server) -> None:
+    async with aiohttp.ClientSession() as http:
+        client = await connect(http, server)
+        welcome = await client.hello(server.api_key, platform_call_id="call-x")
+        assert welcome["session_id"] is None and welcome["state"] == "WAITING"
+        await client.send({"t": "track", "id": 0, "kind": "video", "codec": "h264"})
+        code, reason = await client.closed()
+        assert code == 4004 and "before the session started" in reason
+
+
+async def test_hello_timeout(server_factory: Any) -> None:
+    server = await server_factory(ingest={"hello_timeout_s": 0.2})
+    async with aiohttp.ClientSession() as http:
+        client = await connect(http, server)
+        assert (await client.closed())[0] == 4008
+
+
+async def test_recording_app_waits_for_start_and_acks_events(server: Server) -> None:
+    """A recording app connected with platform ids gets the START pushed and acks it."""
+    async with aiohttp.ClientSession() as http:
+        app = await connect(http, server)
+        await app.hello(server.api_key, platform_call_id="call-7", user_id="agent-7")
+        other = await connect(http, server)  # same call, another user: must not get it
+        await other.hello(server.api_key, platform_call_id="call-7", user_id="agent-8")
+        sid = await start(http, server, platformCallId="call-7", userId="agent-7")
+        control = await app.wait_control("start")
+        assert control["session_id"] == sid
+        assert control["event"] == {
+            "eventType": "EVENT_TYPE_START",
+            "sessionId": sid,
+            "platformCallId": "call-7",
+            "userId": "agent-7",
+        }
+        await app.send({"t": "ack", "id": control["id"]})
+        with pytest.raises(TimeoutError):
+            await other.recv(timeout=0.3)
+        body = {"sessionEvent": {"eventType": "EVENT_TYPE_PAUSE", "sessionId": sid}}
+        async with http.post(server.url + EVENT_PATH, json=body, headers=server.auth) as resp:
+            assert resp.status == 200
+        pause = await app.wait_control("pause")
+        await app.send({"t": "ack", "id": pause["id"]})
+        await app.send({"t": "ping", "ts": 42})
+        assert (await app.recv())["t"] == "pong"  # acks before the ping are processed by now
+        url = f"{server.url}/v1/customers/acme/profiles/support/screenRecordingSessions/{sid}"
+        async with http.get(url, headers=server.auth) as resp:
+            events = (await resp.json())["events"]
+        assert [(e["eventType"], e["acked"]) for e in events] == [
+            ("EVENT_TYPE_START", True),
+            ("EVENT_TYPE_PAUSE", True),
+        ]
+        assert all(e["ackTime"] for e in events)
+
+
+async def test_newer_connection_replaces_older(server: Server) -> None:
+    async with aiohttp.ClientSession() as http:
+        sid = await start(http, server)
+        first = await connect(http, server)
+        await first.hello(server.api_key, session_id=sid)
+        second = await connect(http, server)
+        await second.hello(server.api_key, session_id=sid)
+        code, reason = await first.closed()
+        assert code == 4009 and "replaced" in reason

@@ -1,0 +1,154 @@
+"""Nothing acknowledged is lost: a killed server replays its journals, a stopped one closes
+its segments, and the client resends what was not acknowledged."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from api.keys import SPOOL, STORE
+from conftest import API_KEY, Server
+from media import Clip, encode_clip
+from test_recording_functional import count_frames, fetch_recording
+from wsclient import RawClient
+
+EVENT_PATH = "/v1/customers/acme/profiles/support:processScreenRecordingSessionEvent"
+START_TIMEOUT_S = 30.0
+
+pytestmark = pytest.mark.slow
+
+
+class ServerProcess:
+    """``reelhouse serve`` as a child process on a free loopback port."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.proc: asyncio.subprocess.Process | None = None
+        self.url = ""
+
+    async def start(self) -> None:
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "api.cli", "serve", "--host", "127.0.0.1", "--port", "0",
+            "--data-dir", str(self.data_dir), "--api-key", API_KEY,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+            env={**os.environ, "REELHOUSE_RECORDER__SEGMENT_TARGET_S": "1.0"},
+        )  # fmt: skip
+        assert self.proc.stdout is not None
+        line = await asyncio.wait_for(self.proc.stdout.readline(), START_TIMEOUT_S)
+        assert line.startswith(b"reelhouse listening on "), line
+        self.url = line.decode().split()[-1]
+
+    async def stop(self, sig: int) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        return await asyncio.wait_for(self.proc.wait(), START_TIMEOUT_S)
+
+
+@pytest.fixture
+async def proc(tmp_path: Path) -> AsyncIterator[ServerProcess]:
+    p = ServerProcess(tmp_path / "data")
+    await p.start()
+    yield p
+    if p.proc is not None and p.proc.returncode is None:
+        p.proc.kill()
+        await p.proc.wait()
+
+
+async def start_session(http: aiohttp.ClientSession, url: str) -> str:
+    body = {"sessionEvent": {"eventType": "EVENT_TYPE_START"}}
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    async with http.post(url + EVENT_PATH, json=body, headers=headers) as resp:
+        assert resp.status == 200
+        return (await resp.json())["sessionEvent"]["sessionId"]
+
+
+async def finish_in_process(
+    server: Server, http: aiohttp.ClientSession, sid: str, clip: Clip, tmp_path: Path
+) -> tuple[int, int, str]:
+    """Reconnect to the restarted server, resend above acked_seq, END, decode the MP4."""
+    client = RawClient(http, server.url)
+    await client.connect()
+    welcome = await client.hello(server.api_key, session_id=sid)
+    await client.tracks()
+    client.seq = welcome["acked_seq"]
+    for f in clip.frames[welcome["acked_seq"] :]:
+        await client.media(f)
+    await client.wait_ack(len(clip.frames))
+    body = {"sessionEvent": {"eventType": "EVENT_TYPE_END", "sessionId": sid}}
+    async with http.post(server.url + EVENT_PATH, json=body, headers=server.auth) as resp:
+        assert resp.status == 200
+    playlist, mp4 = await fetch_recording(server, sid, tmp_path)
+    video, audio, _ = await asyncio.to_thread(count_frames, mp4)
+    return video, welcome["acked_seq"], playlist.read_text()
+
+
+async def stream_until_acked(
+    http: aiohttp.ClientSession, url: str, sid: str, frames: list[Any]
+) -> int:
+    client = RawClient(http, url)
+    await client.connect()
+    await client.hello(API_KEY, session_id=sid)
+    await client.tracks()
+    for f in frames:
+        await client.media(f)
+    await client.wait_ack(len(frames))
+    return client.acked
+
+
+async def test_killed_server_replays_journal(
+    proc: ServerProcess, server_factory: Any, tmp_path: Path
+) -> None:
+    clip = encode_clip("h264", duration_s=5.0, audio_codec="opus")
+    cut = len(clip.frames) * 3 // 5
+    async with aiohttp.ClientSession() as http:
+        sid = await start_session(http, proc.url)
+        acked = await stream_until_acked(http, proc.url, sid, clip.frames[:cut])
+        assert acked == cut
+        assert await proc.stop(signal.SIGKILL) == -signal.SIGKILL  # no chance to close anything
+        server = await server_factory(data_dir=proc.data_dir, recorder={"segment_target_s": 1.0})
+        video, resumed_at, playlist = await finish_in_process(server, http, sid, clip, tmp_path)
+    assert resumed_at == cut  # every acknowledged frame survived the kill
+    assert video == clip.video_frames
+    assert playlist.count("#EXT-X-DISCONTINUITY") == 1  # the restart
+
+
+async def test_stopped_server_closes_segments_and_resumes(
+    proc: ServerProcess, server_factory: Any, tmp_path: Path
+) -> None:
+    clip = encode_clip("h264", duration_s=5.0, audio_codec="opus")
+    cut = len(clip.frames) // 2
+    async with aiohttp.ClientSession() as http:
+        sid = await start_session(http, proc.url)
+        client = RawClient(http, proc.url)
+        await client.connect()
+        await client.hello(API_KEY, session_id=sid)
+        await client.tracks()
+        for f in clip.frames[:cut]:
+            await client.media(f)
+        await client.wait_ack(cut)
+        closed = asyncio.create_task(client.closed())  # a live client reads all the time
+        assert await proc.stop(signal.SIGTERM) == 0
+        code, reason = await closed
+        assert code == 1001 and "shutting down" in reason
+        server = await server_factory(data_dir=proc.data_dir, recorder={"segment_target_s": 1.0})
+        spool = server.app[SPOOL]  # type: ignore[index]
+        assert await spool.wait_idle(30.0)
+        store = server.app[STORE]  # type: ignore[index]
+        before = [
+            i.key
+            async for i in store.list(f"recordings/acme/support/{sid}/")
+            if i.key.endswith(".ts")
+        ]
+        assert before  # segments finished before the shutdown were uploaded
+        video, resumed_at, playlist = await finish_in_process(server, http, sid, clip, tmp_path)
+    assert resumed_at == cut
+    assert video == clip.video_frames
+    assert playlist.count("#EXT-X-DISCONTINUITY") == 1
