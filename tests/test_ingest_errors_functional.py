@@ -7,7 +7,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-
 from conftest import Server
 from media import encode_clip
 from wsclient import RawClient

@@ -13,12 +13,12 @@ from typing import Any
 
 import aiohttp
 import pytest
-
-from api.keys import SPOOL, STORE
 from conftest import API_KEY, Server
 from media import Clip, encode_clip
 from test_recording_functional import count_frames, fetch_recording
 from wsclient import RawClient
+
+from api.keys import SPOOL, STORE
 
 EVENT_PATH = "/v1/customers/acme/profiles/support:processScreenRecordingSessionEvent"
 START_TIMEOUT_S = 30.0
@@ -87,6 +87,7 @@ async def finish_in_process(
         assert resp.status == 200
     playlist, mp4 = await fetch_recording(server, sid, tmp_path)
     video, audio, _ = await asyncio.to_thread(count_frames, mp4)
+    assert audio > 0
     return video, welcome["acked_seq"], playlist.read_text()
 
 
