@@ -1,0 +1,116 @@
+"""The reference client against a real server: waiting for START, a dropped socket mid-stream,
+and the ``reelhouse publish`` command."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from conftest import Server
+from test_recording_functional import count_frames, fetch_recording
+
+from ingest.publisher import Publisher
+from mixer.sources import EncodedFrame, SourceInfo, TestPattern
+
+EVENT_PATH = "/v1/customers/acme/profiles/support:processScreenRecordingSessionEvent"
+DROP_AFTER_FRAMES = 40
+CLI_TIMEOUT_S = 60.0
+
+pytestmark = pytest.mark.slow
+
+
+class Tapped:
+    """A source that counts what it yields and flags when ``DROP_AFTER_FRAMES`` have gone by."""
+
+    def __init__(self, inner: TestPattern, loop: asyncio.AbstractEventLoop) -> None:
+        self.inner = inner
+        self.info: SourceInfo = inner.info
+        self.video_frames = 0
+        self.passed = asyncio.Event()
+        self._loop = loop
+
+    def __iter__(self) -> Iterator[EncodedFrame]:
+        for n, frame in enumerate(self.inner, 1):
+            self.video_frames += frame.kind == "video"
+            if n == DROP_AFTER_FRAMES:
+                self._loop.call_soon_threadsafe(self.passed.set)
+            yield frame
+
+    def force_keyframe(self) -> None:
+        self.inner.force_keyframe()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+async def event(
+    http: aiohttp.ClientSession, server: Server, kind: str, **fields: str
+) -> dict[str, Any]:
+    body = {"sessionEvent": {"eventType": kind, **fields}}
+    async with http.post(server.url + EVENT_PATH, json=body, headers=server.auth) as resp:
+        assert resp.status == 200
+        return await resp.json()
+
+
+async def test_publisher_waits_for_start_survives_a_drop_and_loses_nothing(
+    server_factory: Any, tmp_path: Path
+) -> None:
+    server = await server_factory(recorder={"segment_target_s": 1.0})
+    source = Tapped(TestPattern(width=320, height=240, duration_s=4.0), asyncio.get_running_loop())
+    welcomed = asyncio.Event()
+    events: list[str] = []
+
+    def on_event(name: str, info: dict[str, Any]) -> None:
+        events.append(name)
+        if name == "welcome":
+            welcomed.set()
+
+    async with aiohttp.ClientSession() as http:
+        publisher = Publisher(
+            source, server=server.url, api_key=server.api_key, platform_call_id="call-9",
+            realtime=False, on_event=on_event, session=http,
+        )  # fmt: skip
+        task = asyncio.create_task(publisher.publish())
+        await welcomed.wait()
+        sid = (await event(http, server, "EVENT_TYPE_START", platformCallId="call-9"))[
+            "sessionEvent"
+        ]["sessionId"]
+        await source.passed.wait()
+        await publisher.drop_connection()
+        result = await task
+        assert result.session_id == sid
+        assert result.reconnects == 1
+        assert result.frames_acked == result.frames_sent == result.last_seq
+        await event(http, server, "EVENT_TYPE_END", sessionId=sid)
+        _, mp4 = await fetch_recording(server, sid, tmp_path)
+    video, audio, _ = await asyncio.to_thread(count_frames, mp4)
+    assert video == source.video_frames
+    assert audio > 0
+    assert events.count("reconnect") == 1
+
+
+async def test_publish_command(server: Server, tmp_path: Path) -> None:
+    async with aiohttp.ClientSession() as http:
+        sid = (await event(http, server, "EVENT_TYPE_START"))["sessionEvent"]["sessionId"]
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "api.cli", "publish", "testsrc", "--server", server.url,
+            "--api-key", server.api_key, "--session", sid, "--duration", "2", "--fast",
+            stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, _ = await asyncio.wait_for(proc.communicate(), CLI_TIMEOUT_S)
+        assert proc.returncode == 0
+        lines = [json.loads(line) for line in out.decode().splitlines()]
+        done = lines[-1]
+        assert done["event"] == "done" and done["session_id"] == sid
+        assert done["frames_sent"] == done["frames_acked"] > 0
+        await event(http, server, "EVENT_TYPE_END", sessionId=sid)
+        _, mp4 = await fetch_recording(server, sid, tmp_path)
+    video, audio, _ = await asyncio.to_thread(count_frames, mp4)
+    assert video == 30  # 2 s of the 15 fps pattern
+    assert audio > 0
