@@ -216,15 +216,18 @@ async def _client_main(args: argparse.Namespace) -> None:
             t0 = time.monotonic()
             error = None
             try:
-                result = await pub.publish()
+                await asyncio.wait_for(pub.publish(), args.duration + CLIENT_GRACE_S / 2)
+            except TimeoutError:
+                error = "TimeoutError: publishing did not finish in time"
             except Exception as exc:
                 error = f"{type(exc).__name__}: {exc}"
+            result = pub.result()  # partial figures too, when it failed
             wall = time.monotonic() - t0
             with contextlib.suppress(Exception):
-                await event({"eventType": "EVENT_TYPE_END", "userId": f"u{i}", "sessionId": sid})
-            if error:
-                return {"error": error, "wall_s": wall}
+                end = {"eventType": "EVENT_TYPE_END", "userId": f"u{i}", "sessionId": sid}
+                await asyncio.wait_for(event(end), 10.0)
             return {
+                **({"error": error} if error else {}),
                 "frames_sent": result.frames_sent,
                 "frames_acked": result.frames_acked,
                 "reconnects": result.reconnects,

@@ -302,6 +302,10 @@ class Publisher:
             await self._close_source()
             if own_http:
                 await http.close()
+        return self.result()
+
+    def result(self) -> PublishResult:
+        """What was sent and acknowledged so far (also usable after a cancelled publish)."""
         return PublishResult(
             session_id=self.session_id,
             frames_sent=self._frames_sent,

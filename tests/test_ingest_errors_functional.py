@@ -9,22 +9,8 @@ import aiohttp
 import pytest
 from conftest import Server
 from media import encode_clip
+from recording import event, start_session
 from wsclient import RawClient
-
-EVENT_PATH = "/v1/customers/acme/profiles/support:processScreenRecordingSessionEvent"
-
-
-async def start(http: aiohttp.ClientSession, server: Server, **ids: str) -> str:
-    body = {"sessionEvent": {"eventType": "EVENT_TYPE_START", **ids}}
-    async with http.post(server.url + EVENT_PATH, json=body, headers=server.auth) as resp:
-        assert resp.status == 200
-        return (await resp.json())["sessionEvent"]["sessionId"]
-
-
-async def end(http: aiohttp.ClientSession, server: Server, sid: str) -> None:
-    body = {"sessionEvent": {"eventType": "EVENT_TYPE_END", "sessionId": sid}}
-    async with http.post(server.url + EVENT_PATH, json=body, headers=server.auth) as resp:
-        assert resp.status == 200
 
 
 def media(seq: int, data: bytes = b"\x00\x00\x00\x01\x09\xf0", track: int = 0) -> dict[str, Any]:
@@ -76,7 +62,7 @@ async def test_bad_input_closes_with_its_code_and_spares_other_sessions(
     server = await server_factory(ingest={"max_frame_bytes": 256 * 1024})
     clip = encode_clip("h264", duration_s=2.0, audio_codec="opus")
     async with aiohttp.ClientSession() as http:
-        good_sid = await start(http, server)
+        good_sid = await start_session(http, server)
         good = await connect(http, server)
         await good.hello(server.api_key, session_id=good_sid)
         await good.tracks()
@@ -84,7 +70,7 @@ async def test_bad_input_closes_with_its_code_and_spares_other_sessions(
         for f in clip.frames[:half]:
             await good.media(f)
 
-        bad_sid = await start(http, server)
+        bad_sid = await start_session(http, server)
         client = await connect(http, server)
         await client.hello(server.api_key, session_id=bad_sid)
         for frame in frames:
@@ -102,7 +88,7 @@ async def test_bad_input_closes_with_its_code_and_spares_other_sessions(
         for f in clip.frames[half:]:  # the other session goes on as if nothing happened
             await good.media(f)
         await good.wait_ack(len(clip.frames))
-        await end(http, server, good_sid)
+        await event(http, server, "EVENT_TYPE_END", good_sid)
         assert (await good.closed())[0] == 1000
 
 
@@ -128,8 +114,8 @@ async def test_bad_hello(server: Server, hello: dict[str, Any], code: int, fragm
 
 async def test_ended_session_refuses_connections(server: Server) -> None:
     async with aiohttp.ClientSession() as http:
-        sid = await start(http, server)
-        await end(http, server, sid)
+        sid = await start_session(http, server)
+        await event(http, server, "EVENT_TYPE_END", sid)
         client = await connect(http, server)
         await client.send({"t": "hello", "v": 1, "token": server.api_key, "session_id": sid})
         assert (await client.closed())[0] == 4004
@@ -159,7 +145,7 @@ async def test_recording_app_waits_for_start_and_acks_events(server: Server) -> 
         await app.hello(server.api_key, platform_call_id="call-7", user_id="agent-7")
         other = await connect(http, server)  # same call, another user: must not get it
         await other.hello(server.api_key, platform_call_id="call-7", user_id="agent-8")
-        sid = await start(http, server, platformCallId="call-7", userId="agent-7")
+        sid = await start_session(http, server, platformCallId="call-7", userId="agent-7")
         control = await app.wait_control("start")
         assert control["session_id"] == sid
         assert control["event"] == {
@@ -169,11 +155,10 @@ async def test_recording_app_waits_for_start_and_acks_events(server: Server) -> 
             "userId": "agent-7",
         }
         await app.send({"t": "ack", "id": control["id"]})
-        with pytest.raises(TimeoutError):
-            await other.recv(timeout=0.3)
-        body = {"sessionEvent": {"eventType": "EVENT_TYPE_PAUSE", "sessionId": sid}}
-        async with http.post(server.url + EVENT_PATH, json=body, headers=server.auth) as resp:
-            assert resp.status == 200
+        # the push went out before START answered; a ping round trip shows nothing came
+        await other.send({"t": "ping", "ts": 1})
+        assert (await other.recv())["t"] == "pong"
+        await event(http, server, "EVENT_TYPE_PAUSE", sid)
         pause = await app.wait_control("pause")
         await app.send({"t": "ack", "id": pause["id"]})
         await app.send({"t": "ping", "ts": 42})
@@ -190,7 +175,7 @@ async def test_recording_app_waits_for_start_and_acks_events(server: Server) -> 
 
 async def test_newer_connection_replaces_older(server: Server) -> None:
     async with aiohttp.ClientSession() as http:
-        sid = await start(http, server)
+        sid = await start_session(http, server)
         first = await connect(http, server)
         await first.hello(server.api_key, session_id=sid)
         second = await connect(http, server)

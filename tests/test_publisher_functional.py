@@ -13,12 +13,11 @@ from typing import Any
 import aiohttp
 import pytest
 from conftest import Server
-from test_recording_functional import count_frames, fetch_recording
+from recording import count_frames, event, fetch_recording, start_session
 
 from ingest.publisher import Publisher
 from mixer.sources import EncodedFrame, SourceInfo, TestPattern
 
-EVENT_PATH = "/v1/customers/acme/profiles/support:processScreenRecordingSessionEvent"
 DROP_AFTER_FRAMES = 40
 CLI_TIMEOUT_S = 60.0
 
@@ -47,15 +46,6 @@ class Tapped:
 
     def close(self) -> None:
         self.inner.close()
-
-
-async def event(
-    http: aiohttp.ClientSession, server: Server, kind: str, **fields: str
-) -> dict[str, Any]:
-    body = {"sessionEvent": {"eventType": kind, **fields}}
-    async with http.post(server.url + EVENT_PATH, json=body, headers=server.auth) as resp:
-        assert resp.status == 200
-        return await resp.json()
 
 
 async def test_publisher_waits_for_start_survives_a_drop_and_loses_nothing(
@@ -89,7 +79,7 @@ async def test_publisher_waits_for_start_survives_a_drop_and_loses_nothing(
         assert result.frames_acked == result.frames_sent == result.last_seq
         await event(http, server, "EVENT_TYPE_END", sessionId=sid)
         _, mp4 = await fetch_recording(server, sid, tmp_path)
-    video, audio, _ = await asyncio.to_thread(count_frames, mp4)
+    video, audio = await asyncio.to_thread(count_frames, mp4)
     assert video == source.video_frames
     assert audio > 0
     assert events.count("reconnect") == 1
@@ -97,7 +87,7 @@ async def test_publisher_waits_for_start_survives_a_drop_and_loses_nothing(
 
 async def test_publish_command(server: Server, tmp_path: Path) -> None:
     async with aiohttp.ClientSession() as http:
-        sid = (await event(http, server, "EVENT_TYPE_START"))["sessionEvent"]["sessionId"]
+        sid = await start_session(http, server)
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "api.cli", "publish", "testsrc", "--server", server.url,
             "--api-key", server.api_key, "--session", sid, "--duration", "2", "--fast",
@@ -111,6 +101,6 @@ async def test_publish_command(server: Server, tmp_path: Path) -> None:
         assert done["frames_sent"] == done["frames_acked"] > 0
         await event(http, server, "EVENT_TYPE_END", sessionId=sid)
         _, mp4 = await fetch_recording(server, sid, tmp_path)
-    video, audio, _ = await asyncio.to_thread(count_frames, mp4)
+    video, audio = await asyncio.to_thread(count_frames, mp4)
     assert video == 30  # 2 s of the 15 fps pattern
     assert audio > 0

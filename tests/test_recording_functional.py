@@ -8,70 +8,17 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import av
 import pytest
-from conftest import Server
 from media import Clip, encode_clip, ffprobe
+from recording import count_frames, event, fetch_recording, start_session
 from wsclient import RawClient
 
-from api.keys import SPOOL, STORE
-
-EVENT_PATH = "/v1/customers/acme/profiles/support:processScreenRecordingSessionEvent"
-PREFIX = "recordings/acme/support"
 SEGMENT_S = 1.0  # short segments keep the clips short
 DURATION_TOLERANCE_S = (
     SEGMENT_S  # the issue's bound: media sent minus paused time, within one segment
 )
-UPLOAD_TIMEOUT_S = 30.0
 
 pytestmark = pytest.mark.slow
-
-
-async def event(
-    http: aiohttp.ClientSession, server: Server, kind: str, sid: str = "", **ids: str
-) -> dict[str, Any]:
-    body = {"eventType": kind, **({"sessionId": sid} if sid else {}), **ids}
-    async with http.post(
-        server.url + EVENT_PATH, json={"sessionEvent": body}, headers=server.auth
-    ) as resp:
-        out = await resp.json()
-        assert resp.status == 200, out
-        return out
-
-
-async def fetch(server: Server, key: str, dest: Path) -> Path:
-    """Copy an object out of the store to a local file."""
-    store = server.app[SPOOL] and server.app[STORE]  # type: ignore[index]
-    data = await store.get_bytes(key)
-    path = dest / key.rsplit("/", 1)[-1]
-    await asyncio.to_thread(path.write_bytes, data)
-    return path
-
-
-async def fetch_recording(server: Server, sid: str, dest: Path) -> tuple[Path, Path]:
-    """Wait until the spool is empty, then copy playlist, segments and MP4 out of the store."""
-    assert await server.app[SPOOL].wait_idle(UPLOAD_TIMEOUT_S)  # type: ignore[index]
-    store = server.app[STORE]  # type: ignore[index]
-    keys = [info.key async for info in store.list(f"{PREFIX}/{sid}/")]
-    for key in keys:
-        await fetch(server, key, dest)
-    return dest / "index.m3u8", dest / f"{sid}.mp4"
-
-
-def count_frames(path: Path) -> tuple[int, int, float]:
-    """Decoded video frames, decoded audio frames and the video duration of a media file."""
-    video = audio = 0
-    first = last = None
-    with av.open(str(path)) as container:
-        for frame in container.decode(*container.streams):
-            if isinstance(frame, av.VideoFrame):
-                video += 1
-                t = frame.time or 0.0
-                first = t if first is None else min(first, t)
-                last = t if last is None else max(last, t)
-            else:
-                audio += 1
-    return video, audio, (last or 0.0) - (first or 0.0)
 
 
 async def publish_frames(client: RawClient, frames: list[Any]) -> int:
@@ -153,7 +100,7 @@ async def test_start_pause_resume_end(
     kinds = {s["codec_type"]: s["codec_name"] for s in probe["streams"]}
     assert kinds == {"video": "h264", "audio": "aac"}
 
-    video, audio, _ = await asyncio.to_thread(count_frames, mp4)
+    video, audio = await asyncio.to_thread(count_frames, mp4)
     sent_video = sum(1 for f in split(clip, 0, 2.0) + split(clip, 3.0, 6.1) if f.kind == "video")
     assert abs(video - sent_video) <= 1
     assert audio > 0
@@ -179,7 +126,7 @@ async def test_reconnect_loses_no_frame(server_factory: Any, tmp_path: Path) -> 
     server = await server_factory(recorder={"segment_target_s": SEGMENT_S})
     clip = encode_clip("h264", duration_s=4.0, audio_codec="opus")
     async with aiohttp.ClientSession() as http:
-        sid = (await event(http, server, "EVENT_TYPE_START"))["sessionEvent"]["sessionId"]
+        sid = await start_session(http, server)
         first = RawClient(http, server.url)
         await first.connect()
         await first.hello(server.api_key, session_id=sid)
@@ -205,6 +152,6 @@ async def test_reconnect_loses_no_frame(server_factory: Any, tmp_path: Path) -> 
         await event(http, server, "EVENT_TYPE_RECONNECT", sid)
         await event(http, server, "EVENT_TYPE_END", sid)
         _, mp4 = await fetch_recording(server, sid, tmp_path)
-    video, audio, _ = await asyncio.to_thread(count_frames, mp4)
+    video, audio = await asyncio.to_thread(count_frames, mp4)
     assert video == clip.video_frames
     assert audio >= clip.audio_frames * 0.9  # Opus→AAC re-frames audio (20 ms in, 21.3 ms out)

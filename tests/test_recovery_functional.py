@@ -15,12 +15,11 @@ import aiohttp
 import pytest
 from conftest import API_KEY, Server
 from media import Clip, encode_clip
-from test_recording_functional import count_frames, fetch_recording
+from recording import count_frames, event, fetch_recording, start_session
 from wsclient import RawClient
 
 from api.keys import SPOOL, STORE
 
-EVENT_PATH = "/v1/customers/acme/profiles/support:processScreenRecordingSessionEvent"
 START_TIMEOUT_S = 30.0
 
 pytestmark = pytest.mark.slow
@@ -33,6 +32,7 @@ class ServerProcess:
         self.data_dir = data_dir
         self.proc: asyncio.subprocess.Process | None = None
         self.url = ""
+        self.auth = {"Authorization": f"Bearer {API_KEY}"}
 
     async def start(self) -> None:
         self.proc = await asyncio.create_subprocess_exec(
@@ -62,14 +62,6 @@ async def proc(tmp_path: Path) -> AsyncIterator[ServerProcess]:
         await p.proc.wait()
 
 
-async def start_session(http: aiohttp.ClientSession, url: str) -> str:
-    body = {"sessionEvent": {"eventType": "EVENT_TYPE_START"}}
-    headers = {"Authorization": f"Bearer {API_KEY}"}
-    async with http.post(url + EVENT_PATH, json=body, headers=headers) as resp:
-        assert resp.status == 200
-        return (await resp.json())["sessionEvent"]["sessionId"]
-
-
 async def finish_in_process(
     server: Server, http: aiohttp.ClientSession, sid: str, clip: Clip, tmp_path: Path
 ) -> tuple[int, int, str]:
@@ -82,11 +74,9 @@ async def finish_in_process(
     for f in clip.frames[welcome["acked_seq"] :]:
         await client.media(f)
     await client.wait_ack(len(clip.frames))
-    body = {"sessionEvent": {"eventType": "EVENT_TYPE_END", "sessionId": sid}}
-    async with http.post(server.url + EVENT_PATH, json=body, headers=server.auth) as resp:
-        assert resp.status == 200
+    await event(http, server, "EVENT_TYPE_END", sid)
     playlist, mp4 = await fetch_recording(server, sid, tmp_path)
-    video, audio, _ = await asyncio.to_thread(count_frames, mp4)
+    video, audio = await asyncio.to_thread(count_frames, mp4)
     assert audio > 0
     return video, welcome["acked_seq"], playlist.read_text()
 
@@ -110,7 +100,7 @@ async def test_killed_server_replays_journal(
     clip = encode_clip("h264", duration_s=5.0, audio_codec="opus")
     cut = len(clip.frames) * 3 // 5
     async with aiohttp.ClientSession() as http:
-        sid = await start_session(http, proc.url)
+        sid = await start_session(http, proc)
         acked = await stream_until_acked(http, proc.url, sid, clip.frames[:cut])
         assert acked == cut
         assert await proc.stop(signal.SIGKILL) == -signal.SIGKILL  # no chance to close anything
@@ -127,7 +117,7 @@ async def test_stopped_server_closes_segments_and_resumes(
     clip = encode_clip("h264", duration_s=5.0, audio_codec="opus")
     cut = len(clip.frames) // 2
     async with aiohttp.ClientSession() as http:
-        sid = await start_session(http, proc.url)
+        sid = await start_session(http, proc)
         client = RawClient(http, proc.url)
         await client.connect()
         await client.hello(API_KEY, session_id=sid)

@@ -34,11 +34,10 @@ class RawClient:
         """The next server message; raises ``ConnectionError`` with the close code when closed."""
         assert self.ws is not None
         msg = await self.ws.receive(timeout=timeout)
-        if msg.type in (
-            aiohttp.WSMsgType.CLOSE,
-            aiohttp.WSMsgType.CLOSED,
-            aiohttp.WSMsgType.CLOSING,
-        ):
+        if msg.type is aiohttp.WSMsgType.CLOSE:
+            # the code the server sent; ws.close_code turns 1006 if our close reply fails
+            raise ConnectionError(msg.data, msg.extra)
+        if msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING):
             raise ConnectionError(self.ws.close_code, msg.extra)
         assert msg.type == aiohttp.WSMsgType.BINARY, msg
         out: dict[str, Any] = msgpack.unpackb(msg.data, raw=False)

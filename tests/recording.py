@@ -1,0 +1,67 @@
+"""Helpers the end-to-end tests share: driving sessions over the API and reading back what
+the server recorded."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any, Protocol
+
+import aiohttp
+import av
+
+from api.keys import SPOOL, STORE
+
+EVENT_PATH = "/v1/customers/acme/profiles/support:processScreenRecordingSessionEvent"
+PREFIX = "recordings/acme/support"
+UPLOAD_TIMEOUT_S = 30.0
+
+
+class HasUrl(Protocol):
+    """A running server: in-process or a child process."""
+
+    url: str
+
+    @property
+    def auth(self) -> dict[str, str]: ...
+
+
+async def event(
+    http: aiohttp.ClientSession, server: HasUrl, kind: str, sid: str = "", **fields: str
+) -> dict[str, Any]:
+    """POST one session event; asserts it was accepted and returns the response body."""
+    body = {"eventType": kind, **({"sessionId": sid} if sid else {}), **fields}
+    url = server.url + EVENT_PATH
+    async with http.post(url, json={"sessionEvent": body}, headers=server.auth) as resp:
+        out = await resp.json()
+        assert resp.status == 200, out
+        return out
+
+
+async def start_session(http: aiohttp.ClientSession, server: HasUrl, **fields: str) -> str:
+    """START a session and return its id."""
+    out = await event(http, server, "EVENT_TYPE_START", **fields)
+    return str(out["sessionEvent"]["sessionId"])
+
+
+async def fetch_recording(server: Any, sid: str, dest: Path) -> tuple[Path, Path]:
+    """Wait until the spool is empty, then copy the session's objects to ``dest``; returns the
+    playlist and MP4 paths."""
+    assert await server.app[SPOOL].wait_idle(UPLOAD_TIMEOUT_S)
+    store = server.app[STORE]
+    async for info in store.list(f"{PREFIX}/{sid}/"):
+        data = await store.get_bytes(info.key)
+        await asyncio.to_thread((dest / info.key.rsplit("/", 1)[-1]).write_bytes, data)
+    return dest / "index.m3u8", dest / f"{sid}.mp4"
+
+
+def count_frames(path: Path) -> tuple[int, int]:
+    """Decoded video frames and decoded audio frames of a media file."""
+    video = audio = 0
+    with av.open(str(path)) as container:
+        for frame in container.decode(*container.streams):
+            if isinstance(frame, av.VideoFrame):
+                video += 1
+            else:
+                audio += 1
+    return video, audio
