@@ -4,7 +4,9 @@ and the recording apps connected to them."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 import uuid
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -16,11 +18,13 @@ from storage.meta import FileRow, MetaStore, SessionEventRow, SessionRow
 from storage.spool import Spool
 
 from .config import IngestSettings, RecorderSettings
-from .errors import CloseCode, ProtocolError, SessionExists, SessionNotFound
+from .errors import CloseCode, ProtocolError, SessionError, SessionExists, SessionNotFound
 from .events import CONTROL_ACTION, OPEN_STATES, EventType, SessionEvent, SessionState, next_state
 from .recorder import SessionRecorder
 
 log = logging.getLogger(__name__)
+
+IDLE_CHECK_MAX_S = 60.0  # the idle reaper looks at least this often
 
 PLATFORM_FIELDS = ("platform_call_id", "agent_platform_id", "user_id")
 
@@ -54,6 +58,7 @@ class LiveSession:
     recorder: SessionRecorder
     conn: Connection | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    last_activity: float = field(default_factory=time.monotonic)  # for the idle reaper
 
     @property
     def session_id(self) -> str:
@@ -100,6 +105,8 @@ class SessionManager:
         self._waiting: list[Connection] = []
         self.stats = SessionStats()
         self._closed = False
+        self._reaper: asyncio.Task[None] | None = None
+        self._end_waiters: dict[str, list[asyncio.Future[None]]] = {}
 
     # lifecycle ---------------------------------------------------------------------------
 
@@ -112,12 +119,17 @@ class SessionManager:
                 log.exception("could not recover session", extra={"session_id": row.session_id})
             else:
                 log.info("recovered open session", extra={"session_id": row.session_id})
+        self._reaper = asyncio.create_task(self._reap_idle(), name="idle-session-reaper")
 
     async def aclose(self) -> None:
         """Close every open segment so it is safe; sessions stay open for the next start."""
         if self._closed:
             return
         self._closed = True
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
         for live in list(self.sessions.values()):
             if live.conn is not None:
                 await live.conn.close(CloseCode.GOING_AWAY, "server shutting down")
@@ -147,7 +159,31 @@ class SessionManager:
         self.sessions[row.session_id] = live
         return live
 
+    async def _reap_idle(self) -> None:
+        """End sessions nobody has touched for ``idle_end_s``: no media, event or connection."""
+        limit = self._ingest.idle_end_s
+        while True:
+            await asyncio.sleep(min(IDLE_CHECK_MAX_S, limit / 4))
+            now = time.monotonic()
+            for live in list(self.sessions.values()):
+                if live.conn is None and now - live.last_activity > limit:
+                    log.warning("ending idle session", extra={"session_id": live.session_id})
+                    end = SessionEvent(event_type=EventType.END, session_id=live.session_id)
+                    try:
+                        await self.process_event(live.row.customer_id, live.row.profile_id, end)
+                    except SessionError as exc:  # ended meanwhile by a client
+                        log.info("idle end skipped: %s", exc, extra={"session_id": live.session_id})
+
+    async def wait_ended(self, session_id: str, timeout: float | None = None) -> None:
+        """Wait until the session has ended (END event or idle end)."""
+        if session_id not in self.sessions:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._end_waiters.setdefault(session_id, []).append(fut)
+        await asyncio.wait_for(fut, timeout)
+
     async def _ack(self, live: LiveSession, seq: int) -> None:
+        live.last_activity = time.monotonic()
         if live.conn is not None:
             await live.conn.send_ack(seq)
 
@@ -190,8 +226,12 @@ class SessionManager:
                 changes["ended_at"] = now
                 changes["acked_seq"] = live.recorder.acked_seq
             live.row = await self._meta.update_session(live.session_id, **changes)
+            live.last_activity = time.monotonic()
             if after is SessionState.ENDED:
                 del self.sessions[live.session_id]
+                for fut in self._end_waiters.pop(live.session_id, []):
+                    if not fut.done():
+                        fut.set_result(None)
                 if live.conn is not None:
                     await live.conn.close(CloseCode.NORMAL, "session ended")
                     live.conn = None
@@ -308,6 +348,7 @@ class SessionManager:
             await old.close(CloseCode.REPLACED, "replaced by a newer connection")
 
     def _bind(self, live: LiveSession, conn: Connection) -> None:
+        live.last_activity = time.monotonic()
         live.conn = conn
         conn.session = live
 
@@ -328,6 +369,7 @@ class SessionManager:
         live = conn.session
         if live is not None and live.conn is conn:
             live.conn = None
+            live.last_activity = time.monotonic()
         conn.session = None
 
     async def control_acked(self, conn: Connection, event_id: int) -> bool:

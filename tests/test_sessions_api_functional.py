@@ -8,6 +8,8 @@ import aiohttp
 import pytest
 from conftest import Server
 
+from api.keys import SESSIONS
+
 EVENT_PATH = "/v1/customers/acme/profiles/support:processScreenRecordingSessionEvent"
 
 
@@ -199,3 +201,15 @@ async def test_healthz_and_metrics(server: Server) -> None:
             "reelhouse_upload_queue_depth",
         ):
             assert name in values
+
+
+async def test_idle_session_is_ended(server_factory: Any) -> None:
+    """A session with no connection, media or event for idle_end_s is ended by the server."""
+    server = await server_factory(ingest={"idle_end_s": 0.2})
+    async with aiohttp.ClientSession() as http:
+        _, body = await post_event(http, server, {"eventType": "EVENT_TYPE_START"})
+        sid = body["sessionEvent"]["sessionId"]
+        await server.app[SESSIONS].wait_ended(sid, timeout=10)  # type: ignore[index]
+        status, got = await get_session(http, server, sid)
+    assert status == 200 and got["state"] == "ENDED"
+    assert [e["eventType"] for e in got["events"]] == ["EVENT_TYPE_START", "EVENT_TYPE_END"]
