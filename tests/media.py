@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 from dataclasses import dataclass
@@ -162,3 +163,21 @@ def decode_counts(path: Path) -> dict[str, int]:
         for frame in container.decode(*streams):
             counts["audio" if isinstance(frame, AudioFrame) else "video"] += 1
     return counts
+
+
+def encode_webm(duration_s: float, fps: int = 15) -> tuple[bytes, int, int]:
+    """A VP8 + Opus WebM stream as MediaRecorder makes one: bytes, video and audio frame counts."""
+    clip = encode_clip("vp8", fps=fps, duration_s=duration_s, audio_codec="opus")
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format="webm") as out:
+        v = out.add_mux_stream("vp8", width=320, height=240)
+        a = out.add_mux_stream("opus", rate=48_000)
+        v.time_base = a.time_base = Fraction(1, 1000)
+        for f in clip.frames:
+            p = av.Packet(f.data)
+            p.pts = p.dts = f.pts_us // 1000
+            p.time_base = Fraction(1, 1000)
+            p.is_keyframe = f.keyframe
+            p.stream = v if f.kind == "video" else a
+            out.mux(p)
+    return buf.getvalue(), clip.video_frames, clip.audio_frames

@@ -9,7 +9,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from media import Clip, encode_clip, ffprobe
+from media import Clip, encode_clip, encode_webm, ffprobe
 from recording import count_frames, event, fetch_recording, start_session
 from wsclient import RawClient
 
@@ -155,3 +155,35 @@ async def test_reconnect_loses_no_frame(server_factory: Any, tmp_path: Path) -> 
     video, audio = await asyncio.to_thread(count_frames, mp4)
     assert video == clip.video_frames
     assert audio >= clip.audio_frames * 0.9  # Opus→AAC re-frames audio (20 ms in, 21.3 ms out)
+
+
+async def test_webm_chunks_over_the_socket(server_factory: Any, tmp_path: Path) -> None:
+    """MediaRecorder-style WebM chunks (VP8 + Opus) become H.264 + AAC HLS and an MP4."""
+    server = await server_factory(recorder={"segment_target_s": SEGMENT_S})
+    data, video_frames, _ = await asyncio.to_thread(encode_webm, 3.0)
+    chunk_bytes = 8_000  # cuts fall mid-cluster, as a 1 s timeslice does
+    chunks = [data[i : i + chunk_bytes] for i in range(0, len(data), chunk_bytes)]
+    async with aiohttp.ClientSession() as http:
+        sid = await start_session(http, server)
+        client = RawClient(http, server.url)
+        await client.connect()
+        await client.hello(server.api_key, session_id=sid)
+        await client.send({"t": "track", "id": 0, "kind": "video", "codec": "webm"})
+        for i, chunk in enumerate(chunks, 1):
+            msg = {
+                "t": "media",
+                "seq": i,
+                "track": 0,
+                "pts": i * 1000,
+                "key": i == 1,
+                "data": chunk,
+            }
+            await client.send(msg)
+        await client.wait_ack(len(chunks))
+        await event(http, server, "EVENT_TYPE_END", sid)
+        playlist, mp4 = await fetch_recording(server, sid, tmp_path)
+    probe = await asyncio.to_thread(ffprobe, playlist, "-show_entries", "stream=codec_name")
+    assert sorted(s["codec_name"] for s in probe["streams"]) == ["aac", "h264"]
+    video, audio = await asyncio.to_thread(count_frames, mp4)
+    assert abs(video - video_frames) <= 1  # transcoded: the encoder may hold the last frame
+    assert audio > 0

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import io
-from fractions import Fraction
 from pathlib import Path
 
-import av
 import pytest
-from media import decode_counts, encode_clip
+from media import decode_counts, encode_webm
 
 from mixer.errors import InvalidMedia
 from mixer.hls import HlsWriter
@@ -19,29 +16,12 @@ CHUNK_BYTES = 4_000  # Arbitrary cuts, as a 1 s timeslice cuts mid-cluster.
 FPS = 15
 
 
-def _webm(duration_s: float) -> tuple[bytes, int, int]:
-    clip = encode_clip("vp8", fps=FPS, duration_s=duration_s, audio_codec="opus")
-    buf = io.BytesIO()
-    with av.open(buf, mode="w", format="webm") as out:
-        v = out.add_mux_stream("vp8", width=320, height=240)
-        a = out.add_mux_stream("opus", rate=48_000)
-        v.time_base = a.time_base = Fraction(1, 1000)
-        for f in clip.frames:
-            p = av.Packet(f.data)
-            p.pts = p.dts = f.pts_us // 1000
-            p.time_base = Fraction(1, 1000)
-            p.is_keyframe = f.keyframe
-            p.stream = v if f.kind == "video" else a
-            out.mux(p)
-    return buf.getvalue(), clip.video_frames, clip.audio_frames
-
-
 def _chunks(data: bytes) -> list[bytes]:
     return [data[i : i + CHUNK_BYTES] for i in range(0, len(data), CHUNK_BYTES)]
 
 
 def test_demuxer_incremental() -> None:
-    data, video, audio = _webm(2.0)
+    data, video, audio = encode_webm(2.0)
     demuxer = WebmDemuxer()
     packets = []
     per_chunk = []
@@ -60,7 +40,7 @@ def test_demuxer_rejects_garbage_then_recovers() -> None:
     demuxer = WebmDemuxer()
     with pytest.raises(InvalidMedia):
         demuxer.feed(b"not webm at all" * 100)
-    data, video, _ = _webm(1.0)
+    data, video, _ = encode_webm(1.0)
     packets = []
     for chunk in _chunks(data):
         packets += demuxer.feed(chunk)
@@ -69,7 +49,7 @@ def test_demuxer_rejects_garbage_then_recovers() -> None:
 
 
 def test_webm_track_records(tmp_path: Path) -> None:
-    data, video, _ = _webm(2.0)
+    data, video, _ = encode_webm(2.0)
     writer = HlsWriter(tmp_path, target_segment_s=1.0)
     writer.add_track(TrackSpec(7, Kind.VIDEO, Codec.WEBM))
     base_us = 3_000_000
