@@ -9,7 +9,6 @@ load, the larger the batches, the fewer fsyncs per frame (group commit).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import shutil
@@ -37,8 +36,9 @@ log = logging.getLogger(__name__)
 US = 1_000_000
 PLAYLIST_NAME = "index.m3u8"
 SEGMENT_NAME = "index"
-KEEP_DIR = "keep"
-REPLAY_SUFFIX = ".replay"  # hard links of closed segments, for the MP4 built at END
+KEEP_DIR = "keep"  # hard links of closed segments, for the MP4 built at END
+REPLAY_SUFFIX = ".replay"
+MAX_BATCH_ITEMS = 4096  # one worker call; bounds the time between acks under load
 
 
 @dataclass(slots=True)
@@ -216,12 +216,12 @@ class SessionRecorder:
             await self._in_thread(self._suspend_sync)
 
     async def _stop_task(self) -> None:
-        if self._task is None:
+        task, self._task = self._task, None
+        if task is None:
             return
-        await self._queue.put(("stop",))
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        self._task = None
+        if not task.done():
+            await self._queue.put(("stop",))  # space comes: the run is still taking items
+        await task
 
     # the loop side -----------------------------------------------------------------------
 
@@ -246,6 +246,8 @@ class SessionRecorder:
         """Queue one media frame in order; waits when the session's queue is full."""
         if self._failed is not None:
             raise ProtocolError(CloseCode.INTERNAL_ERROR, "recorder failed; reconnect later")
+        if self._closed:
+            raise ProtocolError(CloseCode.SESSION_STATE, "the session is not recording")
         seq = msg["seq"]
         if seq <= self.received_seq:
             return  # a resend of what we already hold
@@ -299,54 +301,58 @@ class SessionRecorder:
         """Record again; the next segment starts with a discontinuity."""
         await self._queue.put(("resume",))
 
-    async def finish(self) -> list[FileRow]:
+    async def finish(self) -> None:
         """END: close the last segment, write the final playlist and the MP4, spool them all."""
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        await self._queue.put(("finish", fut))
-        await fut
-        await self._stop_task()
         self._closed = True
-        return await self._meta.list_files(self.session_id)
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            await self._queue.put(("finish", fut))  # after every frame already queued
+            try:
+                await fut
+            finally:
+                await task
+        elif self._writer is not None:
+            await self._finish()  # the run stopped after a failure: finish what can be
 
     async def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def _run(self) -> None:
+        """Take queued items in batches until stopped or finished."""
         while True:
             items = [await self._queue.get()]
-            while not self._queue.empty() and len(items) < 4 * self._ingest.queue_frames:
+            while not self._queue.empty() and len(items) < MAX_BATCH_ITEMS:
                 items.append(self._queue.get_nowait())
-            stop = False
-            for cut, batch in _split_commands(items):
-                if batch:
-                    try:
-                        acked, done, error = await self._in_thread(self._process, batch)
-                    except Exception as exc:  # a bug or a full disk: stop taking frames
-                        log.exception("recorder failed", extra={"session_id": self.session_id})
-                        self._failed = exc
-                        if self.on_error is not None:
-                            await self.on_error(
-                                ProtocolError(CloseCode.INTERNAL_ERROR, "recorder failed")
-                            )
-                        return
-                    await self._spool_segments(done)
-                    if acked > self.acked_seq:
-                        self.acked_seq = acked
-                        self._wake_ack_waiters()
-                        if self.on_ack is not None:
-                            await self.on_ack(acked)
-                    if error is not None and self.on_error is not None:
-                        await self.on_error(error)
-                if cut is not None:
-                    stop = await self._command(cut) or stop
-            if stop:
-                return
+            for command, batch in _split_commands(items):
+                if batch and not await self._write(batch):
+                    return
+                if command is not None and await self._command(command):
+                    return  # anything queued after a stop or finish is not acknowledged
+
+    async def _write(self, batch: list[tuple[Any, ...]]) -> bool:
+        """Write one batch in the worker thread, spool what it closed, ack; false on failure."""
+        try:
+            acked, done, error = await self._in_thread(self._process, batch)
+        except Exception as exc:  # a bug or a full disk: stop taking frames, ack nothing more
+            log.exception("recorder failed", extra={"session_id": self.session_id})
+            self._failed = exc
+            if self.on_error is not None:
+                await self.on_error(ProtocolError(CloseCode.INTERNAL_ERROR, "recorder failed"))
+            return False
+        await self._spool_segments(done)
+        if acked > self.acked_seq:
+            self.acked_seq = acked
+            self._wake_ack_waiters()
+            if self.on_ack is not None:
+                await self.on_ack(acked)
+        if error is not None and self.on_error is not None:
+            await self.on_error(error)
+        return True
 
     async def _command(self, item: tuple[Any, ...]) -> bool:
-        kind = item[0]
-        if kind == "stop":
-            return True
-        if kind == "finish":
+        """Run a loop-side command; true when the recorder stops taking items."""
+        if item[0] == "finish":
             fut = item[1]
             try:
                 await self._finish()
@@ -355,8 +361,7 @@ class SessionRecorder:
                 fut.set_exception(exc)
             else:
                 fut.set_result(None)
-            return True
-        return False
+        return True  # "stop" and "finish" both end the run
 
     # the thread side ---------------------------------------------------------------------
 
@@ -436,12 +441,12 @@ class SessionRecorder:
         self._journal.close()
         self._writer.finish()  # releases the files; what it closes is rebuilt from the journal
 
-    def _finish_sync(self) -> tuple[list[SegmentInfo], Path | None]:
+    def _finish_sync(self) -> list[SegmentInfo]:
         assert self._writer is not None and self._journal is not None
         self._pending_segments = []
         self._rotate(self._writer.finish())
         self._journal.close()
-        return self._pending_segments, None
+        return self._pending_segments
 
     # after the thread --------------------------------------------------------------------
 
@@ -492,7 +497,7 @@ class SessionRecorder:
         await self._spool.add_bytes(self.key_playlist, text, group=self.session_id)
 
     async def _finish(self) -> None:
-        done, _ = await self._in_thread(self._finish_sync)
+        done = await self._in_thread(self._finish_sync)
         await self._spool_segments(done)
         await self._spool_playlist(end=True)
         keep = await self._in_thread(lambda: sorted((self.live_dir / KEEP_DIR).glob("*.ts")))

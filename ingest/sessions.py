@@ -77,6 +77,10 @@ class SessionStats:
     segments: int = 0
 
 
+def _ctx(live: LiveSession) -> dict[str, str]:
+    return {"session_id": live.session_id}
+
+
 def _matches(ids: dict[str, str], row: SessionRow) -> bool:
     given = {k: v for k, v in ids.items() if v}
     return bool(given) and all(getattr(row, k) == v for k, v in given.items())
@@ -218,7 +222,10 @@ class SessionManager:
             elif event.event_type is EventType.RESUME:
                 await live.recorder.resume()
             elif event.event_type is EventType.END:
-                await live.recorder.finish()
+                try:
+                    await live.recorder.finish()
+                except Exception:  # END always ends; the live folder stays for an operator
+                    log.exception("finishing the recording failed", extra=_ctx(live))
                 self._collect(live.recorder)
                 self.stats.ended += 1
             changes: dict[str, Any] = {"state": after.value}
