@@ -24,6 +24,7 @@ from mixer.hls import HlsWriter, SegmentInfo
 from mixer.mp4 import build_mp4
 from mixer.playlist import Playlist, PlaylistSegment
 from mixer.tracks import Codec, Kind, TrackSpec
+from storage.errors import SpoolFull
 from storage.meta import FileRow, MetaStore
 from storage.spool import Spool
 
@@ -38,6 +39,8 @@ PLAYLIST_NAME = "index.m3u8"
 SEGMENT_NAME = "index"
 KEEP_DIR = "keep"  # hard links of closed segments, for the MP4 built at END
 REPLAY_SUFFIX = ".replay"
+SPOOL_FULL_RETRY_MIN_S = 0.5
+SPOOL_FULL_RETRY_MAX_S = 10.0
 MAX_BATCH_ITEMS = 4096  # one worker call; bounds the time between acks under load
 
 
@@ -473,7 +476,7 @@ class SessionRecorder:
                     program_date_time=seg.program_date_time,
                 )
             )
-            await self._spool.add(key, seg.path, group=self.session_id, move=True)
+            await self._to_spool(self._spool.add, key, seg.path, group=self.session_id, move=True)
             await self._spool_playlist(end=False)
             await self._meta.update_session(
                 self.session_id,
@@ -481,6 +484,26 @@ class SessionRecorder:
                 recorded_ms=round(self._playlist.duration_s * 1000),
             )
             await self._in_thread(_drop_journals_before, self.live_dir, seg.index + 1)
+
+    async def _to_spool(self, add: Callable[..., Awaitable[Any]], *args: Any, **kw: Any) -> None:
+        """Hand a file to the spool; while the spool is full, wait (the policy: backpressure).
+
+        The file stays where it is, safe on disk, and this session takes no more frames until
+        it is in: its queue fills, its socket stops being read, and its client buffers.
+        """
+        delay = SPOOL_FULL_RETRY_MIN_S
+        while True:
+            try:
+                await add(*args, **kw)
+                return
+            except SpoolFull:
+                log.error(
+                    "spool full: holding %s and the session's frames until uploads free space",
+                    args[0],
+                    extra={"session_id": self.session_id},
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, SPOOL_FULL_RETRY_MAX_S)
 
     async def _spool_playlist(self, *, end: bool) -> None:
         text = self._playlist.render(end=end).encode()
@@ -494,7 +517,7 @@ class SessionRecorder:
                 duration_ms=round(self._playlist.duration_s * 1000),
             )
         )
-        await self._spool.add_bytes(self.key_playlist, text, group=self.session_id)
+        await self._to_spool(self._spool.add_bytes, self.key_playlist, text, group=self.session_id)
 
     async def _finish(self) -> None:
         done = await self._in_thread(self._finish_sync)
@@ -514,7 +537,9 @@ class SessionRecorder:
                     duration_ms=round(info.duration_s * 1000),
                 )
             )
-            await self._spool.add(self.key_mp4, mp4, group=self.session_id, move=True)
+            await self._to_spool(
+                self._spool.add, self.key_mp4, mp4, group=self.session_id, move=True
+            )
         await self._in_thread(shutil.rmtree, self.live_dir, True)
 
 
