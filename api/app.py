@@ -132,9 +132,9 @@ async def metrics_handler(request: web.Request) -> web.Response:
             ),
         ]
     )
-    return web.Response(
-        text=text, content_type="text/plain", charset="utf-8", headers={"X-Format": "0.0.4"}
-    )
+    resp = web.Response(text=text)
+    resp.headers["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8"
+    return resp
 
 
 async def _services(app: web.Application) -> AsyncIterator[None]:
@@ -146,7 +146,8 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         log.info("created development credentials in %s", data / "credentials.json")
     meta = SqliteMetaStore(data / META_FILE)
     await meta.open()
-    signer = UrlSigner(creds["signing_secret"].encode(), settings.base_url)
+    # relative URLs: the API puts the public origin in front (the bound port may be 0 here)
+    signer = UrlSigner(creds["signing_secret"].encode(), "")
     store = LocalObjectStore(data / "objects", signer)
 
     async def uploaded(item: SpoolItem, info: ObjectInfo, latency_s: float) -> None:

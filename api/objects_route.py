@@ -1,4 +1,4 @@
-"""``/v1/objects/{key}``: presigned GET (and PUT) of the local object store's files."""
+"""``/v1/objects/{key}``: presigned GET of the local object store's files."""
 
 from __future__ import annotations
 

@@ -13,9 +13,10 @@ from ingest.events import parse_event
 from storage.meta import FileRow, SessionEventRow, SessionRow
 
 from .errors import rpc_error
-from .keys import SESSIONS
+from .keys import SESSIONS, SETTINGS, STORE
 
 MAX_BODY_BYTES = 64 * 1024
+DOWNLOAD_URL_EXPIRY_S = 3600
 PROFILE_ID_RE = r"[^/:]+"
 
 
@@ -77,6 +78,14 @@ def session_json(
     return out
 
 
+def absolute_url(request: web.Request, url: str) -> str:
+    """``url`` as clients reach it: a relative one gets the public URL or the request's origin."""
+    if "://" in url:
+        return url
+    base = request.app[SETTINGS].http.public_url.rstrip("/") or str(request.url.origin())
+    return base + url
+
+
 async def _json_body(request: web.Request) -> Any:
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         raise rpc_error(
@@ -115,4 +124,11 @@ async def get_session(request: web.Request) -> web.Response:
         request.match_info["profile_id"],
         request.match_info["session_id"],
     )
-    return web.json_response(session_json(row, events, files))
+    body = session_json(row, events, files)
+    store = request.app[STORE]
+    for entry in body["files"]:
+        if entry["uploaded"]:  # a link that works without credentials, for an hour
+            url = await store.presigned_url(entry["key"], "GET", DOWNLOAD_URL_EXPIRY_S)
+            if url is not None:
+                entry["url"] = absolute_url(request, url)
+    return web.json_response(body)

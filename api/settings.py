@@ -58,11 +58,6 @@ class Settings:
     recorder: RecorderSettings = field(default_factory=RecorderSettings)
     spool: SpoolSettings = field(default_factory=SpoolSettings)
 
-    @property
-    def base_url(self) -> str:
-        """The URL clients use to reach this server."""
-        return self.http.public_url or f"http://{self.http.host}:{self.http.port}"
-
 
 _SECTIONS = ("http", "auth", "ingest", "recorder", "spool")
 

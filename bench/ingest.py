@@ -426,33 +426,67 @@ async def driver(args: argparse.Namespace) -> None:
         ratio_server_over_ffmpeg=server_cpu / ff_cpu if ff_cpu else None,
     )
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = {**asdict(result), "repeats": runs, "cpu_count": os.cpu_count()}
+    out = {
+        **asdict(result),
+        "date": time.strftime("%Y-%m-%d"),
+        "cpu_count": os.cpu_count(),
+        "repeats": runs,
+    }
     (RESULTS / f"ingest-{n}.json").write_text(json.dumps(out, indent=2) + "\n")
-    table = RESULTS / "README.md"
-    if not table.exists():
-        table.write_text(
-            "# Ingest benchmark results\n\n"
-            "`bench/ingest.py`: N WebSocket publishers of a 1280x720 15 fps H.264 + Opus clip "
-            "into one reelhouse, against N `ffmpeg -re … -c:v copy -c:a aac -f hls`.\n\n"
-            "| date | N | s | server CPU-s/stream-s | peak RSS MB/stream | ack p50 ms | "
-            "ack p99 ms | real time | ffmpeg CPU-s/stream-s | ratio |\n"
-            "|---|---|---|---|---|---|---|---|---|---|\n"
-        )
+    write_table()
+    print(json.dumps(asdict(result), indent=2))
+
+
+README_HEAD = """# Ingest benchmark results
+
+`bench/ingest.py --publishers N --duration S`: N WebSocket publishers, one client process, each
+streaming a 1280x720 15 fps H.264 + mono Opus clip (20 ms frames) in real time into one
+`reelhouse serve`, against N (at most {ffmax}) `ffmpeg -re -stream_loop -1 -i clip -c:v copy
+-c:a aac -f hls` processes. Machine: {cpus} cores, shared by the server, the publishers' client
+process and (afterwards) ffmpeg; all traffic on 127.0.0.1. The table is rebuilt from
+`ingest-<N>.json` after every run; with `--repeats` the figures are medians.
+
+| column | meaning |
+|---|---|
+| date | day of the run |
+| N | concurrent publishers (sessions) |
+| s | seconds of media each publisher sends |
+| server CPU-s/stream-s | server process user+system CPU while publishing (from the first connect until the last publisher finished), over N x s |
+| peak RSS MB/stream | server peak resident memory (VmHWM), over N |
+| ack p50 / p99 ms | time from sending a media frame to the cumulative ack that covers it (frames never acked are not counted: see real time) |
+| real time | yes when ≥ 97 % of the expected frames were acked and every publisher finished within 1.1 x s + 5 s; acked/expected frames |
+| errors | publishers that ended with an error (e.g. no close after bye within 30 s) |
+| client cores | CPU of the publishers' client process over the wall time (it shares the 2 cores) |
+| ffmpeg CPU-s/stream-s | the same measure for the ffmpeg processes (streams = min(N, {ffmax})) |
+| ratio | server over ffmpeg; the target is ≤ 1 |
+
+| date | N | s | server CPU-s/stream-s | peak RSS MB/stream | ack p50 ms | ack p99 ms | real time | errors | client cores | ffmpeg CPU-s/stream-s | ratio |
+|---|---|---|---|---|---|---|---|---|---|---|---|
+"""  # noqa: E501
+
+
+def write_table() -> None:
+    """Rebuild bench/results/README.md from every ingest-<N>.json there."""
 
     def fmt(x: float | None, spec: str = ".4f") -> str:
         return "-" if x is None else format(x, spec)
 
-    row = (
-        f"| {time.strftime('%Y-%m-%d')} | {n} | {args.duration:g} | {fmt(server_cpu)} | "
-        f"{fmt(result.server_peak_rss_mb_per_stream, '.1f')} | {fmt(result.ack_p50_ms, '.1f')} | "
-        f"{fmt(result.ack_p99_ms, '.1f')} | "
-        f"{'yes' if result.realtime_ok else 'NO'} "
-        f"({result.frames_acked}/{result.frames_expected}) | "
-        f"{fmt(ff_cpu)} | {fmt(result.ratio_server_over_ffmpeg, '.2f')} |\n"
-    )
-    with table.open("a") as f:
-        f.write(row)
-    print(json.dumps(asdict(result), indent=2))
+    rows = []
+    for path in RESULTS.glob("ingest-*.json"):
+        r = json.loads(path.read_text())
+        client = [x["client_cpu_share"] for x in r["repeats"] if "client_cpu_share" in x]
+        rows.append((r["publishers"], (
+            f"| {r.get('date', '-')} | {r['publishers']} | {r['duration_s']:g} | "
+            f"{fmt(r['server_cpu_s_per_stream_s'])} | "
+            f"{fmt(r['server_peak_rss_mb_per_stream'], '.1f')} | {fmt(r['ack_p50_ms'], '.1f')} | "
+            f"{fmt(r['ack_p99_ms'], '.1f')} | {'yes' if r['realtime_ok'] else 'NO'} "
+            f"({r['frames_acked']}/{r['frames_expected']}) | {r['errors']} | "
+            f"{fmt(statistics.median(client) if client else None, '.2f')} | "
+            f"{fmt(r['ffmpeg_cpu_s_per_stream_s'])} | {fmt(r['ratio_server_over_ffmpeg'], '.2f')} |"
+        )))  # fmt: skip
+    head = README_HEAD.format(ffmax=FFMPEG_MAX_STREAMS, cpus=os.cpu_count())
+    body = "\n".join(row for _, row in sorted(rows))
+    (RESULTS / "README.md").write_text(head + body + "\n")
 
 
 def main() -> None:

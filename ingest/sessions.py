@@ -208,10 +208,10 @@ class SessionManager:
         """Carry out one event; returns the event (with its session id) and the session after it."""
         if event.event_type is EventType.START:
             return await self._start(customer_id, profile_id, event)
-        live = await self._live(customer_id, profile_id, event.session_id)
+        live = await self._live(customer_id, profile_id, event.session_id, event.event_type)
         async with live.lock:
             if live.session_id not in self.sessions:  # ended while we waited for the lock
-                raise SessionNotFound(f"session {event.session_id} has ended")
+                next_state(SessionState.ENDED, event.event_type)
             before = SessionState(live.row.state)
             after = next_state(before, event.event_type)
             now = datetime.now(UTC)
@@ -289,7 +289,9 @@ class SessionManager:
         log.info("EVENT_TYPE_START: new session", extra={"session_id": session_id})
         return event, row
 
-    async def _live(self, customer_id: str, profile_id: str, session_id: str) -> LiveSession:
+    async def _live(
+        self, customer_id: str, profile_id: str, session_id: str, event_type: EventType
+    ) -> LiveSession:
         live = self.sessions.get(session_id)
         if live is not None and (live.row.customer_id, live.row.profile_id) == (
             customer_id,
@@ -300,7 +302,7 @@ class SessionManager:
         if row is None or (row.customer_id, row.profile_id) != (customer_id, profile_id):
             raise SessionNotFound(f"session {session_id} not found")
         # it exists but is not open: every event is then a transition from ENDED
-        next_state(SessionState(row.state), EventType.END)
+        next_state(SessionState(row.state), event_type)
         raise AssertionError("unreachable: an ended session allows no event")  # pragma: no cover
 
     async def _push(self, live: LiveSession, ev_row: SessionEventRow, event: SessionEvent) -> None:

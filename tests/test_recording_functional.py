@@ -117,6 +117,12 @@ async def test_start_pause_resume_end(
     kinds_stored = {f["kind"] for f in session["files"]}
     assert kinds_stored == {"segment", "playlist", "mp4"}
     assert all(f["uploaded"] for f in session["files"])
+    mp4_entry = next(f for f in session["files"] if f["kind"] == "mp4")
+    async with aiohttp.ClientSession() as http, http.get(mp4_entry["url"]) as resp:
+        assert resp.status == 200 and resp.headers["Content-Type"] == "video/mp4"
+        assert await resp.read() == await asyncio.to_thread(mp4.read_bytes)
+    async with aiohttp.ClientSession() as http, http.get(mp4_entry["url"] + "0") as resp:
+        assert resp.status == 403  # a changed signature
     acked = {e["eventType"]: e["acked"] for e in session["events"]}
     assert acked["EVENT_TYPE_START"] and acked["EVENT_TYPE_PAUSE"]
 

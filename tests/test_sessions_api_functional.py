@@ -95,7 +95,12 @@ async def test_start_with_a_chosen_id_then_again_is_already_exists(server: Serve
         (["EVENT_TYPE_RESUME"], 400, 9, "EVENT_TYPE_RESUME is not allowed"),
         (["EVENT_TYPE_PAUSE", "EVENT_TYPE_PAUSE"], 400, 9, "state PAUSED"),
         (["EVENT_TYPE_END", "EVENT_TYPE_END"], 400, 9, "state ENDED"),
-        (["EVENT_TYPE_END", "EVENT_TYPE_RECONNECT"], 400, 9, "state ENDED"),
+        (
+            ["EVENT_TYPE_END", "EVENT_TYPE_RECONNECT"],
+            400,
+            9,
+            "EVENT_TYPE_RECONNECT is not allowed for a session in state ENDED",
+        ),
     ],
 )
 async def test_transitions_not_allowed(
