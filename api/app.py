@@ -13,6 +13,7 @@ from aiohttp.typedefs import Handler
 
 from ingest.errors import RpcCode, SessionError
 from ingest.sessions import SessionManager
+from ingest.wal import Wal
 from ingest.ws import IngestHandler
 from storage.meta_sqlite import SqliteMetaStore
 from storage.objects import ObjectInfo
@@ -173,6 +174,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         recorder=settings.recorder,
         ingest=settings.ingest,
         executor=executor,
+        wal=Wal(data / "wal"),
     )
     keys = ApiKeys(api_key, meta)
     app[META], app[STORE], app[SPOOL], app[SIGNER] = meta, store, spool, signer

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from aiohttp import web
 
 from ingest.errors import RpcCode
@@ -42,8 +44,9 @@ async def get_object(request: web.Request) -> web.StreamResponse:
     )
     await resp.prepare(request)
     try:
-        async for chunk in store.stream(key):
-            await resp.write(chunk)
+        async with contextlib.aclosing(store.stream(key)) as chunks:  # closed on a disconnect too
+            async for chunk in chunks:
+                await resp.write(chunk)
     except ObjectNotFound:
         pass  # deleted mid-stream: the length check on the client side tells
     await resp.write_eof()

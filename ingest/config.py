@@ -12,10 +12,11 @@ class IngestSettings:
     max_frame_bytes: int = 4 * 1024 * 1024
     hello_timeout_s: float = 10.0
     keepalive_s: float = 15.0
-    queue_frames: int = 1024  # per-session inbound bound: the socket read waits when full
+    queue_frames: int = 256  # per-session bound (~4 s of 720p15 + Opus): the socket read waits
+    tick_s: float = 0.01  # shortest write tick: one WAL fsync per tick for all sessions
     gap_s: float = 3.0  # a pts jump larger than this starts a new discontinuity
     idle_end_s: float = 3600.0  # end a session nobody has touched for this long
-    writer_threads: int = 8
+    writer_threads: int = 2  # media work releases the GIL: one per core is enough
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,9 +1,10 @@
-"""The session recorder: takes a session's frames in order, journals them, writes HLS
-through ``mixer.hls.HlsWriter``, hands finished segments to the spool and acknowledges.
+"""The session recorder: takes a session's frames in order, logs them to the shared WAL,
+writes HLS through ``mixer.hls.HlsWriter``, hands finished segments to the spool and
+acknowledges.
 
-All media work for one session runs in a worker thread, one batch at a time, so the event
-loop only moves bytes. A batch is every item queued while the previous batch ran: the more
-load, the larger the batches, the fewer fsyncs per frame (group commit).
+Frames are queued on the loop (a list append) and written by the ``WriterPool`` in ticks, in
+a worker thread, so the event loop only moves bytes. A frame is acknowledged once the tick
+that wrote it has fsync'd the WAL; after a crash the WAL rebuilds the open segment.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ import asyncio
 import logging
 import os
 import shutil
+import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,7 +32,8 @@ from storage.spool import Spool
 
 from .config import IngestSettings, RecorderSettings
 from .errors import CloseCode, ProtocolError
-from .journal import BREAK, JOURNAL_GLOB, MEDIA, TRACK, Journal, journal_index, replay, sync_dir
+from .wal import BREAK, CUT, MEDIA, TRACK, Wal
+from .writer import WriterPool
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +41,8 @@ US = 1_000_000
 PLAYLIST_NAME = "index.m3u8"
 SEGMENT_NAME = "index"
 KEEP_DIR = "keep"  # hard links of closed segments, for the MP4 built at END
-REPLAY_SUFFIX = ".replay"
 SPOOL_FULL_RETRY_MIN_S = 0.5
 SPOOL_FULL_RETRY_MAX_S = 10.0
-MAX_BATCH_ITEMS = 4096  # one worker call; bounds the time between acks under load
 
 
 @dataclass(slots=True)
@@ -54,9 +55,11 @@ class RecorderStats:
     dropped_paused: int = 0
 
 
-@dataclass(slots=True)
-class _Batch:
-    items: list[tuple[Any, ...]] = field(default_factory=list)
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    acked: int
+    done: list[tuple[SegmentInfo, int]]  # closed segments, each with the WAL file of its cut
+    error: ProtocolError | None
 
 
 def track_spec(fields: dict[str, Any]) -> TrackSpec:
@@ -73,6 +76,15 @@ def track_spec(fields: dict[str, Any]) -> TrackSpec:
     )
 
 
+def replay_from(records: list[list[Any]], next_index: int) -> list[list[Any]]:
+    """The records of the open segment: those after the cut that started ``next_index``."""
+    start = 0
+    for i, rec in enumerate(records):
+        if rec[1] == CUT and rec[2] <= next_index:
+            start = i + 1
+    return records[start:]
+
+
 class SessionRecorder:
     """Records one session; lives as long as the session is open, across connections."""
 
@@ -87,6 +99,8 @@ class SessionRecorder:
         meta: MetaStore,
         spool: Spool,
         executor: Executor,
+        wal: Wal,
+        pool: WriterPool,
         paused: bool = False,
         acked_seq: int = 0,
     ) -> None:
@@ -98,21 +112,29 @@ class SessionRecorder:
         self._meta = meta
         self._spool = spool
         self._executor = executor
+        self._wal = wal
+        self._pool = pool
         self.paused = paused
         self.stats = RecorderStats()
         self.on_ack: Callable[[int], Awaitable[None]] | None = None
         self.on_error: Callable[[ProtocolError], Awaitable[None]] | None = None
         self.acked_seq = acked_seq  # durable high-water mark (what the client may forget)
-        self.received_seq = acked_seq  # highest seq queued (dedupe and gap detection on the loop)
-        self._tracks: dict[int, dict[str, Any]] = {}
-        self._queue: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue(ingest.queue_frames)
-        self._task: asyncio.Task[None] | None = None
+        self.received_seq = acked_seq  # highest seq queued (dedupe and gap detection)
+        self.wal_from = wal.index  # the oldest WAL file holding this session's open segment
+        self._tracks: dict[int, dict[str, Any]] = {}  # announced (the loop's view)
+        self._written_tracks: dict[int, dict[str, Any]] = {}  # added to the writer (the thread's)
+        self._pending: list[tuple[Any, ...]] = []
+        self._space = asyncio.Event()  # set while the queue has room
+        self._space.set()
+        self._idle = asyncio.Event()  # set while nothing is queued or being written
+        self._idle.set()
         self._writer: HlsWriter | None = None
-        self._journal: Journal | None = None
         self._playlist = Playlist()
         self._last_pts: dict[int, int] = {}
         self._failed: BaseException | None = None
-        self._pending_segments: list[SegmentInfo] = []
+        self._cuts: list[tuple[SegmentInfo, int]] = []
+        self._to_spool_queue: list[tuple[SegmentInfo, int]] = []
+        self._spooler: asyncio.Task[None] | None = None
         self._ack_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._closed = False
 
@@ -133,8 +155,8 @@ class SessionRecorder:
 
     # lifecycle -------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Open the writer, replaying journals left by a previous run, and start taking frames."""
+    async def start(self, records: list[list[Any]] | None = None) -> None:
+        """Open the writer, replaying the WAL records a previous run left, and take frames."""
         rows = await self._meta.list_files(self.session_id, kind="segment")
         self._playlist = Playlist(
             [
@@ -147,31 +169,19 @@ class SessionRecorder:
                 for row in rows
             ]
         )
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._open, rows)
+        await self._in_thread(self._open, rows, records or [])
         self.received_seq = self.acked_seq
-        await self._spool_segments(self._pending_segments)  # closed while replaying
-        self._task = asyncio.create_task(self._run(), name=f"recorder-{self.session_id}")
+        self._pool.register(self)
+        self._queue_segments(self._cuts)  # closed while replaying
 
-    def _open(self, rows: list[FileRow]) -> None:
+    def _open(self, rows: list[FileRow], records: list[list[Any]]) -> None:
         keep_dir = self.live_dir / KEEP_DIR
         keep_dir.mkdir(parents=True, exist_ok=True)
         next_index = (rows[-1].seq + 1) if rows else 0
-        if any(self.live_dir.glob(JOURNAL_GLOB + REPLAY_SUFFIX)):
-            # a replay was cut short: what it wrote is partial, the originals are whole
-            for path in self.live_dir.glob(JOURNAL_GLOB):
-                path.unlink()
-            for path in self.live_dir.glob(JOURNAL_GLOB + REPLAY_SUFFIX):
-                path.rename(path.with_suffix(""))
-        journals = sorted(self.live_dir.glob(JOURNAL_GLOB), key=journal_index)
-        replaying = []
-        for path in journals:
-            if journal_index(path) < next_index:
-                path.unlink()  # its segment is already in the spool
-            else:
-                replaying.append(path.rename(path.with_name(path.name + REPLAY_SUFFIX)))
         for path in [*self.live_dir.glob("*.ts"), *keep_dir.glob("*.ts")]:
             if path.parent == self.live_dir or _segment_index(path) >= next_index:
-                path.unlink()  # segments not yet spooled are rebuilt from the journals
+                path.unlink()  # segments not yet spooled are rebuilt from the WAL
+        replaying = replay_from(records, next_index)
         self._writer = HlsWriter(
             self.live_dir,
             target_segment_s=self._settings.segment_target_s,
@@ -180,53 +190,50 @@ class SessionRecorder:
             start_s=self._playlist.duration_s,
             discontinuity_first=bool(rows) or bool(replaying),
         )
-        self._journal = Journal(self.live_dir, next_index)
-        self._pending_segments = []
-        for path in replaying:
-            for rec in replay(path):
-                self._apply_replayed(rec)
-        self._journal.sync()
-        for path in replaying:
-            path.unlink()
-        sync_dir(self.live_dir)
-
-    def _apply_replayed(self, rec: list[Any]) -> None:
-        tag = rec[0]
-        if tag == TRACK:
-            self._add_track_sync(rec[1])
-            self._journal.track(rec[1])  # type: ignore[union-attr]
-        elif tag == BREAK:
-            self._break_sync()
-            self._journal.brk()  # type: ignore[union-attr]
-        elif tag == MEDIA:
-            _, seq, track, pts, dts, key, arrival, data = rec
-            self._media_sync(seq, track, pts, dts, key, arrival, data)
-            self._journal.media(seq, track, pts, dts, key, arrival, data)  # type: ignore[union-attr]
-            self.acked_seq = max(self.acked_seq, seq)
+        self.wal_from = self._wal.append([self.session_id, CUT, next_index])
+        self._cuts = []
+        last_seq = 0
+        for rec in replaying:  # written again: the old WAL files go once recovery is done
+            tag = rec[1]
+            if tag == TRACK:
+                self._add_track_sync(rec[2])
+            elif tag == BREAK:
+                self._break_sync()
+            elif tag == MEDIA and rec[2] > last_seq:
+                self._media_sync(*rec[2:])
+                last_seq = rec[2]
+                self.acked_seq = max(self.acked_seq, last_seq)
+            else:
+                continue  # cuts (the writer makes its own) and resent duplicates
+            self._wal.append(rec)
 
     async def aclose(self) -> None:
-        """Stop taking frames and leave the open segment to its journal (graceful shutdown).
+        """Stop taking frames and leave the open segment to the WAL (graceful shutdown).
 
         Closing the open segment here would cut a GOP in two, and the frames a client resends
-        after the restart would then wait for the next keyframe: lost. Replaying the journal
-        at the next start rebuilds the open segment whole instead, as after a crash.
+        after the restart would then wait for the next keyframe: lost. Replaying the WAL at the
+        next start rebuilds the open segment whole instead, as after a crash.
         """
         if self._closed:
             return
         self._closed = True
-        await self._stop_task()
+        await self._drain()
         if self._writer is not None:
-            await self._in_thread(self._suspend_sync)
+            await self._in_thread(self._writer.finish)  # releases files; the WAL has it all
+        self._pool.unregister(self)
 
-    async def _stop_task(self) -> None:
-        task, self._task = self._task, None
-        if task is None:
-            return
-        if not task.done():
-            await self._queue.put(("stop",))  # space comes: the run is still taking items
-        await task
+    async def _drain(self) -> None:
+        """Wait until everything queued is written and closed segments are spooled."""
+        await self._idle.wait()
+        if self._spooler is not None:
+            await self._spooler
 
     # the loop side -----------------------------------------------------------------------
+
+    def _queue(self, item: tuple[Any, ...]) -> None:
+        self._pending.append(item)
+        self._idle.clear()
+        self._pool.schedule(self)
 
     async def add_track(self, fields: dict[str, Any]) -> None:
         """Accept a track announcement; re-announcing the same codec is fine, another is not."""
@@ -239,14 +246,10 @@ class SessionRecorder:
             return
         clean = {k: v for k, v in fields.items() if k != "t"}
         self._tracks[fields["id"]] = clean
-        await self._queue.put(("track", clean))
-
-    def knows_track(self, track_id: int) -> bool:
-        """Whether a track id was announced in this session."""
-        return track_id in self._tracks
+        self._queue(("track", clean))
 
     async def submit(self, msg: dict[str, Any]) -> None:
-        """Queue one media frame in order; waits when the session's queue is full."""
+        """Queue one media frame in order; waits while the session's queue is full."""
         if self._failed is not None:
             raise ProtocolError(CloseCode.INTERNAL_ERROR, "recorder failed; reconnect later")
         if self._closed:
@@ -258,25 +261,24 @@ class SessionRecorder:
             raise ProtocolError(
                 CloseCode.SEQUENCE, f"expected seq {self.received_seq + 1}, got {seq}"
             )
-        if msg["track"] not in self._tracks:
-            raise ProtocolError(
-                CloseCode.UNKNOWN_TRACK, f"media for unannounced track {msg['track']}"
-            )
+        track = msg["track"]
+        if track not in self._tracks:
+            raise ProtocolError(CloseCode.UNKNOWN_TRACK, f"media for unannounced track {track}")
+        await self._space.wait()
         self.received_seq = seq
+        data = msg["data"]
         self.stats.frames_in += 1
-        self.stats.bytes_in += len(msg["data"])
-        await self._queue.put(
-            (
-                "media",
-                seq,
-                msg["track"],
-                msg["pts"],
-                msg.get("dts", msg["pts"]),
-                msg["key"],
-                datetime.now(UTC).timestamp(),
-                msg["data"],
-            )
-        )
+        self.stats.bytes_in += len(data)
+        pts = msg["pts"]
+        self._queue(("media", seq, track, pts, msg.get("dts", pts), msg["key"], time.time(), data))
+        if len(self._pending) >= self._ingest.queue_frames:
+            self._space.clear()
+
+    def take(self) -> list[tuple[Any, ...]]:
+        """Hand the queued items to the writer pool."""
+        items, self._pending = self._pending, []
+        self._space.set()
+        return items
 
     async def wait_acked(self, seq: int, timeout: float | None = None) -> None:
         """Wait until every frame up to ``seq`` is safe."""
@@ -298,122 +300,103 @@ class SessionRecorder:
 
     async def pause(self) -> None:
         """Stop recording: close the current segment; frames that arrive are acked, not kept."""
-        await self._queue.put(("pause",))
+        self._queue(("pause",))
 
     async def resume(self) -> None:
         """Record again; the next segment starts with a discontinuity."""
-        await self._queue.put(("resume",))
+        self._queue(("resume",))
 
     async def finish(self) -> None:
         """END: close the last segment, write the final playlist and the MP4, spool them all."""
         self._closed = True
-        task, self._task = self._task, None
-        if task is not None and not task.done():
-            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            await self._queue.put(("finish", fut))  # after every frame already queued
-            try:
-                await fut
-            finally:
-                await task
-        elif self._writer is not None:
-            await self._finish()  # the run stopped after a failure: finish what can be
+        await self._drain()
+        self._pool.unregister(self)
+        if self._writer is not None:
+            await self._finish()
+
+    async def written(self, outcome: _Outcome | BaseException) -> None:
+        """The pool's report on a tick: acknowledge, queue closed segments for the spool."""
+        if not self._pending:
+            self._idle.set()
+        if isinstance(outcome, BaseException):
+            log.error("recorder failed: %r", outcome, extra={"session_id": self.session_id})
+            self._failed = outcome
+            self._idle.set()
+            if self.on_error is not None:
+                await self.on_error(ProtocolError(CloseCode.INTERNAL_ERROR, "recorder failed"))
+            return
+        self._queue_segments(outcome.done)
+        if outcome.acked > self.acked_seq:
+            self.acked_seq = outcome.acked
+            self._wake_ack_waiters()
+            if self.on_ack is not None:
+                await self.on_ack(outcome.acked)
+        if outcome.error is not None and self.on_error is not None:
+            await self.on_error(outcome.error)
+
+    def _queue_segments(self, done: list[tuple[SegmentInfo, int]]) -> None:
+        if not done:
+            return
+        self._to_spool_queue.extend(done)
+        if self._spooler is None or self._spooler.done():
+            self._spooler = asyncio.create_task(
+                self._spool_queued(), name=f"spool-{self.session_id}"
+            )
+
+    async def _spool_queued(self) -> None:
+        while self._to_spool_queue:
+            seg, wal_file = self._to_spool_queue.pop(0)
+            await self._spool_segment(seg)
+            self.wal_from = wal_file  # the WAL before this segment's successor is redundant
 
     async def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
-    async def _run(self) -> None:
-        """Take queued items in batches until stopped or finished."""
-        while True:
-            items = [await self._queue.get()]
-            while not self._queue.empty() and len(items) < MAX_BATCH_ITEMS:
-                items.append(self._queue.get_nowait())
-            for command, batch in _split_commands(items):
-                if batch and not await self._write(batch):
-                    return
-                if command is not None and await self._command(command):
-                    return  # anything queued after a stop or finish is not acknowledged
-
-    async def _write(self, batch: list[tuple[Any, ...]]) -> bool:
-        """Write one batch in the worker thread, spool what it closed, ack; false on failure."""
-        try:
-            acked, done, error = await self._in_thread(self._process, batch)
-        except Exception as exc:  # a bug or a full disk: stop taking frames, ack nothing more
-            log.exception("recorder failed", extra={"session_id": self.session_id})
-            self._failed = exc
-            if self.on_error is not None:
-                await self.on_error(ProtocolError(CloseCode.INTERNAL_ERROR, "recorder failed"))
-            return False
-        await self._spool_segments(done)
-        if acked > self.acked_seq:
-            self.acked_seq = acked
-            self._wake_ack_waiters()
-            if self.on_ack is not None:
-                await self.on_ack(acked)
-        if error is not None and self.on_error is not None:
-            await self.on_error(error)
-        return True
-
-    async def _command(self, item: tuple[Any, ...]) -> bool:
-        """Run a loop-side command; true when the recorder stops taking items."""
-        if item[0] == "finish":
-            fut = item[1]
-            try:
-                await self._finish()
-            except Exception as exc:
-                log.exception("finishing failed", extra={"session_id": self.session_id})
-                fut.set_exception(exc)
-            else:
-                fut.set_result(None)
-        return True  # "stop" and "finish" both end the run
-
     # the thread side ---------------------------------------------------------------------
 
-    def _process(
-        self, batch: list[tuple[Any, ...]]
-    ) -> tuple[int, list[SegmentInfo], ProtocolError | None]:
-        """Journal and write a batch; returns the new durable seq and the finished segments."""
-        self._pending_segments = []
-        acked = self.acked_seq
+    def process(self, batch: list[tuple[Any, ...]]) -> _Outcome:
+        """Write a batch and append it to the WAL (the pool fsyncs it); in a worker thread."""
+        self._cuts = []
+        acked = 0
         error: ProtocolError | None = None
-        assert self._journal is not None  # set in _open; internal invariant, not input
+        wal, sid = self._wal, self.session_id
         for item in batch:
             kind = item[0]
             if kind == "media":
                 _, seq, track, pts, dts, key, arrival, data = item
+                acked = seq
                 if self.paused:
                     self.stats.dropped_paused += 1
-                    acked = seq
                     continue
                 try:
                     self._media_sync(seq, track, pts, dts, key, arrival, data)
                 except MediaError as exc:
                     # discarded and acknowledged, so a resend cannot loop; the client is told
-                    log.warning("seq %d: %s", seq, exc, extra={"session_id": self.session_id})
+                    log.warning("seq %d: %s", seq, exc, extra={"session_id": sid})
                     error = error or ProtocolError(CloseCode.INVALID_MEDIA, f"seq {seq}: {exc}")
                 else:
-                    self._journal.media(seq, track, pts, dts, key, arrival, data)
-                acked = seq
+                    wal.append([sid, MEDIA, seq, track, pts, dts, key, arrival, data])
             elif kind == "track":
                 self._add_track_sync(item[1])
-                self._journal.track(item[1])
+                wal.append([sid, TRACK, item[1]])
             elif kind == "pause":
                 if not self.paused:
                     self._break_sync()
-                    self._journal.brk()
+                    wal.append([sid, BREAK])
                 self.paused = True
             elif kind == "resume":
                 self.paused = False
-        self._journal.sync()
-        return acked, self._pending_segments, error
+        return _Outcome(acked, self._cuts, error)
 
     def _add_track_sync(self, fields: dict[str, Any]) -> None:
         assert self._writer is not None
-        self._tracks.setdefault(fields["id"], fields)
-        self._writer.add_track(track_spec(fields))
+        if fields["id"] not in self._written_tracks:  # a replay may repeat announcements
+            self._written_tracks[fields["id"]] = fields
+            self._writer.add_track(track_spec(fields))
 
     def _break_sync(self) -> None:
         assert self._writer is not None
-        self._rotate(self._writer.discontinuity())
+        self._cut(self._writer.discontinuity())
         self._last_pts.clear()
 
     def _media_sync(
@@ -424,66 +407,55 @@ class SessionRecorder:
         if last is not None and pts - last > self._ingest.gap_s * US:
             self._break_sync()  # the client was away: do not record the hole
         self._last_pts[track] = pts
-        self._rotate(
-            self._writer.write(track, data, pts, keyframe=key, dts_us=dts, arrival=arrival)
-        )
+        self._cut(self._writer.write(track, data, pts, keyframe=key, dts_us=dts, arrival=arrival))
 
-    def _rotate(self, done: list[SegmentInfo]) -> None:
-        """Start a new journal after each closed segment: the old one is now redundant."""
+    def _cut(self, done: list[SegmentInfo]) -> None:
+        """Mark in the WAL where the next segment starts, with the tracks it needs to replay."""
         if not done:
             return
-        assert self._journal is not None
-        self._pending_segments.extend(done)
-        self._journal.close()
-        self._journal = Journal(self.live_dir, done[-1].index + 1)
-        for fields in self._tracks.values():
-            self._journal.track(fields)
+        wal_file = self._wal.append([self.session_id, CUT, done[-1].index + 1])
+        for fields in self._written_tracks.values():
+            self._wal.append([self.session_id, TRACK, fields])
+        self._cuts.extend((seg, wal_file) for seg in done)
 
-    def _suspend_sync(self) -> None:
-        assert self._writer is not None and self._journal is not None
-        self._journal.close()
-        self._writer.finish()  # releases the files; what it closes is rebuilt from the journal
-
-    def _finish_sync(self) -> list[SegmentInfo]:
-        assert self._writer is not None and self._journal is not None
-        self._pending_segments = []
-        self._rotate(self._writer.finish())
-        self._journal.close()
-        return self._pending_segments
+    def _finish_sync(self) -> list[tuple[SegmentInfo, int]]:
+        assert self._writer is not None
+        self._cuts = []
+        self._cut(self._writer.finish())
+        return self._cuts
 
     # after the thread --------------------------------------------------------------------
 
-    async def _spool_segments(self, done: list[SegmentInfo]) -> None:
-        for seg in done:
-            keep = self.live_dir / KEEP_DIR / seg.path.name
-            await self._in_thread(_link, seg.path, keep)
-            key = self.key_prefix + seg.path.name
-            self._playlist.append(
-                PlaylistSegment(seg.uri, seg.duration_s, seg.program_date_time, seg.discontinuity)
+    async def _spool_segment(self, seg: SegmentInfo) -> None:
+        """Record, spool and list one closed segment, then the playlist that names it."""
+        keep = self.live_dir / KEEP_DIR / seg.path.name
+        await self._in_thread(_link, seg.path, keep)
+        key = self.key_prefix + seg.path.name
+        self._playlist.append(
+            PlaylistSegment(seg.uri, seg.duration_s, seg.program_date_time, seg.discontinuity)
+        )
+        self.stats.segments += 1
+        # the row first: the upload may be confirmed before add() returns
+        await self._meta.add_file(
+            FileRow(
+                session_id=self.session_id,
+                key=key,
+                kind="segment",
+                size=seg.size,
+                created_at=datetime.now(UTC),
+                duration_ms=round(seg.duration_s * 1000),
+                seq=seg.index,
+                discontinuity=seg.discontinuity,
+                program_date_time=seg.program_date_time,
             )
-            self.stats.segments += 1
-            # the row first: the upload may be confirmed before add() returns
-            await self._meta.add_file(
-                FileRow(
-                    session_id=self.session_id,
-                    key=key,
-                    kind="segment",
-                    size=seg.size,
-                    created_at=datetime.now(UTC),
-                    duration_ms=round(seg.duration_s * 1000),
-                    seq=seg.index,
-                    discontinuity=seg.discontinuity,
-                    program_date_time=seg.program_date_time,
-                )
-            )
-            await self._to_spool(self._spool.add, key, seg.path, group=self.session_id, move=True)
-            await self._spool_playlist(end=False)
-            await self._meta.update_session(
-                self.session_id,
-                acked_seq=self.acked_seq,
-                recorded_ms=round(self._playlist.duration_s * 1000),
-            )
-            await self._in_thread(_drop_journals_before, self.live_dir, seg.index + 1)
+        )
+        await self._to_spool(self._spool.add, key, seg.path, group=self.session_id, move=True)
+        await self._spool_playlist(end=False)
+        await self._meta.update_session(
+            self.session_id,
+            acked_seq=self.acked_seq,
+            recorded_ms=round(self._playlist.duration_s * 1000),
+        )
 
     async def _to_spool(self, add: Callable[..., Awaitable[Any]], *args: Any, **kw: Any) -> None:
         """Hand a file to the spool; while the spool is full, wait (the policy: backpressure).
@@ -520,8 +492,8 @@ class SessionRecorder:
         await self._to_spool(self._spool.add_bytes, self.key_playlist, text, group=self.session_id)
 
     async def _finish(self) -> None:
-        done = await self._in_thread(self._finish_sync)
-        await self._spool_segments(done)
+        for seg, _ in await self._in_thread(self._finish_sync):
+            await self._spool_segment(seg)
         await self._spool_playlist(end=True)
         keep = await self._in_thread(lambda: sorted((self.live_dir / KEEP_DIR).glob("*.ts")))
         if keep:
@@ -543,23 +515,6 @@ class SessionRecorder:
         await self._in_thread(shutil.rmtree, self.live_dir, True)
 
 
-def _split_commands(
-    items: list[tuple[Any, ...]],
-) -> list[tuple[tuple[Any, ...] | None, list[tuple[Any, ...]]]]:
-    """Cut a batch at the commands that must run on the loop (finish, stop)."""
-    out: list[tuple[tuple[Any, ...] | None, list[tuple[Any, ...]]]] = []
-    batch: list[tuple[Any, ...]] = []
-    for item in items:
-        if item[0] in ("finish", "stop"):
-            out.append((item, batch))
-            batch = []
-        else:
-            batch.append(item)
-    if batch:
-        out.append((None, batch))
-    return out
-
-
 def _link(src: Path, dst: Path) -> None:
     try:
         os.link(src, dst)
@@ -571,9 +526,3 @@ def _link(src: Path, dst: Path) -> None:
 
 def _segment_index(path: Path) -> int:
     return int(path.stem.rsplit("_", 1)[1])
-
-
-def _drop_journals_before(directory: Path, index: int) -> None:
-    for path in directory.glob(JOURNAL_GLOB):
-        if journal_index(path) < index:
-            path.unlink(missing_ok=True)

@@ -21,6 +21,8 @@ from .config import IngestSettings, RecorderSettings
 from .errors import CloseCode, ProtocolError, SessionError, SessionExists, SessionNotFound
 from .events import CONTROL_ACTION, OPEN_STATES, EventType, SessionEvent, SessionState, next_state
 from .recorder import SessionRecorder
+from .wal import Wal
+from .writer import WriterPool
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +100,7 @@ class SessionManager:
         recorder: RecorderSettings,
         ingest: IngestSettings,
         executor: Executor,
+        wal: Wal,
     ) -> None:
         self._meta = meta
         self._spool = spool
@@ -105,6 +108,8 @@ class SessionManager:
         self._recorder_settings = recorder
         self._ingest = ingest
         self._executor = executor
+        self._wal = wal
+        self._pool = WriterPool(wal, executor, threads=ingest.writer_threads, tick_s=ingest.tick_s)
         self.sessions: dict[str, LiveSession] = {}
         self._waiting: list[Connection] = []
         self.stats = SessionStats()
@@ -115,14 +120,17 @@ class SessionManager:
     # lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Recover the sessions that were open when the server last stopped."""
+        """Recover the sessions that were open when the server last stopped, from the WAL."""
+        records = await asyncio.to_thread(self._wal.open)
         for row in await self._meta.list_sessions(OPEN_STATES):
             try:
-                await self._open(row)
+                await self._open(row, records.pop(row.session_id, []))
             except Exception:
                 log.exception("could not recover session", extra={"session_id": row.session_id})
             else:
                 log.info("recovered open session", extra={"session_id": row.session_id})
+        await asyncio.to_thread(self._wal.finish_recovery)
+        self._pool.start()
         self._reaper = asyncio.create_task(self._reap_idle(), name="idle-session-reaper")
 
     async def aclose(self) -> None:
@@ -142,8 +150,10 @@ class SessionManager:
         for conn in list(self._waiting):
             await conn.close(CloseCode.GOING_AWAY, "server shutting down")
         self.sessions.clear()
+        await self._pool.aclose()
+        await asyncio.to_thread(self._wal.close)
 
-    async def _open(self, row: SessionRow) -> LiveSession:
+    async def _open(self, row: SessionRow, records: list[list[Any]] | None = None) -> LiveSession:
         recorder = SessionRecorder(
             row.session_id,
             live_dir=self._live_dir / row.session_id,
@@ -153,13 +163,15 @@ class SessionManager:
             meta=self._meta,
             spool=self._spool,
             executor=self._executor,
+            wal=self._wal,
+            pool=self._pool,
             paused=row.state == SessionState.PAUSED,
             acked_seq=row.acked_seq,
         )
         live = LiveSession(row=row, recorder=recorder)
         recorder.on_ack = lambda seq: self._ack(live, seq)
         recorder.on_error = lambda err: self._recorder_error(live, err)
-        await recorder.start()
+        await recorder.start(records)
         self.sessions[row.session_id] = live
         return live
 
