@@ -10,7 +10,7 @@ import asyncio
 import errno
 import json
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
@@ -158,7 +158,9 @@ class LocalObjectStore:
         validate_key(key)
         return await asyncio.to_thread(self._put_sync, key, content_type, None, data)
 
-    async def stream(self, key: str, chunk_size: int = DEFAULT_CHUNK_BYTES) -> AsyncIterator[bytes]:
+    async def stream(
+        self, key: str, chunk_size: int = DEFAULT_CHUNK_BYTES
+    ) -> AsyncGenerator[bytes, None]:
         """Yield the object's bytes in chunks read in a worker thread."""
         path = self._path(key)
 
