@@ -115,6 +115,7 @@ class SessionManager:
         self.stats = SessionStats()
         self._closed = False
         self._reaper: asyncio.Task[None] | None = None
+        self._closing: set[asyncio.Task[None]] = set()
         self._end_waiters: dict[str, list[asyncio.Future[None]]] = {}
 
     # lifecycle ---------------------------------------------------------------------------
@@ -152,6 +153,7 @@ class SessionManager:
         self.sessions.clear()
         await self._pool.aclose()
         await asyncio.to_thread(self._wal.close)
+        await asyncio.gather(*self._closing, return_exceptions=True)
 
     async def _open(self, row: SessionRow, records: list[list[Any]] | None = None) -> LiveSession:
         recorder = SessionRecorder(
@@ -204,8 +206,11 @@ class SessionManager:
             await live.conn.send_ack(seq)
 
     async def _recorder_error(self, live: LiveSession, err: ProtocolError) -> None:
+        # called from the writer's tick: a close handshake must not hold up other sessions
         if live.conn is not None:
-            await live.conn.close(err.code, err.reason)
+            task = asyncio.create_task(live.conn.close(err.code, err.reason))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
 
     def _collect(self, recorder: SessionRecorder) -> None:
         self.stats.frames_in += recorder.stats.frames_in

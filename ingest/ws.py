@@ -30,8 +30,12 @@ class WsConnection:
         self.session: LiveSession | None = None
         self._send_lock = asyncio.Lock()
         self._closed = asyncio.Event()
+        self._ack_seq = 0
+        self._ack_wanted = asyncio.Event()
+        self._ack_task: asyncio.Task[None] | None = None
 
-    async def _send(self, message: Any) -> None:
+    async def send(self, message: Any) -> None:
+        """Send one message; a closed socket drops it (the client resends what it needs)."""
         if self.ws.closed:
             return
         async with self._send_lock:
@@ -42,7 +46,7 @@ class WsConnection:
         self, event_id: int, action: str, session_id: str, event: dict[str, str]
     ) -> None:
         """Push a control message."""
-        await self._send(
+        await self.send(
             {
                 "t": "control",
                 "id": event_id,
@@ -53,8 +57,18 @@ class WsConnection:
         )
 
     async def send_ack(self, seq: int) -> None:
-        """Cumulative ack."""
-        await self._send({"t": "ack", "seq": seq})
+        """Cumulative ack; returns at once (the writer's tick calls it for every session), a
+        sender task per connection sends the newest, so a slow client delays only itself."""
+        self._ack_seq = seq
+        self._ack_wanted.set()
+        if self._ack_task is None:
+            self._ack_task = asyncio.create_task(self._send_acks(), name="ws-acks")
+
+    async def _send_acks(self) -> None:
+        while not self.ws.closed:
+            await self._ack_wanted.wait()
+            self._ack_wanted.clear()
+            await self.send({"t": "ack", "seq": self._ack_seq})
 
     async def close(self, code: CloseCode, reason: str) -> None:
         """Close with a protocol close code and reason (from any task)."""
@@ -65,6 +79,14 @@ class WsConnection:
                 await self.ws.close(code=int(code), message=reason.encode()[:120])
         finally:
             self._closed.set()
+
+    async def stop_acks(self) -> None:
+        """End the ack sender (the connection is over)."""
+        task, self._ack_task = self._ack_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     async def wait_closed(self) -> None:
         """Wait until a close started by any task has finished its handshake."""
@@ -108,6 +130,7 @@ class IngestHandler:
             self.connections.discard(conn)
             await conn.close(CloseCode.NORMAL, "")
             await conn.wait_closed()
+            await conn.stop_acks()
         return ws
 
     async def _receive(
@@ -143,7 +166,7 @@ class IngestHandler:
             raise ProtocolError(CloseCode.UNAUTHENTICATED, "invalid token")
         conn.ids = {k: hello.get(k, "") for k in PLATFORM_FIELDS}
         live = await self._manager.attach(conn, hello.get("session_id"))
-        await conn._send(
+        await conn.send(
             {
                 "t": "welcome",
                 "v": PROTOCOL_VERSION,
@@ -175,7 +198,7 @@ class IngestHandler:
             elif kind == "ack":
                 await self._manager.control_acked(conn, msg["id"])
             elif kind == "ping":
-                await conn._send({"t": "pong", "ts": msg.get("ts", 0)})
+                await conn.send({"t": "pong", "ts": msg.get("ts", 0)})
             elif kind == "bye":
                 live = conn.session
                 if live is not None:
@@ -183,6 +206,7 @@ class IngestHandler:
                         await live.recorder.wait_acked(
                             live.recorder.received_seq, BYE_DRAIN_TIMEOUT_S
                         )
+                    await conn.send({"t": "ack", "seq": live.recorder.acked_seq})  # the last
                 await conn.close(CloseCode.NORMAL, "bye")
                 return
             else:
