@@ -189,6 +189,7 @@ class SessionRecorder:
             start_index=next_index,
             start_s=self._playlist.duration_s,
             discontinuity_first=bool(rows) or bool(replaying),
+            durable=False,  # the WAL holds the frames until the spool holds the segment
         )
         self.wal_from = self._wal.append([self.session_id, CUT, next_index])
         self._cuts = []

@@ -77,11 +77,15 @@ class HlsWriter:
         start_index: int = 0,
         start_s: float = 0.0,
         discontinuity_first: bool = False,
+        durable: bool = True,
     ) -> None:
+        """``durable=False``: the caller keeps the frames safe elsewhere (a write-ahead log) and
+        its own playlist, so segments are not fsync'd and no playlist file is written."""
         if target_segment_s <= 0:
             raise ValueError("target_segment_s must be positive")
         self._dir = Path(directory)
         self._dir.mkdir(parents=True, exist_ok=True)
+        self._durable = durable
         self._name = name
         self._target_s = target_segment_s
         self._target_ticks = round(target_segment_s * TICKS_PER_S)
@@ -156,7 +160,7 @@ class HlsWriter:
         dts_us: int | None = None,
         arrival: float | None = None,
     ) -> list[SegmentInfo]:
-        """Write one frame; return the segments this write finished (closed and fsync'd)."""
+        """Write one frame; return the segments it finished (closed; fsync'd when durable)."""
         if self._finished:
             raise RuntimeError("the writer is finished")
         track = self._tracks.get(track_id)
@@ -298,7 +302,7 @@ class HlsWriter:
     def _close(self, end: int) -> SegmentInfo:
         assert self._segment is not None  # only called with a segment open.
         segment, self._segment = self._segment, None
-        size = segment.close()
+        size = segment.close(sync=self._durable)
         info = SegmentInfo(
             index=self._index,
             path=segment.path,
@@ -317,6 +321,8 @@ class HlsWriter:
         return info
 
     def _write_playlist(self, *, end: bool) -> None:
+        if not self._durable:
+            return
         tmp = self._playlist_path.with_suffix(".m3u8.tmp")
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(self._playlist.render(end=end))

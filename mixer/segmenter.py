@@ -71,17 +71,19 @@ class TsSegment:
             else self._container.add_mux_stream("aac", rate=s.sample_rate)
             for s in slots
         ]
+        self._mux_one = self._container.mux_one  # Bound once: called for every packet.
 
     def mux(self, slot: int, packet: av.Packet) -> None:
         """Write one packet into the stream of `slot`."""
         packet.stream = self._streams[slot]
         try:
-            self._container.mux_one(packet)
+            self._mux_one(packet)
         except av.error.FFmpegError as exc:
             raise InvalidMedia(f"muxer refused a packet: {exc}") from exc
 
-    def close(self) -> int:
-        """Write the trailer, fsync the file, and return its size in bytes."""
+    def close(self, sync: bool = True) -> int:
+        """Write the trailer, fsync the file (unless told not to), and return its size in bytes."""
         self._container.close()
-        fsync_path(self.path)
+        if sync:
+            fsync_path(self.path)
         return self.path.stat().st_size
