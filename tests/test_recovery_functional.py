@@ -1,5 +1,5 @@
-"""Nothing acknowledged is lost: a killed server replays its journals, a stopped one closes
-its segments, and the client resends what was not acknowledged."""
+"""Nothing acknowledged is lost: a killed or stopped server replays its write-ahead log, and
+the client resends what was not acknowledged."""
 
 from __future__ import annotations
 
@@ -94,7 +94,7 @@ async def stream_until_acked(
     return client.acked
 
 
-async def test_killed_server_replays_journal(
+async def test_killed_server_replays_its_log(
     proc: ServerProcess, server_factory: Any, tmp_path: Path
 ) -> None:
     clip = encode_clip("h264", duration_s=5.0, audio_codec="opus")
