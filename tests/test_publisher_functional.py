@@ -104,3 +104,18 @@ async def test_publish_command(server: Server, tmp_path: Path) -> None:
     video, audio = await asyncio.to_thread(count_frames, mp4)
     assert video == 30  # 2 s of the 15 fps pattern
     assert audio > 0
+
+
+async def test_readme_example_runs(server: Server) -> None:
+    """examples/record_session.py, as README shows it, against a real server."""
+    example = Path(__file__).parent.parent / "examples" / "record_session.py"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(example), "--server", server.url, "--api-key", server.api_key,
+        "--seconds", "2", stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(proc.communicate(), CLI_TIMEOUT_S)
+    assert proc.returncode == 0
+    summary = json.loads(out)
+    assert summary["framesSent"] == summary["framesAcked"] > 0
+    assert float(summary["recordedDuration"].rstrip("s")) == pytest.approx(2.0, abs=0.2)
+    assert set(summary["files"]) == {"playlist", "mp4"}

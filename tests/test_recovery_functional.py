@@ -112,7 +112,7 @@ async def test_killed_server_replays_its_log(
     assert playlist.count("#EXT-X-DISCONTINUITY") <= 1
 
 
-async def test_stopped_server_closes_segments_and_resumes(
+async def test_stopped_server_resumes_its_open_segment(
     proc: ServerProcess, server_factory: Any, tmp_path: Path
 ) -> None:
     clip = encode_clip("h264", duration_s=5.0, audio_codec="opus")
