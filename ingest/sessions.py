@@ -18,7 +18,14 @@ from storage.meta import FileRow, MetaStore, SessionEventRow, SessionRow
 from storage.spool import Spool
 
 from .config import IngestSettings, RecorderSettings
-from .errors import CloseCode, ProtocolError, SessionError, SessionExists, SessionNotFound
+from .errors import (
+    CloseCode,
+    ProtocolError,
+    SessionError,
+    SessionExists,
+    SessionNotFound,
+    Unavailable,
+)
 from .events import CONTROL_ACTION, OPEN_STATES, EventType, SessionEvent, SessionState, next_state
 from .recorder import SessionRecorder
 from .wal import Wal
@@ -146,8 +153,10 @@ class SessionManager:
         for live in list(self.sessions.values()):
             if live.conn is not None:
                 await live.conn.close(CloseCode.GOING_AWAY, "server shutting down")
-            await live.recorder.aclose()
-            self._collect(live.recorder)
+            async with live.lock:  # an event in flight (an END finishing) completes first
+                if self.sessions.pop(live.session_id, None) is not None:
+                    await live.recorder.aclose()
+                    self._collect(live.recorder)
         for conn in list(self._waiting):
             await conn.close(CloseCode.GOING_AWAY, "server shutting down")
         self.sessions.clear()
@@ -223,10 +232,14 @@ class SessionManager:
         self, customer_id: str, profile_id: str, event: SessionEvent
     ) -> tuple[SessionEvent, SessionRow]:
         """Carry out one event; returns the event (with its session id) and the session after it."""
+        if self._closed:
+            raise Unavailable("the server is shutting down; send the event again later")
         if event.event_type is EventType.START:
             return await self._start(customer_id, profile_id, event)
         live = await self._live(customer_id, profile_id, event.session_id, event.event_type)
         async with live.lock:
+            if self._closed:
+                raise Unavailable("the server is shutting down; send the event again later")
             if live.session_id not in self.sessions:  # ended while we waited for the lock
                 next_state(SessionState.ENDED, event.event_type)
             before = SessionState(live.row.state)
@@ -252,7 +265,7 @@ class SessionManager:
             live.row = await self._meta.update_session(live.session_id, **changes)
             live.last_activity = time.monotonic()
             if after is SessionState.ENDED:
-                del self.sessions[live.session_id]
+                self.sessions.pop(live.session_id, None)
                 for fut in self._end_waiters.pop(live.session_id, []):
                     if not fut.done():
                         fut.set_result(None)
