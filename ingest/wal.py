@@ -71,7 +71,8 @@ class Wal:
     def __init__(self, directory: Path, rotate_bytes: int = WAL_ROTATE_BYTES) -> None:
         self.directory = directory
         self._rotate_bytes = rotate_bytes
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # appends and rotation
+        self._sync_lock = threading.Lock()  # one sync at a time: a sync's return means durable
         self._packer = msgpack.Packer(use_bin_type=True)
         self._file: BinaryIO | None = None
         self._unsynced: list[BinaryIO] = []  # rotated-away files not yet fsync'd
@@ -138,18 +139,19 @@ class Wal:
         return index
 
     def sync(self) -> None:
-        """Make every appended record durable (blocking: run it in a thread)."""
-        with self._lock:
-            files = [*self._unsynced, self._file]
-            self._unsynced = []
+        """Make every record appended before this call durable (blocking: run it in a thread)."""
+        with self._sync_lock:
+            with self._lock:
+                files = [*self._unsynced, self._file]
+                self._unsynced = []
+                for f in files:
+                    if f is not None:
+                        f.flush()
             for f in files:
                 if f is not None:
-                    f.flush()
-        for f in files:
-            if f is not None:
-                os.fdatasync(f.fileno())
-                if f is not self._file:
-                    f.close()
+                    os.fdatasync(f.fileno())
+                    if f is not self._file:
+                        f.close()
 
     def release(self, needed: Iterable[int]) -> None:
         """Delete the files older than the oldest one an open session still needs (blocking)."""

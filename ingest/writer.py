@@ -1,7 +1,8 @@
-"""The writer pool: every open session's queued frames are written in ticks. One tick takes
-what all sessions queued, writes it in a few worker threads (decode, mux and WAL append happen
-there, off the event loop), fsyncs the shared WAL once, then acknowledges. Per-frame cost is
-a list append on the loop; per-tick cost is a thread hop per worker and one fsync."""
+"""The writer pool: every open session's queued frames are written in ticks. Sessions are
+shared out among a few lanes; each lane's tick takes what its sessions queued, writes it in a
+worker thread (decode, mux and WAL append happen there, off the event loop), fsyncs the
+shared WAL once, then acknowledges. Lanes tick side by side. Per-frame cost is a list append
+on the loop; per-tick cost is one thread hop and one fsync per lane."""
 
 from __future__ import annotations
 
@@ -36,103 +37,109 @@ class Writable(Protocol):
         ...
 
 
-def _process_chunk(
-    chunk: list[tuple[Writable, list[tuple[Any, ...]]]],
-) -> list[tuple[Writable, Any]]:
-    out: list[tuple[Writable, Any]] = []
-    for rec, items in chunk:
+def _process_and_sync(wal: Wal, work: list[tuple[Writable, list[tuple[Any, ...]]]]) -> list[Any]:
+    """One lane's tick in its worker thread: write every session's items, then fsync the WAL."""
+    out: list[Any] = []
+    for rec, items in work:
         try:
-            out.append((rec, rec.process(items)))
+            out.append(rec.process(items))
         except Exception as exc:  # one session's failure is that session's alone
-            out.append((rec, exc))
+            out.append(exc)
+    try:
+        wal.sync()
+    except OSError as exc:  # the disk failed: nothing of this tick may be acknowledged
+        log.critical("WAL sync failed: %s", exc)
+        return [exc] * len(work)
     return out
 
 
+class _Lane:
+    """A share of the sessions, ticking on its own: lanes run side by side, so one lane's
+    loop-side work (acks, spooling) overlaps another's thread work and both cores stay busy."""
+
+    def __init__(self, pool: WriterPool, number: int) -> None:
+        self.pool = pool
+        self.members: set[Writable] = set()
+        self.ready: dict[Writable, None] = {}
+        self.wake = asyncio.Event()
+        self.task = asyncio.create_task(self._run(), name=f"writer-lane-{number}")
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        pool = self.pool
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            started = loop.time()
+            ready, self.ready = self.ready, {}
+            work = [(rec, items) for rec in ready if (items := rec.take())]
+            if work:
+                pool.ticks += 1
+                outcomes = await loop.run_in_executor(
+                    pool.executor, _process_and_sync, pool.wal, work
+                )
+                for (rec, _), outcome in zip(work, outcomes, strict=True):
+                    await rec.written(outcome)
+                await pool.release(loop)
+            rest = pool.tick_s - (loop.time() - started)
+            if rest > 0:
+                await asyncio.sleep(rest)  # group more frames per fsync
+
+
 class WriterPool:
-    """Schedules recorders' writes in ticks on ``threads`` workers of ``executor``."""
+    """Schedules recorders' writes in ticks on ``lanes`` workers of ``executor``."""
 
     def __init__(
         self, wal: Wal, executor: Executor, *, threads: int, tick_s: float = DEFAULT_TICK_S
     ) -> None:
-        self._wal = wal
-        self._executor = executor
-        self._threads = max(1, threads)
-        self._tick_s = tick_s
-        self._ready: dict[Writable, None] = {}
-        self._members: set[Writable] = set()
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self.wal = wal
+        self.executor = executor
+        self.tick_s = tick_s
+        self._lane_count = max(1, threads)
+        self._lanes: list[_Lane] = []
+        self._lane_of: dict[Writable, _Lane] = {}
         self._released_below = 0
         self.ticks = 0
 
+    def start(self) -> None:
+        """Start ticking (once; registering a recorder starts it too)."""
+        if not self._lanes:
+            self._lanes = [_Lane(self, i) for i in range(self._lane_count)]
+
     def register(self, rec: Writable) -> None:
-        """Count a recorder's WAL needs from now on."""
-        self._members.add(rec)
+        """Give a recorder a lane (the least busy) and count its WAL needs from now on."""
+        if not self._lanes:
+            self.start()
+        lane = min(self._lanes, key=lambda lane: len(lane.members))
+        lane.members.add(rec)
+        self._lane_of[rec] = lane
 
     def unregister(self, rec: Writable) -> None:
         """Forget a recorder (ended or closed)."""
-        self._members.discard(rec)
-        self._ready.pop(rec, None)
+        lane = self._lane_of.pop(rec, None)
+        if lane is not None:
+            lane.members.discard(rec)
+            lane.ready.pop(rec, None)
 
     def schedule(self, rec: Writable) -> None:
-        """A recorder has items queued: write them in the next tick."""
-        self._ready[rec] = None
-        self._wake.set()
-
-    def start(self) -> None:
-        """Start ticking."""
-        self._task = asyncio.create_task(self._run(), name="writer-pool")
+        """A recorder has items queued: write them in its lane's next tick."""
+        lane = self._lane_of.get(rec)
+        if lane is not None:
+            lane.ready[rec] = None
+            lane.wake.set()
 
     async def aclose(self) -> None:
         """Stop ticking; harmless twice."""
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
+        lanes, self._lanes = self._lanes, []
+        for lane in lanes:
+            lane.task.cancel()
+        for lane in lanes:
             with contextlib.suppress(asyncio.CancelledError):
-                await task
+                await lane.task
 
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            started = loop.time()
-            ready, self._ready = self._ready, {}
-            work = [(rec, items) for rec in ready if (items := rec.take())]
-            if work:
-                await self._tick(loop, work)
-            rest = self._tick_s - (loop.time() - started)
-            if rest > 0:
-                await asyncio.sleep(rest)  # group more frames per fsync
-
-    async def _tick(
-        self, loop: asyncio.AbstractEventLoop, work: list[tuple[Writable, list[tuple[Any, ...]]]]
-    ) -> None:
-        self.ticks += 1
-        chunks: list[list[tuple[Writable, list[tuple[Any, ...]]]]] = [
-            [] for _ in range(self._threads)
-        ]
-        loads = [0] * self._threads
-        for rec, items in sorted(work, key=lambda w: -len(w[1])):
-            i = loads.index(min(loads))  # the least loaded worker
-            chunks[i].append((rec, items))
-            loads[i] += len(items)
-        results = await asyncio.gather(
-            *(loop.run_in_executor(self._executor, _process_chunk, c) for c in chunks if c)
-        )
-        try:
-            await loop.run_in_executor(self._executor, self._wal.sync)
-        except OSError as exc:  # the disk failed: nothing of this tick may be acknowledged
-            log.critical("WAL sync failed: %s", exc)
-            outcomes: list[tuple[Writable, Any]] = [(rec, exc) for rec, _ in work]
-        else:
-            outcomes = [pair for part in results for pair in part]
-        for rec, outcome in outcomes:
-            await rec.written(outcome)
-        await self._release(loop)
-
-    async def _release(self, loop: asyncio.AbstractEventLoop) -> None:
-        oldest = min((m.wal_from for m in self._members), default=self._wal.index)
+    async def release(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Delete WAL files no open session needs any more."""
+        oldest = min((rec.wal_from for rec in self._lane_of), default=self.wal.index)
         if oldest > self._released_below:
             self._released_below = oldest
-            await loop.run_in_executor(self._executor, self._wal.release, [oldest])
+            await loop.run_in_executor(self.executor, self.wal.release, [oldest])
