@@ -171,6 +171,7 @@ class SessionRecorder:
         )
         await self._in_thread(self._open, rows, records or [])
         self.received_seq = self.acked_seq
+        self._tracks.update(self._written_tracks)  # a client may go on without re-announcing
         self._pool.register(self)
         self._queue_segments(self._cuts)  # closed while replaying
 
@@ -238,6 +239,8 @@ class SessionRecorder:
 
     async def add_track(self, fields: dict[str, Any]) -> None:
         """Accept a track announcement; re-announcing the same codec is fine, another is not."""
+        if self._closed:
+            raise ProtocolError(CloseCode.SESSION_STATE, "the session is not recording")
         known = self._tracks.get(fields["id"])
         if known is not None:
             if (known["kind"], known["codec"]) != (fields["kind"], fields["codec"]):
@@ -265,7 +268,10 @@ class SessionRecorder:
         track = msg["track"]
         if track not in self._tracks:
             raise ProtocolError(CloseCode.UNKNOWN_TRACK, f"media for unannounced track {track}")
-        await self._space.wait()
+        if not self._space.is_set():
+            await self._space.wait()
+            if self._closed:  # ended while we waited: the writer may be finishing
+                raise ProtocolError(CloseCode.SESSION_STATE, "the session is not recording")
         self.received_seq = seq
         data = msg["data"]
         self.stats.frames_in += 1
