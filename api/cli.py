@@ -64,7 +64,7 @@ async def _serve(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.info("shutting down: closing connections and finishing open segments")
+    log.info("shutting down: closing connections; open segments stay in the write-ahead log")
     await runner.cleanup()
     return 0
 

@@ -23,6 +23,8 @@ from typing import Any, BinaryIO
 
 import msgpack
 
+from storage.durable import fsync_dir
+
 log = logging.getLogger(__name__)
 
 WAL_ROTATE_BYTES = 64 * 1024 * 1024
@@ -55,14 +57,6 @@ def _read(path: Path) -> list[list[Any]]:
                 log.warning("wal %s: stopping at a damaged record: %s", path.name, exc)
                 break
     return out
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Wal:
@@ -116,14 +110,14 @@ class Wal:
         self.sync()
         for index in self._old:
             (self.directory / f"wal-{index:06d}.bin").unlink(missing_ok=True)
-        _fsync_dir(self.directory)
+        fsync_dir(self.directory)
         self._old = []
 
     def _start_file(self) -> None:
         self.index += 1
         self._file = open(self.directory / f"wal-{self.index:06d}.bin", "ab")
         self._size = 0
-        _fsync_dir(self.directory)
+        fsync_dir(self.directory)
 
     def append(self, record: list[Any]) -> int:
         """Append one record (durable after the next ``sync``); returns the file it went to."""
@@ -163,7 +157,7 @@ class Wal:
                 path.unlink(missing_ok=True)
                 removed = True
         if removed:
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
 
     def close(self) -> None:
         """Sync and close; harmless twice."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -18,7 +17,6 @@ from mixer.segmenter import (
     SegmentInfo,
     StreamSlot,
     TsSegment,
-    fsync_path,
 )
 from mixer.tracks import Codec, Kind, TrackSpec
 from mixer.transcode import (
@@ -29,6 +27,7 @@ from mixer.transcode import (
     create_normaliser,
 )
 from mixer.webm import WebmDemuxer, WebmPacket
+from storage.durable import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -323,13 +322,7 @@ class HlsWriter:
     def _write_playlist(self, *, end: bool) -> None:
         if not self._durable:
             return
-        tmp = self._playlist_path.with_suffix(".m3u8.tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(self._playlist.render(end=end))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self._playlist_path)
-        fsync_path(self._dir)
+        write_atomic(self._playlist_path, self._playlist.render(end=end).encode())
 
     def discontinuity(self) -> list[SegmentInfo]:
         """Close the open segment now; the next one is flagged and continues the timeline."""

@@ -13,7 +13,7 @@ from av.container import InputContainer, OutputContainer
 from av.stream import Stream
 
 from mixer.errors import InvalidMedia
-from mixer.segmenter import fsync_path
+from storage.durable import fsync_dir, fsync_file
 
 MP4_OPTIONS = {"movflags": "+faststart"}
 ADTS_SYNC_MASK = 0xFFF6
@@ -104,9 +104,9 @@ def build_mp4(segments: Sequence[Path], out: Path) -> Mp4Info:
                         packet = copy
                     packet.stream = streams[kind]
                     output.mux(packet)
-    fsync_path(tmp)
+    fsync_file(tmp)
     os.replace(tmp, out)
-    fsync_path(out.parent)
+    fsync_dir(out.parent)
     return Mp4Info(
         duration_s=max(0.0, last_end - (first_ts or 0.0)),
         size=out.stat().st_size,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -13,6 +12,7 @@ from av.container import OutputContainer
 
 from mixer.errors import InvalidMedia
 from mixer.tracks import Kind
+from storage.durable import fsync_file
 
 DEFAULT_SEGMENT_TARGET_S = 4.0
 TS_FORMAT = "mpegts"
@@ -46,15 +46,6 @@ class StreamSlot:
     sample_rate: int = 48_000
 
 
-def fsync_path(path: Path) -> None:
-    """Flush a file (or directory) to disk so it survives a crash."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class TsSegment:
     """One open `.ts` segment; its streams are fixed when it opens."""
 
@@ -85,5 +76,5 @@ class TsSegment:
         """Write the trailer, fsync the file (unless told not to), and return its size in bytes."""
         self._container.close()
         if sync:
-            fsync_path(self.path)
+            fsync_file(self.path)
         return self.path.stat().st_size
