@@ -174,7 +174,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         recorder=settings.recorder,
         ingest=settings.ingest,
         executor=executor,
-        wal=Wal(data / "wal"),
+        wal=Wal(data / "wal", settings.ingest.wal_rotate_bytes),
     )
     keys = ApiKeys(api_key, meta)
     app[META], app[STORE], app[SPOOL], app[SIGNER] = meta, store, spool, signer

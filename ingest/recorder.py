@@ -60,6 +60,7 @@ class _Outcome:
     acked: int
     done: list[tuple[SegmentInfo, int]]  # closed segments, each with the WAL file of its cut
     error: ProtocolError | None
+    recut: int | None = None  # an idle session's fresh cut: the WAL file it now needs
 
 
 def track_spec(fields: dict[str, Any]) -> TrackSpec:
@@ -305,6 +306,11 @@ class SessionRecorder:
                 keep.append((seq, fut))
         self._ack_waiters = keep
 
+    def refresh_wal(self) -> None:
+        """The WAL moved to a new file: if this session holds an older one, let it go if it can."""
+        if not self._closed and self._failed is None and self.wal_from < self._wal.index:
+            self._queue(("recut",))
+
     async def pause(self) -> None:
         """Stop recording: close the current segment; frames that arrive are acked, not kept."""
         self._queue(("pause",))
@@ -333,6 +339,8 @@ class SessionRecorder:
                 await self.on_error(ProtocolError(CloseCode.INTERNAL_ERROR, "recorder failed"))
             return
         self._queue_segments(outcome.done)
+        if outcome.recut is not None and not self._to_spool_queue:
+            self.wal_from = max(self.wal_from, outcome.recut)
         if outcome.acked > self.acked_seq:
             self.acked_seq = outcome.acked
             self._wake_ack_waiters()
@@ -355,6 +363,7 @@ class SessionRecorder:
             seg, wal_file = self._to_spool_queue.pop(0)
             await self._spool_segment(seg)
             self.wal_from = wal_file  # the WAL before this segment's successor is redundant
+            self._pool.release_soon()
 
     async def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
@@ -366,6 +375,7 @@ class SessionRecorder:
         self._cuts = []
         acked = 0
         error: ProtocolError | None = None
+        recut: int | None = None
         wal, sid = self._wal, self.session_id
         for item in batch:
             kind = item[0]
@@ -393,7 +403,13 @@ class SessionRecorder:
                 self.paused = True
             elif kind == "resume":
                 self.paused = False
-        return _Outcome(acked, self._cuts, error)
+            elif kind == "recut" and self._writer is not None and self._writer.idle:
+                # nothing of the open segment is in the WAL yet: start it again in the newest
+                # file, so an idle or paused session does not hold older files forever
+                recut = wal.append([sid, CUT, self._writer.next_index])
+                for fields in self._written_tracks.values():
+                    wal.append([sid, TRACK, fields])
+        return _Outcome(acked, self._cuts, error, recut)
 
     def _add_track_sync(self, fields: dict[str, Any]) -> None:
         assert self._writer is not None

@@ -116,7 +116,7 @@ class SessionManager:
         self._ingest = ingest
         self._executor = executor
         self._wal = wal
-        self._pool = WriterPool(wal, executor, threads=ingest.writer_threads, tick_s=ingest.tick_s)
+        self.pool = WriterPool(wal, executor, threads=ingest.writer_threads, tick_s=ingest.tick_s)
         self.sessions: dict[str, LiveSession] = {}
         self._waiting: list[Connection] = []
         self.stats = SessionStats()
@@ -138,7 +138,7 @@ class SessionManager:
             else:
                 log.info("recovered open session", extra={"session_id": row.session_id})
         await asyncio.to_thread(self._wal.finish_recovery)
-        self._pool.start()
+        self.pool.start()
         self._reaper = asyncio.create_task(self._reap_idle(), name="idle-session-reaper")
 
     async def aclose(self) -> None:
@@ -160,7 +160,7 @@ class SessionManager:
         for conn in list(self._waiting):
             await conn.close(CloseCode.GOING_AWAY, "server shutting down")
         self.sessions.clear()
-        await self._pool.aclose()
+        await self.pool.aclose()
         await asyncio.to_thread(self._wal.close)
         await asyncio.gather(*self._closing, return_exceptions=True)
 
@@ -175,7 +175,7 @@ class SessionManager:
             spool=self._spool,
             executor=self._executor,
             wal=self._wal,
-            pool=self._pool,
+            pool=self.pool,
             paused=row.state == SessionState.PAUSED,
             acked_seq=row.acked_seq,
         )

@@ -24,6 +24,10 @@ class Writable(Protocol):
 
     wal_from: int  # the oldest WAL file this session still needs
 
+    def refresh_wal(self) -> None:
+        """The WAL moved to a new file: re-anchor if nothing older is needed (the loop side)."""
+        ...
+
     def take(self) -> list[tuple[Any, ...]]:
         """Hand over the queued items (the loop side)."""
         ...
@@ -99,6 +103,9 @@ class WriterPool:
         self._lanes: list[_Lane] = []
         self._lane_of: dict[Writable, _Lane] = {}
         self._released_below = 0
+        self._seen_index = 0
+        self._released = asyncio.Event()
+        self._release_task: asyncio.Task[None] | None = None
         self.ticks = 0
 
     def start(self) -> None:
@@ -130,6 +137,9 @@ class WriterPool:
 
     async def aclose(self) -> None:
         """Stop ticking; harmless twice."""
+        if self._release_task is not None:
+            with contextlib.suppress(Exception):
+                await self._release_task
         lanes, self._lanes = self._lanes, []
         for lane in lanes:
             lane.task.cancel()
@@ -139,7 +149,23 @@ class WriterPool:
 
     async def release(self, loop: asyncio.AbstractEventLoop) -> None:
         """Delete WAL files no open session needs any more."""
+        if self.wal.index != self._seen_index:  # rotated: idle sessions may let go of old files
+            self._seen_index = self.wal.index
+            for rec in list(self._lane_of):
+                rec.refresh_wal()
         oldest = min((rec.wal_from for rec in self._lane_of), default=self.wal.index)
         if oldest > self._released_below:
             self._released_below = oldest
             await loop.run_in_executor(self.executor, self.wal.release, [oldest])
+            self._released.set()
+            self._released = asyncio.Event()
+
+    def release_soon(self) -> None:
+        """A session let go of old WAL files outside a tick (its segment reached the spool)."""
+        if self._release_task is None or self._release_task.done():
+            loop = asyncio.get_running_loop()
+            self._release_task = loop.create_task(self.release(loop), name="wal-release")
+
+    async def wait_released(self) -> None:
+        """Wait until the next time old WAL files are deleted."""
+        await self._released.wait()

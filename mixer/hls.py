@@ -119,6 +119,16 @@ class HlsWriter:
         return self._playlist
 
     @property
+    def idle(self) -> bool:
+        """No segment is open and no packet waits for one (e.g. paused, or nothing sent yet)."""
+        return self._segment is None and not self._pending
+
+    @property
+    def next_index(self) -> int:
+        """The index the next segment will have."""
+        return self._index
+
+    @property
     def duration_s(self) -> float:
         """Media time this writer has written (finished segments and the open one)."""
         return (self._end_ticks - self._start_ticks) / TICKS_PER_S

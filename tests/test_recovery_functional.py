@@ -18,7 +18,7 @@ from media import Clip, encode_clip
 from recording import count_frames, event, fetch_recording, start_session
 from wsclient import RawClient
 
-from api.keys import SPOOL, STORE
+from api.keys import SESSIONS, SPOOL, STORE
 
 START_TIMEOUT_S = 30.0
 
@@ -144,3 +144,26 @@ async def test_stopped_server_resumes_its_open_segment(
     assert resumed_at == cut
     assert video == clip.video_frames
     assert playlist.count("#EXT-X-DISCONTINUITY") == 1
+
+
+async def test_an_idle_session_does_not_hold_old_log_files(server_factory: Any) -> None:
+    """One session records while another sits idle: the log still lets its old files go."""
+    server = await server_factory(
+        ingest={"wal_rotate_bytes": 16_000}, recorder={"segment_target_s": 1.0}
+    )
+    wal_dir = server.data_dir / "wal"
+    clip = encode_clip("h264", duration_s=4.0, audio_codec="opus")
+    manager = server.app[SESSIONS]  # type: ignore[index]
+    async with aiohttp.ClientSession() as http:
+        await start_session(http, server)  # never sends anything
+        sid = await start_session(http, server)
+        acked = await stream_until_acked(http, server.url, sid, clip.frames)
+        assert acked == len(clip.frames)
+        assert manager.pool.wal.index > 3  # the log rotated several times
+
+        def oldest() -> int:
+            return min(int(p.stem.split("-")[1]) for p in wal_dir.glob("wal-*.bin"))
+
+        # the first file holds the idle session's start: it must go all the same
+        while await asyncio.to_thread(oldest) == 1:  # each release wakes us; else the timeout
+            await asyncio.wait_for(manager.pool.wait_released(), timeout=20)
