@@ -481,10 +481,11 @@ class SessionRecorder:
         )
 
     async def _to_spool(self, add: Callable[..., Awaitable[Any]], *args: Any, **kw: Any) -> None:
-        """Hand a file to the spool; while the spool is full, wait (the policy: backpressure).
+        """Hand a file to the spool; while the spool is full, wait and retry (logged).
 
-        The file stays where it is, safe on disk, and this session takes no more frames until
-        it is in: its queue fills, its socket stops being read, and its client buffers.
+        The file stays where it is, safe on disk, and so do the WAL files behind it; frames
+        are still acknowledged, so disk use grows past the spool's cap until uploads free
+        room. (Refusing new sessions when the disk runs low comes with the S3 issue.)
         """
         delay = SPOOL_FULL_RETRY_MIN_S
         while True:
