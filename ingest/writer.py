@@ -16,7 +16,7 @@ from .wal import Wal
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TICK_S = 0.01  # the shortest tick: bounds fsyncs per second; acks wait at most this
+DEFAULT_TICK_S = 0.025  # the shortest tick: bounds fsyncs per second; acks wait at most this
 
 
 class Writable(Protocol):
