@@ -68,6 +68,16 @@ class _Lane:
         self.wake = asyncio.Event()
         self.task = asyncio.create_task(self._run(), name=f"writer-lane-{number}")
 
+    async def _tick(
+        self, loop: asyncio.AbstractEventLoop, work: list[tuple[Writable, list[tuple[Any, ...]]]]
+    ) -> None:
+        pool = self.pool
+        pool.ticks += 1
+        outcomes = await loop.run_in_executor(pool.executor, _process_and_sync, pool.wal, work)
+        for (rec, _), outcome in zip(work, outcomes, strict=True):
+            await rec.written(outcome)
+        await pool.release(loop)
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         pool = self.pool
@@ -78,13 +88,10 @@ class _Lane:
             ready, self.ready = self.ready, {}
             work = [(rec, items) for rec in ready if (items := rec.take())]
             if work:
-                pool.ticks += 1
-                outcomes = await loop.run_in_executor(
-                    pool.executor, _process_and_sync, pool.wal, work
-                )
-                for (rec, _), outcome in zip(work, outcomes, strict=True):
-                    await rec.written(outcome)
-                await pool.release(loop)
+                try:
+                    await self._tick(loop, work)
+                except Exception:  # a bug: log it loudly, but keep this lane's sessions going
+                    log.exception("writer lane tick failed")
             rest = pool.tick_s - (loop.time() - started)
             if rest > 0:
                 await asyncio.sleep(rest)  # group more frames per fsync
