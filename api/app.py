@@ -15,6 +15,7 @@ from ingest.errors import RpcCode, SessionError
 from ingest.sessions import SessionManager
 from ingest.wal import Wal
 from ingest.ws import IngestHandler
+from storage.errors import StorageError
 from storage.meta_sqlite import SqliteMetaStore
 from storage.objects import ObjectInfo
 from storage.objects_local import LocalObjectStore
@@ -29,6 +30,12 @@ from .settings import Settings
 
 log = logging.getLogger(__name__)
 
+STORAGE_CODES = {
+    404: RpcCode.NOT_FOUND,
+    409: RpcCode.ALREADY_EXISTS,
+    503: RpcCode.UNAVAILABLE,
+    507: RpcCode.RESOURCE_EXHAUSTED,
+}
 PUBLIC_PATHS = ("/healthz", "/metrics", "/v1/ingest", "/v1/objects/")
 META_FILE = "meta.sqlite3"
 
@@ -40,6 +47,10 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return await handler(request)
     except SessionError as exc:
         raise rpc_error(exc.code, exc.message) from None
+    except StorageError as exc:  # the store's trouble, told apart from a bug
+        log.warning("storage error on %s %s: %s", request.method, request.path, exc)
+        code = STORAGE_CODES.get(exc.status, RpcCode.INTERNAL)
+        raise rpc_error(code, f"storage: {type(exc).__name__}") from None
     except web.HTTPException as exc:
         if exc.content_type == "application/json" or exc.status < 400:
             raise

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from storage.errors import MetaConflict
 from storage.meta import FileRow, MetaStore, SessionEventRow, SessionRow
 from storage.spool import Spool
 
@@ -299,7 +300,10 @@ class SessionManager:
             created_at=now,
             updated_at=now,
         )
-        await self._meta.create_session(row)
+        try:
+            await self._meta.create_session(row)
+        except MetaConflict:  # a concurrent START with the same id won
+            raise SessionExists(f"session {session_id} already exists") from None
         live = await self._open(row)
         self.stats.started += 1
         event = SessionEvent(
@@ -331,9 +335,10 @@ class SessionManager:
         row = await self._meta.get_session(session_id)
         if row is None or (row.customer_id, row.profile_id) != (customer_id, profile_id):
             raise SessionNotFound(f"session {session_id} not found")
-        # it exists but is not open: every event is then a transition from ENDED
-        next_state(SessionState(row.state), event_type)
-        raise AssertionError("unreachable: an ended session allows no event")  # pragma: no cover
+        if row.state == SessionState.ENDED:
+            next_state(SessionState.ENDED, event_type)  # raises: nothing follows an END
+        # open in the store but not loaded here (its recovery failed: see the log)
+        raise Unavailable(f"session {session_id} is not loaded on this server; try again later")
 
     async def _push(self, live: LiveSession, ev_row: SessionEventRow, event: SessionEvent) -> None:
         action = CONTROL_ACTION.get(event.event_type, "reconnect")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import aiohttp
@@ -218,3 +219,13 @@ async def test_idle_session_is_ended(server_factory: Any) -> None:
         status, got = await get_session(http, server, sid)
     assert status == 200 and got["state"] == "ENDED"
     assert [e["eventType"] for e in got["events"]] == ["EVENT_TYPE_START", "EVENT_TYPE_END"]
+
+
+async def test_concurrent_starts_with_one_id(server: Server) -> None:
+    """Two STARTs racing for the same sessionId: one wins, the other is ALREADY_EXISTS."""
+    async with aiohttp.ClientSession() as http:
+        event = {"eventType": "EVENT_TYPE_START", "sessionId": "raced"}
+        results = await asyncio.gather(*(post_event(http, server, event) for _ in range(4)))
+    statuses = sorted(status for status, _ in results)
+    assert statuses == [200, 409, 409, 409], results
+    assert all(body["code"] == 6 for status, body in results if status == 409)
