@@ -27,7 +27,7 @@ serve: $(STAMP)
 
 # ffmpeg/ffprobe check what we write; installed with apt-get when root on Debian and missing
 system-deps:
-	@if ! command -v ffprobe >/dev/null 2>&1; then \
+	@if ! command -v ffprobe >/dev/null 2>&1 || ! command -v ffmpeg >/dev/null 2>&1; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing Debian's ffmpeg"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg >/dev/null; \
