@@ -286,10 +286,10 @@ class VideoTranscoder:
         out: list[av.Packet] = []
         for frame in frames:
             assert isinstance(frame, VideoFrame)  # PyAV typing only.
-            out += self._encode(frame, pts if frame.pts is None else frame.pts)
+            out += self._encode(frame, pts if frame.pts is None else frame.pts, keyframe)
         return out
 
-    def _encode(self, frame: VideoFrame, pts: int) -> list[av.Packet]:
+    def _encode(self, frame: VideoFrame, pts: int, key_in: bool) -> list[av.Packet]:
         if self._last_pts is not None and pts <= self._last_pts:
             return []  # x264 refuses non-increasing times; the writer already logged why.
         self._last_pts = pts
@@ -301,7 +301,12 @@ class VideoTranscoder:
             frame = frame.reformat(width=encoder.width, height=encoder.height, format="yuv420p")
         frame.pts = pts
         frame.time_base = OUTPUT_TIME_BASE
-        if self._next_key is None or pts >= self._next_key - KEYFRAME_SLACK_TICKS:
+        due = self._next_key is None or pts >= self._next_key - KEYFRAME_SLACK_TICKS
+        overdue = self._next_key is not None and pts >= self._next_key + self._interval
+        # Output keyframes (and so segment cuts) fall on input keyframes where the input has
+        # them often enough: a segment's frames then decode from its own start, which is what
+        # replaying a write-ahead log from that cut needs.
+        if self._next_key is None or (due and key_in) or overdue:
             frame.pict_type = PictureType.I
             self._next_key = pts + self._interval
         else:

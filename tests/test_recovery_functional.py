@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import av
+import numpy as np
 import pytest
 from conftest import API_KEY, Server
 from media import Clip, encode_clip
@@ -21,6 +23,9 @@ from wsclient import RawClient
 from api.keys import SESSIONS, SPOOL, STORE
 
 START_TIMEOUT_S = 30.0
+LUMA_ERROR_LIMIT = 12.0  # mean |Δluma| per frame: x264 stays far below it, garbage far above
+SPOOLED_POLL_S = 0.05  # the child's spool is in another process: no event to await, so we poll
+SEGMENT_S = 0.7  # not a multiple of the clips' 1 s GOP: cuts must still land on input keyframes
 
 pytestmark = pytest.mark.slow
 
@@ -39,7 +44,7 @@ class ServerProcess:
             sys.executable, "-m", "api.cli", "serve", "--host", "127.0.0.1", "--port", "0",
             "--data-dir", str(self.data_dir), "--api-key", API_KEY,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
-            env={**os.environ, "REELHOUSE_RECORDER__SEGMENT_TARGET_S": "1.0"},
+            env={**os.environ, "REELHOUSE_RECORDER__SEGMENT_TARGET_S": str(SEGMENT_S)},
         )  # fmt: skip
         assert self.proc.stdout is not None
         line = await asyncio.wait_for(self.proc.stdout.readline(), START_TIMEOUT_S)
@@ -63,13 +68,18 @@ async def proc(tmp_path: Path) -> AsyncIterator[ServerProcess]:
 
 
 async def finish_in_process(
-    server: Server, http: aiohttp.ClientSession, sid: str, clip: Clip, tmp_path: Path
+    server: Server,
+    http: aiohttp.ClientSession,
+    sid: str,
+    clip: Clip,
+    tmp_path: Path,
+    codec: str = "h264",
 ) -> tuple[int, int, str]:
     """Reconnect to the restarted server, resend above acked_seq, END, decode the MP4."""
     client = RawClient(http, server.url)
     await client.connect()
     welcome = await client.hello(server.api_key, session_id=sid)
-    await client.tracks()
+    await client.tracks(codec)
     client.seq = welcome["acked_seq"]
     for f in clip.frames[welcome["acked_seq"] :]:
         await client.media(f)
@@ -81,33 +91,76 @@ async def finish_in_process(
     return video, welcome["acked_seq"], playlist.read_text()
 
 
+async def spooled_segments(
+    http: aiohttp.ClientSession, proc: ServerProcess, sid: str, count: int
+) -> None:
+    """Wait until the child server has spooled ``count`` segments of the session."""
+    url = f"{proc.url}/v1/customers/acme/profiles/support/screenRecordingSessions/{sid}"
+    async with asyncio.timeout(START_TIMEOUT_S):
+        while True:
+            async with http.get(url, headers=proc.auth) as resp:
+                files = (await resp.json())["files"]
+            if sum(f["kind"] == "segment" for f in files) >= count:
+                return
+            await asyncio.sleep(SPOOLED_POLL_S)
+
+
+def worst_luma_error(clip: Clip, mp4: Path) -> float:
+    """The largest mean absolute luma difference between a clip's frames and the recording's."""
+    decoder = av.CodecContext.create(clip_codec(clip), "r")
+    sent = []
+    for f in clip.frames:
+        if f.kind == "video":
+            for frame in decoder.decode(av.Packet(f.data)):
+                sent.append(frame.to_ndarray(format="gray").astype(np.int16))
+    with av.open(str(mp4)) as container:
+        got = [
+            frame.to_ndarray(format="gray").astype(np.int16) for frame in container.decode(video=0)
+        ]
+    return max(float(np.abs(a - b).mean()) for a, b in zip(sent, got, strict=True))
+
+
+def clip_codec(clip: Clip) -> str:
+    return next(f.codec for f in clip.frames if f.kind == "video")
+
+
 async def stream_until_acked(
-    http: aiohttp.ClientSession, url: str, sid: str, frames: list[Any]
+    http: aiohttp.ClientSession, url: str, sid: str, frames: list[Any], codec: str = "h264"
 ) -> int:
     client = RawClient(http, url)
     await client.connect()
     await client.hello(API_KEY, session_id=sid)
-    await client.tracks()
+    await client.tracks(codec)
     for f in frames:
         await client.media(f)
     await client.wait_ack(len(frames))
     return client.acked
 
 
+@pytest.mark.parametrize("codec", ["h264", "vp8"])
 async def test_killed_server_replays_its_log(
-    proc: ServerProcess, server_factory: Any, tmp_path: Path
+    proc: ServerProcess, server_factory: Any, tmp_path: Path, codec: str
 ) -> None:
-    clip = encode_clip("h264", duration_s=5.0, audio_codec="opus")
+    clip = encode_clip(codec, duration_s=5.0, audio_codec="opus")
     cut = len(clip.frames) * 3 // 5
     async with aiohttp.ClientSession() as http:
         sid = await start_session(http, proc)
-        acked = await stream_until_acked(http, proc.url, sid, clip.frames[:cut])
+        acked = await stream_until_acked(http, proc.url, sid, clip.frames[:cut], codec)
         assert acked == cut
+        await spooled_segments(http, proc, sid, 2)  # so the replay starts mid-stream
         assert await proc.stop(signal.SIGKILL) == -signal.SIGKILL  # no chance to close anything
-        server = await server_factory(data_dir=proc.data_dir, recorder={"segment_target_s": 1.0})
-        video, resumed_at, playlist = await finish_in_process(server, http, sid, clip, tmp_path)
+        server = await server_factory(
+            data_dir=proc.data_dir, recorder={"segment_target_s": SEGMENT_S}
+        )
+        video, resumed_at, playlist = await finish_in_process(
+            server, http, sid, clip, tmp_path, codec
+        )
     assert resumed_at == cut  # every acknowledged frame survived the kill
     assert video == clip.video_frames
+    # and each came back right: a replay that began without its reference frames decodes
+    # into garbage (transcoded video must cut segments on input keyframes for this)
+    worst = await asyncio.to_thread(worst_luma_error, clip, tmp_path / f"{sid}.mp4")
+    assert worst < LUMA_ERROR_LIMIT, worst
     # seamless when nothing was spooled before the kill, else a discontinuity marks the restart
     assert playlist.count("#EXT-X-DISCONTINUITY") <= 1
 
@@ -130,7 +183,9 @@ async def test_stopped_server_resumes_its_open_segment(
         assert await proc.stop(signal.SIGTERM) == 0
         code, reason = await closed
         assert code == 1001 and "shutting down" in reason
-        server = await server_factory(data_dir=proc.data_dir, recorder={"segment_target_s": 1.0})
+        server = await server_factory(
+            data_dir=proc.data_dir, recorder={"segment_target_s": SEGMENT_S}
+        )
         spool = server.app[SPOOL]  # type: ignore[index]
         assert await spool.wait_idle(30.0)
         store = server.app[STORE]  # type: ignore[index]
