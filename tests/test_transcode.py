@@ -26,8 +26,8 @@ def _ticks(us: int) -> int:
     return us * TICKS_PER_US_NUM // TICKS_PER_US_DEN
 
 
-def test_vp8_to_h264_forces_keyframes() -> None:
-    clip = encode_clip("vp8", duration_s=2.0, audio_codec=None)
+def test_vp8_to_h264_keyframes_follow_the_input_ones() -> None:
+    clip = encode_clip("vp8", duration_s=2.0, audio_codec=None)  # input keyframes every 1 s
     t = VideoTranscoder(TrackSpec(1, Kind.VIDEO, Codec.VP8), keyframe_interval_s=0.5)
     packets = []
     for f in clip.frames:
@@ -35,8 +35,22 @@ def test_vp8_to_h264_forces_keyframes() -> None:
     packets += t.flush()
     assert abs(len(packets) - clip.video_frames) <= 1
     keys = [p.pts for p in packets if p.is_keyframe]
-    assert len(keys) == 4  # Every 0.5 s of a 2 s clip.
+    # due every 0.5 s, but placed on the input's keyframes (so a segment decodes on its own)
+    assert keys == [_ticks(f.pts_us) for f in clip.frames if f.keyframe]
     assert bytes(packets[0]).startswith((b"\x00\x00\x00\x01", b"\x00\x00\x01"))
+
+
+def test_vp8_to_h264_forces_keyframes_when_the_input_has_none() -> None:
+    clip = encode_clip("vp8", duration_s=2.0, audio_codec=None)
+    interval_s = 0.4
+    t = VideoTranscoder(TrackSpec(1, Kind.VIDEO, Codec.VP8), keyframe_interval_s=interval_s)
+    packets = []
+    for f in clip.frames:  # flagged as no keyframes at all after the first
+        packets += t.push(f.data, _ticks(f.pts_us), _ticks(f.pts_us), f.pts_us == 0)
+    packets += t.flush()
+    keys = [p.pts for p in packets if p.is_keyframe]
+    assert keys[0] == 0 and len(keys) >= 3
+    assert max(b - a for a, b in itertools.pairwise(keys)) <= _ticks(round(2 * interval_s * 1e6))
 
 
 def test_opus_to_aac_is_adts_and_continuous() -> None:
