@@ -13,7 +13,6 @@ import os
 from collections.abc import AsyncGenerator, AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO
 
 from .durable import TEMP_PREFIX, ensure_dir, place_atomic, remove_quietly, write_atomic
 from .errors import ObjectNotFound, StorageError, StoreRefused, StoreUnavailable
@@ -161,21 +160,27 @@ class LocalObjectStore:
     async def stream(
         self, key: str, chunk_size: int = DEFAULT_CHUNK_BYTES
     ) -> AsyncGenerator[bytes, None]:
-        """Yield the object's bytes in chunks read in a worker thread."""
+        """Yield the object's bytes in chunks read in a worker thread.
+
+        Each chunk opens, reads and closes the file in its thread, so no open file waits
+        between chunks (a reader that goes away mid-stream leaves nothing behind).
+        """
         path = self._path(key)
 
-        def _open() -> BinaryIO:
+        def _read(offset: int) -> bytes:
             try:
-                return open(path, "rb")
+                with open(path, "rb") as f:
+                    f.seek(offset)
+                    return f.read(chunk_size)
             except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+                if offset:
+                    return b""  # deleted mid-stream: end here
                 raise ObjectNotFound(key) from None
 
-        f = await asyncio.to_thread(_open)
-        try:
-            while chunk := await asyncio.to_thread(f.read, chunk_size):
-                yield chunk
-        finally:
-            await asyncio.to_thread(f.close)
+        offset = 0
+        while chunk := await asyncio.to_thread(_read, offset):
+            offset += len(chunk)
+            yield chunk
 
     async def get_bytes(self, key: str) -> bytes:
         """The whole object in memory: for small objects only."""
