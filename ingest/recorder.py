@@ -193,7 +193,8 @@ class SessionRecorder:
             discontinuity_first=bool(rows) or bool(replaying),
             durable=False,  # the WAL holds the frames until the spool holds the segment
         )
-        self.wal_from = self._wal.append([self.session_id, CUT, next_index])
+        sid = self.session_id
+        self.wal_from = self._wal.append([sid, CUT, next_index])
         self._cuts = []
         last_seq = 0
         for rec in replaying:  # written again: the old WAL files go once recovery is done
@@ -203,9 +204,13 @@ class SessionRecorder:
             elif tag == BREAK:
                 self._break_sync()
             elif tag == MEDIA and rec[2] > last_seq:
-                self._media_sync(*rec[2:])
                 last_seq = rec[2]
                 self.acked_seq = max(self.acked_seq, last_seq)
+                try:
+                    self._media_sync(*rec[2:])
+                except MediaError as exc:  # one bad frame must not keep the session down
+                    log.warning("replay: seq %d: %s", last_seq, exc, extra={"session_id": sid})
+                    continue
             else:
                 continue  # cuts (the writer makes its own) and resent duplicates
             self._wal.append(rec)

@@ -16,7 +16,7 @@ import av
 import numpy as np
 import pytest
 from conftest import API_KEY, Server
-from media import Clip, encode_clip
+from media import Clip, encode_clip, encode_webm
 from recording import count_frames, event, fetch_recording, start_session
 from wsclient import RawClient
 
@@ -222,3 +222,30 @@ async def test_an_idle_session_does_not_hold_old_log_files(server_factory: Any) 
         # the first file holds the idle session's start: it must go all the same
         while await asyncio.to_thread(oldest) == 1:  # each release wakes us; else the timeout
             await asyncio.wait_for(manager.pool.wait_released(), timeout=20)
+
+
+async def test_a_session_whose_log_cannot_replay_still_recovers(
+    proc: ServerProcess, server_factory: Any
+) -> None:
+    """WebM chunks from mid-stream cannot be demuxed again after a restart: the session is
+    still recovered (and can be ended), the frames that cannot be replayed are logged."""
+    data, _, _ = await asyncio.to_thread(encode_webm, 3.0)
+    chunks = [data[i : i + 8_000] for i in range(0, len(data), 8_000)]
+    async with aiohttp.ClientSession() as http:
+        sid = await start_session(http, proc)
+        client = RawClient(http, proc.url)
+        await client.connect()
+        await client.hello(API_KEY, session_id=sid)
+        await client.send({"t": "track", "id": 0, "kind": "video", "codec": "webm"})
+        for i, chunk in enumerate(chunks, 1):
+            await client.send(
+                {"t": "media", "seq": i, "track": 0, "pts": i * 1000, "key": i == 1, "data": chunk}
+            )
+        await client.wait_ack(len(chunks))
+        await spooled_segments(http, proc, sid, 1)  # the replay starts after a cut: mid-stream
+        assert await proc.stop(signal.SIGKILL) == -signal.SIGKILL
+        server = await server_factory(
+            data_dir=proc.data_dir, recorder={"segment_target_s": SEGMENT_S}
+        )
+        assert sid in server.app[SESSIONS].sessions  # type: ignore[index]
+        await event(http, server, "EVENT_TYPE_END", sid)
