@@ -52,7 +52,6 @@ class RecorderStats:
     frames_in: int = 0
     bytes_in: int = 0
     segments: int = 0
-    dropped_paused: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,11 +147,6 @@ class SessionRecorder:
     def key_mp4(self) -> str:
         """Object key of the session's MP4."""
         return f"{self.key_prefix}{self.session_id}.mp4"
-
-    @property
-    def duration_s(self) -> float:
-        """Media time in closed segments, paused time excluded."""
-        return self._playlist.duration_s
 
     # lifecycle -------------------------------------------------------------------------
 
@@ -388,7 +382,6 @@ class SessionRecorder:
                 _, seq, track, pts, dts, key, arrival, data = item
                 acked = seq
                 if self.paused:
-                    self.stats.dropped_paused += 1
                     continue
                 try:
                     self._media_sync(seq, track, pts, dts, key, arrival, data)

@@ -69,6 +69,7 @@ class LiveSession:
     conn: Connection | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     last_activity: float = field(default_factory=time.monotonic)  # for the idle reaper
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def session_id(self) -> str:
@@ -124,7 +125,6 @@ class SessionManager:
         self._closed = False
         self._reaper: asyncio.Task[None] | None = None
         self._closing: set[asyncio.Task[None]] = set()
-        self._end_waiters: dict[str, list[asyncio.Future[None]]] = {}
 
     # lifecycle ---------------------------------------------------------------------------
 
@@ -201,14 +201,14 @@ class SessionManager:
                         await self.process_event(live.row.customer_id, live.row.profile_id, end)
                     except SessionError as exc:  # ended meanwhile by a client
                         log.info("idle end skipped: %s", exc, extra={"session_id": live.session_id})
+                    except Exception:  # the reaper must outlive one session's trouble
+                        log.exception("idle end failed", extra={"session_id": live.session_id})
 
     async def wait_ended(self, session_id: str, timeout: float | None = None) -> None:
         """Wait until the session has ended (END event or idle end)."""
-        if session_id not in self.sessions:
-            return
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._end_waiters.setdefault(session_id, []).append(fut)
-        await asyncio.wait_for(fut, timeout)
+        live = self.sessions.get(session_id)
+        if live is not None:
+            await asyncio.wait_for(live.ended.wait(), timeout)
 
     async def _ack(self, live: LiveSession, seq: int) -> None:
         live.last_activity = time.monotonic()
@@ -267,9 +267,7 @@ class SessionManager:
             live.last_activity = time.monotonic()
             if after is SessionState.ENDED:
                 self.sessions.pop(live.session_id, None)
-                for fut in self._end_waiters.pop(live.session_id, []):
-                    if not fut.done():
-                        fut.set_result(None)
+                live.ended.set()
                 if live.conn is not None:
                     await live.conn.close(CloseCode.NORMAL, "session ended")
                     live.conn = None

@@ -29,7 +29,8 @@ class WsConnection:
         self.ids = ids
         self.session: LiveSession | None = None
         self._send_lock = asyncio.Lock()
-        self._closed = asyncio.Event()
+        self._closing = False  # a close of ours has started
+        self._closed = asyncio.Event()  # ...and finished
         self._ack_seq = 0
         self._ack_wanted = asyncio.Event()
         self._ack_task: asyncio.Task[None] | None = None
@@ -74,6 +75,7 @@ class WsConnection:
         """Close with a protocol close code and reason (from any task)."""
         if self.ws.closed:
             return
+        self._closing = True
         try:
             with contextlib.suppress(ConnectionError, RuntimeError):
                 await self.ws.close(code=int(code), message=reason.encode()[:120])
@@ -89,8 +91,9 @@ class WsConnection:
                 await task
 
     async def wait_closed(self) -> None:
-        """Wait until a close started by any task has finished its handshake."""
-        if self.ws.closed:
+        """Wait until a close we started (in any task) has finished its handshake; a close
+        the peer started needs no wait."""
+        if self._closing:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._closed.wait(), CLOSE_HANDSHAKE_TIMEOUT_S)
 
