@@ -18,6 +18,9 @@ DURATION_TOLERANCE_S = (
     SEGMENT_S  # the bound: media sent minus paused time, within one segment
 )
 
+OPUS_FRAME, AAC_FRAME = 960, 1024  # samples per frame at 48 kHz
+AAC_FRAMES_SLACK = 2  # encoder priming and the partial last frame
+
 pytestmark = pytest.mark.slow
 
 
@@ -157,10 +160,20 @@ async def test_reconnect_loses_no_frame(server_factory: Any, tmp_path: Path) -> 
         assert last == len(clip.frames)
         await event(http, server, "EVENT_TYPE_RECONNECT", sid)
         await event(http, server, "EVENT_TYPE_END", sid)
-        _, mp4 = await fetch_recording(server, sid, tmp_path)
+        playlist, mp4 = await fetch_recording(server, sid, tmp_path)
+        async with http.get(server.url + "/metrics") as resp:
+            metrics = dict(
+                line.split(" ", 1) for line in (await resp.text()).splitlines() if line[:1] != "#"
+            )
     video, audio = await asyncio.to_thread(count_frames, mp4)
     assert video == clip.video_frames
-    assert audio >= clip.audio_frames * 0.9  # Opus→AAC re-frames audio (20 ms in, 21.3 ms out)
+    # Opus→AAC re-frames the audio: 960-sample frames in, 1024-sample frames out
+    assert abs(audio - clip.audio_frames * OPUS_FRAME / AAC_FRAME) <= AAC_FRAMES_SLACK
+    # every frame counted once though many were sent twice
+    assert int(metrics["reelhouse_frames_in_total"]) == len(clip.frames)
+    assert int(metrics["reelhouse_bytes_in_total"]) == sum(len(f.data) for f in clip.frames)
+    segments = playlist.read_text().count("#EXTINF")
+    assert int(metrics["reelhouse_segments_written_total"]) == segments
 
 
 async def test_webm_chunks_over_the_socket(server_factory: Any, tmp_path: Path) -> None:
