@@ -7,6 +7,7 @@ import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from pathlib import Path
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -15,17 +16,30 @@ from ingest.errors import RpcCode, SessionError
 from ingest.sessions import SessionManager
 from ingest.wal import Wal
 from ingest.ws import IngestHandler
-from storage.errors import StorageError
+from storage.errors import StorageError, StoreRefused
 from storage.meta_sqlite import SqliteMetaStore
-from storage.objects import ObjectInfo
+from storage.objects import ObjectInfo, ObjectStore
 from storage.objects_local import LocalObjectStore
 from storage.presign import UrlSigner
+from storage.registry import StoreRegistry
+from storage.s3 import S3ObjectStore
 from storage.spool import Spool, SpoolItem
 
 from . import metrics, objects_route, screen_recording
 from .auth import ApiKeys, load_or_create_credentials
 from .errors import rpc_error, rpc_status
-from .keys import API_KEYS, INGEST, META, SESSIONS, SETTINGS, SIGNER, SPOOL, STORE
+from .keys import (
+    API_KEYS,
+    INGEST,
+    META,
+    SESSIONS,
+    SETTINGS,
+    SIGNER,
+    SPOOL,
+    STORE,
+    STORES,
+    UPLOAD_LATENCY,
+)
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -142,11 +156,36 @@ async def metrics_handler(request: web.Request) -> web.Response:
                 "Failed upload attempts.",
                 spool.upload_failures_total,
             ),
+            (
+                "reelhouse_upload_oldest_pending_seconds",
+                "gauge",
+                "Age of the oldest file waiting for its upload (0 when none).",
+                round(spool.oldest_pending_s(), 3),
+            ),
+            ("reelhouse_spool_full", "gauge", "1 while the spool refuses new files.", spool.full),
         ]
     )
+    text += app[UPLOAD_LATENCY].render()
     resp = web.Response(text=text)
     resp.headers["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8"
     return resp
+
+
+async def _default_store(settings: Settings, data: Path, signer: UrlSigner) -> ObjectStore:
+    """The server-wide store; a wrong bucket or key stops the start, an outage does not."""
+    if settings.storage.backend == "local":
+        return LocalObjectStore(data / "objects", signer)
+    store = S3ObjectStore(settings.storage.s3_config())
+    if settings.storage.check_on_start:
+        try:
+            await store.check()
+        except StoreRefused:
+            await store.aclose()
+            raise
+        except StorageError as exc:  # files wait in the spool until it answers
+            log.error("default object store not reachable at start: %s", exc)
+    log.info("default object store: %s", store.config.describe())
+    return store
 
 
 async def _services(app: web.Application) -> AsyncIterator[None]:
@@ -156,18 +195,26 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     api_key = settings.auth.api_key or creds["api_key"]
     if created and not settings.auth.api_key:
         log.info("created development credentials in %s", data / "credentials.json")
-    meta = SqliteMetaStore(data / META_FILE)
-    await meta.open()
     # relative URLs: the API puts the public origin in front (the bound port may be 0 here)
     signer = UrlSigner(creds["signing_secret"].encode(), "")
-    store = LocalObjectStore(data / "objects", signer)
+    store = await _default_store(settings, data, signer)  # first: it may refuse to start
+    meta = SqliteMetaStore(data / META_FILE)
+    await meta.open()
+    stores = StoreRegistry(data / "stores", store, settings.storage.tuning())
+    await stores.start()
+    latency = metrics.Histogram(
+        "reelhouse_upload_latency_seconds",
+        "From a file entering the spool to the object store confirming it.",
+        metrics.LATENCY_BUCKETS_S,
+    )
 
     async def uploaded(item: SpoolItem, info: ObjectInfo, latency_s: float) -> None:
+        latency.observe(latency_s)
         await meta.mark_uploaded(item.key, datetime.now(UTC))
 
     spool = Spool(
         data / "spool",
-        lambda store_id: store,
+        stores.resolve,
         max_bytes=settings.spool.max_bytes,
         workers=settings.spool.upload_workers,
         retry_base_s=settings.spool.retry_base_s,
@@ -190,6 +237,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     keys = ApiKeys(api_key, meta)
     app[META], app[STORE], app[SPOOL], app[SIGNER] = meta, store, spool, signer
     app[API_KEYS], app[SESSIONS] = keys, manager
+    app[STORES], app[UPLOAD_LATENCY] = stores, latency
     app[INGEST] = IngestHandler(manager, settings.ingest, keys.check)
     await manager.start()
     try:
@@ -198,6 +246,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         await app[INGEST].aclose()
         await manager.aclose()
         await spool.aclose()
+        await stores.aclose()
         await asyncio.to_thread(executor.shutdown, True)
         await store.aclose()
         await meta.aclose()

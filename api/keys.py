@@ -9,9 +9,11 @@ from ingest.ws import IngestHandler
 from storage.meta import MetaStore
 from storage.objects import ObjectStore
 from storage.presign import UrlSigner
+from storage.registry import StoreRegistry
 from storage.spool import Spool
 
 from .auth import ApiKeys
+from .metrics import Histogram
 from .settings import Settings
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -22,3 +24,5 @@ SIGNER = web.AppKey("signer", UrlSigner)
 API_KEYS = web.AppKey("api_keys", ApiKeys)
 SESSIONS = web.AppKey("sessions", SessionManager)
 INGEST = web.AppKey("ingest", IngestHandler)
+STORES = web.AppKey("stores", StoreRegistry)
+UPLOAD_LATENCY = web.AppKey("upload_latency", Histogram)

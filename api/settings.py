@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ingest.config import IngestSettings, RecorderSettings
+from storage.settings import StorageSettings
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
@@ -57,9 +58,10 @@ class Settings:
     ingest: IngestSettings = field(default_factory=IngestSettings)
     recorder: RecorderSettings = field(default_factory=RecorderSettings)
     spool: SpoolSettings = field(default_factory=SpoolSettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
 
 
-_SECTIONS = ("http", "auth", "ingest", "recorder", "spool")
+_SECTIONS = ("http", "auth", "ingest", "recorder", "spool", "storage")
 
 
 def _coerce(value: Any, to: Any, name: str) -> Any:

@@ -56,11 +56,14 @@ def temp_path_for(dest: Path) -> Path:
     return dest.with_name(f"{TEMP_PREFIX}{dest.name}.{uuid.uuid4().hex}")
 
 
-def write_atomic(dest: Path, data: bytes) -> None:
-    """Replace ``dest`` with ``data`` so that a crash leaves either the old or the new content."""
+def write_atomic(dest: Path, data: bytes, mode: int = 0o666) -> None:
+    """Replace ``dest`` with ``data`` so that a crash leaves either the old or the new content.
+
+    ``mode`` (less the umask) is set from the start: a secret is never readable by others.
+    """
     tmp = temp_path_for(dest)
     try:
-        with open(tmp, "wb") as f:
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

@@ -8,6 +8,10 @@ class StorageError(Exception):
 
     status: int = 500
 
+    def __init__(self, message: str = "", *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code  # the store's own error code where it gave one ("NoSuchBucket", ...)
+
 
 class ObjectNotFound(StorageError, FileNotFoundError):
     """The key is not in the object store."""
@@ -31,6 +35,16 @@ class SpoolFull(StorageError, OSError):
     """The spool reached its size cap and the configured policy refuses new files."""
 
     status = 507
+
+
+class StorageConfigError(StorageError, ValueError):
+    """A storage configuration (the API's ``storageConfig``) is not valid; ``field`` names it."""
+
+    status = 400
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"storageConfig.{field}: {message}", code="InvalidStorageConfig")
+        self.field = field
 
 
 class MetaConflict(StorageError, ValueError):

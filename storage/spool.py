@@ -113,6 +113,18 @@ class Spool:
         """Bytes held in the spool (including adds in progress)."""
         return self._bytes
 
+    @property
+    def full(self) -> int:
+        """1 while the spool refuses new files (an add was refused and none fitted since)."""
+        return int(self._full_logged or self._bytes >= self.max_bytes)
+
+    def oldest_pending_s(self) -> float:
+        """Seconds the oldest queued file has waited for its upload; 0 when none waits."""
+        heads = [state.queue[0][1].added_at for state in self._groups.values() if state.queue]
+        if not heads:
+            return 0.0
+        return max(0.0, (datetime.now(UTC) - min(heads)).total_seconds())
+
     # lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:

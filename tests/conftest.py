@@ -2,21 +2,47 @@
 
 from __future__ import annotations
 
+import re
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from blockbuster import BlockBuster, blockbuster_ctx
+from s3server import SeaweedS3
 
 PROJECT_PACKAGES = ["api", "ingest", "mixer", "storage"]
+# botocore stats a few model files that do not exist each time a client is built (a miss is
+# not cached); microseconds, once per store. Everything it reads is loaded off the loop first
+# (storage.s3.warm_up).
+BOTOCORE_LOADER_STATS = {"_potential_locations", "load_data_with_path", "list_available_services"}
 
 
 @pytest.fixture(autouse=True)
 def blockbuster() -> Iterator[BlockBuster]:
     """Fail any test in which our code makes a blocking call on the event loop thread."""
     with blockbuster_ctx(PROJECT_PACKAGES) as bb:
+        for name in ("os.stat", "os.listdir", "os.scandir"):
+            if name in bb.functions:
+                bb.functions[name].can_block_in("botocore/loaders.py", BOTOCORE_LOADER_STATS)
         yield bb
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
+    """One real S3 server (SeaweedFS on loopback) for the whole test session."""
+    server = SeaweedS3(tmp_path_factory.mktemp("seaweedfs"))
+    server.start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def s3_bucket(s3: SeaweedS3, request: pytest.FixtureRequest) -> str:
+    """A fresh bucket on the session's S3 server, named after the test."""
+    name = "t-" + re.sub(r"[^a-z0-9]+", "-", request.node.name.lower())[:40].strip("-")
+    return s3.create_bucket(f"{name}-{uuid.uuid4().hex[:8]}")
 
 
 @dataclass

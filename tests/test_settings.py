@@ -161,8 +161,30 @@ def test_unknown_section_is_a_clear_error(tmp_path: Path) -> None:
     path = _toml(tmp_path, "[database]\nurl = 'x'\n")
     with pytest.raises(ValueError, match=r"unknown setting 'database'"):
         load_settings(path, env={})
-    with pytest.raises(ValueError, match=r"unknown setting 'storage'"):
-        load_settings(env={"REELHOUSE_STORAGE__BUCKET": "b"})
+    with pytest.raises(ValueError, match=r"unknown setting 'objects'"):
+        load_settings(env={"REELHOUSE_OBJECTS__BUCKET": "b"})
+
+
+def test_storage_section_from_env_and_its_checks(tmp_path: Path) -> None:
+    env = {
+        "REELHOUSE_STORAGE__BACKEND": "s3",
+        "REELHOUSE_STORAGE__BUCKET": "recordings",
+        "REELHOUSE_STORAGE__ENDPOINT_URL": "http://127.0.0.1:9000",
+        "REELHOUSE_STORAGE__ADDRESSING_STYLE": "path",
+        "REELHOUSE_STORAGE__MULTIPART_PART_BYTES": str(6 * 1024**2),
+    }
+    s3 = load_settings(env=env).storage.s3_config()
+    assert (s3.bucket, s3.endpoint_url, s3.addressing_style) == (
+        "recordings",
+        "http://127.0.0.1:9000",
+        "path",
+    )
+    assert s3.multipart_part_bytes == 6 * 1024**2 and s3.secret_key == ""
+    with pytest.raises(ValueError, match="storage.backend must be one of"):
+        load_settings(env={"REELHOUSE_STORAGE__BACKEND": "ftp"})
+    no_bucket = load_settings(env={"REELHOUSE_STORAGE__BACKEND": "s3"}).storage
+    with pytest.raises(ValueError, match="storage.bucket is required"):
+        no_bucket.s3_config()
 
 
 def test_section_must_be_a_table(tmp_path: Path) -> None:

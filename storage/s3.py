@@ -1,0 +1,457 @@
+"""The S3 object store on aioboto3: Amazon S3 and every S3-compatible service.
+
+One client per store, opened on first use and kept: botocore builds a client from JSON
+models on disk, so the first build of the process is done in a worker thread
+(:func:`warm_up`) and later builds only hit its caches. Errors are mapped onto the storage
+layer's three kinds: ``ObjectNotFound``; ``StoreRefused`` when the service answered no
+(wrong keys, missing bucket, policy: the bucket owner's problem, retrying will not help);
+``StoreUnavailable`` when it could not be reached or failed on its side (retry later).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+import os
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aioboto3
+import aiohttp
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from .errors import ObjectNotFound, StorageError, StoreRefused, StoreUnavailable
+from .objects import DEFAULT_CHUNK_BYTES, DEFAULT_PRESIGN_EXPIRY_S, ObjectInfo, content_type_for
+from .objects_local import validate_key
+from .presign import MAX_EXPIRY_S
+
+log = logging.getLogger(__name__)
+
+MIN_PART_BYTES = 5 * 1024**2  # S3's floor for every part but the last
+MAX_PARTS = 10_000  # S3's ceiling on parts per upload
+ADDRESSING_STYLES = ("auto", "path", "virtual")
+SSE_MODES = ("AES256", "aws:kms")
+CHECK_KEY = ".reelhouse-write-check"  # probe object when credentials may write but not list
+
+# error codes that mean "the service is in trouble", not "the request is wrong"
+_TRANSIENT_CODES = frozenset(
+    {
+        "InternalError",
+        "ServiceUnavailable",
+        "SlowDown",
+        "RequestTimeout",
+        "RequestTimeTooSkewed",
+        "OperationAborted",
+        "ThrottlingException",
+    }
+)
+_NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
+# what an operator reads for the refusals users make most
+_REFUSAL_HINTS = {
+    "NoSuchBucket": "the bucket does not exist",
+    "InvalidAccessKeyId": "the access key is not known to the storage service",
+    "SignatureDoesNotMatch": "the secret key does not match the access key",
+    "AccessDenied": "the credentials may not do this on the bucket",
+    "ExpiredToken": "the STS token has expired",
+    "InvalidToken": "the STS token is not valid",
+    "InvalidBucketName": "the bucket name is not valid",
+    "AllAccessDisabled": "all access to the bucket is disabled",
+    "403": "the credentials were refused",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class S3Config:
+    """Where and how to reach one bucket; ``prefix`` is put before every key."""
+
+    bucket: str
+    region: str = "us-east-1"
+    endpoint_url: str | None = None  # None: the AWS endpoint of ``region``
+    access_key: str = ""  # empty: botocore's usual chain (env, instance role, ...)
+    secret_key: str = field(default="", repr=False)
+    session_token: str | None = field(default=None, repr=False)
+    session_expiration: int | None = None  # unix seconds after which the token is dead
+    addressing_style: str = "auto"
+    prefix: str = ""  # "dir1/dir2/": keys are stored as prefix + key
+    sse: str | None = None  # "AES256" or "aws:kms"
+    tagging: str | None = None  # URL-encoded "k=v&k2=v2", applied to every object
+    multipart_threshold_bytes: int = 16 * 1024**2
+    multipart_part_bytes: int = 8 * 1024**2
+    multipart_concurrency: int = 4
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 30.0
+    max_attempts: int = 2  # botocore's own retries; the spool retries on top with backoff
+    max_pool_connections: int = 32
+
+    def __post_init__(self) -> None:
+        if not self.bucket:
+            raise ValueError("S3 bucket must not be empty")
+        if self.addressing_style not in ADDRESSING_STYLES:
+            raise ValueError(f"addressing_style must be one of {ADDRESSING_STYLES}")
+        if self.sse is not None and self.sse not in SSE_MODES:
+            raise ValueError(f"sse must be one of {SSE_MODES}")
+        if self.prefix and (self.prefix.startswith("/") or not self.prefix.endswith("/")):
+            raise ValueError("prefix must not start with '/' and must end with '/'")
+        if self.multipart_part_bytes < MIN_PART_BYTES:
+            raise ValueError(f"multipart_part_bytes must be at least {MIN_PART_BYTES}")
+        if self.multipart_threshold_bytes < self.multipart_part_bytes:
+            raise ValueError("multipart_threshold_bytes must be at least multipart_part_bytes")
+        if self.multipart_concurrency < 1 or self.max_attempts < 1:
+            raise ValueError("multipart_concurrency and max_attempts must be at least 1")
+
+    def describe(self) -> str:
+        """Where this store writes, for logs and errors (never the secrets)."""
+        where = self.endpoint_url or f"aws:{self.region}"
+        return f"s3://{self.bucket}/{self.prefix} at {where}"
+
+
+# client construction ---------------------------------------------------------------------
+
+_session: aioboto3.Session | None = None
+
+
+def _build_session() -> aioboto3.Session:
+    """A session with what botocore reads from disk to build an S3 client already loaded."""
+    session = aioboto3.Session()
+    core = session._session  # the aiobotocore session aioboto3 wraps
+    for module in ("s3transfer.manager", "aioboto3.s3.inject", "aiobotocore.httpsession"):
+        importlib.import_module(module)  # imported lazily at client build otherwise
+    core.get_scoped_config()  # reads ~/.aws/config once
+    core._get_internal_component("endpoint_resolver")
+    loader = core.get_component("data_loader")
+    for name in ("sdk-default-configuration", "partitions", "_retry"):
+        loader.load_data(name)
+    for type_name in ("service-2", "endpoint-rule-set-1", "paginators-1"):
+        loader.load_service_model("s3", type_name)
+    return session
+
+
+async def warm_up() -> aioboto3.Session:
+    """The process's shared session, its disk reads done once in a worker thread."""
+    global _session
+    if _session is None:  # two racing first calls both build one: harmless, and no lock
+        _session = await asyncio.to_thread(_build_session)  # to outlive an event loop
+    return _session
+
+
+def _map_error(exc: BaseException, what: str, config: S3Config) -> StorageError:
+    """One storage error for any failure of the S3 client."""
+    if isinstance(exc, StorageError):
+        return exc
+    where = config.describe()
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code") or "")
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        message = str(error.get("Message") or code)
+        if code in _NOT_FOUND_CODES or (status == 404 and code != "NoSuchBucket"):
+            return ObjectNotFound(f"{what}: not found in {where}", code="NoSuchKey")
+        if code in _TRANSIENT_CODES or status >= 500:
+            return StoreUnavailable(f"{what}: {where} failed: {code} {message}", code=code)
+        hint = _REFUSAL_HINTS.get(code, message)
+        return StoreRefused(f"{what}: {where} refused: {code}: {hint}", code=code or str(status))
+    if isinstance(exc, BotoCoreError | aiohttp.ClientError | OSError | TimeoutError):
+        return StoreUnavailable(f"{what}: {where} unreachable: {exc}", code="Unreachable")
+    return StoreUnavailable(f"{what}: {where} failed: {exc!r}", code=type(exc).__name__)
+
+
+class S3ObjectStore:
+    """An ``ObjectStore`` on one bucket (and key prefix) of an S3-compatible service."""
+
+    name = "s3"
+
+    def __init__(self, config: S3Config) -> None:
+        self.config = config
+        self._client: Any = None
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._open_lock = asyncio.Lock()
+        self._closed = False
+
+    # lifecycle ---------------------------------------------------------------------------
+
+    async def _get_client(self) -> Any:
+        if self._client is not None:
+            return self._client
+        async with self._open_lock:
+            if self._closed:
+                raise StoreUnavailable(f"store for {self.config.describe()} is closed")
+            if self._client is None:
+                session = await warm_up()
+                cfg = self.config
+                stack = contextlib.AsyncExitStack()
+                self._client = await stack.enter_async_context(
+                    session.client(
+                        "s3",
+                        region_name=cfg.region,
+                        endpoint_url=cfg.endpoint_url,
+                        aws_access_key_id=cfg.access_key or None,
+                        aws_secret_access_key=cfg.secret_key or None,
+                        aws_session_token=cfg.session_token,
+                        config=Config(
+                            signature_version="s3v4",
+                            s3={"addressing_style": cfg.addressing_style},
+                            connect_timeout=cfg.connect_timeout_s,
+                            read_timeout=cfg.read_timeout_s,
+                            retries={"max_attempts": cfg.max_attempts, "mode": "standard"},
+                            max_pool_connections=cfg.max_pool_connections,
+                        ),
+                    )
+                )
+                self._stack = stack
+        return self._client
+
+    async def aclose(self) -> None:
+        """Close the client's connections; calling it twice is harmless."""
+        async with self._open_lock:
+            self._closed = True
+            stack, self._stack, self._client = self._stack, None, None
+        if stack is not None:
+            await stack.aclose()
+
+    def _key(self, key: str) -> str:
+        return self.config.prefix + validate_key(key)
+
+    def _check_token(self, what: str) -> None:
+        expiry = self.config.session_expiration
+        if expiry is not None and datetime.now(UTC).timestamp() >= expiry:
+            raise StoreRefused(
+                f"{what}: the STS token for {self.config.describe()} expired at "
+                f"{datetime.fromtimestamp(expiry, UTC).isoformat()}; send a new one",
+                code="ExpiredToken",
+            )
+
+    def _put_extra(self, content_type: str) -> dict[str, str]:
+        extra = {"ContentType": content_type}
+        if self.config.sse is not None:
+            extra["ServerSideEncryption"] = self.config.sse
+        if self.config.tagging:
+            extra["Tagging"] = self.config.tagging
+        return extra
+
+    async def check(self) -> None:
+        """Prove the bucket exists and the credentials may write to it, or raise.
+
+        Listing answers for bucket and credentials at once; credentials that may write but
+        not list (a common least-privilege policy for recorders) are proved with a probe
+        object instead, deleted right after where the policy allows.
+        """
+        self._check_token("check")
+        try:
+            client = await self._get_client()
+            await client.list_objects_v2(
+                Bucket=self.config.bucket, Prefix=self.config.prefix, MaxKeys=1
+            )
+            return
+        except Exception as exc:
+            error = _map_error(exc, "check", self.config)
+            if error.code != "AccessDenied":
+                raise error from exc
+        probe = self.config.prefix + CHECK_KEY
+        try:
+            await client.put_object(
+                Bucket=self.config.bucket,
+                Key=probe,
+                Body=b"",
+                **self._put_extra("application/octet-stream"),
+            )
+        except Exception as exc:
+            raise _map_error(exc, "check (write)", self.config) from exc
+        with contextlib.suppress(Exception):
+            await client.delete_object(Bucket=self.config.bucket, Key=probe)
+
+    # the ObjectStore protocol -------------------------------------------------------------
+
+    async def put_file(self, key: str, path: Path, content_type: str | None = None) -> ObjectInfo:
+        """Upload the file at ``path``; multipart past ``multipart_threshold_bytes``."""
+        full = self._key(key)
+        ctype = content_type or content_type_for(key)
+        self._check_token(f"put {key}")
+        try:
+            size = (await asyncio.to_thread(os.stat, path)).st_size
+        except FileNotFoundError:
+            raise StoreRefused(f"put {key}: source file {path} is missing") from None
+        try:
+            if size > self.config.multipart_threshold_bytes:
+                etag = await self._put_multipart(full, path, size, ctype)
+            else:
+                data = await asyncio.to_thread(path.read_bytes)
+                client = await self._get_client()
+                resp = await client.put_object(
+                    Bucket=self.config.bucket, Key=full, Body=data, **self._put_extra(ctype)
+                )
+                etag = str(resp.get("ETag", "")).strip('"')
+        except Exception as exc:
+            raise _map_error(exc, f"put {key}", self.config) from exc
+        return ObjectInfo(key, size, ctype, etag, datetime.now(UTC))
+
+    async def _put_multipart(self, full: str, path: Path, size: int, ctype: str) -> str:
+        client = await self._get_client()
+        bucket = self.config.bucket
+        part_bytes = max(self.config.multipart_part_bytes, -(-size // MAX_PARTS))
+        created = await client.create_multipart_upload(
+            Bucket=bucket, Key=full, **self._put_extra(ctype)
+        )
+        upload_id = created["UploadId"]
+        parts: dict[int, str] = {}
+        offsets = list(range(0, size, part_bytes))
+        gate = asyncio.Semaphore(self.config.multipart_concurrency)
+
+        def read_part(offset: int) -> bytes:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                return f.read(part_bytes)
+
+        async def upload(number: int, offset: int) -> None:
+            async with gate:  # at most this many parts in memory at once
+                body = await asyncio.to_thread(read_part, offset)
+                resp = await client.upload_part(
+                    Bucket=bucket, Key=full, UploadId=upload_id, PartNumber=number, Body=body
+                )
+                parts[number] = str(resp["ETag"])
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                for number, offset in enumerate(offsets, start=1):
+                    group.create_task(upload(number, offset))
+            done = await client.complete_multipart_upload(
+                Bucket=bucket,
+                Key=full,
+                UploadId=upload_id,
+                MultipartUpload={
+                    "Parts": [{"PartNumber": n, "ETag": parts[n]} for n in sorted(parts)]
+                },
+            )
+        except BaseException as exc:
+            # parts of an unfinished upload are billed until aborted
+            with contextlib.suppress(Exception):
+                await client.abort_multipart_upload(Bucket=bucket, Key=full, UploadId=upload_id)
+            if isinstance(exc, BaseExceptionGroup):
+                raise exc.exceptions[0] from exc
+            raise
+        return str(done.get("ETag", "")).strip('"')
+
+    async def put_bytes(self, key: str, data: bytes, content_type: str | None = None) -> ObjectInfo:
+        """Upload ``data`` in one request."""
+        full = self._key(key)
+        ctype = content_type or content_type_for(key)
+        self._check_token(f"put {key}")
+        try:
+            client = await self._get_client()
+            resp = await client.put_object(
+                Bucket=self.config.bucket, Key=full, Body=data, **self._put_extra(ctype)
+            )
+        except Exception as exc:
+            raise _map_error(exc, f"put {key}", self.config) from exc
+        etag = str(resp.get("ETag", "")).strip('"')
+        return ObjectInfo(key, len(data), ctype, etag, datetime.now(UTC))
+
+    async def stream(
+        self, key: str, chunk_size: int = DEFAULT_CHUNK_BYTES
+    ) -> AsyncGenerator[bytes, None]:
+        """Yield the object's bytes as they arrive; one response held open while iterating."""
+        full = self._key(key)
+        try:
+            client = await self._get_client()
+            resp = await client.get_object(Bucket=self.config.bucket, Key=full)
+        except Exception as exc:
+            raise _map_error(exc, f"get {key}", self.config) from exc
+        body = resp["Body"]
+        try:
+            while True:
+                try:
+                    chunk = await body.read(chunk_size)
+                except Exception as exc:
+                    raise _map_error(exc, f"get {key}", self.config) from exc
+                if not chunk:
+                    return
+                yield chunk
+        finally:
+            body.close()
+
+    async def get_bytes(self, key: str) -> bytes:
+        """The whole object in memory: for small objects only."""
+        return b"".join([chunk async for chunk in self.stream(key)])
+
+    async def head(self, key: str) -> ObjectInfo | None:
+        """The object's info, or ``None`` when there is no such key."""
+        full = self._key(key)
+        try:
+            client = await self._get_client()
+            resp = await client.head_object(Bucket=self.config.bucket, Key=full)
+        except Exception as exc:
+            error = _map_error(exc, f"head {key}", self.config)
+            if isinstance(error, ObjectNotFound):
+                return None
+            raise error from exc
+        return ObjectInfo(
+            key=key,
+            size=int(resp.get("ContentLength", 0)),
+            content_type=str(resp.get("ContentType") or content_type_for(key)),
+            etag=str(resp.get("ETag", "")).strip('"'),
+            modified=resp.get("LastModified") or datetime.now(UTC),
+        )
+
+    async def list(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
+        """Every object whose key starts with ``prefix``, in key order (pages as they come)."""
+        strip = len(self.config.prefix)
+        try:
+            client = await self._get_client()
+            paginator = client.get_paginator("list_objects_v2")
+            pages = paginator.paginate(
+                Bucket=self.config.bucket, Prefix=self.config.prefix + prefix
+            )
+            async for page in pages:
+                for entry in page.get("Contents", ()):
+                    key = str(entry["Key"])[strip:]
+                    if key == CHECK_KEY:
+                        continue
+                    yield ObjectInfo(
+                        key=key,
+                        size=int(entry.get("Size", 0)),
+                        content_type=content_type_for(key),  # listings carry no type
+                        etag=str(entry.get("ETag", "")).strip('"'),
+                        modified=entry.get("LastModified") or datetime.now(UTC),
+                    )
+        except StorageError:
+            raise
+        except Exception as exc:
+            raise _map_error(exc, f"list {prefix!r}", self.config) from exc
+
+    async def delete(self, key: str) -> None:
+        """Remove the object; deleting a missing key is not an error (S3 says so too)."""
+        full = self._key(key)
+        try:
+            client = await self._get_client()
+            await client.delete_object(Bucket=self.config.bucket, Key=full)
+        except Exception as exc:
+            error = _map_error(exc, f"delete {key}", self.config)
+            if not isinstance(error, ObjectNotFound):
+                raise error from exc
+
+    async def presigned_url(
+        self, key: str, method: str = "GET", expires_s: int = DEFAULT_PRESIGN_EXPIRY_S
+    ) -> str | None:
+        """A SigV4 URL granting GET or PUT on ``key`` for ``expires_s`` seconds."""
+        operations = {"GET": "get_object", "PUT": "put_object", "HEAD": "head_object"}
+        method = method.upper()
+        if method not in operations:
+            raise ValueError(f"presigned URLs are for {sorted(operations)}, not {method}")
+        if not 0 < expires_s <= MAX_EXPIRY_S:
+            raise ValueError(f"expires_s must be in 1..{MAX_EXPIRY_S}")
+        full = self._key(key)
+        try:
+            client = await self._get_client()
+            url = await client.generate_presigned_url(
+                operations[method],
+                Params={"Bucket": self.config.bucket, "Key": full},
+                ExpiresIn=expires_s,
+            )
+        except Exception as exc:
+            raise _map_error(exc, f"presign {key}", self.config) from exc
+        return str(url)
