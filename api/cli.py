@@ -15,6 +15,8 @@ from typing import Any
 
 from aiohttp import web
 
+from storage.errors import StorageError
+
 from .logs import setup_logging
 from .settings import load_settings
 
@@ -48,7 +50,12 @@ async def _serve(args: argparse.Namespace) -> int:
     creds, _ = await asyncio.to_thread(load_or_create_credentials, settings.data_dir)
     app = create_app(settings)
     runner = web.AppRunner(app, shutdown_timeout=settings.http.shutdown_timeout_s, access_log=None)
-    await runner.setup()
+    try:
+        await runner.setup()
+    except (StorageError, ValueError) as exc:  # a wrong bucket, key or setting: say which
+        print(f"reelhouse: cannot start: {exc}", file=sys.stderr, flush=True)
+        await runner.cleanup()
+        return 2
     site = web.TCPSite(runner, settings.http.host, settings.http.port)
     await site.start()
     host, port = runner.addresses[0][:2]

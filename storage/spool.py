@@ -386,6 +386,8 @@ class Spool:
                     exc,
                     extra=extra,
                 )
+                async with self._changed:
+                    self._changed.notify_all()  # waiters watching failures see this one
             if await self._backoff(item.attempts):
                 state.busy = False  # closing: leave the item on disk for the next start
                 return
@@ -440,6 +442,10 @@ class Spool:
     async def wait_group(self, group: str, timeout: float | None = None) -> bool:
         """Wait until ``group`` has nothing pending; false on timeout or when the spool closed."""
         return await self._wait(lambda: group not in self._groups, timeout)
+
+    async def wait_until(self, done: Callable[[], bool], timeout: float | None = None) -> bool:
+        """Wait until ``done()`` holds, checked whenever an item arrives or leaves."""
+        return await self._wait(done, timeout)
 
     async def _wait(self, done: Callable[[], bool], timeout: float | None) -> bool:
         async def until() -> None:

@@ -284,7 +284,7 @@ def parse_storage_config(obj: Any, *, now: float | None = None) -> StorageConfig
     tables = {1: AMAZON_REGIONS, 2: ALIBABA_REGIONS, 3: TENCENT_REGIONS}
     if vendor in tables and region not in tables[vendor]:
         raise StorageConfigError(
-            "region", f"{region} is not a {name} region number; one of {sorted(tables[vendor])}"
+            "region", f"{region} is not a region number of {name}; one of {sorted(tables[vendor])}"
         )
     if region < 0:
         raise StorageConfigError("region", "must not be negative")
