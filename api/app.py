@@ -151,6 +151,12 @@ async def metrics_handler(request: web.Request) -> web.Response:
                 spool.uploaded_total,
             ),
             (
+                "reelhouse_upload_bytes_total",
+                "counter",
+                "Bytes confirmed by the object store.",
+                spool.uploaded_bytes_total,
+            ),
+            (
                 "reelhouse_upload_failures_total",
                 "counter",
                 "Failed upload attempts.",

@@ -97,3 +97,9 @@ class Unavailable(SessionError):
     """The server cannot take the event now (shutting down, storage full)."""
 
     code = RpcCode.UNAVAILABLE
+
+
+class StorageBacklogFull(SessionError):
+    """The upload spool is full: sessions already recording go on, new ones must wait."""
+
+    code = RpcCode.RESOURCE_EXHAUSTED

@@ -10,6 +10,7 @@ that wrote it has fsync'd the WAL; after a crash the WAL rebuilds the open segme
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
@@ -43,6 +44,10 @@ SEGMENT_NAME = "index"
 KEEP_DIR = "keep"  # hard links of closed segments, for the MP4 built at END
 SPOOL_FULL_RETRY_MIN_S = 0.5
 SPOOL_FULL_RETRY_MAX_S = 10.0
+
+
+class _LeftToWal(Exception):
+    """A closed segment could not be spooled before the server stopped; the WAL keeps it."""
 
 
 @dataclass(slots=True)
@@ -137,6 +142,7 @@ class SessionRecorder:
         self._spooler: asyncio.Task[None] | None = None
         self._ack_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._closed = False
+        self._closing = asyncio.Event()  # wakes a spool-full retry when the server stops
 
     @property
     def key_playlist(self) -> str:
@@ -219,6 +225,7 @@ class SessionRecorder:
         if self._closed:
             return
         self._closed = True
+        self._closing.set()
         await self._drain()
         if self._writer is not None:
             await self._in_thread(self._writer.finish)  # releases files; the WAL has it all
@@ -359,8 +366,18 @@ class SessionRecorder:
 
     async def _spool_queued(self) -> None:
         while self._to_spool_queue:
-            seg, wal_file = self._to_spool_queue.pop(0)
-            await self._spool_segment(seg)
+            seg, wal_file = self._to_spool_queue[0]
+            try:
+                await self._spool_segment(seg)
+            except _LeftToWal:
+                log.warning(
+                    "stopping with the spool full: %d closed segments left to the WAL, "
+                    "rebuilt and spooled at the next start",
+                    len(self._to_spool_queue),
+                    extra={"session_id": self.session_id},
+                )
+                return
+            self._to_spool_queue.pop(0)
             self.wal_from = wal_file  # the WAL before this segment's successor is redundant
             self._pool.release_soon()
 
@@ -483,7 +500,8 @@ class SessionRecorder:
 
         The file stays where it is, safe on disk, and so do the WAL files behind it; frames
         are still acknowledged, so disk use grows past the spool's cap until uploads free
-        room. (Refusing new sessions when the disk runs low comes with the S3 issue.)
+        room, while new sessions are refused (``StorageBacklogFull``). A server stopping
+        meanwhile raises ``_LeftToWal``: the WAL rebuilds the file at the next start.
         """
         delay = SPOOL_FULL_RETRY_MIN_S
         while True:
@@ -496,8 +514,11 @@ class SessionRecorder:
                     args[0],
                     extra={"session_id": self.session_id},
                 )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, SPOOL_FULL_RETRY_MAX_S)
+            if self._closing.is_set():
+                raise _LeftToWal
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), delay)
+            delay = min(delay * 2, SPOOL_FULL_RETRY_MAX_S)
 
     async def _spool_playlist(self, *, end: bool) -> None:
         text = self._playlist.render(end=end).encode()

@@ -25,6 +25,7 @@ from .errors import (
     SessionError,
     SessionExists,
     SessionNotFound,
+    StorageBacklogFull,
     Unavailable,
 )
 from .events import CONTROL_ACTION, OPEN_STATES, EventType, SessionEvent, SessionState, next_state
@@ -284,6 +285,13 @@ class SessionManager:
         self, customer_id: str, profile_id: str, event: SessionEvent
     ) -> tuple[SessionEvent, SessionRow]:
         session_id = event.session_id or str(uuid.uuid4())
+        if self._spool.full:
+            # the sessions already recording keep their frames (the WAL holds them until the
+            # spool has room); a new one would only add to what is waiting
+            raise StorageBacklogFull(
+                "the upload backlog is full (the object store is down or slow); "
+                "START again once it drains"
+            )
         if session_id in self.sessions or await self._meta.get_session(session_id) is not None:
             raise SessionExists(f"session {session_id} already exists")
         now = datetime.now(UTC)

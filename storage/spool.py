@@ -101,6 +101,7 @@ class Spool:
         self._full_logged = False
         self._started = False
         self.uploaded_total = 0
+        self.uploaded_bytes_total = 0
         self.upload_failures_total = 0
 
     @property
@@ -289,6 +290,8 @@ class Spool:
                     *(self._bytes, size, self.max_bytes, key),
                     extra={"key": key, "session_id": group},
                 )
+            async with self._changed:
+                self._changed.notify_all()  # waiters watching ``full`` see the refusal
             raise SpoolFull(f"spool holds {self._bytes} bytes; {key} ({size} bytes) does not fit")
         self._bytes += size  # reserved before the await, so concurrent adds cannot overshoot
         item = SpoolItem(item_id, key, store_id, group, content_type, size, datetime.now(UTC))
@@ -411,6 +414,7 @@ class Spool:
         self._bytes -= item.size
         self._pending -= 1
         self.uploaded_total += 1
+        self.uploaded_bytes_total += item.size
         self._settle_group(group)
         async with self._changed:
             self._changed.notify_all()

@@ -1,0 +1,48 @@
+"""The spool's size cap, end to end: a session already recording keeps every acknowledged
+frame while closed segments wait; a new session is refused with RESOURCE_EXHAUSTED until the
+backlog drains."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+import pytest
+from media import encode_clip
+from recording import EVENT_PATH, start_session
+from wsclient import RawClient
+
+from api.keys import SPOOL
+
+pytestmark = pytest.mark.slow
+
+WAIT_S = 30.0
+
+
+async def test_full_spool_refuses_new_sessions_and_keeps_the_open_one(server_factory: Any) -> None:
+    # smaller than any segment: every closed segment is refused and waits where it was written
+    server = await server_factory(recorder={"segment_target_s": 1.0}, spool={"max_bytes": 2000})
+    spool = server.app[SPOOL]
+    clip = encode_clip("h264", duration_s=3.0, audio_codec="opus")
+    async with aiohttp.ClientSession() as http:
+        sid = await start_session(http, server, userId="agent")
+        client = RawClient(http, server.url)
+        await client.connect()
+        await client.hello(server.api_key, session_id=sid)
+        start = await client.wait_control("start")
+        await client.send({"t": "ack", "id": start["id"]})
+        await client.tracks("h264", "opus")
+        seq = 0
+        for frame in clip.frames:
+            seq = await client.media(frame)
+        await client.wait_ack(seq)  # the open session is acknowledged in full all the same
+        assert await spool.wait_until(lambda: bool(spool.full), WAIT_S)
+
+        body = {"sessionEvent": {"eventType": "EVENT_TYPE_START", "userId": "another"}}
+        async with http.post(server.url + EVENT_PATH, json=body, headers=server.auth) as resp:
+            out = await resp.json()
+        assert resp.status == 429, out
+        assert out["code"] == 8 and "upload backlog is full" in out["message"]
+        async with http.get(f"{server.url}/metrics") as resp:
+            assert "reelhouse_spool_full 1" in (await resp.text()).splitlines()
+        await client.close()
