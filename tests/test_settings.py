@@ -180,10 +180,10 @@ def test_storage_section_from_env_and_its_checks(tmp_path: Path) -> None:
         "path",
     )
     assert s3.multipart_part_bytes == 6 * 1024**2 and s3.secret_key == ""
-    with pytest.raises(ValueError, match="storage.backend must be one of"):
+    with pytest.raises(ValueError, match=r"storage\.backend must be one of"):
         load_settings(env={"REELHOUSE_STORAGE__BACKEND": "ftp"})
     no_bucket = load_settings(env={"REELHOUSE_STORAGE__BACKEND": "s3"}).storage
-    with pytest.raises(ValueError, match="storage.bucket is required"):
+    with pytest.raises(ValueError, match=r"storage\.bucket is required"):
         no_bucket.s3_config()
 
 

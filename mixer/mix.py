@@ -1,0 +1,598 @@
+"""The mix recorder: decoded tracks of many users in, one composited H.264 + AAC recording out.
+
+:class:`MixConfig` reads the cloud recording API's `transcodingConfig`, `audioProfile` and
+`recordingFileConfig`. :class:`MixSession` is the synchronous core (compositor, audio mixer,
+libx264, AAC, and the existing :class:`~mixer.hls.HlsWriter` for segments and playlist, plus
+MP4 parts remuxed from those segments by :func:`~mixer.mp4.build_mp4`). :class:`MixRecorder`
+runs a session on its own worker thread for asyncio callers.
+
+Time is driven by the timestamps callers pass (µs on any clock shared by all inputs): an
+output frame at time T is painted once every input has had `latency_us` past T to arrive, so
+inputs pushed slightly out of order across users still land in the right frame. Frames come
+out at the configured fps whatever the input rates; a caller with no input for a while (all
+users silent) calls `advance` with the wall clock to keep frames coming.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from enum import StrEnum
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiohttp
+import av
+from av.audio.frame import AudioFrame
+from av.video.codeccontext import VideoCodecContext
+from av.video.frame import PictureType, VideoFrame
+
+from mixer.audiomix import MIX_RATE_HZ, AacEncoder, AudioMixer, AudioProfile
+from mixer.compositor import Compositor, parse_color
+from mixer.errors import ConfigError
+from mixer.hls import HlsWriter
+from mixer.images import fetch_images
+from mixer.layout import TRANSCODING_FIELD, LayoutSpec, RenderMode, check_number
+from mixer.mp4 import Mp4Info, build_mp4
+from mixer.segmenter import DEFAULT_SEGMENT_TARGET_S, SegmentInfo
+from mixer.tracks import Codec, Kind, TrackSpec
+from mixer.transcode import X264_PRESET
+
+log = logging.getLogger(__name__)
+
+US_PER_S = 1_000_000
+MAX_CANVAS_PIXELS = 1920 * 1080
+MIN_CANVAS_SIDE = 16
+MAX_FPS = 60
+MAX_BITRATE_KBPS = 50_000
+# How long a painted frame waits for late input: covers jitter between users' pushes.
+MIX_LATENCY_US = 100_000
+MP4_MAX_DURATION_S = 2 * 3600.0  # "a new MP4 file ... exceeds ~2 hours or ~2 GB".
+MP4_MAX_BYTES = 2 * 1024**3
+X264_TUNE = "zerolatency"  # No lookahead, no B-frames: a live mix cannot wait for the future.
+# AVColorSpace/AVColorPrimaries/AVColorTransferCharacteristic 6 = SMPTE 170M (BT.601), range
+# 1 = limited: what the compositor's RGB to Y'CbCr matrix produces.
+BT601 = 6
+LIMITED_RANGE = 1
+VIDEO_TRACK, AUDIO_TRACK = 1, 2
+_T = TypeVar("_T")
+
+
+class FileType(StrEnum):
+    """`avFileType` entries."""
+
+    HLS = "hls"
+    MP4 = "mp4"
+
+
+@dataclass(frozen=True, slots=True)
+class UserBackground:
+    """One `backgroundConfig` entry: a user's image while their video is stale."""
+
+    uid: str
+    image_url: str
+    render_mode: RenderMode = RenderMode.CROP
+
+
+def _url(value: object, field: str) -> str:
+    if not isinstance(value, str) or not value.startswith(("http://", "https://")):
+        raise ConfigError(field, "must be an http or https URL")
+    return value
+
+
+def _backgrounds(raw: object, prefix: str) -> tuple[UserBackground, ...]:
+    if not isinstance(raw, list):
+        raise ConfigError(prefix, "must be an array")
+    out: list[UserBackground] = []
+    for i, obj in enumerate(raw):
+        at = f"{prefix}[{i}]"
+        if not isinstance(obj, Mapping):
+            raise ConfigError(at, "must be an object")
+        uid = obj.get("uid")
+        if not isinstance(uid, str) or not uid:
+            raise ConfigError(f"{at}.uid", "is required")
+        url = _url(obj.get("image_url"), f"{at}.image_url")
+        mode = obj.get("render_mode")
+        mode = 0 if mode is None else check_number(mode, f"{at}.render_mode", 0, 1, integer=True)
+        if any(b.uid == uid for b in out):
+            raise ConfigError(f"{at}.uid", "names a user twice")
+        out.append(UserBackground(uid, url, RenderMode(int(mode))))
+    return tuple(out)
+
+
+@dataclass(frozen=True, slots=True)
+class MixConfig:
+    """Everything a mix needs, with the cloud recording API's defaults."""
+
+    width: int = 360
+    height: int = 640
+    fps: int = 15
+    bitrate_kbps: int = 500
+    layout: LayoutSpec = field(default_factory=LayoutSpec)
+    background_color: str = "#000000"
+    background_image: str | None = None
+    default_user_background_image: str | None = None
+    user_backgrounds: tuple[UserBackground, ...] = ()
+    audio_profile: AudioProfile = AudioProfile.MONO_48K
+    file_types: frozenset[FileType] = frozenset({FileType.HLS})
+
+    def __post_init__(self) -> None:
+        prefix = TRANSCODING_FIELD
+        for name, value in (("width", self.width), ("height", self.height)):
+            check_number(
+                value, f"{prefix}.{name}", MIN_CANVAS_SIDE, MAX_CANVAS_PIXELS, integer=True
+            )
+            if value % 2:
+                raise ConfigError(f"{prefix}.{name}", "must be even (4:2:0 video)")
+        if self.width * self.height > MAX_CANVAS_PIXELS:
+            raise ConfigError(f"{prefix}.width", "width x height cannot exceed 1920 x 1080")
+        check_number(self.fps, f"{prefix}.fps", 1, MAX_FPS, integer=True)
+        check_number(self.bitrate_kbps, f"{prefix}.bitrate", 1, MAX_BITRATE_KBPS, integer=True)
+        parse_color(self.background_color, f"{prefix}.backgroundColor")
+        if FileType.HLS not in self.file_types:
+            raise ConfigError(
+                "clientRequest.recordingFileConfig.avFileType", '["mp4"] alone is not allowed'
+            )
+
+    @classmethod
+    def from_json(
+        cls,
+        transcoding: Mapping[str, Any] | None,
+        audio_profile: object = None,
+        recording_file: Mapping[str, Any] | None = None,
+    ) -> MixConfig:
+        """Validate the API's fields; ConfigError names the first bad one."""
+        prefix = TRANSCODING_FIELD
+        t: Mapping[str, Any] = transcoding or {}
+        if not isinstance(t, Mapping):
+            raise ConfigError(prefix, "must be an object")
+        sizes = {}
+        for name, default in (("width", 360), ("height", 640), ("fps", 15), ("bitrate", 500)):
+            value = t.get(name)
+            high = {"fps": MAX_FPS, "bitrate": MAX_BITRATE_KBPS}.get(name, MAX_CANVAS_PIXELS)
+            number = (
+                default
+                if value is None
+                else check_number(value, f"{prefix}.{name}", 1, high, integer=True)
+            )
+            sizes[name] = int(number)
+        color = t.get("backgroundColor")
+        images = {}
+        for name in ("backgroundImage", "defaultUserBackgroundImage"):
+            value = t.get(name)
+            images[name] = None if value is None else _url(value, f"{prefix}.{name}")
+        raw_bgs = t.get("backgroundConfig")
+        return cls(
+            width=sizes["width"],
+            height=sizes["height"],
+            fps=sizes["fps"],
+            bitrate_kbps=sizes["bitrate"],
+            layout=LayoutSpec.from_json(t, prefix),
+            background_color=parse_color(
+                "#000000" if color is None else color, f"{prefix}.backgroundColor"
+            ),
+            background_image=images["backgroundImage"],
+            default_user_background_image=images["defaultUserBackgroundImage"],
+            user_backgrounds=()
+            if raw_bgs is None
+            else _backgrounds(raw_bgs, f"{prefix}.backgroundConfig"),
+            audio_profile=AudioProfile.from_json(audio_profile),
+            file_types=_file_types(recording_file),
+        )
+
+
+def _file_types(recording_file: Mapping[str, Any] | None) -> frozenset[FileType]:
+    field = "clientRequest.recordingFileConfig.avFileType"
+    raw = (recording_file or {}).get("avFileType")
+    if raw is None:
+        return frozenset({FileType.HLS})
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError(field, 'must be ["hls"] or ["hls", "mp4"]')
+    try:
+        types = frozenset(FileType(v) for v in raw)
+    except ValueError as exc:
+        raise ConfigError(field, f"unknown file type in {raw!r}") from exc
+    if FileType.HLS not in types:
+        raise ConfigError(field, '["mp4"] alone is not allowed')
+    return types
+
+
+class _H264Encoder:
+    """libx264 at the mix's size, fps and bit rate; an IDR exactly every `gop` frames."""
+
+    def __init__(self, config: MixConfig, gop: int) -> None:
+        encoder = av.CodecContext.create("libx264", "w")
+        assert isinstance(encoder, VideoCodecContext)  # PyAV typing only.
+        encoder.width, encoder.height, encoder.pix_fmt = config.width, config.height, "yuv420p"
+        encoder.time_base = Fraction(1, config.fps)
+        encoder.framerate = Fraction(config.fps)
+        encoder.bit_rate = config.bitrate_kbps * 1000
+        encoder.gop_size = gop
+        encoder.max_b_frames = 0
+        encoder.thread_count = 1  # Many mixes per machine: one thread each is the cheapest.
+        encoder.colorspace = encoder.color_primaries = encoder.color_trc = BT601
+        encoder.color_range = LIMITED_RANGE
+        kbps = config.bitrate_kbps
+        encoder.options = {
+            "preset": X264_PRESET,
+            "tune": X264_TUNE,
+            "forced-idr": "1",
+            # Keyframes only where segments are cut, so every segment has the target length;
+            # a VBV cap keeps the bit rate near what was asked even on a cut.
+            "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0:"
+            f"vbv-maxrate={kbps}:vbv-bufsize={2 * kbps}",
+        }
+        self._encoder: VideoCodecContext | None = encoder
+        self._gop = gop
+
+    def encode(self, frame: VideoFrame | None, index: int = 0) -> list[av.Packet]:
+        """Encode output frame number `index` (None drains the encoder)."""
+        if self._encoder is None:
+            return []
+        if frame is not None:
+            frame.pts = index
+            frame.pict_type = PictureType.I if index % self._gop == 0 else PictureType.NONE
+        packets = self._encoder.encode(frame)
+        if frame is None:
+            self._encoder = None
+        return packets
+
+
+@dataclass(slots=True)
+class MixOutput:
+    """What a finished mix wrote."""
+
+    playlist: Path
+    segments: list[SegmentInfo]
+    mp4s: list[tuple[Path, Mp4Info]]
+    video_frames: int
+    dropped_video_frames: int = 0
+
+
+class MixSession:
+    """The mix, synchronous: push decoded frames with times, get finished segments back.
+
+    Not thread-safe: one thread at a time (MixRecorder gives it a worker thread of its own).
+    """
+
+    def __init__(
+        self,
+        config: MixConfig,
+        directory: Path,
+        *,
+        name: str = "mix",
+        segment_target_s: float = DEFAULT_SEGMENT_TARGET_S,
+        latency_us: int = MIX_LATENCY_US,
+        origin_us: int | None = None,
+        mp4_max_duration_s: float = MP4_MAX_DURATION_S,
+        mp4_max_bytes: int = MP4_MAX_BYTES,
+    ) -> None:
+        self.config = config
+        self._dir = Path(directory)
+        self._name = name
+        self._latency_us = latency_us
+        self.compositor = Compositor(
+            config.width, config.height, config.layout, background_color=config.background_color
+        )
+        self._mixer = AudioMixer(config.audio_profile)
+        self._aac = AacEncoder(config.audio_profile)
+        gop = max(1, round(config.fps * segment_target_s))
+        self._h264 = _H264Encoder(config, gop)
+        self._writer = HlsWriter(self._dir, target_segment_s=segment_target_s, name=name)
+        self._writer.add_track(
+            TrackSpec(VIDEO_TRACK, Kind.VIDEO, Codec.H264, config.width, config.height)
+        )
+        self._writer.add_track(
+            TrackSpec(
+                AUDIO_TRACK,
+                Kind.AUDIO,
+                Codec.AAC,
+                sample_rate=MIX_RATE_HZ,
+                channels=config.audio_profile.channels,
+            )
+        )
+        self._origin_us = origin_us
+        if origin_us is not None:
+            self._mixer.origin_us = origin_us
+        self._clock_us: int | None = None
+        self._frames = 0  # Output frames painted so far (the next one's index).
+        # Joins, leaves and layout changes, applied at their time on the output timeline.
+        self._events: list[tuple[int, int, Callable[[], None]]] = []
+        self._event_seq = itertools.count()
+        self._mp4_max_s, self._mp4_max_bytes = mp4_max_duration_s, mp4_max_bytes
+        self._mp4_part: list[SegmentInfo] = []
+        self.segments: list[SegmentInfo] = []
+        self.mp4s: list[tuple[Path, Mp4Info]] = []
+        self._finished = False
+
+    @property
+    def video_frames(self) -> int:
+        """Output frames painted so far."""
+        return self._frames
+
+    def frame_time_us(self, index: int) -> int:
+        """Input-clock time of output frame `index`."""
+        assert self._origin_us is not None  # Only asked once something was pushed.
+        return self._origin_us + index * US_PER_S // self.config.fps
+
+    def _start(self, t_us: int) -> None:
+        if self._origin_us is None:
+            self._origin_us = t_us
+            self._mixer.origin_us = t_us
+
+    def push_video(self, uid: str, frame: VideoFrame, t_us: int) -> list[SegmentInfo]:
+        """A decoded video frame of `uid`, shown from `t_us`; returns the segments finished."""
+        self._check_open()
+        self._start(t_us)
+        self.compositor.push_video(uid, frame, t_us)
+        return self.advance(t_us)
+
+    def push_audio(self, uid: str, frame: AudioFrame, t_us: int) -> list[SegmentInfo]:
+        """A decoded audio frame of `uid` starting at `t_us` (any rate and layout)."""
+        self._check_open()
+        self._start(t_us)
+        self.compositor.join(uid, t_us)  # A user with audio only still has a window.
+        self._mixer.push(uid, frame, t_us)
+        return self.advance(t_us)
+
+    def join(self, uid: str, t_us: int) -> list[SegmentInfo]:
+        """`uid` joins at `t_us` (pushing a frame joins too; this fixes the join order)."""
+        self._check_open()
+        self._start(t_us)
+        self._at(t_us, lambda: self.compositor.join(uid, t_us))
+        return self.advance(t_us)
+
+    def leave(self, uid: str, t_us: int) -> list[SegmentInfo]:
+        """`uid` leaves at `t_us`: their window goes and the others are laid out again."""
+        self._check_open()
+        self._start(t_us)
+
+        def apply() -> None:
+            self.compositor.leave(uid)
+            self._mixer.remove(uid)
+
+        self._at(t_us, apply)
+        return self.advance(t_us)
+
+    def update_layout(self, layout: LayoutSpec, t_us: int) -> list[SegmentInfo]:
+        """Switch layout from `t_us` on (updateLayout)."""
+        self._check_open()
+        self._start(t_us)
+        self._at(t_us, lambda: self.compositor.set_layout(layout))
+        return self.advance(t_us)
+
+    def _at(self, t_us: int, apply: Callable[[], None]) -> None:
+        heapq.heappush(self._events, (t_us, next(self._event_seq), apply))
+
+    def advance(self, t_us: int) -> list[SegmentInfo]:
+        """Say the input clock reached `t_us`; frames and audio up to `t_us - latency` go out."""
+        self._check_open()
+        self._start(t_us)
+        self._clock_us = t_us if self._clock_us is None else max(self._clock_us, t_us)
+        return self._produce(self._clock_us - self._latency_us)
+
+    def _produce(self, until_us: int) -> list[SegmentInfo]:
+        """Paint and encode every frame due at or before `until_us`, with the audio up to it."""
+        done: list[SegmentInfo] = []
+        while True:
+            frame_us = self.frame_time_us(self._frames)
+            event_us = self._events[0][0] if self._events else None
+            if event_us is not None and event_us <= min(frame_us, until_us):
+                done += self._mix_audio(event_us)
+                heapq.heappop(self._events)[2]()
+                continue
+            if frame_us > until_us:
+                break
+            done += self._mix_audio(frame_us)
+            frame = self.compositor.render(frame_us)
+            done += self._write_video(self._h264.encode(frame, self._frames))
+            self._frames += 1
+        done += self._mix_audio(until_us)
+        return done
+
+    def _mix_audio(self, until_us: int) -> list[SegmentInfo]:
+        done: list[SegmentInfo] = []
+        position = self._mixer.position
+        for chunk in self._mixer.mix_until(until_us):
+            for data, pts in self._aac.encode(chunk, position):
+                done += self._write(AUDIO_TRACK, data, pts * US_PER_S // MIX_RATE_HZ, True)
+            position += chunk.shape[1]
+        return done
+
+    def _write_video(self, packets: list[av.Packet]) -> list[SegmentInfo]:
+        done: list[SegmentInfo] = []
+        for packet in packets:
+            pts_us = (packet.pts or 0) * US_PER_S // self.config.fps
+            done += self._write(VIDEO_TRACK, bytes(packet), pts_us, packet.is_keyframe)
+        return done
+
+    def _write(self, track: int, data: bytes, rel_us: int, keyframe: bool) -> list[SegmentInfo]:
+        assert self._origin_us is not None  # Set before anything is produced.
+        finished = self._writer.write(track, data, self._origin_us + rel_us, keyframe=keyframe)
+        self._collect(finished)
+        return finished
+
+    def _collect(self, finished: list[SegmentInfo]) -> None:
+        self.segments += finished
+        if FileType.MP4 not in self.config.file_types:
+            return
+        for info in finished:
+            self._mp4_part.append(info)
+            duration = sum(s.duration_s for s in self._mp4_part)
+            size = sum(s.size for s in self._mp4_part)
+            if duration >= self._mp4_max_s or size >= self._mp4_max_bytes:
+                self._build_mp4()
+
+    def _build_mp4(self) -> None:
+        if not self._mp4_part:
+            return
+        path = self._dir / f"{self._name}_{len(self.mp4s):03d}.mp4"
+        info = build_mp4([s.path for s in self._mp4_part], path)
+        self.mp4s.append((path, info))
+        self._mp4_part = []
+
+    def finish(self) -> MixOutput:
+        """Paint up to the last time seen, drain the encoders, close the playlist and MP4s."""
+        if not self._finished:
+            self._finished = True
+            if self._clock_us is not None:
+                self._produce(self._clock_us)
+            self._write_video(self._h264.encode(None))
+            for data, pts in self._aac.encode(None):
+                self._write(AUDIO_TRACK, data, pts * US_PER_S // MIX_RATE_HZ, True)
+            self._collect(self._writer.finish())
+            self._build_mp4()
+        dropped = sum(self.compositor.dropped_frames(u) for u in self.compositor.users)
+        return MixOutput(
+            self._dir / f"{self._name}.m3u8",
+            list(self.segments),
+            list(self.mp4s),
+            self._frames,
+            dropped,
+        )
+
+    def _check_open(self) -> None:
+        if self._finished:
+            raise RuntimeError("the mix is finished")
+
+
+class MixRecorder:
+    """A :class:`MixSession` on a worker thread of its own, for asyncio callers.
+
+    Calls run in the order made (one thread, FIFO), so a frame never overtakes a join. At most
+    `max_pending` calls wait for the thread: past that, video frames are dropped (counted)
+    while audio and control calls wait their turn, so audio is never dropped.
+    """
+
+    def __init__(
+        self,
+        config: MixConfig,
+        directory: Path,
+        *,
+        name: str = "mix",
+        segment_target_s: float = DEFAULT_SEGMENT_TARGET_S,
+        latency_us: int = MIX_LATENCY_US,
+        max_pending: int = 64,
+        on_segment: Callable[[SegmentInfo], None] | None = None,
+        **session_options: Any,
+    ) -> None:
+        self.config = config
+        self._args = (config, Path(directory))
+        self._kwargs = dict(
+            name=name, segment_target_s=segment_target_s, latency_us=latency_us, **session_options
+        )
+        self._session: MixSession | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._slots = asyncio.Semaphore(max_pending)
+        self._on_segment = on_segment
+        self._output: MixOutput | None = None
+        self.dropped_video_frames = 0
+
+    async def __aenter__(self) -> MixRecorder:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def start(self, http: aiohttp.ClientSession | None = None) -> None:
+        """Open the encoders and writer on the worker thread, then fetch background images.
+
+        Images that cannot be fetched are logged and left out (the colour shows instead).
+        """
+        if self._executor is not None:
+            return
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mix")
+        self._session = await self._call(lambda: MixSession(*self._args, **self._kwargs))
+        urls = [
+            u
+            for u in (
+                self.config.background_image,
+                self.config.default_user_background_image,
+                *(b.image_url for b in self.config.user_backgrounds),
+            )
+            if u
+        ]
+        if not urls:
+            return
+        if http is None:
+            async with aiohttp.ClientSession() as own:
+                images = await fetch_images(own, urls)
+        else:
+            images = await fetch_images(http, urls)
+        await self._call(lambda: self._apply_images(images))
+
+    def _apply_images(self, images: Mapping[str, VideoFrame | None]) -> None:
+        compositor = self._open().compositor
+        config = self.config
+        if config.background_image:
+            compositor.set_background_image(images.get(config.background_image))
+        if config.default_user_background_image:
+            compositor.set_default_user_background(images.get(config.default_user_background_image))
+        for bg in config.user_backgrounds:
+            compositor.set_user_background(bg.uid, images.get(bg.image_url), bg.render_mode)
+
+    def _open(self) -> MixSession:
+        if self._session is None:
+            raise RuntimeError("the mix recorder is not started")
+        return self._session
+
+    async def _call(self, fn: Callable[[], _T]) -> _T:
+        if self._executor is None:
+            raise RuntimeError("the mix recorder is not started")
+        loop = asyncio.get_running_loop()
+        async with self._slots:
+            return await loop.run_in_executor(self._executor, fn)
+
+    async def _produce(self, fn: Callable[[], list[SegmentInfo]]) -> None:
+        for info in await self._call(fn):
+            if self._on_segment is not None:
+                self._on_segment(info)
+
+    async def push_video(self, uid: str, frame: VideoFrame, t_us: int) -> bool:
+        """Queue a decoded video frame; False if it was dropped because the mix is behind."""
+        if self._slots.locked():
+            self.dropped_video_frames += 1
+            return False
+        await self._produce(lambda: self._open().push_video(uid, frame, t_us))
+        return True
+
+    async def push_audio(self, uid: str, frame: AudioFrame, t_us: int) -> None:
+        """Queue a decoded audio frame (waits for room rather than dropping)."""
+        await self._produce(lambda: self._open().push_audio(uid, frame, t_us))
+
+    async def join(self, uid: str, t_us: int) -> None:
+        """`uid` joins at `t_us`."""
+        await self._produce(lambda: self._open().join(uid, t_us))
+
+    async def leave(self, uid: str, t_us: int) -> None:
+        """`uid` leaves at `t_us`."""
+        await self._produce(lambda: self._open().leave(uid, t_us))
+
+    async def update_layout(self, layout: LayoutSpec, t_us: int) -> None:
+        """updateLayout: a new layout from `t_us` on."""
+        await self._produce(lambda: self._open().update_layout(layout, t_us))
+
+    async def advance(self, t_us: int) -> None:
+        """The input clock reached `t_us` (call it on a timer when inputs may all be silent)."""
+        await self._produce(lambda: self._open().advance(t_us))
+
+    async def aclose(self) -> MixOutput | None:
+        """Finish the recording (playlist ended, MP4s built) and stop the thread; idempotent."""
+        if self._executor is None or self._output is not None:
+            return self._output
+        session = self._open()
+        before = len(session.segments)
+        self._output = await self._call(session.finish)
+        if self._on_segment is not None:
+            for info in self._output.segments[before:]:
+                self._on_segment(info)
+        self._output.dropped_video_frames += self.dropped_video_frames
+        self._executor.shutdown(wait=False)
+        return self._output
