@@ -215,7 +215,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     )
 
     async def uploaded(item: SpoolItem, info: ObjectInfo, latency_s: float) -> None:
-        latency.observe(latency_s)
+        latency.observe(latency_s, metrics.file_kind(item.key))
         await meta.mark_uploaded(item.key, datetime.now(UTC))
 
     spool = Spool(

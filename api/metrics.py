@@ -25,33 +25,51 @@ LATENCY_BUCKETS_S = (
 )
 
 
+FILE_KINDS = {".ts": "segment", ".m4s": "segment", ".m3u8": "playlist", ".mp4": "mp4"}
+
+
+def file_kind(key: str) -> str:
+    """The ``kind`` label of an uploaded file: segment, playlist, mp4 or other."""
+    dot = key.rfind(".")
+    return FILE_KINDS.get(key[dot:].lower(), "other") if dot >= 0 else "other"
+
+
 class Histogram:
-    """A Prometheus histogram: cumulative bucket counts, a sum and a count."""
+    """A Prometheus histogram with one label: cumulative bucket counts, a sum and a count
+    per label value."""
 
-    def __init__(self, name: str, help_text: str, buckets: tuple[float, ...]) -> None:
-        self.name, self.help_text = name, help_text
+    def __init__(
+        self, name: str, help_text: str, buckets: tuple[float, ...], label: str = "kind"
+    ) -> None:
+        self.name, self.help_text, self.label = name, help_text, label
         self.buckets = tuple(sorted(buckets))
-        self.counts = [0] * len(self.buckets)
-        self.total = 0.0
-        self.count = 0
+        self._series: dict[str, tuple[list[int], list[float]]] = {}  # counts, [sum, count]
 
-    def observe(self, value: float) -> None:
-        """Count one observation."""
-        self.total += value
-        self.count += 1
+    def observe(self, value: float, label_value: str = "") -> None:
+        """Count one observation under ``label_value``."""
+        counts, totals = self._series.setdefault(label_value, ([0] * len(self.buckets), [0, 0]))
+        totals[0] += value
+        totals[1] += 1
         for i, bound in enumerate(self.buckets):
             if value <= bound:
-                self.counts[i] += 1
+                counts[i] += 1
                 break
+
+    def count(self, label_value: str = "") -> int:
+        """Observations so far under ``label_value``."""
+        series = self._series.get(label_value)
+        return int(series[1][1]) if series else 0
 
     def render(self) -> str:
         """The histogram's lines in the text format."""
         lines = [f"# HELP {self.name} {self.help_text}", f"# TYPE {self.name} histogram"]
-        running = 0
-        for bound, n in zip(self.buckets, self.counts, strict=True):
-            running += n
-            lines.append(f'{self.name}_bucket{{le="{bound:g}"}} {running}')
-        lines.append(f'{self.name}_bucket{{le="+Inf"}} {self.count}')
-        lines.append(f"{self.name}_sum {self.total:g}")
-        lines.append(f"{self.name}_count {self.count}")
+        for value, (counts, (total, count)) in sorted(self._series.items()):
+            label = f'{self.label}="{value}"'
+            running = 0
+            for bound, n in zip(self.buckets, counts, strict=True):
+                running += n
+                lines.append(f'{self.name}_bucket{{{label},le="{bound:g}"}} {running}')
+            lines.append(f'{self.name}_bucket{{{label},le="+Inf"}} {int(count)}')
+            lines.append(f"{self.name}_sum{{{label}}} {total:g}")
+            lines.append(f"{self.name}_count{{{label}}} {int(count)}")
         return "\n".join(lines) + "\n"

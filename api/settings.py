@@ -41,7 +41,7 @@ class SpoolSettings:
     """The durable spool between the recorders and the object store."""
 
     max_bytes: int = 20 * 1024**3
-    upload_workers: int = 4
+    upload_workers: int = 16  # uploads in flight; one per session at most (order kept)
     retry_base_s: float = 0.2
     retry_max_s: float = 30.0
 

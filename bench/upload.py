@@ -65,14 +65,15 @@ def parse_metrics(text: str) -> dict[str, float]:
     return out
 
 
-def histogram_quantile(metrics: dict[str, float], name: str, q: float) -> float | None:
+def histogram_quantile(metrics: dict[str, float], name: str, kind: str, q: float) -> float | None:
     """Prometheus' histogram_quantile: linear within the bucket the rank falls in."""
+    head = f'{name}_bucket{{kind="{kind}",le="'
     buckets = sorted(
-        (float(key.split('le="')[1].rstrip('"}')), count)
+        (float(key[len(head) :].rstrip('"}')), count)
         for key, count in metrics.items()
-        if key.startswith(f"{name}_bucket") and "+Inf" not in key
+        if key.startswith(head) and "+Inf" not in key
     )
-    total = metrics.get(f"{name}_count", 0.0)
+    total = metrics.get(f'{name}_count{{kind="{kind}"}}', 0.0)
     if not total:
         return None
     rank = q * total
@@ -84,6 +85,25 @@ def histogram_quantile(metrics: dict[str, float], name: str, q: float) -> float 
             return lower_bound + (bound - lower_bound) * share
         lower_bound, lower_count = bound, count
     return float("inf")  # in the +Inf bucket: beyond the last bound
+
+
+def latency_by_kind(metrics: dict[str, float]) -> dict[str, dict[str, float | None]]:
+    """p50/p99/mean and the exact share under 1 s, for segments, playlists and MP4s."""
+    name = "reelhouse_upload_latency_seconds"
+    out: dict[str, dict[str, float | None]] = {}
+    for kind in ("segment", "playlist", "mp4"):
+        count = metrics.get(f'{name}_count{{kind="{kind}"}}', 0.0)
+        if not count:
+            continue
+        under = metrics[f'{name}_bucket{{kind="{kind}",le="1"}}']
+        out[kind] = {
+            "uploads": count,
+            "p50_s": histogram_quantile(metrics, name, kind, 0.5),
+            "p99_s": histogram_quantile(metrics, name, kind, 0.99),
+            "mean_s": metrics[f'{name}_sum{{kind="{kind}"}}'] / count,
+            "share_under_1s": under / count,
+        }
+    return out
 
 
 async def latency_part(args: argparse.Namespace, s3: SeaweedS3, tmp: Path) -> dict[str, Any]:
@@ -102,6 +122,7 @@ async def latency_part(args: argparse.Namespace, s3: SeaweedS3, tmp: Path) -> di
         "REELHOUSE_STORAGE__SECRET_KEY": SECRET_KEY,
         "REELHOUSE_STORAGE__ADDRESSING_STYLE": "path",
         "REELHOUSE_RECORDER__SEGMENT_TARGET_S": str(args.segment),
+        "REELHOUSE_SPOOL__UPLOAD_WORKERS": str(args.workers),
     }
     log = open(tmp / "server.log", "wb")  # noqa: ASYNC230 - closed in finally
     server = subprocess.Popen(  # noqa: ASYNC220 - returns at once
@@ -134,8 +155,6 @@ async def latency_part(args: argparse.Namespace, s3: SeaweedS3, tmp: Path) -> di
     finally:
         bench._terminate(server)
         log.close()
-    name = "reelhouse_upload_latency_seconds"
-    count = metrics[f"{name}_count"]
 
     def listed() -> tuple[int, int]:
         client = s3.client()
@@ -150,11 +169,8 @@ async def latency_part(args: argparse.Namespace, s3: SeaweedS3, tmp: Path) -> di
         "sessions": args.sessions,
         "duration_s": args.duration,
         "segment_target_s": args.segment,
-        "uploads": int(count),
-        "latency_p50_s": histogram_quantile(metrics, name, 0.5),
-        "latency_p99_s": histogram_quantile(metrics, name, 0.99),
-        "latency_mean_s": metrics[f"{name}_sum"] / count if count else None,
-        "share_under_1s": metrics[f'{name}_bucket{{le="1"}}'] / count if count else None,
+        "upload_workers": args.workers,
+        "latency": latency_by_kind(metrics),
         "upload_failures": int(metrics["reelhouse_upload_failures_total"]),
         "uploaded_mb": metrics["reelhouse_upload_bytes_total"] / 1e6,
         "mean_upload_mb_s_while_recording": metrics["reelhouse_upload_bytes_total"] / 1e6 / wall,
@@ -272,6 +288,7 @@ def main() -> None:
     p.add_argument("--duration", type=float, default=30.0, help="seconds of media per session")
     p.add_argument("--segment", type=float, default=4.0, help="segment target in seconds")
     p.add_argument("--stagger", type=float, default=0.05, help="seconds between session starts")
+    p.add_argument("--workers", type=int, default=16, help="the server's upload workers")
     p.add_argument("--files", type=int, default=200, help="throughput part: file count")
     p.add_argument("--file-mb", type=float, default=1.0, help="throughput part: file size")
     p.add_argument("--repeats", type=int, default=3, help="throughput part: runs per side")
