@@ -73,6 +73,7 @@ class S3Config:
     bucket: str
     region: str = "us-east-1"
     endpoint_url: str | None = None  # None: the AWS endpoint of ``region``
+    public_endpoint_url: str | None = None  # presigned URLs name this host (None: the same)
     access_key: str = ""  # empty: botocore's usual chain (env, instance role, ...)
     secret_key: str = field(default="", repr=False)
     session_token: str | None = field(default=None, repr=False)
@@ -169,27 +170,30 @@ class S3ObjectStore:
     def __init__(self, config: S3Config) -> None:
         self.config = config
         self._client: Any = None
-        self._stack: contextlib.AsyncExitStack | None = None
+        self._presigner: Any = None
+        self._stack = contextlib.AsyncExitStack()
         self._open_lock = asyncio.Lock()
         self._closed = False
 
     # lifecycle ---------------------------------------------------------------------------
 
-    async def _get_client(self) -> Any:
-        if self._client is not None:
-            return self._client
-        async with self._open_lock:
+    async def _get_client(self, *, public: bool = False) -> Any:
+        """The client; ``public``: the one presigning with the host clients reach."""
+        public = public and bool(self.config.public_endpoint_url)
+        client = self._presigner if public else self._client
+        if client is not None:
+            return client
+        async with self._open_lock:  # one client each, however many callers race here
             if self._closed:
                 raise StoreUnavailable(f"store for {self.config.describe()} is closed")
-            if self._client is None:
-                session = await warm_up()
+            client = self._presigner if public else self._client
+            if client is None:
                 cfg = self.config
-                stack = contextlib.AsyncExitStack()
-                self._client = await stack.enter_async_context(
-                    session.client(
+                client = await self._stack.enter_async_context(
+                    (await warm_up()).client(
                         "s3",
                         region_name=cfg.region,
-                        endpoint_url=cfg.endpoint_url,
+                        endpoint_url=cfg.public_endpoint_url if public else cfg.endpoint_url,
                         aws_access_key_id=cfg.access_key or None,
                         aws_secret_access_key=cfg.secret_key or None,
                         aws_session_token=cfg.session_token,
@@ -203,16 +207,20 @@ class S3ObjectStore:
                         ),
                     )
                 )
-                self._stack = stack
-        return self._client
+                if public:
+                    self._presigner = client
+                else:
+                    self._client = client
+        return client
 
     async def aclose(self) -> None:
         """Close the client's connections; calling it twice is harmless."""
         async with self._open_lock:
+            if self._closed:
+                return
             self._closed = True
-            stack, self._stack, self._client = self._stack, None, None
-        if stack is not None:
-            await stack.aclose()
+            self._client = self._presigner = None
+        await self._stack.aclose()
 
     def _key(self, key: str) -> str:
         return self.config.prefix + validate_key(key)
@@ -446,7 +454,7 @@ class S3ObjectStore:
             raise ValueError(f"expires_s must be in 1..{MAX_EXPIRY_S}")
         full = self._key(key)
         try:
-            client = await self._get_client()
+            client = await self._get_client(public=True)
             url = await client.generate_presigned_url(
                 operations[method],
                 Params={"Bucket": self.config.bucket, "Key": full},

@@ -18,6 +18,7 @@ class StorageSettings:
     bucket: str = ""
     region: str = "us-east-1"
     endpoint_url: str = ""  # empty: AWS's own endpoint for ``region``
+    public_endpoint_url: str = ""  # the host presigned URLs name, when clients reach another
     access_key: str = ""  # empty: botocore's chain (AWS_* env, instance role, ...)
     secret_key: str = field(default="", repr=False)
     session_token: str = field(default="", repr=False)
@@ -52,6 +53,7 @@ class StorageSettings:
             bucket=self.bucket,
             region=self.region,
             endpoint_url=self.endpoint_url or None,
+            public_endpoint_url=self.public_endpoint_url or None,
             access_key=self.access_key,
             secret_key=self.secret_key,
             session_token=self.session_token or None,

@@ -210,3 +210,17 @@ async def test_keys_are_validated_like_the_local_store(store: S3ObjectStore) -> 
     for bad in ("", "/abs", "a/../b", "a//b"):
         with pytest.raises(ValueError):
             await store.put_bytes(bad, b"x")
+
+
+async def test_presigned_urls_name_the_public_endpoint(s3: SeaweedS3, s3_bucket: str) -> None:
+    # the server reaches the store at 127.0.0.1; clients are told "localhost" (another name)
+    public = s3.endpoint.replace("127.0.0.1", "localhost")
+    store = S3ObjectStore(config(s3, s3_bucket, public_endpoint_url=public))
+    try:
+        await store.put_bytes("rec/a.ts", b"segment")
+        url = await store.presigned_url("rec/a.ts", "GET", 60)
+        assert url is not None and url.startswith(public + "/")
+        async with aiohttp.ClientSession() as http, http.get(url) as resp:
+            assert resp.status == 200 and await resp.read() == b"segment"
+    finally:
+        await store.aclose()
