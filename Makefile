@@ -46,8 +46,10 @@ typecheck: $(TEST_STAMP)
 test: $(TEST_STAMP) system-deps lint typecheck
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-bench: $(STAMP) system-deps
+bench: $(TEST_STAMP) system-deps  # upload.py starts SeaweedFS, a test extra
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/upload.py
+	$(BIN)/python bench/mix.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
