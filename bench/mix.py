@@ -12,8 +12,10 @@ layout (2x2, 3x3, 4x4 grids) with mono AAC (silence: no input audio) into HLS, t
   and rate, ``-threads 1`` for decoders, filters and encoder, measured from ``RUSAGE_CHILDREN``.
 
 Figures are CPU seconds per output second (median of ``--runs``) and ours over ffmpeg's; "mixes
-in real time" is the machine's cores over that figure, an estimate that ignores memory
-bandwidth and scheduling. Writes bench/results/mix.json.
+in real time" is first estimated as the machine's cores over that figure, then measured for
+the ``--realtime`` input counts: k mixes run at once (one process each, as fast as they go)
+hold real time when all finish the clip's seconds of media within that many seconds of wall
+time. Writes bench/results/mix.json.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -148,6 +151,33 @@ def run_ffmpeg(clip: Path, n: int) -> float:
         return _cpu_children() - start
 
 
+def concurrent_wall_s(clip: Path, n: int, k: int) -> float:
+    """Wall seconds for k mixes of n inputs run at once, one process each (no shared GIL)."""
+    start = time.monotonic()
+    procs = [
+        subprocess.Popen([sys.executable, __file__, "--one", str(n)], stdout=subprocess.DEVNULL)
+        for _ in range(k)
+    ]
+    for proc in procs:
+        if proc.wait() != 0:
+            raise RuntimeError(f"a concurrent mix failed with {proc.returncode}")
+    return time.monotonic() - start
+
+
+def most_realtime_mixes(clip: Path, n: int, seconds: int, guess: int) -> dict[str, Any]:
+    """The most mixes of n inputs that finish ``seconds`` of media within ``seconds`` of wall
+    time when run together: measured, starting from the CPU estimate and stepping by one."""
+    tried: dict[int, float] = {}
+    k = max(1, guess)
+    while k not in tried:
+        tried[k] = concurrent_wall_s(clip, n, k)
+        k = k + 1 if tried[k] <= seconds else k - 1
+        if k < 1 or k > 4 * max(1, guess):
+            break
+    held = [k for k, wall in tried.items() if wall <= seconds]
+    return {"most_held": max(held, default=0), "wall_s_by_count": tried}
+
+
 def median_of(runs: int, fn: Callable[[], float]) -> tuple[float, list[float]]:
     """Median and all samples of `runs` calls."""
     samples = [fn() for _ in range(runs)]
@@ -160,8 +190,16 @@ def main() -> None:
     p.add_argument("--seconds", type=int, default=20, help="length of the input clip")
     p.add_argument("--inputs", type=int, nargs="*", default=list(INPUT_COUNTS))
     p.add_argument("--out", type=Path, default=RESULTS / "mix.json")
+    p.add_argument("--one", type=int, help=argparse.SUPPRESS)  # a child: one mix of N inputs
+    p.add_argument(
+        "--realtime", type=int, nargs="*", default=[9], help="input counts to find the most "
+        "mixes held in real time for (concurrent processes; empty: skip)"
+    )  # fmt: skip
     args = p.parse_args()
     clip = make_clip(args.seconds)
+    if args.one:
+        run_ours(clip, args.one)
+        return
     cores = os.cpu_count() or 1
     result: dict[str, Any] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -189,6 +227,10 @@ def main() -> None:
             "ours_samples_cpu_s": ours_samples,
             "ffmpeg_samples_cpu_s": ff_samples,
         }
+        if n in args.realtime:
+            row["ours_realtime_measured"] = most_realtime_mixes(
+                clip, n, args.seconds, row["ours_realtime_mixes_estimate"]
+            )
         result["mixes"][str(n)] = row
         print(
             f"{n:2d} inputs: ours {row['ours_cpu_s_per_s']:.3f}  ffmpeg "

@@ -120,8 +120,8 @@ class SeaweedS3:
                 "64",
                 "-volume.port",
                 str(self.ports["volume"]),
-                "-volume.max",
-                "50",
+                "-volume.max",  # every bucket is a collection with volumes of its own
+                "1000",
                 "-filer.port",
                 str(self.ports["filer"]),
                 "-s3.port",
