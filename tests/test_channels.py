@@ -1,0 +1,121 @@
+"""The channel registry: membership, replacement, lifecycle, and the drop policy of each
+subscriber's bounded queues."""
+
+from __future__ import annotations
+
+import pytest
+
+from ingest.channels import (
+    ChannelRegistry,
+    MediaFrame,
+    TrackInfo,
+    TrackState,
+    Transport,
+)
+
+
+def video(uid: str, i: int, key: bool = False) -> MediaFrame:
+    return MediaFrame(uid, "v", "video", b"v%d" % i, i * 66_666, keyframe=key)
+
+
+def audio(uid: str, i: int) -> MediaFrame:
+    return MediaFrame(uid, "a", "audio", b"a%d" % i, i * 20_000)
+
+
+async def test_join_track_leave_and_the_channel_lifecycle() -> None:
+    reg = ChannelRegistry()
+    alice = await reg.join("app", "room", "alice", Transport.WHIP)
+    sub = reg.subscribe("app", "room")
+    first = await sub.next_event()
+    assert first is not None and first.kind == "snapshot"
+    assert [m["uid"] for m in first.members] == ["alice"]
+
+    bob = await reg.join("app", "room", "bob", Transport.WS)
+    track = TrackInfo("v", "video", "vp8", 640, 360)
+    reg.set_track("app", "room", bob, track)
+    reg.set_track("app", "room", bob, track)  # the same again: no event
+    reg.end_track("app", "room", bob, "v")
+    reg.leave("app", "room", alice)
+    kinds = [(e.kind, e.uid) for e in [await sub.next_event() for _ in range(4)] if e]
+    assert kinds == [("join", "bob"), ("track", "bob"), ("track", "bob"), ("leave", "alice")]
+    assert bob.tracks["v"].state is TrackState.ENDED
+    assert list(reg.get("app", "room").members) == ["bob"]  # type: ignore[union-attr]
+
+    reg.leave("app", "room", bob)
+    assert reg.get("app", "room") is not None  # the subscriber keeps it
+    sub.close()
+    assert reg.get("app", "room") is None and await sub.next_event() is not None  # the leave
+    assert await sub.next_event() is None
+
+
+async def test_same_uid_replaces_the_old_connection() -> None:
+    reg = ChannelRegistry()
+    closed: list[str] = []
+
+    async def close_old(reason: str) -> None:
+        closed.append(reason)
+
+    old = await reg.join("app", "room", "u1", Transport.WS, close_old)
+    sub = reg.subscribe("app", "room")
+    await sub.next_event()
+    new = await reg.join("app", "room", "u1", Transport.WHIP)
+    assert closed == ["replaced by a newer connection of the same uid"]
+    events = [await sub.next_event() for _ in range(2)]
+    assert [(e.kind, e.reason) for e in events if e] == [("leave", "replaced"), ("join", "")]
+
+    reg.channels[("app", "room")].publish(old, video("u1", 0, key=True))  # ignored
+    reg.leave("app", "room", old)  # a stale leave: ignored
+    assert reg.get("app", "room").members["u1"] is new  # type: ignore[union-attr]
+    reg.channels[("app", "room")].publish(new, video("u1", 1, key=True))
+    got = await sub.next_media()
+    assert got is not None and got.data == b"v1"
+
+
+async def test_slow_subscriber_resyncs_with_a_snapshot() -> None:
+    reg = ChannelRegistry()
+    sub = reg.subscribe("app", "room", max_events=3)
+    fast = reg.subscribe("app", "room")
+    for i in range(5):
+        await reg.join("app", "room", f"u{i}", Transport.WS)
+    events = []
+    while sub._events:
+        events.append(await sub.next_event())
+    assert [e.kind for e in events if e] == ["snapshot", "join", "join"]
+    assert [m["uid"] for m in events[0].members] == ["u0", "u1", "u2"]  # type: ignore[union-attr]
+    assert sub.resyncs == 1
+    joins = [await fast.next_event() for _ in range(6)]
+    assert [e.kind for e in joins if e].count("join") == 5  # the other is not affected
+
+
+async def test_video_waits_for_a_keyframe_after_a_drop() -> None:
+    reg = ChannelRegistry()
+    pub = await reg.join("app", "room", "p", Transport.WHIP)
+    ch = reg.channels[("app", "room")]
+    sub = reg.subscribe("app", "room", max_media=3)
+    for i, key in enumerate([True, False, False, False, False, True, False]):
+        ch.publish(pub, video("p", i, key))
+        if i == 4:  # the reader catches up after the queue overflowed at frame 3
+            got = [await sub.next_media() for _ in range(3)]
+            assert [g.data for g in got if g] == [b"v0", b"v1", b"v2"]
+    rest = [await sub.next_media() for _ in range(2)]
+    assert [r.data for r in rest if r] == [b"v5", b"v6"]  # 3 dropped, then 4 for want of a key
+    assert sub.video_dropped == 2
+
+
+async def test_audio_evicts_video_first_and_its_own_drops_are_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    reg = ChannelRegistry()
+    pub = await reg.join("app", "room", "p", Transport.WHIP)
+    ch = reg.channels[("app", "room")]
+    sub = reg.subscribe("app", "room", max_media=3)
+    ch.publish(pub, video("p", 0, key=True))
+    ch.publish(pub, audio("p", 0))
+    ch.publish(pub, audio("p", 1))
+    ch.publish(pub, audio("p", 2))  # full: the video frame makes room
+    assert [m.kind for m in sub._media] == ["audio"] * 3 and sub.audio_dropped == 0
+    ch.publish(pub, video("p", 1))  # its track waits for a keyframe now: dropped
+    ch.publish(pub, audio("p", 3))  # full of audio: the oldest audio goes, loudly
+    assert [m.data for m in sub._media] == [b"a1", b"a2", b"a3"]
+    assert sub.audio_dropped == 1 and sub.video_dropped == 2
+    assert "dropped p's frame at 0 us" in caplog.text
