@@ -1,0 +1,263 @@
+"""WebRTC publishers over WHIP (RFC 9725), on aiortc, joined to the channel registry.
+
+A WHIP POST carries an SDP offer; :meth:`WhipServer.publish` checks it (audio and video only,
+Opus, VP8 or H.264 offered), answers with every ICE candidate gathered (no trickle needed by
+the client), joins the uid to its channel and fans every received frame out to the channel's
+subscribers. The resource ends on DELETE, when the peer connection fails or closes, or when the
+same uid joins again (the newer connection wins).
+
+ICE is configuration (:class:`WebRtcSettings`): STUN/TURN servers given to aiortc and advertised
+to clients, and the host addresses announced in candidates. aioice leaves loopback out of its
+host candidates; naming ``127.0.0.1`` in ``host_addresses`` puts it back (tests, one-box use).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+import aioice.ice
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
+from aiortc.mediastreams import MediaStreamError
+from aiortc.sdp import candidate_from_sdp
+
+from .channels import ChannelRegistry, MediaFrame, Member, TrackInfo, Transport
+
+log = logging.getLogger(__name__)
+
+SUPPORTED_CODECS = {"audio": {"opus"}, "video": {"vp8", "h264"}}
+MAX_SDP_BYTES = 64 * 1024
+US = 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class WebRtcSettings:
+    """``[webrtc]``: ICE servers, announced host addresses, limits."""
+
+    ice_servers: str = ""  # comma-separated stun:/turn: URLs, given to clients in Link headers
+    ice_username: str = ""  # for the TURN servers
+    ice_credential: str = ""
+    host_addresses: str = ""  # comma-separated IPs for host candidates; empty: every interface
+    gather_timeout_s: float = 5.0
+    max_sessions: int = 200
+
+    def servers(self) -> list[str]:
+        """The ICE server URLs."""
+        return [u.strip() for u in self.ice_servers.split(",") if u.strip()]
+
+    def hosts(self) -> list[str]:
+        """The announced host addresses (empty: aioice's own choice)."""
+        return [a.strip() for a in self.host_addresses.split(",") if a.strip()]
+
+
+class OfferError(ValueError):
+    """The SDP offer cannot be accepted; the message says why (the API answers 400)."""
+
+
+class TrickleError(ValueError):
+    """A PATCH fragment that cannot be applied (``restart``: an ICE restart, not supported)."""
+
+    def __init__(self, message: str, *, restart: bool = False) -> None:
+        super().__init__(message)
+        self.restart = restart
+
+
+def announce_hosts(addresses: list[str]) -> None:
+    """Make aioice announce exactly ``addresses`` as host candidates (process-wide)."""
+    if not addresses:
+        return
+    chosen = list(addresses)
+
+    def get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+        return [a for a in chosen if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
+
+    aioice.ice.get_host_addresses = get_host_addresses
+
+
+_MLINE = re.compile(r"^m=(\w+) ", re.M)
+_RTPMAP = re.compile(r"^a=rtpmap:\d+ ([\w-]+)/", re.M)
+
+
+def check_offer(sdp: str) -> list[str]:
+    """The offer's media kinds, or ``OfferError`` naming what is wrong with it."""
+    if len(sdp.encode()) > MAX_SDP_BYTES:
+        raise OfferError(f"SDP offer larger than {MAX_SDP_BYTES} bytes")
+    if not sdp.startswith("v=0"):
+        raise OfferError("not an SDP offer: it must start with v=0")
+    sections = re.split(r"(?=^m=)", sdp.replace("\r\n", "\n"), flags=re.M)[1:]
+    if not sections:
+        raise OfferError("the offer has no media section (m=)")
+    kinds = []
+    for section in sections:
+        match = _MLINE.match(section)
+        kind = match.group(1) if match else "?"
+        if kind not in SUPPORTED_CODECS:
+            raise OfferError(f"m={kind}: only audio and video can be published")
+        offered = {c.lower() for c in _RTPMAP.findall(section)}
+        if not offered & SUPPORTED_CODECS[kind]:
+            want = ", ".join(sorted(SUPPORTED_CODECS[kind]))
+            raise OfferError(
+                f"m={kind} offers {', '.join(sorted(offered)) or 'no codec'}; needs one of {want}"
+            )
+        if "a=recvonly" in section or "a=inactive" in section:
+            raise OfferError(f"m={kind} is not sending: a WHIP offer publishes (sendonly)")
+        kinds.append(kind)
+    return kinds
+
+
+@dataclass(eq=False)
+class WhipSession:
+    """One published WHIP resource."""
+
+    resource_id: str
+    appid: str
+    cname: str
+    uid: str
+    pc: RTCPeerConnection
+    etag: str
+    member: Member | None = None
+    closed: bool = False
+
+
+class WhipServer:
+    """Every WHIP resource of this server."""
+
+    def __init__(self, registry: ChannelRegistry, settings: WebRtcSettings) -> None:
+        self.registry = registry
+        self.settings = settings
+        self.sessions: dict[str, WhipSession] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        announce_hosts(settings.hosts())
+
+    def _configuration(self) -> RTCConfiguration:
+        servers = [
+            RTCIceServer(
+                urls=url,
+                username=self.settings.ice_username or None,
+                credential=self.settings.ice_credential or None,
+            )
+            for url in self.settings.servers()
+        ]
+        return RTCConfiguration(iceServers=servers)  # [] and never aiortc's public default
+
+    async def publish(self, appid: str, cname: str, uid: str, offer: str) -> tuple[str, str]:
+        """Accept ``offer`` for ``uid``; returns (the session's resource id, the SDP answer)."""
+        check_offer(offer)
+        if len(self.sessions) >= self.settings.max_sessions:
+            raise OfferError(f"this server holds {self.settings.max_sessions} WHIP sessions")
+        pc = RTCPeerConnection(self._configuration())
+        session = WhipSession(secrets.token_urlsafe(12), appid, cname, uid, pc, _etag())
+        pc.on("track", lambda track: self._spawn(self._pump(session, track)))
+        pc.on("connectionstatechange", lambda: self._on_state(session))
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(offer, "offer"))
+            answer = await pc.createAnswer()
+            async with asyncio.timeout(self.settings.gather_timeout_s):
+                await pc.setLocalDescription(answer)  # gathers every candidate first
+        except (ValueError, TimeoutError) as exc:
+            await pc.close()
+            raise OfferError(f"the offer could not be answered: {exc}") from None
+        self.sessions[session.resource_id] = session
+        session.member = await self.registry.join(
+            appid, cname, uid, Transport.WHIP, lambda reason: self.close(session, reason)
+        )
+        for transceiver in pc.getTransceivers():
+            track = transceiver.receiver.track
+            if track is not None:
+                codec = _codec_of(transceiver)
+                self.registry.set_track(
+                    appid, cname, session.member, TrackInfo(track.id, track.kind, codec)
+                )
+        log.info("WHIP %s: %s joined %s/%s", session.resource_id, uid, appid, cname)
+        return session.resource_id, pc.localDescription.sdp
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _pump(self, session: WhipSession, track: MediaStreamTrack) -> None:
+        """Received frames (decoded by aiortc) to the channel's subscribers."""
+        while not session.closed:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                break
+            member = session.member
+            channel = self.registry.get(session.appid, session.cname)
+            if member is None or channel is None:
+                continue  # still joining: nobody can be subscribed to it yet
+            base = frame.time_base
+            pts_us = int(frame.pts * base * US) if frame.pts is not None and base else 0
+            channel.publish(
+                member, MediaFrame(session.uid, track.id, track.kind, frame, pts_us, True)
+            )
+        if session.member is not None:
+            self.registry.end_track(session.appid, session.cname, session.member, track.id)
+
+    def _on_state(self, session: WhipSession) -> None:
+        if session.pc.connectionState in ("failed", "closed"):
+            self._spawn(self.close(session, f"connection {session.pc.connectionState}"))
+
+    def find(self, resource_id: str) -> WhipSession | None:
+        """The live session behind a resource id."""
+        return self.sessions.get(resource_id)
+
+    async def patch(self, session: WhipSession, fragment: str) -> None:
+        """Apply a trickle-ICE SDP fragment (RFC 8840); an ICE restart is refused."""
+        ufrags = re.findall(r"^a=ice-ufrag:(\S+)", fragment, flags=re.M)
+        remote = session.pc.remoteDescription
+        if ufrags and remote is not None and f"a=ice-ufrag:{ufrags[0]}" not in remote.sdp:
+            raise TrickleError("ICE restarts are not supported", restart=True)
+        candidates = re.findall(r"^a=candidate:(.+)$", fragment.replace("\r\n", "\n"), re.M)
+        transceivers = session.pc.getTransceivers()
+        if not transceivers:
+            raise TrickleError("the session has no media to add candidates to")
+        mid = transceivers[0].mid
+        for line in candidates:
+            try:
+                candidate = candidate_from_sdp(line)
+            except (ValueError, IndexError):
+                raise TrickleError(f"not an ICE candidate: {line[:80]!r}") from None
+            candidate.sdpMid = mid
+            await session.pc.addIceCandidate(candidate)
+
+    async def close(self, session: WhipSession, reason: str = "deleted") -> None:
+        """End the resource: leave the channel, close the peer connection."""
+        if session.closed:
+            return
+        session.closed = True
+        self.sessions.pop(session.resource_id, None)
+        if session.member is not None:
+            self.registry.leave(session.appid, session.cname, session.member, reason)
+        await session.pc.close()
+        log.info("WHIP %s: %s left (%s)", session.resource_id, session.uid, reason)
+
+    async def aclose(self) -> None:
+        """Close every session (server shutdown)."""
+        for session in list(self.sessions.values()):
+            await self.close(session, "server shutting down")
+        for task in list(self._tasks):
+            task.cancel()
+        with contextlib.suppress(BaseException):
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _etag() -> str:
+    return f'"{secrets.token_hex(8)}"'
+
+
+def _codec_of(transceiver: Any) -> str:
+    codecs = getattr(transceiver, "_codecs", None) or []
+    return str(codecs[0].mimeType.split("/")[-1]).lower() if codecs else "unknown"

@@ -1,0 +1,106 @@
+"""WHIP publishing on aiortc, without HTTP: an aiortc peer publishes a colour and a tone, a
+channel subscriber receives the decoded frames; bad offers are refused with their reason."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import av
+import numpy as np
+import pytest
+from webrtc_peer import accept_answer, make_offer
+
+from ingest.channels import ChannelRegistry
+from ingest.webrtc import OfferError, WebRtcSettings, WhipServer, check_offer
+
+WAIT_S = 20.0
+
+
+@pytest.fixture
+async def whip() -> AsyncIterator[WhipServer]:
+    server = WhipServer(ChannelRegistry(), WebRtcSettings(host_addresses="127.0.0.1"))
+    yield server
+    await server.aclose()
+
+
+async def frames_of(sub, kind: str, count: int) -> list[object]:  # type: ignore[no-untyped-def]
+    got: list[object] = []
+    async with asyncio.timeout(WAIT_S):
+        while len(got) < count:
+            frame = await sub.next_media()
+            assert frame is not None
+            if frame.kind == kind:
+                got.append(frame.data)
+    return got
+
+
+@pytest.mark.parametrize("codec", ["vp8", "h264"])
+async def test_published_frames_reach_a_subscriber(whip: WhipServer, codec: str) -> None:
+    sub = whip.registry.subscribe("app", "room")
+    pc = await make_offer(codec, rgb=(0, 0, 255))
+    try:
+        resource, answer = await whip.publish("app", "room", "alice", pc.localDescription.sdp)
+        await accept_answer(pc, answer)
+        video = await frames_of(sub, "video", 10)
+        audio = await frames_of(sub, "audio", 10)
+    finally:
+        await pc.close()
+    last = video[-1]
+    assert isinstance(last, av.VideoFrame) and (last.width, last.height) == (320, 240)
+    rgb = last.to_ndarray(format="rgb24")[120, 160]
+    assert rgb[2] > 200 and rgb[0] < 60 and rgb[1] < 60  # blue, as sent
+    assert isinstance(audio[-1], av.AudioFrame) and audio[-1].sample_rate == 48000
+    tone = np.concatenate([f.to_ndarray().reshape(-1) for f in audio[-5:]])  # type: ignore[attr-defined]
+    assert np.abs(tone).max() > 1000  # the tone, not silence
+    channel = whip.registry.get("app", "room")
+    assert channel is not None and list(channel.members) == ["alice"]
+    kinds = {t.kind: t.codec for t in channel.members["alice"].tracks.values()}
+    assert kinds == {"video": codec, "audio": "opus"}
+    await whip.close(whip.sessions[resource])
+    assert "alice" not in channel.members and not whip.sessions
+
+
+async def test_same_uid_replaces_its_old_session(whip: WhipServer) -> None:
+    first = await make_offer("vp8")
+    second = await make_offer("vp8")
+    try:
+        old, answer = await whip.publish("app", "room", "bob", first.localDescription.sdp)
+        await accept_answer(first, answer)
+        new, answer = await whip.publish("app", "room", "bob", second.localDescription.sdp)
+        await accept_answer(second, answer)
+        assert old not in whip.sessions and new in whip.sessions
+        channel = whip.registry.get("app", "room")
+        assert channel is not None and list(channel.members) == ["bob"]
+    finally:
+        await first.close()
+        await second.close()
+
+
+@pytest.mark.parametrize(
+    ("sdp", "reason"),
+    [
+        ("hello", "must start with v=0"),
+        ("v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\n", "no media section"),
+        ("v=0\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n", "only audio and video"),
+        ("v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 98\r\na=rtpmap:98 VP9/90000\r\n", "needs one of"),
+        (
+            "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 0\r\na=rtpmap:0 PCMU/8000\r\na=sendonly\r\n",
+            "offers pcmu; needs one of opus",
+        ),
+        (
+            "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\na=recvonly\r\n",
+            "not sending",
+        ),
+    ],
+)
+def test_bad_offers_say_why(sdp: str, reason: str) -> None:
+    with pytest.raises(OfferError, match=reason):
+        check_offer(sdp)
+
+
+async def test_offer_aiortc_cannot_parse_is_refused(whip: WhipServer) -> None:
+    broken = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 VP8/90000\r\na=sendonly\r\n"
+    with pytest.raises(OfferError, match="could not be answered"):
+        await whip.publish("app", "room", "carol", broken)
+    assert not whip.sessions and whip.registry.get("app", "room") is None

@@ -1,0 +1,77 @@
+"""An aiortc publisher for the tests: a solid colour and a tone, over WHIP or handed SDP."""
+
+from __future__ import annotations
+
+import fractions
+
+import av
+import numpy as np
+from aiortc import (
+    AudioStreamTrack,
+    RTCConfiguration,
+    RTCPeerConnection,
+    RTCRtpSender,
+    RTCSessionDescription,
+    VideoStreamTrack,
+)
+
+AUDIO_RATE = 48_000
+AUDIO_SAMPLES = 960  # 20 ms
+
+
+class ColourTrack(VideoStreamTrack):
+    """Frames of one colour, paced in real time by aiortc."""
+
+    def __init__(self, rgb: tuple[int, int, int], width: int = 320, height: int = 240) -> None:
+        super().__init__()
+        image = np.zeros((height, width, 3), np.uint8)
+        image[:] = rgb
+        self._image = image
+
+    async def recv(self) -> av.VideoFrame:
+        pts, time_base = await self.next_timestamp()
+        frame = av.VideoFrame.from_ndarray(self._image, format="rgb24")
+        frame.pts, frame.time_base = pts, time_base
+        return frame
+
+
+class ToneTrack(AudioStreamTrack):
+    """A sine tone, 20 ms frames, paced in real time by aiortc."""
+
+    def __init__(self, hz: float = 440.0) -> None:
+        super().__init__()
+        self._hz = hz
+        self._n = 0
+
+    async def recv(self) -> av.AudioFrame:
+        silence = await super().recv()  # aiortc's pacing and timestamps
+        t = (np.arange(AUDIO_SAMPLES) + self._n) / AUDIO_RATE
+        self._n += AUDIO_SAMPLES
+        samples = (np.sin(2 * np.pi * self._hz * t) * 8000).astype(np.int16)
+        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = AUDIO_RATE
+        frame.pts = silence.pts
+        frame.time_base = fractions.Fraction(1, AUDIO_RATE)
+        return frame
+
+
+async def make_offer(
+    video_codec: str | None = "vp8", audio: bool = True, rgb: tuple[int, int, int] = (255, 0, 0)
+) -> RTCPeerConnection:
+    """A publishing peer connection with its offer set as local description (all candidates)."""
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    if video_codec is not None:
+        transceiver = pc.addTransceiver(ColourTrack(rgb), direction="sendonly")
+        codecs = RTCRtpSender.getCapabilities("video").codecs
+        transceiver.setCodecPreferences(
+            [c for c in codecs if c.mimeType.lower() == f"video/{video_codec}"]
+        )
+    if audio:
+        pc.addTransceiver(ToneTrack(), direction="sendonly")
+    await pc.setLocalDescription(await pc.createOffer())
+    return pc
+
+
+async def accept_answer(pc: RTCPeerConnection, answer: str) -> None:
+    """Apply the server's answer."""
+    await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
