@@ -25,7 +25,7 @@ from storage.registry import StoreRegistry
 from storage.s3 import S3ObjectStore
 from storage.spool import Spool, SpoolItem
 
-from . import metrics, objects_route, screen_recording
+from . import metrics, objects_route, recordings, screen_recording
 from .auth import ApiKeys, load_or_create_credentials
 from .errors import rpc_error, rpc_status
 from .keys import (
@@ -50,7 +50,8 @@ STORAGE_CODES = {
     503: RpcCode.UNAVAILABLE,
     507: RpcCode.RESOURCE_EXHAUSTED,
 }
-PUBLIC_PATHS = ("/healthz", "/metrics", "/v1/ingest", "/v1/objects/")
+# /v1/recordings checks its own (tenant-bound) keys and answers in its own error shape
+PUBLIC_PATHS = ("/healthz", "/metrics", "/v1/ingest", "/v1/objects/", recordings.PREFIX)
 META_FILE = "meta.sqlite3"
 
 
@@ -246,9 +247,14 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     app[STORES], app[UPLOAD_LATENCY] = stores, latency
     app[INGEST] = IngestHandler(manager, settings.ingest, keys.check)
     await manager.start()
+    processor = recordings.VideoProcessor(meta, store, data / "recordings-work")
+    app[recordings.RECORDINGS] = recordings.RecordingService(data / "tmp", processor)
+    await asyncio.to_thread(recordings.prepare_tmp, data / "tmp")
+    await processor.start()
     try:
         yield
     finally:
+        await processor.aclose()
         await app[INGEST].aclose()
         await manager.aclose()
         await spool.aclose()
@@ -280,4 +286,5 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/v1/ingest", _ingest)
     screen_recording.add_routes(app)
     objects_route.add_routes(app)
+    app.add_subapp(recordings.PREFIX, recordings.create_subapp())
     return app

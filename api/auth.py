@@ -8,12 +8,26 @@ import hmac
 import json
 import os
 import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
-from storage.meta import MetaStore
+from storage.meta import ApiKeyRow, MetaStore
 
 CREDENTIALS_FILE = "credentials.json"
 KEY_BYTES = 24
+# The development key acts for this tenant and user, so `reelhouse serve` works out of the box;
+# real tenants get keys from `reelhouse apikey create`.
+DEV_TENANT_ID = "00000000-0000-0000-0000-000000000000"
+DEV_USER_ID = "00000000-0000-0000-0000-000000000000"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who a valid key acts for."""
+
+    tenant_id: str
+    user_id: str
 
 
 def hash_key(key: str) -> str:
@@ -52,16 +66,37 @@ class ApiKeys:
 
     async def check(self, key: str) -> bool:
         """Whether ``key`` is a valid API key."""
+        return await self.identify(key) is not None
+
+    async def identify(self, key: str) -> Principal | None:
+        """The tenant and user ``key`` belongs to, or ``None`` for an unknown key."""
         digest = hash_key(key)
         if hmac.compare_digest(digest, self._dev_hash):
-            return True
-        return await self._meta.find_api_key(digest) is not None
+            return Principal(DEV_TENANT_ID, DEV_USER_ID)
+        row = await self._meta.find_api_key(digest)
+        return None if row is None else Principal(row.tenant_id, row.user_id)
+
+    async def identify_header(self, header: str | None) -> Principal | None:
+        """The principal of an ``Authorization: Bearer KEY`` header, or ``None``."""
+        if not header:
+            return None
+        scheme, _, key = header.partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            return None
+        return await self.identify(key.strip())
 
     async def check_header(self, header: str | None) -> bool:
         """Whether an ``Authorization`` header carries a valid ``Bearer`` key."""
-        if not header:
-            return False
-        scheme, _, key = header.partition(" ")
-        if scheme.lower() != "bearer" or not key.strip():
-            return False
-        return await self.check(key.strip())
+        return await self.identify_header(header) is not None
+
+
+async def create_tenant_key(
+    meta: MetaStore, tenant: str, user: str | None = None, name: str = ""
+) -> tuple[str, Principal]:
+    """Make a key for ``tenant`` and ``user`` (UUIDs or names, created when missing; no user
+    means a new one); returns the key, shown once: only its hash is stored."""
+    tenant_id = await meta.ensure_tenant(tenant)
+    user_id = await meta.ensure_user(tenant_id, user)
+    key = new_key()
+    await meta.add_api_key(ApiKeyRow(hash_key(key), name, tenant_id, user_id, datetime.now(UTC)))
+    return key, Principal(tenant_id, user_id)

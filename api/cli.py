@@ -1,4 +1,5 @@
-"""The ``reelhouse`` command: ``serve`` runs the server, ``publish`` streams media to one."""
+"""The ``reelhouse`` command: ``serve`` runs the server, ``publish`` streams media to one,
+``apikey create`` makes a tenant's API key."""
 
 from __future__ import annotations
 
@@ -122,6 +123,31 @@ async def _publish(args: argparse.Namespace) -> int:
     return 0 if result.frames_acked == result.frames_sent else 1
 
 
+async def _apikey(args: argparse.Namespace) -> int:
+    """Make a key straight in the metadata file: SQLite in WAL mode lets this run beside a
+    server that has the same file open, and works when none is running."""
+    from storage.errors import MetaConflict
+    from storage.meta_sqlite import SqliteMetaStore
+
+    from .app import META_FILE
+    from .auth import create_tenant_key
+
+    overrides = {} if args.data_dir is None else {"data_dir": args.data_dir}
+    settings = load_settings(args.config, overrides=overrides)
+    meta = SqliteMetaStore(settings.data_dir / META_FILE)
+    await meta.open()
+    try:
+        key, who = await create_tenant_key(meta, args.tenant, args.user, args.name)
+    except MetaConflict as exc:
+        print(f"reelhouse: {exc}", file=sys.stderr, flush=True)
+        return 2
+    finally:
+        await meta.aclose()
+    print(key, flush=True)  # stdout holds the key alone, for scripts
+    print(f"tenant {who.tenant_id} user {who.user_id}", file=sys.stderr, flush=True)
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="reelhouse", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -153,6 +179,19 @@ def _parser() -> argparse.ArgumentParser:
     pub.add_argument(
         "--fast", action="store_true", help="send as fast as acks allow, not in real time"
     )
+
+    key = sub.add_parser("apikey", help="manage API keys of tenants")
+    key_sub = key.add_subparsers(dest="apikey_command", required=True)
+    create = key_sub.add_parser(
+        "create", help="print a new key for a tenant and user (the server may be running)"
+    )
+    create.add_argument(
+        "--tenant", required=True, help="tenant UUID or name (created when missing)"
+    )
+    create.add_argument("--user", help="user UUID or name within the tenant (default: a new user)")
+    create.add_argument("--name", default="", help="a label kept with the key")
+    create.add_argument("--data-dir", type=Path, help="the server's data directory")
+    create.add_argument("--config", type=Path, help="TOML settings file (for its data_dir)")
     return p
 
 
@@ -165,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
         _parser().error(
             "publish needs --session or one of --platform-call-id/--agent-platform-id/--user-id"
         )
-    runner = _serve if args.command == "serve" else _publish
+    runners = {"serve": _serve, "publish": _publish, "apikey": _apikey}
+    runner = runners[args.command]
     run: Callable[[Coroutine[Any, Any, int]], int] = asyncio.run
     with contextlib.suppress(ImportError):  # uvloop is a dependency wherever it builds
         import uvloop

@@ -1,8 +1,13 @@
-"""``/v1/objects/{key}``: presigned GET of the local object store's files."""
+"""``/v1/objects/{key}``: presigned GET and PUT of the local object store's files (S3 serves
+its own presigned URLs)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import os
+import uuid
+from pathlib import Path
 
 from aiohttp import web
 
@@ -10,12 +15,18 @@ from ingest.errors import RpcCode
 from storage.errors import ObjectNotFound
 
 from .errors import rpc_error
-from .keys import SIGNER, STORE
+from .keys import SETTINGS, SIGNER, STORE
+
+# A presigned PUT (a recording's tab video) may carry this much; larger gets 413. The body is
+# streamed to a file in chunks, never held in memory.
+MAX_PUT_BYTES = 4 * 1024**3
+PUT_CHUNK_BYTES = 1024 * 1024
 
 
 def add_routes(app: web.Application) -> None:
     """Register the object routes."""
     app.router.add_get("/v1/objects/{key:.+}", get_object)
+    app.router.add_put("/v1/objects/{key:.+}", put_object)
 
 
 def _verify(request: web.Request, method: str) -> str:
@@ -51,3 +62,50 @@ async def get_object(request: web.Request) -> web.StreamResponse:
         pass  # deleted mid-stream: the length check on the client side tells
     await resp.write_eof()
     return resp
+
+
+def _too_large() -> web.HTTPException:
+    return rpc_error(RpcCode.INVALID_ARGUMENT, f"object larger than {MAX_PUT_BYTES} bytes")
+
+
+def _set_413(exc: web.HTTPException) -> web.HTTPException:
+    exc.set_status(413)
+    return exc
+
+
+async def put_object(request: web.Request) -> web.Response:
+    """Store the body under the key for a holder of a valid presigned PUT URL."""
+    key = _verify(request, "PUT")
+    if request.content_length is not None and request.content_length > MAX_PUT_BYTES:
+        raise _set_413(_too_large())
+    tmp_dir = request.app[SETTINGS].data_dir / "tmp"
+    await asyncio.to_thread(tmp_dir.mkdir, parents=True, exist_ok=True)
+    path = tmp_dir / f"put-{uuid.uuid4().hex}"
+    try:
+        await _receive(request, path)
+        content_type = request.headers.get("Content-Type") or None
+        info = await request.app[STORE].put_file(key, path, content_type)
+    finally:
+        await asyncio.to_thread(_unlink, path)
+    return web.Response(status=200, headers={"ETag": f'"{info.etag}"'})
+
+
+async def _receive(request: web.Request, path: Path) -> None:
+    size = 0
+    await asyncio.to_thread(path.write_bytes, b"")
+    async for chunk in request.content.iter_chunked(PUT_CHUNK_BYTES):
+        size += len(chunk)
+        if size > MAX_PUT_BYTES:
+            raise _set_413(_too_large())
+        await asyncio.to_thread(_append, path, chunk)
+
+
+def _append(path: Path, data: bytes) -> None:
+    # opened and closed per chunk: a client gone mid-upload leaves no open file behind
+    with open(path, "ab") as f:
+        f.write(data)
+
+
+def _unlink(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)

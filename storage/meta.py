@@ -1,4 +1,5 @@
-"""The metadata store interface: sessions, their events, recorded files and API keys.
+"""The metadata store interface: sessions, their events, recorded files, API keys, tenants and
+browser-extension recordings.
 
 SQLite (``meta_sqlite.SqliteMetaStore``) is the embedded default; the interface is kept
 narrow and SQL-neutral so a Postgres implementation can fill it later.
@@ -9,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
+
+from .recordings import RecordingPage, RecordingRow
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,4 +136,52 @@ class MetaStore(Protocol):
 
     async def find_api_key(self, key_hash: str) -> ApiKeyRow | None:
         """The key with this hash, or ``None``."""
+        ...
+
+    # tenants and users
+    async def ensure_tenant(self, ref: str) -> str:
+        """The id of the tenant ``ref`` names (a UUID, or a name), created when missing."""
+        ...
+
+    async def ensure_user(self, tenant_id: str, ref: str | None) -> str:
+        """The id of the tenant's user ``ref`` names (UUID, name, or ``None``: a new user)."""
+        ...
+
+    # browser-extension recordings
+    def new_recording_id(self) -> str:
+        """A fresh recording id, greater than every one made before it."""
+        ...
+
+    async def create_recording(self, row: RecordingRow) -> None:
+        """Insert a recording; ``MetaConflict`` if the id exists."""
+        ...
+
+    async def get_recording(self, recording_id: str, tenant_id: str | None) -> RecordingRow | None:
+        """The recording (only the tenant's, when ``tenant_id`` is given), or ``None``."""
+        ...
+
+    async def list_recordings(
+        self,
+        tenant_id: str,
+        limit: int,
+        *,
+        before: str | None = None,
+        project_id: str | None = None,
+        status: str | None = None,
+    ) -> RecordingPage:
+        """A tenant's recordings newest first; with ``before``, only ids below it."""
+        ...
+
+    async def update_recording(
+        self, recording_id: str, *, only_from: tuple[str, ...] = (), **changes: Any
+    ) -> RecordingRow | None:
+        """Set columns; ``None`` when missing or (with ``only_from``) in another status."""
+        ...
+
+    async def delete_recording(self, recording_id: str, tenant_id: str) -> bool:
+        """Remove the tenant's recording row; whether there was one."""
+        ...
+
+    async def recordings_with_status(self, status: str) -> list[RecordingRow]:
+        """Every recording in ``status``, oldest first."""
         ...

@@ -17,6 +17,8 @@ import aiosqlite
 
 from .errors import MetaConflict
 from .meta import ApiKeyRow, FileRow, SessionEventRow, SessionRow
+from .recordings import Uuid7Source
+from .recordings_sqlite import SqliteRecordings
 
 BUSY_TIMEOUT_MS = 5000  # how long a write waits for another connection's lock
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
@@ -90,7 +92,7 @@ def _read_migrations(directory: Path) -> list[tuple[int, str]]:
     return found
 
 
-class SqliteMetaStore:
+class SqliteMetaStore(SqliteRecordings):
     """A ``MetaStore`` in one SQLite file (WAL mode), migrated on ``open``."""
 
     def __init__(self, path: Path, migrations_dir: Path = MIGRATIONS_DIR) -> None:
@@ -99,6 +101,7 @@ class SqliteMetaStore:
         self._db: aiosqlite.Connection | None = None
         # one connection, so transactions from different coroutines must not interleave
         self._lock = asyncio.Lock()
+        self._ids = Uuid7Source()
 
     async def open(self) -> None:
         """Connect, set the pragmas and apply pending migrations."""
@@ -117,6 +120,7 @@ class SqliteMetaStore:
             await db.close()
             raise
         self._db = db
+        await self._seed_recording_ids()
 
     async def _migrate(self, db: aiosqlite.Connection) -> None:
         await db.execute(

@@ -1,0 +1,168 @@
+"""A recording's uploaded tab video made playable: probed and checked by decoding a frame,
+cut into HLS with the mixer's writer (VP8/VP9 re-encoded to H.264, Opus to AAC, H.264 and AAC
+passed through), a JPG thumbnail taken. Blocking and CPU-bound: run in a worker thread."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import av.error
+from av.video.codeccontext import VideoCodecContext
+from av.video.frame import VideoFrame
+
+from mixer.errors import MediaError
+from mixer.hls import HlsWriter
+from mixer.tracks import Codec, Kind, TrackSpec
+
+THUMBNAIL_AT_S = 1.0  # past a black first frame, still inside the shortest clip
+THUMBNAIL_MAX_WIDTH = 640
+HLS_SEGMENT_S = 4.0
+US_PER_S = 1_000_000
+MAX_BAD_PACKETS = 50  # a few broken frames are skipped; more mean the file is broken
+_VIDEO_CODECS = {"vp8": Codec.VP8, "vp9": Codec.VP9, "h264": Codec.H264}
+_AUDIO_CODECS = {"opus": Codec.OPUS, "aac": Codec.AAC}
+
+
+class VideoFailed(Exception):
+    """The upload is not a video we can play back; the message is the reason users see."""
+
+
+class Stopped(Exception):
+    """Processing was told to stop (the recording was deleted, the server is closing)."""
+
+
+@dataclass(frozen=True, slots=True)
+class VideoResult:
+    """What processing made: the HLS files (playlist last), the thumbnail, and the duration."""
+
+    hls_files: list[Path]
+    thumbnail: Path
+    duration_ms: int
+    width: int
+    height: int
+    audio: bool
+
+
+def _open(src: Path) -> av.container.InputContainer:
+    try:
+        return av.open(str(src))
+    except (av.error.FFmpegError, ValueError, OSError) as exc:
+        raise VideoFailed(f"not a video file that can be decoded: {exc}") from None
+
+
+def _thumbnail(src: Path, dest: Path, stop: threading.Event) -> tuple[int, int]:
+    """Write the frame at ``THUMBNAIL_AT_S`` (or the last before it) as JPG; its video size."""
+    chosen: VideoFrame | None = None
+    with _open(src) as container:
+        if not container.streams.video:
+            raise VideoFailed("the file has no video stream")
+        stream = container.streams.video[0]
+        try:
+            for frame in container.decode(stream):
+                if stop.is_set():
+                    raise Stopped
+                chosen = frame
+                if frame.time is not None and frame.time >= THUMBNAIL_AT_S:
+                    break
+        except av.error.FFmpegError as exc:
+            if chosen is None:
+                raise VideoFailed(f"video does not decode: {exc}") from None
+    if chosen is None:
+        raise VideoFailed("video has no decodable frame")
+    width = min(THUMBNAIL_MAX_WIDTH, chosen.width) // 2 * 2
+    height = max(2, round(chosen.height * width / chosen.width) // 2 * 2)
+    encoder = av.CodecContext.create("mjpeg", "w")
+    assert isinstance(encoder, VideoCodecContext)  # PyAV typing only
+    encoder.width, encoder.height, encoder.pix_fmt = width, height, "yuvj420p"
+    encoder.time_base = Fraction(1, 1)
+    image = chosen.reformat(width=width, height=height, format="yuvj420p")
+    image.pts = 0
+    data = b"".join(bytes(p) for p in encoder.encode(image) + encoder.encode(None))
+    dest.write_bytes(data)
+    return chosen.width, chosen.height
+
+
+def _audio_spec(stream: av.audio.stream.AudioStream) -> TrackSpec | None:
+    codec = _AUDIO_CODECS.get(stream.codec_context.name)
+    channels = stream.codec_context.channels
+    if codec is None or not 1 <= channels <= 2:
+        return None  # the video still plays; its audio is left out
+    rate = stream.codec_context.sample_rate or 48_000
+    extradata = bytes(stream.codec_context.extradata or b"") if codec is Codec.AAC else b""
+    return TrackSpec(2, Kind.AUDIO, codec, sample_rate=rate, channels=channels, extradata=extradata)
+
+
+def process_video(src: Path, work: Path, stop: threading.Event) -> VideoResult:
+    """Probe, thumbnail and transcode ``src`` into ``work``; ``VideoFailed`` says why not."""
+    work.mkdir(parents=True, exist_ok=True)
+    thumbnail = work / "thumbnail.jpg"
+    width, height = _thumbnail(src, thumbnail, stop)
+    hls_dir = work / "hls"
+    writer = HlsWriter(hls_dir, target_segment_s=HLS_SEGMENT_S, name="index")
+    first_us: int | None = None
+    end_us = 0
+    bad = 0
+    with _open(src) as container:
+        video = container.streams.video[0]
+        codec = _VIDEO_CODECS.get(video.codec_context.name)
+        if codec is None:
+            raise VideoFailed(f"video codec {video.codec_context.name} is not supported")
+        extradata = bytes(video.codec_context.extradata or b"") if codec is Codec.H264 else b""
+        writer.add_track(
+            TrackSpec(1, Kind.VIDEO, codec, video.width, video.height, extradata=extradata)
+        )
+        streams: list[av.stream.Stream] = [video]
+        track_of = {video.index: 1}
+        if container.streams.audio:
+            audio = container.streams.audio[0]
+            spec = _audio_spec(audio)
+            if spec is not None:
+                writer.add_track(spec)
+                streams.append(audio)
+                track_of[audio.index] = 2
+        try:
+            for packet in container.demux(*streams):
+                if stop.is_set():
+                    raise Stopped
+                if packet.pts is None or packet.size == 0 or packet.time_base is None:
+                    continue
+                pts_us = int(packet.pts * packet.time_base * US_PER_S)
+                dts_us = (
+                    None if packet.dts is None else int(packet.dts * packet.time_base * US_PER_S)
+                )
+                dur_us = int((packet.duration or 0) * packet.time_base * US_PER_S)
+                first_us = pts_us if first_us is None else min(first_us, pts_us)
+                end_us = max(end_us, pts_us + dur_us)
+                try:
+                    writer.write(
+                        track_of[packet.stream.index],
+                        bytes(packet),
+                        pts_us,
+                        keyframe=packet.is_keyframe,
+                        dts_us=dts_us,
+                    )
+                except MediaError:
+                    bad += 1
+                    if bad > MAX_BAD_PACKETS:
+                        raise VideoFailed("video has too many undecodable frames") from None
+            writer.finish()
+        except av.error.FFmpegError as exc:
+            raise VideoFailed(f"video does not demux: {exc}") from None
+        duration_s = container.duration / av.time_base if container.duration else None
+    segments = sorted(hls_dir.glob("index_*.ts"))
+    if not segments:
+        raise VideoFailed("video has no frames that could be written")
+    if duration_s is None or duration_s <= 0:  # MediaRecorder's WebM states none: count it
+        duration_s = max(0, end_us - (first_us or 0)) / US_PER_S
+    return VideoResult(
+        hls_files=[*segments, hls_dir / "index.m3u8"],
+        thumbnail=thumbnail,
+        duration_ms=round(duration_s * 1000),
+        width=width,
+        height=height,
+        audio=len(streams) > 1,
+    )

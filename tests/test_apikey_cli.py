@@ -1,0 +1,60 @@
+"""``reelhouse apikey create``: a key made beside a running server works at once, for the
+tenant and user it names; names map to the same ids every time."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from api.auth import DEV_TENANT_ID
+
+
+async def apikey(data_dir: Path, *args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "api.cli", "apikey", "create", "--data-dir", str(data_dir), *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await proc.communicate()
+    return proc.returncode or 0, out.decode().strip(), err.decode().strip()
+
+
+async def test_key_made_while_the_server_runs(server: Any) -> None:
+    rc, key, err = await apikey(server.data_dir, "--tenant", "acme", "--user", "alice")
+    assert rc == 0 and key.startswith("rh_") and "\n" not in key
+    _, tenant_id, _, user_id = err.split()
+    uuid.UUID(tenant_id), uuid.UUID(user_id)
+    rc, other, err2 = await apikey(server.data_dir, "--tenant", "acme", "--user", "alice")
+    assert other != key and err2 == err  # same names, same ids
+    rc, _, err3 = await apikey(server.data_dir, "--tenant", "acme")
+    assert err3.split()[1] == tenant_id and err3.split()[3] != user_id  # a new user
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            server.url + "/v1/recordings",
+            json={"started_at": "2026-05-04T10:00:00Z", "events": []},
+            headers={"Authorization": f"Bearer {key}"},
+        ) as resp:
+            assert resp.status == 201
+            rid = (await resp.json())["id"]
+        async with http.get(
+            f"{server.url}/v1/recordings/{rid}", headers={"Authorization": f"Bearer {key}"}
+        ) as resp:
+            detail = await resp.json()
+        assert (detail["tenant_id"], detail["user_id"]) == (tenant_id, user_id)
+        assert (detail["event_count"], detail["duration_ms"]) == (0, 0)
+        async with http.get(server.url + "/v1/recordings", headers=server.auth) as resp:
+            assert resp.status == 200  # the development key acts for its own tenant
+            assert (await resp.json())["recordings"] == []
+    assert DEV_TENANT_ID != tenant_id
+
+
+async def test_key_without_a_server(tmp_path: Path) -> None:
+    tenant = str(uuid.uuid4())
+    rc, key, err = await apikey(tmp_path / "fresh", "--tenant", tenant)
+    assert rc == 0 and key and err.split()[1] == tenant
+    rc, _, err = await apikey(tmp_path / "fresh", "--tenant", "other", "--user", err.split()[3])
+    assert rc == 2 and "another tenant" in err
