@@ -12,9 +12,11 @@ from pathlib import Path
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from ingest.channels import ChannelRegistry
 from ingest.errors import RpcCode, SessionError
 from ingest.sessions import SessionManager
 from ingest.wal import Wal
+from ingest.webrtc import WhipServer
 from ingest.ws import IngestHandler
 from storage.errors import StorageError, StoreRefused
 from storage.meta_sqlite import SqliteMetaStore
@@ -25,11 +27,14 @@ from storage.registry import StoreRegistry
 from storage.s3 import S3ObjectStore
 from storage.spool import Spool, SpoolItem
 
-from . import metrics, objects_route, recordings, screen_recording
+from . import metrics, objects_route, recordings, screen_recording, whip
+from .apps import AppDirectory
 from .auth import ApiKeys, load_or_create_credentials
 from .errors import rpc_error, rpc_status
 from .keys import (
     API_KEYS,
+    APPS,
+    CHANNELS,
     INGEST,
     META,
     SESSIONS,
@@ -39,6 +44,7 @@ from .keys import (
     STORE,
     STORES,
     UPLOAD_LATENCY,
+    WHIP,
 )
 from .settings import Settings
 
@@ -51,7 +57,15 @@ STORAGE_CODES = {
     507: RpcCode.RESOURCE_EXHAUSTED,
 }
 # /v1/recordings checks its own (tenant-bound) keys and answers in its own error shape
-PUBLIC_PATHS = ("/healthz", "/metrics", "/v1/ingest", "/v1/objects/", recordings.PREFIX)
+# /v1/apps/ (WHIP) checks channel tokens of its own
+PUBLIC_PATHS = (
+    "/healthz",
+    "/metrics",
+    "/v1/ingest",
+    "/v1/objects/",
+    "/v1/apps/",
+    recordings.PREFIX,
+)
 META_FILE = "meta.sqlite3"
 
 
@@ -247,6 +261,9 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     app[STORES], app[UPLOAD_LATENCY] = stores, latency
     app[INGEST] = IngestHandler(manager, settings.ingest, keys.check)
     await manager.start()
+    channels = ChannelRegistry()
+    app[CHANNELS], app[APPS] = channels, AppDirectory(meta)
+    app[WHIP] = WhipServer(channels, settings.webrtc)
     processor = recordings.VideoProcessor(meta, store, data / "recordings-work")
     app[recordings.RECORDINGS] = recordings.RecordingService(data / "tmp", processor)
     await asyncio.to_thread(recordings.prepare_tmp, data / "tmp")
@@ -255,6 +272,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await processor.aclose()
+        await app[WHIP].aclose()
         await app[INGEST].aclose()
         await manager.aclose()
         await spool.aclose()
@@ -277,7 +295,10 @@ async def _ingest(request: web.Request) -> web.StreamResponse:
 
 def create_app(settings: Settings) -> web.Application:
     """The aiohttp application with every service opened in ``cleanup_ctx``."""
-    app = web.Application(middlewares=[errors_middleware, auth_middleware], client_max_size=1024**2)
+    app = web.Application(
+        middlewares=[whip.cors_middleware, errors_middleware, auth_middleware],
+        client_max_size=1024**2,
+    )
     app[SETTINGS] = settings
     app.cleanup_ctx.append(_services)
     app.on_shutdown.append(_on_shutdown)
@@ -286,5 +307,6 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/v1/ingest", _ingest)
     screen_recording.add_routes(app)
     objects_route.add_routes(app)
+    whip.add_routes(app)
     app.add_subapp(recordings.PREFIX, recordings.create_subapp())
     return app

@@ -148,6 +148,55 @@ async def _apikey(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _open_meta(args: argparse.Namespace) -> Any:
+    from storage.meta_sqlite import SqliteMetaStore
+
+    from .app import META_FILE
+
+    overrides = {} if args.data_dir is None else {"data_dir": args.data_dir}
+    settings = load_settings(getattr(args, "config", None), overrides=overrides)
+    meta = SqliteMetaStore(settings.data_dir / META_FILE)
+    await meta.open()
+    return meta
+
+
+async def _app(args: argparse.Namespace) -> int:
+    """``app create``: a new app, made straight in the metadata file (server running or not)."""
+    from .apps import create_app_row
+
+    meta = await _open_meta(args)
+    try:
+        row = await create_app_row(meta, token_required=not args.no_token)
+    finally:
+        await meta.aclose()
+    print(f"appid: {row.appid}", flush=True)
+    print(f"certificate: {row.certificate}", flush=True)
+    if not row.token_required:
+        print("tokens: not required (publishers name their uid with ?uid=)", flush=True)
+    return 0
+
+
+async def _token(args: argparse.Namespace) -> int:
+    """``token``: a channel token for a uid, signed with the app's certificate."""
+    from ingest.tokens import Role, TokenError, mint
+
+    meta = await _open_meta(args)
+    try:
+        row = await meta.get_app(args.appid)
+    finally:
+        await meta.aclose()
+    if row is None:
+        print(f"reelhouse: app {args.appid} not found", file=sys.stderr, flush=True)
+        return 2
+    try:
+        token = mint(row.certificate, row.appid, args.cname, args.uid, Role(args.role), args.ttl)
+    except TokenError as exc:
+        print(f"reelhouse: {exc}", file=sys.stderr, flush=True)
+        return 2
+    print(token, flush=True)
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="reelhouse", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -192,6 +241,22 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--name", default="", help="a label kept with the key")
     create.add_argument("--data-dir", type=Path, help="the server's data directory")
     create.add_argument("--config", type=Path, help="TOML settings file (for its data_dir)")
+
+    app = sub.add_parser("app", help="manage apps of the channel API")
+    app_sub = app.add_subparsers(dest="app_command", required=True)
+    app_create = app_sub.add_parser("create", help="print a new appid and app certificate")
+    app_create.add_argument("--data-dir", type=Path, help="the server's data directory")
+    app_create.add_argument(
+        "--no-token", action="store_true", help="publishers need no token (development)"
+    )
+
+    tok = sub.add_parser("token", help="print a channel token for a uid")
+    tok.add_argument("--appid", required=True)
+    tok.add_argument("--cname", required=True, help="channel name")
+    tok.add_argument("--uid", required=True)
+    tok.add_argument("--ttl", type=int, default=24 * 3600, help="seconds (default a day)")
+    tok.add_argument("--role", choices=("publisher", "subscriber"), default="publisher")
+    tok.add_argument("--data-dir", type=Path, help="the server's data directory")
     return p
 
 
@@ -204,7 +269,13 @@ def main(argv: list[str] | None = None) -> int:
         _parser().error(
             "publish needs --session or one of --platform-call-id/--agent-platform-id/--user-id"
         )
-    runners = {"serve": _serve, "publish": _publish, "apikey": _apikey}
+    runners = {
+        "serve": _serve,
+        "publish": _publish,
+        "apikey": _apikey,
+        "app": _app,
+        "token": _token,
+    }
     runner = runners[args.command]
     run: Callable[[Coroutine[Any, Any, int]], int] = asyncio.run
     with contextlib.suppress(ImportError):  # uvloop is a dependency wherever it builds

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from ingest.channels import ChannelRegistry
 from ingest.sessions import SessionManager
+from ingest.webrtc import WhipServer
 from ingest.ws import IngestHandler
 from storage.meta import MetaStore
 from storage.objects import ObjectStore
@@ -12,6 +14,7 @@ from storage.presign import UrlSigner
 from storage.registry import StoreRegistry
 from storage.spool import Spool
 
+from .apps import AppDirectory
 from .auth import ApiKeys
 from .metrics import Histogram
 from .settings import Settings
@@ -26,3 +29,6 @@ SESSIONS = web.AppKey("sessions", SessionManager)
 INGEST = web.AppKey("ingest", IngestHandler)
 STORES = web.AppKey("stores", StoreRegistry)
 UPLOAD_LATENCY = web.AppKey("upload_latency", Histogram)
+CHANNELS = web.AppKey("channels", ChannelRegistry)
+APPS = web.AppKey("apps", AppDirectory)
+WHIP = web.AppKey("whip", WhipServer)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ingest.config import IngestSettings, RecorderSettings
+from ingest.webrtc import WebRtcSettings
 from storage.settings import StorageSettings
 
 DEFAULT_HOST = "127.0.0.1"
@@ -59,9 +60,10 @@ class Settings:
     recorder: RecorderSettings = field(default_factory=RecorderSettings)
     spool: SpoolSettings = field(default_factory=SpoolSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
+    webrtc: WebRtcSettings = field(default_factory=WebRtcSettings)
 
 
-_SECTIONS = ("http", "auth", "ingest", "recorder", "spool", "storage")
+_SECTIONS = ("http", "auth", "ingest", "recorder", "spool", "storage", "webrtc")
 
 
 def _coerce(value: Any, to: Any, name: str) -> Any:

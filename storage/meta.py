@@ -71,6 +71,16 @@ class ApiKeyRow:
     created_at: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class AppRow:
+    """An app of the channel API: its id, the certificate that signs its tokens."""
+
+    appid: str
+    certificate: str
+    token_required: bool
+    created_at: datetime
+
+
 class MetaStore(Protocol):
     """Durable metadata. Every method is a single transaction; rows come back as dataclasses."""
 
@@ -136,6 +146,14 @@ class MetaStore(Protocol):
 
     async def find_api_key(self, key_hash: str) -> ApiKeyRow | None:
         """The key with this hash, or ``None``."""
+        ...
+
+    async def add_app(self, row: AppRow) -> None:
+        """Store an app; ``MetaConflict`` when the appid is taken."""
+        ...
+
+    async def get_app(self, appid: str) -> AppRow | None:
+        """The app, or ``None``."""
         ...
 
     # tenants and users

@@ -16,7 +16,7 @@ from typing import Any
 import aiosqlite
 
 from .errors import MetaConflict
-from .meta import ApiKeyRow, FileRow, SessionEventRow, SessionRow
+from .meta import ApiKeyRow, AppRow, FileRow, SessionEventRow, SessionRow
 from .recordings import Uuid7Source
 from .recordings_sqlite import SqliteRecordings
 
@@ -353,3 +353,32 @@ class SqliteMetaStore(SqliteRecordings):
             return None
         key_hash, name, tenant_id, user_id, created_at = rows[0]
         return ApiKeyRow(key_hash, name, tenant_id, user_id, _req(created_at))
+
+    # apps --------------------------------------------------------------------------------
+
+    async def add_app(self, row: AppRow) -> None:
+        """Store an app; ``MetaConflict`` when the appid is taken."""
+        try:
+            async with self._tx() as db:
+                await db.execute(
+                    "INSERT INTO apps (appid, certificate, token_required, created_at)"
+                    " VALUES (?, ?, ?, ?)",
+                    (row.appid, row.certificate, int(row.token_required), _to_text(row.created_at)),
+                )
+        except sqlite3.IntegrityError as exc:
+            raise MetaConflict(f"app {row.appid} already exists") from exc
+
+    async def get_app(self, appid: str) -> AppRow | None:
+        """The app, or ``None``."""
+        async with self._tx(write=False) as db:
+            rows = list(
+                await db.execute_fetchall(
+                    "SELECT appid, certificate, token_required, created_at FROM apps"
+                    " WHERE appid = ?",
+                    (appid,),
+                )
+            )
+        if not rows:
+            return None
+        appid, certificate, token_required, created_at = rows[0]
+        return AppRow(appid, certificate, bool(token_required), _req(created_at))

@@ -26,6 +26,11 @@ def blockbuster() -> Iterator[BlockBuster]:
         for name in ("os.stat", "os.listdir", "os.scandir"):
             if name in bb.functions:
                 bb.functions[name].can_block_in("botocore/loaders.py", BOTOCORE_LOADER_STATS)
+        # closing an aiortc peer joins each receiver's decoder thread, which ends at its next
+        # queue read: a bounded wait inside aiortc that no caller can move off the loop
+        for name in ("threading.Lock.acquire", "threading.Lock.acquire_lock"):
+            if name in bb.functions:
+                bb.functions[name].can_block_in("aiortc/rtcrtpreceiver.py", {"__stop_decoder"})
         yield bb
 
 
