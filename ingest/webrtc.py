@@ -50,6 +50,7 @@ class WebRtcSettings:
     ice_credential: str = ""
     host_addresses: str = ""  # comma-separated IPs for host candidates; empty: every interface
     gather_timeout_s: float = 5.0
+    connect_timeout_s: float = 30.0  # a peer that never completes ICE/DTLS is dropped
     max_sessions: int = 200
 
     def servers(self) -> list[str]:
@@ -179,8 +180,24 @@ class WhipServer:
                 self.registry.set_track(
                     appid, cname, session.member, TrackInfo(track.id, track.kind, codec)
                 )
+        self._spawn(self._expect_connection(session))
         log.info("WHIP %s: %s joined %s/%s", session.resource_id, uid, appid, cname)
         return session.resource_id, pc.localDescription.sdp
+
+    async def _expect_connection(self, session: WhipSession) -> None:
+        """Close a session whose peer does not connect in time (it would hold its uid)."""
+        connected = asyncio.Event()
+
+        def check() -> None:
+            if session.pc.connectionState == "connected":
+                connected.set()
+
+        session.pc.on("connectionstatechange", check)
+        check()
+        try:
+            await asyncio.wait_for(connected.wait(), self.settings.connect_timeout_s)
+        except TimeoutError:
+            await self.close(session, "no connection within the connect timeout")
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)

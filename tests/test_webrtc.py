@@ -104,3 +104,25 @@ async def test_offer_aiortc_cannot_parse_is_refused(whip: WhipServer) -> None:
     with pytest.raises(OfferError, match="could not be answered"):
         await whip.publish("app", "room", "carol", broken)
     assert not whip.sessions and whip.registry.get("app", "room") is None
+
+
+async def test_a_peer_that_never_connects_is_dropped() -> None:
+    server = WhipServer(
+        ChannelRegistry(), WebRtcSettings(host_addresses="127.0.0.1", connect_timeout_s=0.5)
+    )
+    sub = server.registry.subscribe("app", "room")
+    pc = await make_offer("vp8")
+    try:
+        await server.publish("app", "room", "ghost", pc.localDescription.sdp)  # answer unused
+        kinds = []
+        async with asyncio.timeout(WAIT_S):
+            while "leave" not in kinds:
+                event = await sub.next_event()
+                assert event is not None
+                kinds.append(event.kind)
+                reason = event.reason
+        assert kinds[:2] == ["snapshot", "join"] and kinds[-1] == "leave"
+        assert reason == "no connection within the connect timeout" and not server.sessions
+    finally:
+        await pc.close()
+        await server.aclose()
