@@ -1,5 +1,5 @@
 # reelhouse: `make serve` runs the server, `make test` runs the whole suite.
-# Both set everything up on a fresh machine (a .venv, and Debian's ffmpeg for the tests).
+# Both set everything up on a fresh machine (a .venv; Debian's ffmpeg and chromium for the tests).
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -25,14 +25,19 @@ $(TEST_STAMP): pyproject.toml | $(BIN)/python
 serve: $(STAMP)
 	$(BIN)/reelhouse serve $(SERVE_ARGS)
 
-# ffmpeg/ffprobe check what we write; installed with apt-get when root on Debian and missing
+# ffmpeg/ffprobe check what we write and Chromium publishes from a real page in the tests;
+# installed with apt-get when root on Debian and missing
 system-deps:
-	@if ! command -v ffprobe >/dev/null 2>&1 || ! command -v ffmpeg >/dev/null 2>&1; then \
+	@missing=""; \
+	command -v ffprobe >/dev/null 2>&1 && command -v ffmpeg >/dev/null 2>&1 || missing="ffmpeg"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing Debian's ffmpeg"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg >/dev/null; \
+	    echo "installing Debian's$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	  else \
-	    echo "ffprobe is missing: install ffmpeg (e.g. apt-get install ffmpeg)" >&2; exit 1; \
+	    echo "missing:$$missing (install with apt-get install$$missing)" >&2; \
+	    case "$$missing" in *ffmpeg*) exit 1;; esac; \
 	  fi; \
 	fi
 

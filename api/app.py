@@ -64,6 +64,7 @@ PUBLIC_PATHS = (
     "/v1/ingest",
     "/v1/objects/",
     "/v1/apps/",
+    "/publish",
     recordings.PREFIX,
 )
 META_FILE = "meta.sqlite3"

@@ -11,6 +11,7 @@ origin can publish. An app made without tokens takes the uid from the ``uid`` qu
 from __future__ import annotations
 
 import secrets
+from pathlib import Path
 from urllib.parse import quote
 
 from aiohttp import web
@@ -35,8 +36,17 @@ CORS = {
 }
 
 
+PUBLISH_PAGE = Path(__file__).parent / "static" / "publish.html"
+
+
+async def publish_page(request: web.Request) -> web.FileResponse:
+    """``/publish``: a plain page that publishes camera, microphone or screen over WHIP."""
+    return web.FileResponse(PUBLISH_PAGE, headers={"Content-Type": "text/html; charset=utf-8"})
+
+
 def add_routes(app: web.Application) -> None:
-    """Register the WHIP endpoint and its resources."""
+    """Register the WHIP endpoint, its resources and the publish page."""
+    app.router.add_get("/publish", publish_page)
     app.router.add_route("OPTIONS", BASE, preflight)
     app.router.add_post(BASE, publish)
     app.router.add_route("OPTIONS", BASE + "/{resource}", preflight)

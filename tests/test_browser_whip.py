@@ -1,0 +1,68 @@
+"""A real browser publishing: headless Chromium loads /publish with fake camera and microphone
+and publishes over WHIP; the server's channel receives its video and audio."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+from urllib.parse import urlencode
+
+import av
+import pytest
+from browser import Chromium, chromium_binary
+
+from api.apps import create_app_row
+from api.keys import CHANNELS, META
+from ingest.tokens import mint
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(chromium_binary() is None, reason="chromium not installed"),
+]
+
+WAIT_S = 45.0
+
+
+@pytest.mark.parametrize("codec", ["VP8", "H264"])
+async def test_chromium_publishes_camera_and_microphone(server_factory: Any, codec: str) -> None:
+    server = await server_factory(webrtc={"host_addresses": "127.0.0.1"})
+    app = await create_app_row(server.app[META])
+    token = mint(app.certificate, app.appid, "room1", "browser-1")
+    sub = server.app[CHANNELS].subscribe(app.appid, "room1")
+    query = urlencode(
+        {"appid": app.appid, "cname": "room1", "token": token, "codec": codec, "autostart": "1"}
+    )
+    async with Chromium(f"{server.url}/publish?{query}") as browser:
+        video: list[av.VideoFrame] = []
+        audio: list[av.AudioFrame] = []
+        async with asyncio.timeout(WAIT_S):
+            while len(video) < 20 or len(audio) < 20:
+                frame = await sub.next_media()
+                assert frame is not None and frame.uid == "browser-1"
+                (video if frame.kind == "video" else audio).append(frame.data)
+            state = await browser.evaluate("document.getElementById('state').dataset.state")
+        assert state == "publishing"
+        member = server.app[CHANNELS].get(app.appid, "room1").members["browser-1"]
+        codecs = {t.kind: t.codec for t in member.tracks.values()}
+        assert codecs == {"video": codec.lower(), "audio": "opus"}
+        assert (video[-1].width, video[-1].height) == (640, 480)  # Chromium's fake camera
+        assert audio[-1].sample_rate == 48000
+        pts = [f.pts for f in video]
+        assert pts == sorted(pts) and len(set(pts)) == len(pts)  # frames in order, none twice
+        left = await browser.evaluate("leave().then(() => document.title)")
+        assert left == "reelhouse: idle"
+    async with asyncio.timeout(WAIT_S):  # the page's DELETE ended the membership
+        while server.app[CHANNELS].get(app.appid, "room1").members:
+            event = await sub.next_event()
+            assert event is not None
+    sub.close()
+
+
+async def test_publish_page_is_served(server_factory: Any) -> None:
+    import aiohttp
+
+    server = await server_factory()
+    async with aiohttp.ClientSession() as http, http.get(f"{server.url}/publish") as resp:
+        assert resp.status == 200 and resp.content_type == "text/html"
+        page = await resp.text()
+    assert "/whip" in page and "getUserMedia" in page and "getDisplayMedia" in page
