@@ -44,14 +44,14 @@ class ToneTrack(AudioStreamTrack):
         self._n = 0
 
     async def recv(self) -> av.AudioFrame:
-        silence = await super().recv()  # aiortc's pacing and timestamps
+        await super().recv()  # aiortc's pacing (its silence is 8 kHz: our clock is our own)
         t = (np.arange(AUDIO_SAMPLES) + self._n) / AUDIO_RATE
-        self._n += AUDIO_SAMPLES
         samples = (np.sin(2 * np.pi * self._hz * t) * 8000).astype(np.int16)
         frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
         frame.sample_rate = AUDIO_RATE
-        frame.pts = silence.pts
+        frame.pts = self._n
         frame.time_base = fractions.Fraction(1, AUDIO_RATE)
+        self._n += AUDIO_SAMPLES
         return frame
 
 

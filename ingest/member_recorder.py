@@ -1,0 +1,188 @@
+"""Recording one channel member (individual mode): its decoded WebRTC frames to HLS and MP4.
+
+aiortc hands over decoded frames only (its depacketised frames go straight to a decoder thread
+of its own, with no public hook), so the cheapest clean path is to encode once: the frames go
+through the mixer as a one-user mix at the member's own size (no scaling), which is libx264 and
+AAC into the same HLS/MP4 writer as everything else.
+
+aiortc's frame timestamps come from each track's RTP clock, with a random origin per track, so
+each track is placed on the recording's clock by the arrival time of its first frame and its
+own timestamps after that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import av
+
+from mixer.layout import LayoutMode, LayoutSpec
+from mixer.mix import MAX_CANVAS_PIXELS, FileType, MixConfig, MixOutput, MixRecorder
+from mixer.segmenter import SegmentInfo
+
+from .channels import ChannelRegistry, Subscription
+
+log = logging.getLogger(__name__)
+
+US = 1_000_000
+DEFAULT_FPS = 15
+BITS_PER_PIXEL_FRAME = 0.1  # ~1 Mbps at 640x480 15 fps: screen text stays legible
+AUDIO_ONLY_AFTER_US = 1_000_000  # audio this long with no video: record on a default canvas
+TICK_S = 0.5
+TICK_LAG_US = 500_000  # advance only past what late frames can no longer change
+
+
+@dataclass(slots=True)
+class _Clock:
+    """One track's timestamps mapped onto the recording's wall clock (µs)."""
+
+    origin_pts_us: int | None = None
+    origin_wall_us: int = 0
+
+    def place(self, pts_us: int, now_us: int) -> int:
+        if self.origin_pts_us is None:
+            self.origin_pts_us, self.origin_wall_us = pts_us, now_us
+        return self.origin_wall_us + pts_us - self.origin_pts_us
+
+
+@dataclass(slots=True)
+class MemberRecorderStats:
+    """What the recorder saw."""
+
+    video_in: int = 0
+    audio_in: int = 0
+    clocks: dict[str, _Clock] = field(default_factory=dict)
+
+
+def canvas_for(width: int, height: int) -> tuple[int, int]:
+    """The member's own size, even, and scaled down to fit 1920x1080 pixels when larger."""
+    scale = min(1.0, (MAX_CANVAS_PIXELS / max(1, width * height)) ** 0.5)
+    w, h = int(width * scale), int(height * scale)
+    return max(16, w - w % 2), max(16, h - h % 2)
+
+
+class MemberRecorder:
+    """Subscribes to a channel and records one uid's audio and video until :meth:`stop`."""
+
+    def __init__(
+        self,
+        registry: ChannelRegistry,
+        appid: str,
+        cname: str,
+        uid: str,
+        directory: Path,
+        *,
+        fps: int = DEFAULT_FPS,
+        segment_target_s: float = 4.0,
+        mp4: bool = True,
+        on_segment: Callable[[SegmentInfo], None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.uid = uid
+        self._registry, self._appid, self._cname = registry, appid, cname
+        self._directory = directory
+        self._fps, self._segment_s, self._mp4 = fps, segment_target_s, mp4
+        self._on_segment = on_segment
+        self._clock = clock
+        self._sub: Subscription | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._ticker: asyncio.Task[None] | None = None
+        self._mix: MixRecorder | None = None
+        self.stats = MemberRecorderStats()
+
+    def start(self) -> None:
+        """Subscribe now: frames published from here on are recorded."""
+        self._sub = self._registry.subscribe(self._appid, self._cname)
+        self._task = asyncio.create_task(self._run(self._sub), name=f"record-{self.uid}")
+        self._ticker = asyncio.create_task(self._tick(), name=f"record-tick-{self.uid}")
+
+    async def _open(self, frame: av.VideoFrame | None) -> MixRecorder:
+        width, height = canvas_for(frame.width, frame.height) if frame else (640, 360)
+        bitrate = max(200, int(width * height * self._fps * BITS_PER_PIXEL_FRAME / 1000))
+        config = MixConfig(
+            width=width,
+            height=height,
+            fps=self._fps,
+            bitrate_kbps=bitrate,
+            layout=LayoutSpec(LayoutMode.FLOATING),  # the first (only) user fills the canvas
+            file_types=frozenset({FileType.HLS, FileType.MP4} if self._mp4 else {FileType.HLS}),
+        )
+        mix = MixRecorder(
+            config,
+            self._directory,
+            name="index",
+            segment_target_s=self._segment_s,
+            on_segment=self._on_segment,
+        )
+        await mix.start()
+        await mix.join(self.uid, self._now_us())
+        return mix
+
+    def _now_us(self) -> int:
+        return int(self._clock() * US)
+
+    async def _run(self, sub: Subscription) -> None:
+        pending: list[tuple[av.AudioFrame, int]] = []  # audio before the canvas has a size
+        first_audio_us: int | None = None
+        while (frame := await sub.next_media()) is not None:
+            if frame.uid != self.uid:
+                continue
+            now_us = self._now_us()
+            clock = self.stats.clocks.setdefault(frame.track_id, _Clock())
+            t_us = clock.place(frame.pts_us, now_us)
+            if frame.kind == "video":
+                self.stats.video_in += 1
+                if self._mix is None:
+                    self._mix = await self._open(frame.data)
+                    for audio, at in pending:
+                        await self._mix.push_audio(self.uid, audio, at)
+                    pending.clear()
+                await self._mix.push_video(self.uid, frame.data, t_us)
+                continue
+            self.stats.audio_in += 1
+            if self._mix is None:
+                first_audio_us = first_audio_us or now_us
+                pending.append((frame.data, t_us))
+                if now_us - first_audio_us < AUDIO_ONLY_AFTER_US:
+                    continue  # waiting a little for the first video frame's size
+                self._mix = await self._open(None)  # audio only so far: a default canvas
+                for audio, at in pending:
+                    await self._mix.push_audio(self.uid, audio, at)
+                pending.clear()
+                continue
+            await self._mix.push_audio(self.uid, frame.data, t_us)
+
+    async def _tick(self) -> None:
+        """Keep output frames coming while the member sends nothing (muted, frozen)."""
+        while True:
+            await asyncio.sleep(TICK_S)
+            if self._mix is not None:
+                await self._mix.advance(self._now_us() - TICK_LAG_US)
+
+    async def stop(self) -> MixOutput | None:
+        """Stop recording: the playlist is ended and the MP4 built; ``None`` if nothing came."""
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+        if self._sub is not None:
+            self._sub.close()  # the reader drains what is queued, then ends
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._mix is None:
+            return None
+        output = await self._mix.aclose()
+        log.info(
+            "recorded %s: %d video and %d audio frames in",
+            self.uid,
+            self.stats.video_in,
+            self.stats.audio_in,
+        )
+        return output
