@@ -185,6 +185,19 @@ async def metrics_handler(request: web.Request) -> web.Response:
                 round(spool.oldest_pending_s(), 3),
             ),
             ("reelhouse_spool_full", "gauge", "1 while the spool refuses new files.", spool.full),
+            ("reelhouse_whip_sessions", "gauge", "Open WHIP sessions.", len(app[WHIP].sessions)),
+            (
+                "reelhouse_whip_video_frames_total",
+                "counter",
+                "Video frames received over WebRTC.",
+                app[WHIP].frames_in.get("video", 0),
+            ),
+            (
+                "reelhouse_whip_audio_frames_total",
+                "counter",
+                "Audio frames received over WebRTC.",
+                app[WHIP].frames_in.get("audio", 0),
+            ),
         ]
     )
     text += app[UPLOAD_LATENCY].render()

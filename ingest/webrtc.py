@@ -139,6 +139,7 @@ class WhipServer:
         self.settings = settings
         self.sessions: dict[str, WhipSession] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self.frames_in = {"audio": 0, "video": 0}  # decoded frames received, for /metrics
         announce_hosts(settings.hosts())
 
     def _configuration(self) -> RTCConfiguration:
@@ -211,6 +212,7 @@ class WhipServer:
                 frame = await track.recv()
             except MediaStreamError:
                 break
+            self.frames_in[track.kind] = self.frames_in.get(track.kind, 0) + 1
             member = session.member
             channel = self.registry.get(session.appid, session.cname)
             if member is None or channel is None:
