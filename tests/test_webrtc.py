@@ -126,3 +126,39 @@ async def test_a_peer_that_never_connects_is_dropped() -> None:
     finally:
         await pc.close()
         await server.aclose()
+
+
+async def test_two_publishers_share_a_channel_and_one_rejoins(whip: WhipServer) -> None:
+    sub = whip.registry.subscribe("app", "room")
+    peers = [await make_offer("vp8", rgb=(255, 0, 0)), await make_offer("vp8", rgb=(0, 255, 0))]
+    try:
+        resources = {}
+        for uid, pc in zip(("red", "green"), peers, strict=True):
+            resources[uid], answer = await whip.publish("app", "room", uid, pc.localDescription.sdp)
+            await accept_answer(pc, answer)
+        seen: set[str] = set()
+        async with asyncio.timeout(WAIT_S):
+            while seen != {"red", "green"}:
+                frame = await sub.next_media()
+                assert frame is not None
+                if frame.kind == "video":
+                    seen.add(frame.uid)
+        await whip.close(whip.sessions[resources["red"]])  # red leaves ...
+        channel = whip.registry.get("app", "room")
+        assert channel is not None and list(channel.members) == ["green"]
+        await peers[0].close()
+        peers[0] = await make_offer("vp8", rgb=(255, 0, 0))  # ... and comes back
+        _, answer = await whip.publish("app", "room", "red", peers[0].localDescription.sdp)
+        await accept_answer(peers[0], answer)
+        assert list(channel.members) == ["green", "red"]  # join order: green first now
+        async with asyncio.timeout(WAIT_S):
+            while True:
+                frame = await sub.next_media()
+                assert frame is not None
+                if frame.uid == "red" and frame.kind == "video":
+                    break
+        pixel = frame.data.to_ndarray(format="rgb24")[120, 160]
+        assert pixel[0] > 200 and pixel[1] < 60  # red again, from the new connection
+    finally:
+        for pc in peers:
+            await pc.close()
