@@ -273,10 +273,12 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     app[META], app[STORE], app[SPOOL], app[SIGNER] = meta, store, spool, signer
     app[API_KEYS], app[SESSIONS] = keys, manager
     app[STORES], app[UPLOAD_LATENCY] = stores, latency
-    app[INGEST] = IngestHandler(manager, settings.ingest, keys.check)
+
     await manager.start()
     channels = ChannelRegistry()
-    app[CHANNELS], app[APPS] = channels, AppDirectory(meta)
+    apps = AppDirectory(meta)
+    app[CHANNELS], app[APPS] = channels, apps
+    app[INGEST] = IngestHandler(manager, settings.ingest, keys.check, channels, apps.admit)
     app[WHIP] = WhipServer(channels, settings.webrtc)
     processor = recordings.VideoProcessor(meta, store, data / "recordings-work")
     app[recordings.RECORDINGS] = recordings.RecordingService(data / "tmp", processor)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import secrets
 from datetime import UTC, datetime
 
+from ingest.errors import CloseCode, ProtocolError
+from ingest.tokens import TokenError, check_cname, check_uid, verify
 from storage.meta import AppRow, MetaStore
 
 
@@ -31,3 +33,21 @@ class AppDirectory:
         if not 1 <= len(appid) <= 64:
             return None
         return await self._meta.get_app(appid)
+
+    async def admit(self, appid: str, cname: str, uid: str | None, token: str) -> str:
+        """The uid a WebSocket publisher joins ``cname`` as, or ``ProtocolError`` saying why."""
+        try:
+            app = await self.get(appid)
+            if app is None:
+                raise TokenError(f"app {appid} not found")
+            check_cname(cname)
+            if uid is not None:
+                check_uid(uid)
+            if not app.token_required:
+                return uid or f"u{secrets.randbelow(2**31)}"
+            if not token:
+                raise TokenError("this app needs a channel token in hello.token")
+            grant = verify(token, app.certificate, appid=appid, cname=cname, uid=uid)
+        except TokenError as exc:
+            raise ProtocolError(CloseCode.UNAUTHENTICATED, str(exc)) from None
+        return grant.uid

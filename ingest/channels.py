@@ -116,6 +116,7 @@ class MediaFrame:
     data: Any  # bytes or an av.Packet / av.Frame: the registry does not look inside
     pts_us: int
     keyframe: bool = True  # audio frames are all "key"
+    codec: str = ""  # of encoded data (WebSocket publishers); "" for decoded frames
 
 
 class Subscription:

@@ -21,12 +21,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import av
+from av.audio.codeccontext import AudioCodecContext
+from av.video.codeccontext import VideoCodecContext
 
+from mixer.errors import InvalidMedia
 from mixer.layout import LayoutMode, LayoutSpec
 from mixer.mix import MAX_CANVAS_PIXELS, FileType, MixConfig, MixOutput, MixRecorder
 from mixer.segmenter import SegmentInfo
+from mixer.webm import WebmDemuxer
 
-from .channels import ChannelRegistry, Subscription
+from .channels import ChannelRegistry, MediaFrame, Subscription
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +61,51 @@ class MemberRecorderStats:
 
     video_in: int = 0
     audio_in: int = 0
+    undecodable: int = 0
     clocks: dict[str, _Clock] = field(default_factory=dict)
+
+
+DECODERS = {"h264": "h264", "vp8": "vp8", "vp9": "vp9", "opus": "opus", "aac": "aac"}
+
+
+class _Decoders:
+    """Decoders for a member's encoded tracks (WebSocket publishers send encoded frames;
+    WebRTC ones arrive decoded already). Used from one worker thread at a time."""
+
+    def __init__(self) -> None:
+        self._contexts: dict[tuple[str, str], VideoCodecContext | AudioCodecContext] = {}
+        self._webm: dict[str, WebmDemuxer] = {}
+
+    def _context(self, track_id: str, codec: str) -> VideoCodecContext | AudioCodecContext:
+        key = (track_id, codec)
+        if key not in self._contexts:
+            context = av.CodecContext.create(DECODERS[codec], "r")
+            assert isinstance(context, VideoCodecContext | AudioCodecContext)  # PyAV typing
+            self._contexts[key] = context
+        return self._contexts[key]
+
+    def decode(self, frame: MediaFrame, codec: str) -> list[tuple[str, av.frame.Frame, int]]:
+        """(kind, decoded frame, pts µs) for every frame the encoded one completes."""
+        if codec == "webm":
+            # one WebM stream holds both kinds, on its own timeline (µs from its start)
+            demuxer = self._webm.setdefault(frame.track_id, WebmDemuxer())
+            return [
+                (packet.kind.value, decoded, packet.pts_us)
+                for packet in demuxer.feed(bytes(frame.data))
+                for decoded in self._decode(frame.track_id, packet.codec.value, packet.data)
+            ]
+        if codec not in DECODERS:
+            return []
+        return [
+            (frame.kind, decoded, frame.pts_us)
+            for decoded in self._decode(frame.track_id, codec, bytes(frame.data))
+        ]
+
+    def _decode(self, track_id: str, codec: str, data: bytes) -> list[av.frame.Frame]:
+        try:
+            return list(self._context(track_id, codec).decode(av.Packet(data)))
+        except (av.error.FFmpegError, ValueError) as exc:
+            raise InvalidMedia(f"{codec} frame did not decode: {exc}") from exc
 
 
 def canvas_for(width: int, height: int) -> tuple[int, int]:
@@ -95,6 +143,7 @@ class MemberRecorder:
         self._ticker: asyncio.Task[None] | None = None
         self._mix: MixRecorder | None = None
         self.stats = MemberRecorderStats()
+        self._decoders = _Decoders()
 
     def start(self) -> None:
         """Subscribe now: frames published from here on are recorded."""
@@ -127,36 +176,50 @@ class MemberRecorder:
     def _now_us(self) -> int:
         return int(self._clock() * US)
 
+    async def _frames(self, frame: MediaFrame) -> list[tuple[str, av.frame.Frame, int]]:
+        """The decoded frames in ``frame``: itself (WebRTC), or decoded off the loop (WS)."""
+        if not isinstance(frame.data, bytes | bytearray | memoryview):
+            return [(frame.kind, frame.data, frame.pts_us)]
+        try:
+            return await asyncio.to_thread(self._decoders.decode, frame, frame.codec)
+        except InvalidMedia as exc:
+            self.stats.undecodable += 1
+            log.warning("recording %s: %s", self.uid, exc)
+            return []
+
     async def _run(self, sub: Subscription) -> None:
         pending: list[tuple[av.AudioFrame, int]] = []  # audio before the canvas has a size
         first_audio_us: int | None = None
-        while (frame := await sub.next_media()) is not None:
-            if frame.uid != self.uid:
+        while (media := await sub.next_media()) is not None:
+            if media.uid != self.uid:
                 continue
             now_us = self._now_us()
-            clock = self.stats.clocks.setdefault(frame.track_id, _Clock())
-            t_us = clock.place(frame.pts_us, now_us)
-            if frame.kind == "video":
-                self.stats.video_in += 1
+            clock = self.stats.clocks.setdefault(media.track_id, _Clock())
+            for _, data, pts_us in await self._frames(media):
+                t_us = clock.place(pts_us, now_us)
+                if isinstance(data, av.VideoFrame):
+                    self.stats.video_in += 1
+                    if self._mix is None:
+                        self._mix = await self._open(data)
+                        for audio, at in pending:
+                            await self._mix.push_audio(self.uid, audio, at)
+                        pending.clear()
+                    await self._mix.push_video(self.uid, data, t_us)
+                    continue
+                if not isinstance(data, av.AudioFrame):
+                    continue
+                self.stats.audio_in += 1
                 if self._mix is None:
-                    self._mix = await self._open(frame.data)
+                    first_audio_us = first_audio_us or now_us
+                    pending.append((data, t_us))
+                    if now_us - first_audio_us < AUDIO_ONLY_AFTER_US:
+                        continue  # waiting a little for the first video frame's size
+                    self._mix = await self._open(None)  # audio only so far: a default canvas
                     for audio, at in pending:
                         await self._mix.push_audio(self.uid, audio, at)
                     pending.clear()
-                await self._mix.push_video(self.uid, frame.data, t_us)
-                continue
-            self.stats.audio_in += 1
-            if self._mix is None:
-                first_audio_us = first_audio_us or now_us
-                pending.append((frame.data, t_us))
-                if now_us - first_audio_us < AUDIO_ONLY_AFTER_US:
-                    continue  # waiting a little for the first video frame's size
-                self._mix = await self._open(None)  # audio only so far: a default canvas
-                for audio, at in pending:
-                    await self._mix.push_audio(self.uid, audio, at)
-                pending.clear()
-                continue
-            await self._mix.push_audio(self.uid, frame.data, t_us)
+                    continue
+                await self._mix.push_audio(self.uid, data, t_us)
 
     async def _tick(self) -> None:
         """Keep output frames coming while the member sends nothing (muted, frozen)."""

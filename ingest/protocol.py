@@ -27,7 +27,11 @@ CONTROL_ACTIONS = frozenset({"start", "pause", "resume", "stop"})
 
 # client → server
 class Hello(TypedDict):
-    """First message: who the client is and which session it belongs to."""
+    """First message: who the client is and which session (or channel) it belongs to.
+
+    With ``appid`` and ``cname`` the connection publishes into that channel; ``token`` is then
+    the channel token (empty for an app made without tokens) and ``uid`` the publisher's.
+    """
 
     t: Literal["hello"]
     v: int
@@ -36,6 +40,9 @@ class Hello(TypedDict):
     platform_call_id: NotRequired[str]
     agent_platform_id: NotRequired[str]
     user_id: NotRequired[str]
+    appid: NotRequired[str]
+    cname: NotRequired[str]
+    uid: NotRequired[str]
 
 
 class Track(TypedDict):
@@ -208,6 +215,14 @@ def _check_track(msg: dict[str, Any]) -> None:
 def _check_hello(msg: dict[str, Any]) -> None:
     if msg.get("v") != PROTOCOL_VERSION:
         raise _fail(CloseCode.SCHEMA, f"hello: v must be {PROTOCOL_VERSION}")
+    channel = "appid" in msg or "cname" in msg
+    if channel:  # a channel publisher: both names, and a token that may be empty
+        _str(msg, "appid", required=True, limit=64)
+        _str(msg, "cname", required=True, limit=64)
+        _str(msg, "uid", limit=255)
+        if not isinstance(msg.get("token"), str) or len(msg["token"]) > 2048:
+            raise _fail(CloseCode.SCHEMA, "hello: token must be a string (empty: no token)")
+        return
     _str(msg, "token", required=True, limit=512)
     for name in ("session_id", "platform_call_id", "agent_platform_id", "user_id"):
         _str(msg, name)

@@ -10,12 +10,16 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from .channels import ChannelRegistry, MediaFrame, TrackInfo, Transport
 from .config import IngestSettings
 from .errors import CloseCode, ProtocolError
 from .protocol import PROTOCOL_VERSION, SUBPROTOCOL, decode_client, encode
 from .sessions import PLATFORM_FIELDS, LiveSession, SessionManager
 
 log = logging.getLogger(__name__)
+
+# (appid, cname, uid or None, token) → the admitted uid, or ProtocolError(UNAUTHENTICATED, why)
+Admit = Callable[[str, str, str | None, str], Awaitable[str]]
 
 BYE_DRAIN_TIMEOUT_S = 30.0  # how long `bye` waits for the last frames to be made safe
 CLOSE_HANDSHAKE_TIMEOUT_S = 5.0  # a close started by another task (replace, shutdown) ends by then
@@ -106,10 +110,14 @@ class IngestHandler:
         manager: SessionManager,
         settings: IngestSettings,
         authenticate: Callable[[str], Awaitable[bool]],
+        channels: ChannelRegistry | None = None,
+        admit: Admit | None = None,
     ) -> None:
         self._manager = manager
         self._settings = settings
         self._authenticate = authenticate
+        self._channels = channels
+        self._admit = admit
         self.connections: set[WsConnection] = set()
 
     async def __call__(self, request: web.Request) -> web.StreamResponse:
@@ -165,6 +173,9 @@ class IngestHandler:
             return
         if hello["t"] != "hello":
             raise ProtocolError(CloseCode.SCHEMA, "the first message must be hello")
+        if "appid" in hello:
+            await self._run_channel(conn, hello)
+            return
         if not await self._authenticate(hello["token"]):
             raise ProtocolError(CloseCode.UNAUTHENTICATED, "invalid token")
         conn.ids = {k: hello.get(k, "") for k in PLATFORM_FIELDS}
@@ -214,6 +225,90 @@ class IngestHandler:
                 return
             else:
                 raise ProtocolError(CloseCode.BAD_MESSAGE, f"{kind} is not a client message here")
+
+    async def _run_channel(self, conn: WsConnection, hello: dict[str, Any]) -> None:
+        """A publisher in a channel: tracks and media go to the channel's subscribers.
+
+        Nothing is stored on this path (a subscriber records what it wants), so a media
+        message is acknowledged as soon as it has been handed to the channel.
+        """
+        if self._channels is None or self._admit is None:
+            raise ProtocolError(CloseCode.SESSION_STATE, "channels are not served here")
+        appid, cname = hello["appid"], hello["cname"]
+        uid = await self._admit(appid, cname, hello.get("uid"), hello["token"])
+        registry = self._channels
+
+        async def replaced(reason: str) -> None:
+            await conn.close(CloseCode.REPLACED, reason)
+
+        member = await registry.join(appid, cname, uid, Transport.WS, replaced)
+        conn.ids = {"uid": uid, "appid": appid, "cname": cname}
+        tracks: dict[int, TrackInfo] = {}
+        seq = 0
+        try:
+            await conn.send(
+                {
+                    "t": "welcome",
+                    "v": PROTOCOL_VERSION,
+                    "session_id": None,
+                    "state": "PUBLISHING",
+                    "acked_seq": 0,
+                    "max_frame": self._settings.max_frame_bytes,
+                    "keepalive_s": self._settings.keepalive_s,
+                    "uid": uid,
+                }
+            )
+            while (msg := await self._receive(conn)) is not None:
+                kind = msg["t"]
+                if kind == "media":
+                    if msg["seq"] != seq + 1:
+                        raise ProtocolError(
+                            CloseCode.SEQUENCE, f"media seq {msg['seq']} after {seq}"
+                        )
+                    track = tracks.get(msg["track"])
+                    if track is None:
+                        raise ProtocolError(
+                            CloseCode.UNKNOWN_TRACK, f"track {msg['track']} was not announced"
+                        )
+                    seq = msg["seq"]
+                    channel = registry.get(appid, cname)
+                    if channel is not None:
+                        frame = MediaFrame(
+                            uid,
+                            track.track_id,
+                            track.kind,
+                            msg["data"],
+                            msg["pts"],
+                            msg["key"],
+                            track.codec,
+                        )
+                        channel.publish(member, frame)
+                    await conn.send_ack(seq)
+                elif kind == "track":
+                    info = TrackInfo(
+                        str(msg["id"]),
+                        msg["kind"],
+                        msg["codec"],
+                        msg.get("width", 0),
+                        msg.get("height", 0),
+                    )
+                    known = tracks.get(msg["id"])
+                    if known is not None and (known.kind, known.codec) != (info.kind, info.codec):
+                        raise ProtocolError(
+                            CloseCode.SCHEMA, f"track {msg['id']} already announced"
+                        )
+                    tracks[msg["id"]] = info
+                    registry.set_track(appid, cname, member, info)
+                elif kind == "ping":
+                    await conn.send({"t": "pong", "ts": msg.get("ts", 0)})
+                elif kind == "bye":
+                    await conn.close(CloseCode.NORMAL, "bye")
+                    return
+                else:
+                    reason = f"{kind} is not a client message here"
+                    raise ProtocolError(CloseCode.BAD_MESSAGE, reason)
+        finally:
+            registry.leave(appid, cname, member, "disconnected")
 
     async def aclose(self) -> None:
         """Close every connection with GOING_AWAY."""

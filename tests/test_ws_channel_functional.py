@@ -1,0 +1,128 @@
+"""WebSocket publishers in channels: the foundation's protocol with a channel token, seen by
+subscribers like a WHIP publisher, and recorded by the member recorder."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import av
+import pytest
+from media import encode_clip
+from wsclient import RawClient
+
+from api.apps import create_app_row
+from api.keys import CHANNELS, META
+from ingest.member_recorder import MemberRecorder
+from ingest.tokens import mint
+
+pytestmark = pytest.mark.slow
+
+WAIT_S = 30.0
+
+
+async def test_ws_publisher_joins_a_channel_and_is_recorded(
+    server_factory: Any, tmp_path: Path
+) -> None:
+    server = await server_factory()
+    app = await create_app_row(server.app[META])
+    registry = server.app[CHANNELS]
+    watch = registry.subscribe(app.appid, "room1")
+    recorder = MemberRecorder(registry, app.appid, "room1", "agent-7", tmp_path / "rec")
+    recorder.start()
+    clip = encode_clip("h264", duration_s=3.0, audio_codec="opus")
+    token = mint(app.certificate, app.appid, "room1", "agent-7")
+    async with aiohttp.ClientSession() as http:
+        client = RawClient(http, server.url)
+        await client.connect()
+        welcome = await client.hello(token, appid=app.appid, cname="room1")
+        assert (welcome["state"], welcome["uid"], welcome["session_id"]) == (
+            "PUBLISHING",
+            "agent-7",
+            None,
+        )
+        await client.tracks("h264", "opus")
+        seq = 0
+        for frame in clip.frames:
+            seq = await client.media(frame)
+        await client.wait_ack(seq)  # acknowledged once handed to the channel
+        member = registry.get(app.appid, "room1").members["agent-7"]
+        assert {t.kind: t.codec for t in member.tracks.values()} == {
+            "video": "h264",
+            "audio": "opus",
+        }
+        got = 0
+        async with asyncio.timeout(WAIT_S):
+            while got < clip.video_frames:
+                media = await watch.next_media()
+                assert media is not None
+                got += media.kind == "video"
+        await client.send({"t": "bye"})
+        code, _ = await client.closed()
+        assert code == 1000
+    output = await recorder.stop()
+    assert output is not None and recorder.stats.video_in == clip.video_frames
+    assert recorder.stats.undecodable == 0
+    mp4, _ = output.mp4s[0]
+    with av.open(str(mp4)) as container:
+        video = container.streams.video[0]
+        assert (video.width, video.height) == (320, 240)  # the member's own size
+        frames = sum(1 for _ in container.decode(video=0))
+    assert 2.5 * 15 <= frames <= 3.5 * 15  # 3 s of media at the recording's 15 fps
+    assert registry.get(app.appid, "room1").members == {}  # bye: left the channel
+    watch.close()
+
+
+async def test_ws_channel_refusals(server_factory: Any) -> None:
+    server = await server_factory()
+    app = await create_app_row(server.app[META])
+    other = await create_app_row(server.app[META])
+    forged = mint(other.certificate, app.appid, "room1", "u1")
+    cases = [
+        ({"appid": app.appid, "cname": "room1"}, "", 4002, "needs a channel token"),
+        ({"appid": app.appid, "cname": "room1"}, forged, 4002, "signature is not valid"),
+        ({"appid": "0" * 32, "cname": "room1"}, "", 4002, "not found"),
+        ({"appid": app.appid}, "", 4001, "missing cname"),
+    ]
+    async with aiohttp.ClientSession() as http:
+        for ids, token, code, reason in cases:
+            client = RawClient(http, server.url)
+            await client.connect()
+            await client.send({"t": "hello", "v": 1, "token": token, **ids})
+            got_code, text = await client.closed()
+            assert got_code == code and reason in text, (ids, got_code, text)
+        # media before its track, then a sequence gap
+        good = mint(app.certificate, app.appid, "room1", "u1")
+        clip = encode_clip("h264", duration_s=0.5, audio_codec=None)
+        client = RawClient(http, server.url)
+        await client.connect()
+        await client.hello(good, appid=app.appid, cname="room1")
+        await client.media(clip.frames[0])
+        code, text = await client.closed()
+        assert code == 4006 and "not announced" in text
+        client = RawClient(http, server.url)
+        await client.connect()
+        await client.hello(good, appid=app.appid, cname="room1")
+        await client.tracks("h264", None)
+        await client.media(clip.frames[0], seq=2)
+        code, text = await client.closed()
+        assert code == 4007 and "seq 2 after 0" in text
+
+
+async def test_same_uid_replaces_the_older_ws_connection(server_factory: Any) -> None:
+    server = await server_factory()
+    app = await create_app_row(server.app[META], token_required=False)
+    async with aiohttp.ClientSession() as http:
+        first = RawClient(http, server.url)
+        await first.connect()
+        await first.hello("", appid=app.appid, cname="room1", uid="dup")
+        second = RawClient(http, server.url)
+        await second.connect()
+        welcome = await second.hello("", appid=app.appid, cname="room1", uid="dup")
+        assert welcome["uid"] == "dup"
+        code, reason = await first.closed()
+        assert code == 4009 and "replaced" in reason
+        members = server.app[CHANNELS].get(app.appid, "room1").members
+        assert list(members) == ["dup"] and members["dup"].transport.value == "ws"
