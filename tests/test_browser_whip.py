@@ -66,3 +66,44 @@ async def test_publish_page_is_served(server_factory: Any) -> None:
         assert resp.status == 200 and resp.content_type == "text/html"
         page = await resp.text()
     assert "/whip" in page and "getUserMedia" in page and "getDisplayMedia" in page
+
+
+async def test_chromium_media_recorder_over_the_websocket(
+    server_factory: Any, tmp_path: Any
+) -> None:
+    from ingest.member_recorder import MemberRecorder
+
+    server = await server_factory()
+    app = await create_app_row(server.app[META])
+    token = mint(app.certificate, app.appid, "room1", "recorder-page")
+    registry = server.app[CHANNELS]
+    watch = registry.subscribe(app.appid, "room1")
+    recorder = MemberRecorder(registry, app.appid, "room1", "recorder-page", tmp_path / "rec")
+    recorder.start()
+    query = urlencode(
+        {"appid": app.appid, "cname": "room1", "token": token, "transport": "ws", "autostart": "1"}
+    )
+    async with Chromium(f"{server.url}/publish?{query}") as browser:
+        chunks = 0
+        async with asyncio.timeout(WAIT_S):
+            while chunks < 3:  # three 1 s MediaRecorder chunks
+                frame = await watch.next_media()
+                assert frame is not None and frame.uid == "recorder-page"
+                assert frame.codec == "webm" and isinstance(frame.data, bytes)
+                chunks += 1
+        assert await browser.evaluate("document.getElementById('state').dataset.state") == (
+            "publishing"
+        )
+        assert await browser.evaluate("leave().then(() => document.title)") == "reelhouse: idle"
+    output = await recorder.stop()
+    watch.close()
+    assert output is not None and recorder.stats.undecodable == 0
+    # ~3 s: the fake camera gives 20 fps, and MediaRecorder packs Opus in 60 ms frames
+    assert recorder.stats.video_in >= 40 and recorder.stats.audio_in >= 35
+    mp4, _ = output.mp4s[0]
+    with av.open(str(mp4)) as container:
+        video = container.streams.video[0]
+        assert (video.width, video.height) == (640, 480)
+        assert container.streams.audio, "the microphone was recorded"
+        frames = sum(1 for _ in container.decode(video=0))
+    assert frames >= 2 * 15  # at least two seconds at the recording's 15 fps
