@@ -10,6 +10,7 @@ from urllib.parse import urlencode
 import av
 import pytest
 from browser import Chromium, chromium_binary
+from media import ffprobe
 
 from api.apps import create_app_row
 from api.keys import CHANNELS, META
@@ -24,11 +25,19 @@ WAIT_S = 45.0
 
 
 @pytest.mark.parametrize("codec", ["VP8", "H264"])
-async def test_chromium_publishes_camera_and_microphone(server_factory: Any, codec: str) -> None:
+async def test_chromium_publishes_camera_and_microphone(
+    server_factory: Any, codec: str, tmp_path: Any
+) -> None:
+    from ingest.member_recorder import MemberRecorder
+
     server = await server_factory(webrtc={"host_addresses": "127.0.0.1"})
     app = await create_app_row(server.app[META])
     token = mint(app.certificate, app.appid, "room1", "browser-1")
     sub = server.app[CHANNELS].subscribe(app.appid, "room1")
+    recorder = MemberRecorder(
+        server.app[CHANNELS], app.appid, "room1", "browser-1", tmp_path / "rec"
+    )
+    recorder.start()
     query = urlencode(
         {"appid": app.appid, "cname": "room1", "token": token, "codec": codec, "autostart": "1"}
     )
@@ -56,6 +65,13 @@ async def test_chromium_publishes_camera_and_microphone(server_factory: Any, cod
             event = await sub.next_event()
             assert event is not None
     sub.close()
+    output = await recorder.stop()  # and what it published was recorded
+    assert output is not None
+    probe = await asyncio.to_thread(ffprobe, output.mp4s[0][0], "-show_streams", "-show_format")
+    streams = {s["codec_type"]: s for s in probe["streams"]}
+    assert streams["video"]["codec_name"] == "h264" and streams["audio"]["codec_name"] == "aac"
+    assert (streams["video"]["width"], streams["video"]["height"]) == (640, 480)
+    assert float(probe["format"]["duration"]) >= 1.0
 
 
 async def test_publish_page_is_served(server_factory: Any) -> None:
