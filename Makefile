@@ -55,6 +55,8 @@ bench: $(TEST_STAMP) system-deps  # upload.py starts SeaweedFS, a test extra
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/upload.py
 	$(BIN)/python bench/mix.py
+	$(BIN)/python bench/whip.py
+	$(BIN)/python bench/member.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
