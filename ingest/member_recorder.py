@@ -43,7 +43,7 @@ TICK_LAG_US = 500_000  # advance only past what late frames can no longer change
 
 
 @dataclass(slots=True)
-class _Clock:
+class TrackClock:
     """One track's timestamps mapped onto the recording's wall clock (µs)."""
 
     origin_pts_us: int | None = None
@@ -62,13 +62,13 @@ class MemberRecorderStats:
     video_in: int = 0
     audio_in: int = 0
     undecodable: int = 0
-    clocks: dict[str, _Clock] = field(default_factory=dict)
+    clocks: dict[str, TrackClock] = field(default_factory=dict)
 
 
 DECODERS = {"h264": "h264", "vp8": "vp8", "vp9": "vp9", "opus": "opus", "aac": "aac"}
 
 
-class _Decoders:
+class FrameDecoders:
     """Decoders for a member's encoded tracks (WebSocket publishers send encoded frames;
     WebRTC ones arrive decoded already). Used from one worker thread at a time."""
 
@@ -76,8 +76,8 @@ class _Decoders:
         self._contexts: dict[tuple[str, str], VideoCodecContext | AudioCodecContext] = {}
         self._webm: dict[str, WebmDemuxer] = {}
 
-    def _context(self, track_id: str, codec: str) -> VideoCodecContext | AudioCodecContext:
-        key = (track_id, codec)
+    def _context(self, stream: str, codec: str) -> VideoCodecContext | AudioCodecContext:
+        key = (stream, codec)
         if key not in self._contexts:
             context = av.CodecContext.create(DECODERS[codec], "r")
             assert isinstance(context, VideoCodecContext | AudioCodecContext)  # PyAV typing
@@ -86,24 +86,25 @@ class _Decoders:
 
     def decode(self, frame: MediaFrame, codec: str) -> list[tuple[str, av.frame.Frame, int]]:
         """(kind, decoded frame, pts µs) for every frame the encoded one completes."""
+        stream = f"{frame.uid}/{frame.track_id}"  # track ids repeat across publishers
         if codec == "webm":
             # one WebM stream holds both kinds, on its own timeline (µs from its start)
-            demuxer = self._webm.setdefault(frame.track_id, WebmDemuxer())
+            demuxer = self._webm.setdefault(stream, WebmDemuxer())
             return [
                 (packet.kind.value, decoded, packet.pts_us)
                 for packet in demuxer.feed(bytes(frame.data))
-                for decoded in self._decode(frame.track_id, packet.codec.value, packet.data)
+                for decoded in self._decode(stream, packet.codec.value, packet.data)
             ]
         if codec not in DECODERS:
             return []
         return [
             (frame.kind, decoded, frame.pts_us)
-            for decoded in self._decode(frame.track_id, codec, bytes(frame.data))
+            for decoded in self._decode(stream, codec, bytes(frame.data))
         ]
 
-    def _decode(self, track_id: str, codec: str, data: bytes) -> list[av.frame.Frame]:
+    def _decode(self, stream: str, codec: str, data: bytes) -> list[av.frame.Frame]:
         try:
-            return list(self._context(track_id, codec).decode(av.Packet(data)))
+            return list(self._context(stream, codec).decode(av.Packet(data)))
         except (av.error.FFmpegError, ValueError) as exc:
             raise InvalidMedia(f"{codec} frame did not decode: {exc}") from exc
 
@@ -143,7 +144,7 @@ class MemberRecorder:
         self._ticker: asyncio.Task[None] | None = None
         self._mix: MixRecorder | None = None
         self.stats = MemberRecorderStats()
-        self._decoders = _Decoders()
+        self._decoders = FrameDecoders()
 
     def start(self) -> None:
         """Subscribe now: frames published from here on are recorded."""
@@ -194,7 +195,7 @@ class MemberRecorder:
             if media.uid != self.uid:
                 continue
             now_us = self._now_us()
-            clock = self.stats.clocks.setdefault(media.track_id, _Clock())
+            clock = self.stats.clocks.setdefault(media.track_id, TrackClock())
             for _, data, pts_us in await self._frames(media):
                 t_us = clock.place(pts_us, now_us)
                 if isinstance(data, av.VideoFrame):

@@ -1,0 +1,186 @@
+"""Recording a whole channel in one layout (the cloud recording API's mix mode).
+
+Subscribes to the channel: members joining and leaving re-lay the canvas (the mixer places
+users in join order); every subscribed member's frames, decoded by aiortc (WebRTC) or here
+(WebSocket publishers' encoded frames, off the loop), are pushed into one
+:class:`mixer.mix.MixRecorder`. A timer keeps output frames coming while nobody sends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+
+from mixer.errors import InvalidMedia
+from mixer.layout import LayoutSpec
+from mixer.mix import MixConfig, MixOutput, MixRecorder
+from mixer.segmenter import SegmentInfo
+
+from .channels import ChannelEvent, ChannelRegistry, MediaFrame, Subscription
+from .member_recorder import FrameDecoders, TrackClock
+
+log = logging.getLogger(__name__)
+
+US = 1_000_000
+TICK_S = 0.5
+TICK_LAG_US = 500_000  # advance only past what late frames can no longer change
+ALL = "#allstream#"
+
+
+@dataclass(slots=True)
+class MixStats:
+    """What the mix saw."""
+
+    video_in: int = 0
+    audio_in: int = 0
+    undecodable: int = 0
+    joins: int = 0
+    leaves: int = 0
+
+
+class ChannelMixRecorder:
+    """All (or the subscribed) members of a channel, mixed, until :meth:`stop`."""
+
+    def __init__(
+        self,
+        registry: ChannelRegistry,
+        appid: str,
+        cname: str,
+        directory: Path,
+        config: MixConfig,
+        *,
+        name: str = "index",
+        audio_uids: frozenset[str] = frozenset({ALL}),
+        video_uids: frozenset[str] = frozenset({ALL}),
+        segment_target_s: float = 4.0,
+        on_segment: Callable[[SegmentInfo], None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._registry, self._appid, self._cname = registry, appid, cname
+        self._clock = clock
+        self.audio_uids, self.video_uids = audio_uids, video_uids
+        self._mix = MixRecorder(
+            config, directory, name=name, segment_target_s=segment_target_s, on_segment=on_segment
+        )
+        self._sub: Subscription | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._decoders = FrameDecoders()
+        self._clocks: dict[tuple[str, str], TrackClock] = {}
+        self._joined: set[str] = set()
+        self.stats = MixStats()
+        self.started_at_ms = 0
+
+    def _now_us(self) -> int:
+        return int(self._clock() * US)
+
+    def _wanted(self, uid: str, kind: str) -> bool:
+        wanted = self.video_uids if kind == "video" else self.audio_uids
+        return ALL in wanted or uid in wanted
+
+    async def start(self) -> None:
+        """Open the mix and subscribe: who is already in the channel joins at once."""
+        await self._mix.start()
+        self.started_at_ms = int(self._clock() * 1000)
+        self._sub = self._registry.subscribe(self._appid, self._cname)
+        self._tasks = [
+            asyncio.create_task(self._events(self._sub), name=f"mix-events-{self._cname}"),
+            asyncio.create_task(self._media(self._sub), name=f"mix-media-{self._cname}"),
+            asyncio.create_task(self._tick(), name=f"mix-tick-{self._cname}"),
+        ]
+
+    async def _join(self, uid: str) -> None:
+        if uid not in self._joined and (self._wanted(uid, "video") or self._wanted(uid, "audio")):
+            self._joined.add(uid)
+            self.stats.joins += 1
+            await self._mix.join(uid, self._now_us())
+
+    async def _leave(self, uid: str) -> None:
+        if uid in self._joined:
+            self._joined.discard(uid)
+            self.stats.leaves += 1
+            await self._mix.leave(uid, self._now_us())
+
+    async def _events(self, sub: Subscription) -> None:
+        while (event := await sub.next_event()) is not None:
+            await self._on_event(event)
+
+    async def _on_event(self, event: ChannelEvent) -> None:
+        if event.kind == "snapshot":  # first event, or a resync after falling behind
+            present = [m["uid"] for m in event.members]
+            for uid in sorted(self._joined - set(present)):
+                await self._leave(uid)
+            for uid in present:
+                await self._join(uid)
+        elif event.kind == "join":
+            await self._join(event.uid)
+        elif event.kind == "leave":
+            await self._leave(event.uid)
+
+    async def _decoded(self, media: MediaFrame) -> list[tuple[str, av.frame.Frame, int]]:
+        if not isinstance(media.data, bytes | bytearray | memoryview):
+            return [(media.kind, media.data, media.pts_us)]
+        try:
+            return await asyncio.to_thread(self._decoders.decode, media, media.codec)
+        except InvalidMedia as exc:
+            self.stats.undecodable += 1
+            log.warning("mix %s/%s: %s: %s", self._appid, self._cname, media.uid, exc)
+            return []
+
+    async def _media(self, sub: Subscription) -> None:
+        while (media := await sub.next_media()) is not None:
+            if media.uid not in self._joined or not self._wanted(media.uid, media.kind):
+                continue
+            now_us = self._now_us()
+            clock = self._clocks.setdefault((media.uid, media.track_id), TrackClock())
+            for _, data, pts_us in await self._decoded(media):
+                t_us = clock.place(pts_us, now_us)
+                if isinstance(data, av.VideoFrame):
+                    self.stats.video_in += 1
+                    await self._mix.push_video(media.uid, data, t_us)
+                elif isinstance(data, av.AudioFrame):
+                    self.stats.audio_in += 1
+                    await self._mix.push_audio(media.uid, data, t_us)
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_S)
+            await self._mix.advance(self._now_us() - TICK_LAG_US)
+
+    async def update_layout(self, layout: LayoutSpec) -> None:
+        """updateLayout: the new layout from now on."""
+        await self._mix.update_layout(layout, self._now_us())
+
+    async def update_subscriptions(self, audio: frozenset[str], video: frozenset[str]) -> None:
+        """update: who is heard and seen from now on (members not wanted at all leave)."""
+        self.audio_uids, self.video_uids = audio, video
+        channel = self._registry.get(self._appid, self._cname)
+        present = list(channel.members) if channel is not None else []
+        for uid in list(self._joined):
+            if not (self._wanted(uid, "video") or self._wanted(uid, "audio")):
+                await self._leave(uid)
+        for uid in present:
+            await self._join(uid)
+
+    @property
+    def members(self) -> set[str]:
+        """Who is in the mix now."""
+        return set(self._joined)
+
+    async def stop(self) -> MixOutput | None:
+        """End the recording: the playlist is ended and the MP4s built."""
+        ticker = self._tasks[2] if len(self._tasks) == 3 else None
+        if ticker is not None:
+            ticker.cancel()
+        if self._sub is not None:
+            self._sub.close()  # the readers drain what is queued, then end
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        return await self._mix.aclose()

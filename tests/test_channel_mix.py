@@ -1,0 +1,68 @@
+"""Mixing a channel: two WebRTC publishers (red and green) recorded in one layout; the MP4's
+windows hold their colours where the layout puts them."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import av
+import pytest
+from webrtc_peer import accept_answer, make_offer
+
+from ingest.channel_mix import ChannelMixRecorder
+from ingest.channels import ChannelRegistry
+from ingest.webrtc import WebRtcSettings, WhipServer
+from mixer.layout import LayoutMode, LayoutSpec, compute_layout
+from mixer.mix import FileType, MixConfig
+
+pytestmark = pytest.mark.slow
+
+WAIT_S = 30.0
+W, H = 320, 180
+
+
+async def test_two_publishers_mixed_side_by_side(tmp_path: Path) -> None:
+    whip = WhipServer(ChannelRegistry(), WebRtcSettings(host_addresses="127.0.0.1"))
+    config = MixConfig(
+        width=W,
+        height=H,
+        fps=15,
+        bitrate_kbps=400,
+        layout=LayoutSpec(LayoutMode.ADAPTIVE),
+        file_types=frozenset({FileType.HLS, FileType.MP4}),
+    )
+    mix = ChannelMixRecorder(whip.registry, "app", "room", tmp_path, config, segment_target_s=1.0)
+    await mix.start()
+    watch = whip.registry.subscribe("app", "room")
+    peers = {"red": await make_offer("vp8", rgb=(255, 0, 0), audio=False)}
+    peers["green"] = await make_offer("vp8", rgb=(0, 255, 0), audio=False)
+    try:
+        for uid, pc in peers.items():
+            _, answer = await whip.publish("app", "room", uid, pc.localDescription.sdp)
+            await accept_answer(pc, answer)
+        counts = {"red": 0, "green": 0}
+        async with asyncio.timeout(WAIT_S):
+            while min(counts.values()) < 45:  # 1.5 s of each at aiortc's 30 fps
+                frame = await watch.next_media()
+                assert frame is not None
+                counts[frame.uid] += frame.kind == "video"
+        assert mix.members == {"red", "green"}
+        output = await mix.stop()
+    finally:
+        for pc in peers.values():
+            await pc.close()
+        await whip.aclose()
+    assert output is not None and len(output.mp4s) == 1
+    windows = {w.uid: w.rect for w in compute_layout(W, H, ["red", "green"], config.layout)}
+    with av.open(str(output.mp4s[0][0])) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    last = frames[-3]  # both are publishing by the end
+    for uid, channel in (("red", 0), ("green", 1)):
+        rect = windows[uid]
+        pixel = last[rect.y + rect.height // 2, rect.x + rect.width // 2]
+        assert pixel[channel] > 180 and min(pixel[c] for c in range(3) if c != channel) < 80, (
+            uid,
+            pixel,
+        )
+    assert mix.stats.video_in > 60 and mix.stats.joins == 2
