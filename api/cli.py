@@ -197,6 +197,20 @@ async def _token(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _customer(args: argparse.Namespace) -> int:
+    """``customer create``: a cloud recording API customer id and secret (Basic Auth)."""
+    from .customers import create_customer
+
+    meta = await _open_meta(args)
+    try:
+        customer_id, secret = await create_customer(meta)
+    finally:
+        await meta.aclose()
+    print(f"customer id: {customer_id}", flush=True)
+    print(f"customer secret: {secret}", flush=True)
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="reelhouse", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -250,6 +264,11 @@ def _parser() -> argparse.ArgumentParser:
         "--no-token", action="store_true", help="publishers need no token (development)"
     )
 
+    cust = sub.add_parser("customer", help="manage customers of the cloud recording API")
+    cust_sub = cust.add_subparsers(dest="customer_command", required=True)
+    cust_create = cust_sub.add_parser("create", help="print a new customer id and secret")
+    cust_create.add_argument("--data-dir", type=Path, help="the server's data directory")
+
     tok = sub.add_parser("token", help="print a channel token for a uid")
     tok.add_argument("--appid", required=True)
     tok.add_argument("--cname", required=True, help="channel name")
@@ -275,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         "apikey": _apikey,
         "app": _app,
         "token": _token,
+        "customer": _customer,
     }
     runner = runners[args.command]
     run: Callable[[Coroutine[Any, Any, int]], int] = asyncio.run

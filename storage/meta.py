@@ -81,6 +81,15 @@ class AppRow:
     created_at: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class CustomerRow:
+    """A customer of the cloud recording API (Basic Auth); only the secret's hash is kept."""
+
+    customer_id: str
+    secret_hash: str
+    created_at: datetime
+
+
 class MetaStore(Protocol):
     """Durable metadata. Every method is a single transaction; rows come back as dataclasses."""
 
@@ -154,6 +163,14 @@ class MetaStore(Protocol):
 
     async def get_app(self, appid: str) -> AppRow | None:
         """The app, or ``None``."""
+        ...
+
+    async def add_customer(self, row: CustomerRow) -> None:
+        """Store a customer; ``MetaConflict`` when the id is taken."""
+        ...
+
+    async def get_customer(self, customer_id: str) -> CustomerRow | None:
+        """The customer, or ``None``."""
         ...
 
     # tenants and users

@@ -16,7 +16,7 @@ from typing import Any
 import aiosqlite
 
 from .errors import MetaConflict
-from .meta import ApiKeyRow, AppRow, FileRow, SessionEventRow, SessionRow
+from .meta import ApiKeyRow, AppRow, CustomerRow, FileRow, SessionEventRow, SessionRow
 from .recordings import Uuid7Source
 from .recordings_sqlite import SqliteRecordings
 
@@ -382,3 +382,31 @@ class SqliteMetaStore(SqliteRecordings):
             return None
         appid, certificate, token_required, created_at = rows[0]
         return AppRow(appid, certificate, bool(token_required), _req(created_at))
+
+    # customers ---------------------------------------------------------------------------
+
+    async def add_customer(self, row: CustomerRow) -> None:
+        """Store a customer; ``MetaConflict`` when the id is taken."""
+        try:
+            async with self._tx() as db:
+                await db.execute(
+                    "INSERT INTO customers (customer_id, secret_hash, created_at) VALUES (?, ?, ?)",
+                    (row.customer_id, row.secret_hash, _to_text(row.created_at)),
+                )
+        except sqlite3.IntegrityError as exc:
+            raise MetaConflict(f"customer {row.customer_id} already exists") from exc
+
+    async def get_customer(self, customer_id: str) -> CustomerRow | None:
+        """The customer, or ``None``."""
+        async with self._tx(write=False) as db:
+            rows = list(
+                await db.execute_fetchall(
+                    "SELECT customer_id, secret_hash, created_at FROM customers"
+                    " WHERE customer_id = ?",
+                    (customer_id,),
+                )
+            )
+        if not rows:
+            return None
+        customer_id, secret_hash, created_at = rows[0]
+        return CustomerRow(customer_id, secret_hash, _req(created_at))
