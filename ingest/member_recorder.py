@@ -130,6 +130,7 @@ class MemberRecorder:
         fps: int = DEFAULT_FPS,
         segment_target_s: float = 4.0,
         mp4: bool = True,
+        name: str = "index",
         on_segment: Callable[[SegmentInfo], None] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -139,6 +140,7 @@ class MemberRecorder:
         self._fps, self._segment_s, self._mp4 = fps, segment_target_s, mp4
         self._on_segment = on_segment
         self._clock = clock
+        self._name = name
         self._sub: Subscription | None = None
         self._task: asyncio.Task[None] | None = None
         self._ticker: asyncio.Task[None] | None = None
@@ -166,7 +168,7 @@ class MemberRecorder:
         mix = MixRecorder(
             config,
             self._directory,
-            name="index",
+            name=self._name,
             segment_target_s=self._segment_s,
             on_segment=self._on_segment,
         )

@@ -1,0 +1,402 @@
+"""The cloud recording service behind ``/v1/apps/{appid}/cloud_recording/``: resources, recording
+sessions (individual and mix), their files in the user's bucket, and their statuses.
+
+A resource (``acquire``) lives 5 minutes and serves one session; its id names the node it was
+placed on (``<node>.<random>``), so a cluster can route the calls that carry it. A session
+(``start``) subscribes to the channel: in mix mode one :class:`ChannelMixRecorder`, in individual
+mode one :class:`MemberRecorder` per subscribed uid, started as they join. Every finished file
+goes through the spool to the ``storageConfig``'s bucket (registered, so files still reach it
+after a restart). HTTP, auth and request parsing live in ``cloud_recording_routes``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import secrets
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ingest.channel_mix import ALL, ChannelMixRecorder
+from ingest.channels import ChannelRegistry, Subscription
+from ingest.member_recorder import MemberRecorder
+from mixer.layout import LayoutSpec
+from mixer.mix import FileType, MixConfig
+from mixer.segmenter import SegmentInfo
+from storage.registry import StoreRegistry
+from storage.spool import Spool
+from storage.vendors import StorageConfig
+
+log = logging.getLogger(__name__)
+
+RESOURCE_TTL_S = 300.0  # "valid for 5 minutes"
+STOP_UPLOAD_TIMEOUT_S = 60.0
+ENDED_KEEP_S = 600.0  # a stopped session answers query this long
+
+
+class Status:
+    """The API's status numbers."""
+
+    NOT_STARTED = 0
+    INITIALISED = 1
+    STARTING = 2
+    PARTIALLY_READY = 3
+    READY = 4
+    RECORDING = 5
+    STOP_REQUESTED = 6
+    STOPPED = 7
+    EXITED = 8
+    EXITED_ABNORMALLY = 20
+
+
+class CloudFailure(Exception):
+    """A refusal with the API's code (the routes turn it into ``{"code", "reason"}``)."""
+
+    def __init__(self, code: int, reason: str, http_status: int = 400) -> None:
+        super().__init__(reason)
+        self.code, self.reason, self.http_status = code, reason, http_status
+
+
+@dataclass(slots=True)
+class Resource:
+    """What ``acquire`` handed out."""
+
+    resource_id: str
+    appid: str
+    cname: str
+    uid: str
+    acquired_at: float
+    start_parameter: dict[str, Any] | None = None
+    sid: str | None = None  # the one session it started
+
+
+@dataclass(slots=True)
+class FileEntry:
+    """One file of the fileList."""
+
+    name: str
+    track_type: str  # audio | video | audio_and_video
+    uid: str  # "0" in mix mode
+    mixed_all_user: bool
+    slice_start_ms: int
+    playable: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "fileName": self.name,
+            "trackType": self.track_type,
+            "uid": self.uid,
+            "mixedAllUser": self.mixed_all_user,
+            "isPlayable": self.playable,
+            "sliceStartTime": self.slice_start_ms,
+        }
+
+
+@dataclass(slots=True)
+class CloudSession:
+    """One recording."""
+
+    sid: str
+    resource: Resource
+    mode: str
+    store_id: str
+    directory: Path
+    file_types: frozenset[FileType]
+    status: int = Status.INITIALISED
+    started_ms: int = 0
+    mix: ChannelMixRecorder | None = None
+    members: dict[str, MemberRecorder] = field(default_factory=dict)
+    audio_uids: frozenset[str] = frozenset({ALL})
+    video_uids: frozenset[str] = frozenset({ALL})
+    playlists: dict[str, FileEntry] = field(default_factory=dict)  # name → entry
+    mp4s: list[FileEntry] = field(default_factory=list)
+    uploads: list[asyncio.Task[None]] = field(default_factory=list)
+    watcher: asyncio.Task[None] | None = None
+    ended_at: float | None = None
+    segment_s: float = 4.0
+
+    def file_list(self) -> tuple[str, list[dict[str, Any]] | str]:
+        """(fileListMode, fileList) as the API answers them."""
+        entries = list(self.playlists.values()) + self.mp4s
+        if self.mode == "mix" and self.file_types == frozenset({FileType.HLS}):
+            return "string", entries[0].name if entries else ""
+        return "json", [e.to_json() for e in entries]
+
+
+def new_resource_id(node: str) -> str:
+    """``<node>.<random>``: opaque to clients, routable by a cluster."""
+    return f"{node}.{secrets.token_urlsafe(48)}"
+
+
+def node_of(resource_id: str) -> str:
+    """The node a resource id names, or ``CloudFailure`` 1001 when it is unparseable."""
+    node, sep, rest = resource_id.partition(".")
+    if not sep or not node or len(rest) < 16:
+        raise CloudFailure(1001, "the resource id cannot be parsed")
+    return node
+
+
+class CloudRecordingService:
+    """Every resource and session of this node."""
+
+    def __init__(
+        self,
+        registry: ChannelRegistry,
+        stores: StoreRegistry,
+        spool: Spool,
+        work_dir: Path,
+        node: str = "n1",
+        clock: Any = time.time,
+    ) -> None:
+        self.registry, self.stores, self.spool = registry, stores, spool
+        self.work_dir = work_dir
+        self.node = node
+        self._clock = clock
+        self.resources: dict[str, Resource] = {}
+        self.sessions: dict[str, CloudSession] = {}
+
+    # acquire / start ------------------------------------------------------------------------
+
+    def acquire(
+        self, appid: str, cname: str, uid: str, start_parameter: dict[str, Any] | None
+    ) -> Resource:
+        """A new resource for one session of ``cname``."""
+        self._expire()
+        resource = Resource(
+            new_resource_id(self.node), appid, cname, uid, self._clock(), start_parameter
+        )
+        self.resources[resource.resource_id] = resource
+        return resource
+
+    def _expire(self) -> None:
+        now = self._clock()
+        for rid, res in list(self.resources.items()):
+            if res.sid is None and now - res.acquired_at > RESOURCE_TTL_S:
+                del self.resources[rid]
+        for sid, session in list(self.sessions.items()):
+            if session.ended_at is not None and now - session.ended_at > ENDED_KEEP_S:
+                del self.sessions[sid]
+
+    def resource(self, appid: str, resource_id: str) -> Resource:
+        """The live resource, or the API's error for a bad, expired or foreign one."""
+        node_of(resource_id)
+        res = self.resources.get(resource_id)
+        if res is None:
+            raise CloudFailure(433, "the resource id has expired or does not exist")
+        if res.appid != appid:
+            raise CloudFailure(1003, "the appid does not match the resource")
+        if res.sid is None and self._clock() - res.acquired_at > RESOURCE_TTL_S:
+            del self.resources[resource_id]
+            raise CloudFailure(433, "the resource id has expired (5 minutes after acquire)")
+        return res
+
+    async def start(
+        self,
+        appid: str,
+        resource_id: str,
+        mode: str,
+        cname: str,
+        uid: str,
+        storage: StorageConfig,
+        *,
+        mix: MixConfig | None = None,
+        file_types: frozenset[FileType] = frozenset({FileType.HLS}),
+        audio_uids: frozenset[str] = frozenset({ALL}),
+        video_uids: frozenset[str] = frozenset({ALL}),
+        segment_s: float = 4.0,
+    ) -> CloudSession:
+        """Start recording ``cname``; the bucket is checked first (a bad one fails the start)."""
+        res = self.resource(appid, resource_id)
+        if res.sid is not None:
+            raise CloudFailure(7, "start was already called on this resource")
+        if (res.cname, res.uid) != (cname, uid):
+            raise CloudFailure(432, "cname and uid differ from those of the acquire request")
+        for other in self.sessions.values():
+            same = (other.resource.appid, other.resource.cname, other.resource.uid)
+            if other.ended_at is None and same == (appid, cname, uid):
+                raise CloudFailure(53, f"uid {uid} is already recording channel {cname}")
+        store_id = await self.stores.register(storage)  # StorageError: the route says why
+        sid = secrets.token_hex(16)
+        res.sid = sid
+        directory = self.work_dir / sid
+        session = CloudSession(
+            sid,
+            res,
+            mode,
+            store_id,
+            directory,
+            file_types if mode == "mix" else frozenset({FileType.HLS, FileType.MP4}),
+            status=Status.STARTING,
+            started_ms=int(self._clock() * 1000),
+            audio_uids=audio_uids,
+            video_uids=video_uids,
+            segment_s=segment_s,
+        )
+        self.sessions[sid] = session
+        if mode == "mix":
+            assert mix is not None
+            mix = dataclasses.replace(mix, file_types=file_types)
+            session.mix = ChannelMixRecorder(
+                self.registry,
+                appid,
+                cname,
+                directory,
+                mix,
+                name=f"{sid}_{cname}",
+                audio_uids=audio_uids,
+                video_uids=video_uids,
+                segment_target_s=segment_s,
+                on_segment=lambda info: self._segment(session, info, "0", True),
+            )
+            await session.mix.start()
+        else:
+            sub = self.registry.subscribe(appid, cname)
+            session.watcher = asyncio.create_task(self._follow(session, sub))
+        session.status = Status.RECORDING
+        log.info("cloud recording %s of %s/%s (%s) started", sid, appid, cname, mode)
+        return session
+
+    def _wanted(self, session: CloudSession, uid: str) -> bool:
+        subs = session.audio_uids | session.video_uids
+        return ALL in subs or uid in subs
+
+    async def _follow(self, session: CloudSession, sub: Subscription) -> None:
+        """Individual mode: a recorder for each subscribed member, from its join on."""
+        try:
+            while (event := await sub.next_event()) is not None:
+                uids = (
+                    [m["uid"] for m in event.members] if event.kind == "snapshot" else [event.uid]
+                )
+                if event.kind in ("snapshot", "join"):
+                    for uid in uids:
+                        if uid not in session.members and self._wanted(session, uid):
+                            self._record_member(session, uid)
+        finally:
+            sub.close()
+
+    def _record_member(self, session: CloudSession, uid: str) -> None:
+        res = session.resource
+        name = f"{session.sid}_{res.cname}__uid_s_{uid}__uid_e_av"
+        recorder = MemberRecorder(
+            self.registry,
+            res.appid,
+            res.cname,
+            uid,
+            session.directory / uid,
+            segment_target_s=session.segment_s,
+            name=name,
+            on_segment=lambda info: self._segment(session, info, uid, False),
+        )
+        session.members[uid] = recorder
+        recorder.start()
+
+    # files ------------------------------------------------------------------------------------
+
+    def _segment(self, session: CloudSession, info: SegmentInfo, uid: str, mixed: bool) -> None:
+        """A segment closed: upload it, then the playlist that names it (in order)."""
+        playlist = info.path.with_name(info.path.name.rsplit("_", 1)[0] + ".m3u8")
+        if playlist.name not in session.playlists:
+            session.playlists[playlist.name] = FileEntry(
+                playlist.name, "audio_and_video", uid, mixed, session.started_ms
+            )
+        previous = session.uploads[-1] if session.uploads else None
+        session.uploads.append(
+            asyncio.create_task(self._upload(session, [info.path, playlist], after=previous))
+        )
+
+    async def _upload(
+        self, session: CloudSession, paths: list[Path], after: asyncio.Task[None] | None = None
+    ) -> None:
+        """Copy files into the spool (the segments stay: the MP4 is built from them)."""
+        if after is not None:
+            with contextlib.suppress(Exception):
+                await after  # spool order follows segment order
+        for path in paths:
+            data = await asyncio.to_thread(path.read_bytes)
+            await self.spool.add_bytes(
+                path.name, data, group=session.sid, store_id=session.store_id
+            )
+
+    # query / update / stop -----------------------------------------------------------------------
+
+    def session(self, appid: str, resource_id: str, sid: str, mode: str) -> CloudSession:
+        """The session behind a path, or the API's error."""
+        res = self.resource(appid, resource_id)
+        session = self.sessions.get(sid)
+        if session is None or res.sid != sid:
+            raise CloudFailure(404, f"no recording session {sid} on this resource", 404)
+        if session.mode != mode:
+            raise CloudFailure(2, f"mode: the session was started in {session.mode} mode")
+        return session
+
+    async def update_layout(self, session: CloudSession, layout: LayoutSpec) -> None:
+        """updateLayout (mix mode)."""
+        if session.mix is None:
+            raise CloudFailure(2, "updateLayout is for mix mode")
+        await session.mix.update_layout(layout)
+
+    async def update_subscriptions(
+        self, session: CloudSession, audio: frozenset[str], video: frozenset[str]
+    ) -> None:
+        """update: who is recorded from now on."""
+        session.audio_uids, session.video_uids = audio, video
+        if session.mix is not None:
+            await session.mix.update_subscriptions(audio, video)
+            return
+        channel = self.registry.get(session.resource.appid, session.resource.cname)
+        for uid in list(channel.members) if channel is not None else []:
+            if uid not in session.members and self._wanted(session, uid):
+                self._record_member(session, uid)
+
+    async def stop(self, session: CloudSession, *, async_stop: bool = False) -> str:
+        """Stop: finish the files, hand them to the spool; the uploading status."""
+        if session.ended_at is not None:
+            raise CloudFailure(49, "stop was already called on this session")
+        session.status = Status.STOP_REQUESTED
+        session.ended_at = self._clock()
+        outputs = []
+        if session.mix is not None:
+            outputs.append(("0", True, await session.mix.stop()))
+        if session.watcher is not None:
+            session.watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await session.watcher
+        for uid, recorder in session.members.items():
+            outputs.append((uid, False, await recorder.stop()))
+        await asyncio.gather(*session.uploads)
+        finals: list[Path] = []
+        for uid, mixed, output in outputs:
+            if output is None:
+                continue
+            finals.append(output.playlist)
+            if FileType.MP4 in session.file_types or not mixed:
+                for path, _ in output.mp4s:
+                    finals.append(path)
+                    session.mp4s.append(
+                        FileEntry(path.name, "audio_and_video", uid, mixed, session.started_ms)
+                    )
+        if not finals:
+            session.status = Status.EXITED
+            raise CloudFailure(435, "no file was recorded: nobody published in the channel")
+        await self._upload(session, finals)
+        session.status = Status.STOPPED
+        status = "unknown"
+        if not async_stop:
+            done = await self.spool.wait_group(session.sid, STOP_UPLOAD_TIMEOUT_S)
+            status = "uploaded" if done else "unknown"
+            if done:
+                await asyncio.to_thread(shutil.rmtree, session.directory, True)
+        session.status = Status.EXITED
+        return status
+
+    async def aclose(self) -> None:
+        """Stop every running session (server shutdown); files go to the spool."""
+        for session in list(self.sessions.values()):
+            if session.ended_at is None:
+                with contextlib.suppress(CloudFailure):
+                    await self.stop(session, async_stop=True)

@@ -1,0 +1,172 @@
+"""The cloud recording service without HTTP: a channel of aiortc publishers recorded in mix and
+individual modes into a bucket of the test S3 server; every listed file is read back."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import av
+import pytest
+from s3server import ACCESS_KEY, SECRET_KEY, SeaweedS3
+from webrtc_peer import accept_answer, make_offer
+
+from api.cloud_recording import CloudFailure, CloudRecordingService
+from ingest.channels import ChannelRegistry
+from ingest.webrtc import WebRtcSettings, WhipServer
+from mixer.layout import LayoutMode, LayoutSpec
+from mixer.mix import FileType, MixConfig
+from storage.objects_local import LocalObjectStore
+from storage.registry import StoreRegistry
+from storage.spool import Spool
+from storage.vendors import parse_storage_config
+
+pytestmark = pytest.mark.slow
+
+WAIT_S = 30.0
+
+
+def storage_config(s3: SeaweedS3, bucket: str) -> Any:
+    return parse_storage_config(
+        {
+            "vendor": 11,
+            "region": 0,
+            "bucket": bucket,
+            "accessKey": ACCESS_KEY,
+            "secretKey": SECRET_KEY,
+            "fileNamePrefix": ["directory1", "directory2"],
+            "extensionParams": {"endpoint": s3.endpoint},
+        }
+    )
+
+
+@pytest.fixture
+async def rig(tmp_path: Path) -> Any:
+    whip = WhipServer(ChannelRegistry(), WebRtcSettings(host_addresses="127.0.0.1"))
+    stores = StoreRegistry(tmp_path / "stores", LocalObjectStore(tmp_path / "objects"))
+    await stores.start()
+    spool = Spool(tmp_path / "spool", stores.resolve, retry_base_s=0.05, retry_max_s=0.5)
+    await spool.start()
+    service = CloudRecordingService(whip.registry, stores, spool, tmp_path / "work")
+    yield whip, service
+    await service.aclose()
+    await spool.aclose()
+    await stores.aclose()
+    await whip.aclose()
+
+
+async def publish(whip: WhipServer, uid: str, rgb: tuple[int, int, int]) -> Any:
+    pc = await make_offer("vp8", rgb=rgb)
+    _, answer = await whip.publish("app", "room", uid, pc.localDescription.sdp)
+    await accept_answer(pc, answer)
+    return pc
+
+
+async def wait_frames(whip: WhipServer, uids: set[str], count: int) -> None:
+    watch = whip.registry.subscribe("app", "room")
+    seen = dict.fromkeys(uids, 0)
+    async with asyncio.timeout(WAIT_S):
+        while min(seen.values()) < count:
+            frame = await watch.next_media()
+            assert frame is not None
+            if frame.uid in seen and frame.kind == "video":
+                seen[frame.uid] += 1
+    watch.close()
+
+
+def read_back(s3: SeaweedS3, bucket: str, names: list[str], dest: Path) -> list[Path]:
+    client = s3.client()
+    paths = []
+    for name in names:
+        obj = client.get_object(Bucket=bucket, Key=f"directory1/directory2/{name}")
+        (dest / name).write_bytes(obj["Body"].read())
+        paths.append(dest / name)
+    return paths
+
+
+async def test_mix_mode_into_the_users_bucket(
+    rig: Any, s3: SeaweedS3, s3_bucket: str, tmp_path: Path
+) -> None:
+    whip, service = rig
+    res = service.acquire("app", "room", "527841", None)
+    mix = MixConfig(width=320, height=180, layout=LayoutSpec(LayoutMode.ADAPTIVE))
+    session = await service.start(
+        "app", res.resource_id, "mix", "room", "527841", storage_config(s3, s3_bucket),
+        mix=mix, file_types=frozenset({FileType.HLS, FileType.MP4}), segment_s=1.0,
+    )  # fmt: skip
+    with pytest.raises(CloudFailure) as err:
+        await service.start(
+            "app", res.resource_id, "mix", "room", "527841", storage_config(s3, s3_bucket)
+        )
+    assert err.value.code == 7
+    peers = [await publish(whip, "red", (255, 0, 0)), await publish(whip, "blue", (0, 0, 255))]
+    try:
+        await wait_frames(whip, {"red", "blue"}, 60)
+        status = await service.stop(session)
+    finally:
+        for pc in peers:
+            await pc.close()
+    assert status == "uploaded"
+    mode, files = session.file_list()
+    assert mode == "json"
+    names = [f["fileName"] for f in files]  # type: ignore[index]
+    assert names[0] == f"{session.sid}_room.m3u8" and names[1].endswith(".mp4")
+    assert all(f["uid"] == "0" and f["mixedAllUser"] for f in files)  # type: ignore[index]
+    paths = await asyncio.to_thread(read_back, s3, s3_bucket, names, tmp_path)
+    playlist = paths[0].read_text()
+    segments = [line for line in playlist.splitlines() if line.endswith(".ts")]
+    assert "#EXT-X-ENDLIST" in playlist and len(segments) >= 2
+    await asyncio.to_thread(read_back, s3, s3_bucket, segments, tmp_path)  # all uploaded
+    with av.open(str(paths[1])) as container:
+        assert sum(1 for _ in container.decode(video=0)) >= 20
+    with pytest.raises(CloudFailure) as err:
+        await service.stop(session)
+    assert err.value.code == 49
+
+
+async def test_individual_mode_records_each_uid(
+    rig: Any, s3: SeaweedS3, s3_bucket: str, tmp_path: Path
+) -> None:
+    whip, service = rig
+    res = service.acquire("app", "room", "1", None)
+    session = await service.start(
+        "app", res.resource_id, "individual", "room", "1", storage_config(s3, s3_bucket),
+        segment_s=1.0,
+    )  # fmt: skip
+    pc = await publish(whip, "alice", (0, 255, 0))
+    try:
+        await wait_frames(whip, {"alice"}, 60)
+        assert await service.stop(session) == "uploaded"
+    finally:
+        await pc.close()
+    _, files = session.file_list()
+    names = sorted(f["fileName"] for f in files)  # type: ignore[index]
+    base = f"{session.sid}_room__uid_s_alice__uid_e_av"
+    assert names[0] == f"{base}.m3u8" and names[1].startswith(base) and names[1].endswith(".mp4")
+    paths = await asyncio.to_thread(read_back, s3, s3_bucket, names, tmp_path)
+    with av.open(str(paths[1])) as container:
+        frame = next(iter(container.decode(video=0)))
+        assert frame.to_ndarray(format="rgb24")[120, 160][1] > 180  # green
+
+
+async def test_resource_rules(rig: Any, s3: SeaweedS3, s3_bucket: str) -> None:
+    _, service = rig
+    with pytest.raises(CloudFailure) as err:
+        service.resource("app", "garbage")
+    assert err.value.code == 1001
+    res = service.acquire("app", "room", "1", None)
+    with pytest.raises(CloudFailure) as err:
+        service.resource("other-app", res.resource_id)
+    assert err.value.code == 1003
+    with pytest.raises(CloudFailure) as err:
+        await service.start(
+            "app", res.resource_id, "mix", "room", "2", storage_config(s3, s3_bucket)
+        )
+    assert err.value.code == 432
+    session = await service.start(
+        "app", res.resource_id, "individual", "room", "1", storage_config(s3, s3_bucket)
+    )
+    with pytest.raises(CloudFailure) as err:
+        await service.stop(session)
+    assert err.value.code == 435  # nobody published
