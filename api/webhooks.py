@@ -1,0 +1,566 @@
+"""Notification callbacks of the cloud recording API: signed JSON POSTs to each app's URL.
+
+Why this shape: an app that records with that API learns what happened (recorder started, a
+slice began, files uploaded, the session exited) only through these callbacks, and it orders and
+dedupes them itself. So each notice carries a ``noticeId`` that stays the same across retries
+(dedupe) and a ``sequence`` counted per ``sid`` from 0 (order), and a sid's notices go out one
+at a time, in the order they were raised, while different sids deliver in parallel: one slow
+session never holds up another.
+
+A receiver that is down gets retries with exponential backoff and jitter (network errors,
+timeouts, 5xx, 429) up to ``attempts`` tries or ``max_age_s``; a receiver that answers any
+other non-2xx refused the notice, and retrying would only get the same answer.
+
+Drop policy, when ``max_queue`` notices are pending (queued, waiting on a retry, or in flight)
+and another one is raised: the oldest pending notice of the lowest tier is dropped, looking only
+at tiers no higher than the new notice's own (so a new warning never pushes out an older
+"uploaded"; it is dropped itself instead). Tiers, dropped first to last:
+
+0. progress and advice: 2 warning, 42 slice start, 45 snapshot file, 30 uploader started;
+1. state changes: 40 recorder started, 41 recorder leave, 1 error;
+2. what a receiver cannot do without: 31 uploaded (the file list) and 11 session exit.
+
+A notice whose HTTP request is under way is never dropped (it may already have arrived). Every
+drop is logged with its sid, noticeId and event type, and counted; a dropped notice keeps its
+``sequence``, so the receiver sees a gap where one was lost.
+
+Memory is bounded: at most ``max_queue`` pending notices of at most ``MAX_PAYLOAD_BYTES`` each,
+at most ``max_in_flight`` requests, one task per sid with pending notices, and the sequence
+counters of the last ``MAX_TRACKED_SIDS`` sids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import random
+import time
+import uuid
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any
+
+import aiohttp
+from yarl import URL
+
+from .metrics import Sample
+
+log = logging.getLogger(__name__)
+
+PRODUCT_ID_CLOUD_RECORDING = 3  # ``productId`` of that API's cloud recording notices
+SERVICE_TYPE_RECORDING = 0  # ``payload.serviceType``: 0 is the recording service
+SIGNATURE_HEADER = "X-Reelhouse-Signature"
+NOTICE_ID_HEADER = "X-Reelhouse-Notice-Id"
+SIGNATURE_VERSION = "v1"  # the scheme prefix, so a receiver can accept a new one alongside
+
+DEFAULT_MAX_QUEUE = 1000
+DEFAULT_RETRY_BASE_S = 0.5
+DEFAULT_RETRY_MAX_S = 30.0
+# 10 tries with the defaults above span about two minutes (0.5 + 1 + ... + 30 s, jittered):
+# long enough to ride out a receiver's restart, short enough that a dead URL frees its sid
+DEFAULT_ATTEMPTS = 10
+DEFAULT_MAX_AGE_S = 900.0  # a notice older than this is stale: the app has polled by then
+DEFAULT_TIMEOUT_S = 10.0  # one POST, connect to last byte of the answer
+DEFAULT_MAX_IN_FLIGHT = 64  # concurrent POSTs over all apps and sids
+DEFAULT_DRAIN_TIMEOUT_S = 5.0
+# a notice's payload as JSON: an "uploaded" file list of 32 uids x audio/video playlists is a
+# few KiB, so this leaves room while keeping max_queue x this within tens of MiB
+MAX_PAYLOAD_BYTES = 64 * 1024
+MAX_TRACKED_SIDS = 10_000  # sequence counters kept; the least recently used is forgotten
+
+
+class NotificationEvent(IntEnum):
+    """The ``eventType`` values of that API's cloud recording notices that reelhouse sends.
+
+    ``details`` is what that API puts there; its ``msgName`` is filled in when left out.
+    """
+
+    ERROR = 1  # {module, errorLevel, errorCode, stat, errorMsg}
+    WARNING = 2  # {module, warnCode}
+    SESSION_EXIT = 11  # {exitStatus}
+    UPLOADER_STARTED = 30  # {status}
+    UPLOADED = 31  # {status, fileList: [{fileName, trackType, uid, mixedAllUser, ...}]}
+    RECORDER_STARTED = 40  # {status}
+    RECORDER_LEAVE = 41  # {leaveCode}
+    RECORDER_SLICE_START = 42  # {startUtcMs, discontinueUtcMs, mixedAllUser, streamUid, ...}
+    RECORDER_SNAPSHOT_FILE = 45  # {fileName}
+
+
+MSG_NAMES: dict[NotificationEvent, str] = {
+    NotificationEvent.ERROR: "cloud_recording_error",
+    NotificationEvent.WARNING: "cloud_recording_warning",
+    NotificationEvent.SESSION_EXIT: "session_exit",
+    NotificationEvent.UPLOADER_STARTED: "uploader_started",
+    NotificationEvent.UPLOADED: "uploaded",
+    NotificationEvent.RECORDER_STARTED: "recorder_started",
+    NotificationEvent.RECORDER_LEAVE: "recorder_leave",
+    NotificationEvent.RECORDER_SLICE_START: "recorder_slice_start",
+    NotificationEvent.RECORDER_SNAPSHOT_FILE: "recorder_snapshot_file",
+}
+
+# the drop tier of each event (see the module docstring): lower is dropped first
+DROP_TIERS: dict[NotificationEvent, int] = {
+    NotificationEvent.WARNING: 0,
+    NotificationEvent.RECORDER_SLICE_START: 0,
+    NotificationEvent.RECORDER_SNAPSHOT_FILE: 0,
+    NotificationEvent.UPLOADER_STARTED: 0,
+    NotificationEvent.RECORDER_STARTED: 1,
+    NotificationEvent.RECORDER_LEAVE: 1,
+    NotificationEvent.ERROR: 1,
+    NotificationEvent.UPLOADED: 2,
+    NotificationEvent.SESSION_EXIT: 2,
+}
+_TIER_COUNT = 3
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookTarget:
+    """One app's callback: where notices go and the secret they are signed with."""
+
+    url: str
+    secret: str = field(repr=False)  # kept out of logs and reprs
+
+    def __post_init__(self) -> None:
+        # checked here, when the app is configured, so a bad URL is an error the app's owner
+        # sees rather than a notice dropped later
+        try:
+            parsed = URL(self.url)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"webhook url is not a URL: {exc}") from None
+        if parsed.scheme not in ("http", "https") or not parsed.host:
+            raise ValueError("webhook url must be an absolute http:// or https:// URL")
+        if not self.secret:
+            raise ValueError("webhook secret must not be empty")
+
+    @property
+    def host(self) -> str:
+        """The URL's host, what logs show (a path or query may hold the app's own token)."""
+        return URL(self.url).host or ""
+
+
+class NotifierClosedError(RuntimeError):
+    """``notify`` was called after ``aclose``."""
+
+
+@dataclass(slots=True)
+class NotifierStats:
+    """Counters since start, read by ``/metrics``."""
+
+    sent: int = 0  # notices a receiver accepted (2xx)
+    failed_attempts: int = 0  # POSTs that will be (or would have been) retried
+    dropped_overflow: int = 0  # pushed out by the queue bound
+    dropped_refused: int = 0  # the receiver answered a non-retryable status
+    dropped_expired: int = 0  # out of attempts or past the max age
+    dropped_closed: int = 0  # still pending when ``aclose`` gave up waiting
+
+    @property
+    def dropped(self) -> int:
+        """Notices that will never be delivered, for whatever reason."""
+        return (
+            self.dropped_overflow
+            + self.dropped_refused
+            + self.dropped_expired
+            + self.dropped_closed
+        )
+
+
+def sign(secret: str, body: bytes) -> str:
+    """The signature header value of ``body``: ``v1=<hex HMAC-SHA256(secret, body)>``."""
+    digest = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    return f"{SIGNATURE_VERSION}={digest}"
+
+
+def verify_signature(secret: str, body: bytes, header: str | None) -> bool:
+    """Whether ``header`` signs ``body`` with ``secret``; for receivers.
+
+    The header may list several comma-separated ``v1=`` values (a sender rotating its secret
+    signs with both); one match is enough. Compared in constant time.
+    """
+    if not header:
+        return False
+    expected = sign(secret, body).encode()
+    matched = False
+    for part in header.split(","):
+        candidate = part.strip().encode("ascii", "replace")
+        # no early exit: how long this takes must not say which entry matched
+        matched |= hmac.compare_digest(candidate, expected)
+    return matched
+
+
+@dataclass(eq=False, slots=True)
+class _Notice:
+    """One pending notice; identity-compared, so a lane can remove exactly this one."""
+
+    notice_id: str
+    target: WebhookTarget
+    event: NotificationEvent
+    sid: str
+    sequence: int
+    payload: bytes  # the JSON ``payload`` object, encoded once when raised
+    created: float  # loop time, for the max age
+    tier: int
+    attempts: int = 0
+    sending: bool = False  # an HTTP request is under way: may have arrived, never dropped
+    dropped: bool = False  # dropped while waiting on a retry: the lane skips it
+
+
+@dataclass(eq=False, slots=True)
+class _Lane:
+    """The notices of one sid, delivered one at a time by one task."""
+
+    sid: str
+    queue: deque[_Notice] = field(default_factory=deque)
+    current: _Notice | None = None  # taken off the queue, being delivered or retried
+    task: asyncio.Task[None] | None = None
+
+
+class _Outcome(IntEnum):
+    SENT = 0
+    RETRY = 1
+    REFUSED = 2
+
+
+class Notifier:
+    """Delivers notices to apps' webhook URLs: signed, in order per sid, retried, bounded.
+
+    ``http`` is the caller's session (its connector limits and closing stay with the caller);
+    ``aclose`` must be awaited before that session is closed. Keep ``max_in_flight`` well below
+    ``max_queue``: requests under way are not droppable, so the bound needs others to choose from.
+    """
+
+    def __init__(
+        self,
+        http: aiohttp.ClientSession,
+        *,
+        max_queue: int = DEFAULT_MAX_QUEUE,
+        retry_base_s: float = DEFAULT_RETRY_BASE_S,
+        retry_max_s: float = DEFAULT_RETRY_MAX_S,
+        attempts: int = DEFAULT_ATTEMPTS,
+        max_age_s: float = DEFAULT_MAX_AGE_S,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+    ) -> None:
+        if max_queue < 1 or attempts < 1 or max_in_flight < 1:
+            raise ValueError("max_queue, attempts and max_in_flight must be at least 1")
+        if retry_base_s < 0 or retry_max_s < retry_base_s or max_age_s <= 0 or timeout_s <= 0:
+            raise ValueError("need 0 <= retry_base_s <= retry_max_s and positive max_age/timeout")
+        self._http = http
+        self._max_queue = max_queue
+        self._retry_base_s = retry_base_s
+        self._retry_max_s = retry_max_s
+        self._attempts = attempts
+        self._max_age_s = max_age_s
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._lanes: dict[str, _Lane] = {}
+        # every pending notice by tier, oldest first: where the queue bound finds its victim
+        self._tiers: tuple[OrderedDict[str, _Notice], ...] = tuple(
+            OrderedDict() for _ in range(_TIER_COUNT)
+        )
+        self._sequences: OrderedDict[str, int] = OrderedDict()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._closed = False
+        self._close_done = asyncio.Event()
+        self.stats = NotifierStats()
+
+    @property
+    def pending(self) -> int:
+        """Notices raised and not yet delivered or dropped."""
+        return sum(len(tier) for tier in self._tiers)
+
+    async def notify(
+        self,
+        target: WebhookTarget,
+        event_type: int,
+        *,
+        cname: str,
+        uid: str,
+        sid: str,
+        details: dict[str, Any],
+    ) -> str:
+        """Queue one notice for ``target`` and return its ``noticeId`` (a UUID hex).
+
+        Returns at once; delivery happens in the background. Raises ``ValueError`` for an
+        unknown event type or details that are not JSON or too large, and
+        ``NotifierClosedError`` after ``aclose``.
+        """
+        if self._closed:
+            raise NotifierClosedError("the notifier is closed")
+        event = NotificationEvent(event_type)
+        details = {"msgName": MSG_NAMES[event], **details}
+        # taken only once the notice is accepted, so a refused one leaves no gap in the sequence
+        sequence = self._sequences.get(sid, -1) + 1
+        payload = {
+            "cname": cname,
+            "uid": uid,
+            "sid": sid,
+            "sequence": sequence,
+            "sendts": int(time.time() * 1000),
+            "serviceType": SERVICE_TYPE_RECORDING,
+            "details": details,
+        }
+        try:
+            encoded = json.dumps(payload, separators=(",", ":"), allow_nan=False).encode()
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"notice details are not JSON: {exc}") from None
+        if len(encoded) > MAX_PAYLOAD_BYTES:
+            raise ValueError(f"notice payload is {len(encoded)} bytes, over {MAX_PAYLOAD_BYTES}")
+        notice = _Notice(
+            notice_id=uuid.uuid4().hex,
+            target=target,
+            event=event,
+            sid=sid,
+            sequence=sequence,
+            payload=encoded,
+            created=asyncio.get_running_loop().time(),
+            tier=DROP_TIERS[event],
+        )
+        self._commit_sequence(sid, sequence)
+        if self.pending >= self._max_queue and not self._make_room(notice):
+            return notice.notice_id
+        self._tiers[notice.tier][notice.notice_id] = notice
+        lane = self._lanes.get(sid)
+        if lane is None:
+            lane = self._lanes[sid] = _Lane(sid)
+            lane.task = asyncio.get_running_loop().create_task(
+                self._run_lane(lane), name=f"webhook-lane:{sid}"
+            )
+            self._idle.clear()
+        lane.queue.append(notice)
+        return notice.notice_id
+
+    async def join(self) -> None:
+        """Wait until every notice raised so far has been delivered or dropped."""
+        await self._idle.wait()
+
+    async def aclose(self, drain_timeout: float = DEFAULT_DRAIN_TIMEOUT_S) -> None:
+        """Refuse new notices, give pending ones ``drain_timeout`` seconds, then stop.
+
+        Whatever is still pending after that is dropped, logged and counted. Calling it again
+        (or concurrently) waits for the first close and does nothing more.
+        """
+        if self._closed:
+            await self._close_done.wait()
+            return
+        self._closed = True
+        try:
+            tasks = [lane.task for lane in self._lanes.values() if lane.task is not None]
+            left = 0
+            if tasks:
+                _, unfinished = await asyncio.wait(tasks, timeout=drain_timeout)
+                # counted before cancelling: a cancelled lane forgets the notice it was sending
+                left = self.pending
+                for task in unfinished:
+                    task.cancel()
+                await asyncio.gather(*unfinished, return_exceptions=True)
+            if left:
+                self.stats.dropped_closed += left
+                log.warning("webhook notifier closed with notices undelivered: dropped %d", left)
+            for tier in self._tiers:
+                tier.clear()
+            self._lanes.clear()
+            self._sequences.clear()
+            self._idle.set()
+        finally:
+            self._close_done.set()
+
+    def samples(self) -> list[Sample]:
+        """The notifier's series for ``/metrics``."""
+        s = self.stats
+        return [
+            ("reelhouse_webhooks_pending", "gauge", "Webhook notices waiting.", self.pending),
+            ("reelhouse_webhooks_sent_total", "counter", "Webhook notices delivered.", s.sent),
+            (
+                "reelhouse_webhooks_failed_attempts_total",
+                "counter",
+                "Webhook POSTs that failed in a retryable way.",
+                s.failed_attempts,
+            ),
+            (
+                "reelhouse_webhooks_dropped_total",
+                "counter",
+                "Webhook notices dropped (queue full, refused, expired or at shutdown).",
+                s.dropped,
+            ),
+        ]
+
+    def _commit_sequence(self, sid: str, sequence: int) -> None:
+        self._sequences.pop(sid, None)
+        self._sequences[sid] = sequence  # re-inserted last: the most recently used
+        if len(self._sequences) > MAX_TRACKED_SIDS:
+            self._sequences.popitem(last=False)
+
+    def _make_room(self, new: _Notice) -> bool:
+        """Drop one pending notice for ``new`` by the drop policy; False if ``new`` is the one
+        to drop (it has been logged and counted)."""
+        for tier in self._tiers[: new.tier + 1]:
+            for victim in tier.values():
+                if not victim.sending:
+                    self._drop_pending(victim)
+                    self._log_overflow(victim)
+                    return True
+        self.stats.dropped_overflow += 1
+        self._log_overflow(new)
+        return False
+
+    def _drop_pending(self, notice: _Notice) -> None:
+        del self._tiers[notice.tier][notice.notice_id]
+        self.stats.dropped_overflow += 1
+        lane = self._lanes[notice.sid]
+        if lane.current is notice:
+            notice.dropped = True  # waiting on a retry or a slot: the lane skips it after
+        else:
+            lane.queue.remove(notice)
+
+    def _log_overflow(self, notice: _Notice) -> None:
+        # tier 2 only goes when everything pending is tier 2: loud, a receiver will miss files
+        level = logging.ERROR if notice.tier == _TIER_COUNT - 1 else logging.WARNING
+        log.log(
+            level,
+            "webhook queue full (%d): dropped notice",
+            self._max_queue,
+            extra=_fields(notice, reason="queue_full"),
+        )
+
+    async def _run_lane(self, lane: _Lane) -> None:
+        """Deliver a sid's notices one at a time until its queue is empty."""
+        try:
+            while lane.queue:
+                notice = lane.current = lane.queue.popleft()
+                try:
+                    await self._deliver(notice)
+                except Exception:
+                    # a bug, not the receiver: lose this notice, keep the lane going
+                    log.exception("webhook delivery failed", extra=_fields(notice))
+                    self.stats.dropped_expired += 1
+                finally:
+                    lane.current = None
+                    self._tiers[notice.tier].pop(notice.notice_id, None)
+        finally:
+            # nothing awaits between the empty-queue check and here, so no notice can have
+            # joined this lane after its task stopped looking
+            if self._lanes.get(lane.sid) is lane:
+                del self._lanes[lane.sid]
+            if not self._lanes:
+                self._idle.set()
+
+    async def _deliver(self, notice: _Notice) -> None:
+        """Try ``notice`` until it is accepted, refused, out of attempts or too old."""
+        loop = asyncio.get_running_loop()
+        while True:
+            if notice.dropped:
+                return
+            async with self._slots:
+                if notice.dropped:
+                    return
+                notice.attempts += 1
+                notice.sending = True
+                try:
+                    outcome, retry_after, why = await self._attempt(notice)
+                finally:
+                    notice.sending = False
+            if outcome is _Outcome.SENT:
+                self.stats.sent += 1
+                return
+            if outcome is _Outcome.REFUSED:
+                self.stats.dropped_refused += 1
+                log.warning(
+                    "webhook receiver refused notice: dropped (%s)",
+                    why,
+                    extra=_fields(notice, reason="refused"),
+                )
+                return
+            self.stats.failed_attempts += 1
+            delay = self._backoff(notice.attempts, retry_after)
+            age_then = loop.time() + delay - notice.created
+            if notice.attempts >= self._attempts or age_then > self._max_age_s:
+                self.stats.dropped_expired += 1
+                log.warning(
+                    "webhook notice undeliverable after %d attempts: dropped (%s)",
+                    notice.attempts,
+                    why,
+                    extra=_fields(notice, reason="gave_up"),
+                )
+                return
+            log.info(
+                "webhook attempt %d failed (%s): retry in %.2f s",
+                notice.attempts,
+                why,
+                delay,
+                extra=_fields(notice),
+            )
+            await asyncio.sleep(delay)
+
+    def _backoff(self, attempt: int, retry_after: float | None) -> float:
+        """Exponential from ``retry_base_s`` capped at ``retry_max_s``, with "equal jitter"
+        (half fixed, half random) so many sids failing together do not retry together."""
+        ceiling = min(self._retry_max_s, self._retry_base_s * 2 ** (attempt - 1))
+        delay = ceiling / 2 + random.uniform(0, ceiling / 2)
+        if retry_after is not None:
+            # the receiver asked for a pause: honour it, but no longer than our own cap
+            delay = max(delay, min(retry_after, self._retry_max_s))
+        return delay
+
+    async def _attempt(self, notice: _Notice) -> tuple[_Outcome, float | None, str]:
+        """One POST: the outcome, any ``Retry-After`` seconds, and why it failed."""
+        # notifyMs is when this attempt is sent (that API updates it on a resend), so the body,
+        # and its signature, are made per attempt; the payload inside is fixed
+        body = b'{"noticeId":"%s","productId":%d,"eventType":%d,"notifyMs":%d,"payload":%s}' % (
+            notice.notice_id.encode(),
+            PRODUCT_ID_CLOUD_RECORDING,
+            notice.event,
+            int(time.time() * 1000),
+            notice.payload,
+        )
+        headers = {
+            "Content-Type": "application/json",
+            SIGNATURE_HEADER: sign(notice.target.secret, body),
+            NOTICE_ID_HEADER: notice.notice_id,
+        }
+        try:
+            async with self._http.post(
+                notice.target.url,
+                data=body,
+                headers=headers,
+                timeout=self._timeout,
+                # a redirect would resend the signed body to a URL the app never configured
+                allow_redirects=False,
+            ) as resp:
+                status = resp.status
+                retry_after = _retry_after(resp.headers.get("Retry-After"))
+        except aiohttp.InvalidURL as exc:
+            return _Outcome.REFUSED, None, f"invalid url: {exc}"
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            return _Outcome.RETRY, None, f"{type(exc).__name__}: {exc}" if str(exc) else repr(exc)
+        if 200 <= status < 300:
+            return _Outcome.SENT, None, ""
+        if status == 429 or status >= 500:
+            return _Outcome.RETRY, retry_after, f"HTTP {status}"
+        return _Outcome.REFUSED, None, f"HTTP {status}"
+
+
+def _retry_after(value: str | None) -> float | None:
+    """``Retry-After`` in seconds; only the delta form (an HTTP date is ignored)."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return seconds if 0 <= seconds < float("inf") else None
+
+
+def _fields(notice: _Notice, **more: str) -> dict[str, Any]:
+    """The structured log fields of a notice."""
+    return {
+        "sid": notice.sid,
+        "notice_id": notice.notice_id,
+        "event_type": int(notice.event),
+        "webhook_host": notice.target.host,
+        **more,
+    }
