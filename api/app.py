@@ -27,9 +27,11 @@ from storage.registry import StoreRegistry
 from storage.s3 import S3ObjectStore
 from storage.spool import Spool, SpoolItem
 
-from . import metrics, objects_route, recordings, screen_recording, whip
+from . import cloud_recording_routes, metrics, objects_route, recordings, screen_recording, whip
 from .apps import AppDirectory
 from .auth import ApiKeys, load_or_create_credentials
+from .cloud_recording import CloudRecordingService
+from .customers import CustomerAuth
 from .errors import rpc_error, rpc_status
 from .keys import (
     API_KEYS,
@@ -280,6 +282,10 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     app[CHANNELS], app[APPS] = channels, apps
     app[INGEST] = IngestHandler(manager, settings.ingest, keys.check, channels, apps.admit)
     app[WHIP] = WhipServer(channels, settings.webrtc)
+    cloud = CloudRecordingService(channels, stores, spool, data / "cloud")
+    app[cloud_recording_routes.CLOUD] = cloud
+    app[cloud_recording_routes.CUSTOMERS] = CustomerAuth(meta)
+    app[cloud_recording_routes.RATE] = cloud_recording_routes.RateLimit()
     processor = recordings.VideoProcessor(meta, store, data / "recordings-work")
     app[recordings.RECORDINGS] = recordings.RecordingService(data / "tmp", processor)
     await asyncio.to_thread(recordings.prepare_tmp, data / "tmp")
@@ -288,6 +294,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await processor.aclose()
+        await cloud.aclose()  # before the spool: stopped recordings hand it their last files
         await app[WHIP].aclose()
         await app[INGEST].aclose()
         await manager.aclose()
@@ -312,7 +319,12 @@ async def _ingest(request: web.Request) -> web.StreamResponse:
 def create_app(settings: Settings) -> web.Application:
     """The aiohttp application with every service opened in ``cleanup_ctx``."""
     app = web.Application(
-        middlewares=[whip.cors_middleware, errors_middleware, auth_middleware],
+        middlewares=[
+            whip.cors_middleware,
+            errors_middleware,
+            cloud_recording_routes.cloud_middleware,
+            auth_middleware,
+        ],
         client_max_size=1024**2,
     )
     app[SETTINGS] = settings
@@ -324,5 +336,6 @@ def create_app(settings: Settings) -> web.Application:
     screen_recording.add_routes(app)
     objects_route.add_routes(app)
     whip.add_routes(app)
+    cloud_recording_routes.add_routes(app)
     app.add_subapp(recordings.PREFIX, recordings.create_subapp())
     return app

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ingest.channel_mix import ALL, ChannelMixRecorder
+from ingest.channel_mix import EVERYONE, ChannelMixRecorder, UidSelector
 from ingest.channels import ChannelRegistry, Subscription
 from ingest.member_recorder import MemberRecorder
 from mixer.layout import LayoutSpec
@@ -111,14 +111,15 @@ class CloudSession:
     started_ms: int = 0
     mix: ChannelMixRecorder | None = None
     members: dict[str, MemberRecorder] = field(default_factory=dict)
-    audio_uids: frozenset[str] = frozenset({ALL})
-    video_uids: frozenset[str] = frozenset({ALL})
+    audio_uids: UidSelector = EVERYONE
+    video_uids: UidSelector = EVERYONE
     playlists: dict[str, FileEntry] = field(default_factory=dict)  # name → entry
     mp4s: list[FileEntry] = field(default_factory=list)
     uploads: list[asyncio.Task[None]] = field(default_factory=list)
     watcher: asyncio.Task[None] | None = None
     ended_at: float | None = None
     segment_s: float = 4.0
+    config: Any = None  # the parsed start config, for update to merge into
 
     def file_list(self) -> tuple[str, list[dict[str, Any]] | str]:
         """(fileListMode, fileList) as the API answers them."""
@@ -206,8 +207,8 @@ class CloudRecordingService:
         *,
         mix: MixConfig | None = None,
         file_types: frozenset[FileType] = frozenset({FileType.HLS}),
-        audio_uids: frozenset[str] = frozenset({ALL}),
-        video_uids: frozenset[str] = frozenset({ALL}),
+        audio_uids: UidSelector = EVERYONE,
+        video_uids: UidSelector = EVERYONE,
         segment_s: float = 4.0,
     ) -> CloudSession:
         """Start recording ``cname``; the bucket is checked first (a bad one fails the start)."""
@@ -262,8 +263,7 @@ class CloudRecordingService:
         return session
 
     def _wanted(self, session: CloudSession, uid: str) -> bool:
-        subs = session.audio_uids | session.video_uids
-        return ALL in subs or uid in subs
+        return session.audio_uids.allows(uid) or session.video_uids.allows(uid)
 
     async def _follow(self, session: CloudSession, sub: Subscription) -> None:
         """Individual mode: a recorder for each subscribed member, from its join on."""
@@ -341,7 +341,7 @@ class CloudRecordingService:
         await session.mix.update_layout(layout)
 
     async def update_subscriptions(
-        self, session: CloudSession, audio: frozenset[str], video: frozenset[str]
+        self, session: CloudSession, audio: UidSelector, video: UidSelector
     ) -> None:
         """update: who is recorded from now on."""
         session.audio_uids, session.video_uids = audio, video

@@ -31,7 +31,21 @@ log = logging.getLogger(__name__)
 US = 1_000_000
 TICK_S = 0.5
 TICK_LAG_US = 500_000  # advance only past what late frames can no longer change
-ALL = "#allstream#"
+
+
+@dataclass(frozen=True, slots=True)
+class UidSelector:
+    """Whose audio (or video) is recorded: everyone but ``exclude``, or only ``only``."""
+
+    only: frozenset[str] | None = None
+    exclude: frozenset[str] = frozenset()
+
+    def allows(self, uid: str) -> bool:
+        """Whether ``uid`` is recorded."""
+        return uid not in self.exclude and (self.only is None or uid in self.only)
+
+
+EVERYONE = UidSelector()
 
 
 @dataclass(slots=True)
@@ -57,8 +71,8 @@ class ChannelMixRecorder:
         config: MixConfig,
         *,
         name: str = "index",
-        audio_uids: frozenset[str] = frozenset({ALL}),
-        video_uids: frozenset[str] = frozenset({ALL}),
+        audio_uids: UidSelector = EVERYONE,
+        video_uids: UidSelector = EVERYONE,
         segment_target_s: float = 4.0,
         on_segment: Callable[[SegmentInfo], None] | None = None,
         clock: Callable[[], float] = time.time,
@@ -81,8 +95,7 @@ class ChannelMixRecorder:
         return int(self._clock() * US)
 
     def _wanted(self, uid: str, kind: str) -> bool:
-        wanted = self.video_uids if kind == "video" else self.audio_uids
-        return ALL in wanted or uid in wanted
+        return (self.video_uids if kind == "video" else self.audio_uids).allows(uid)
 
     async def start(self) -> None:
         """Open the mix and subscribe: who is already in the channel joins at once."""
@@ -157,7 +170,7 @@ class ChannelMixRecorder:
         """updateLayout: the new layout from now on."""
         await self._mix.update_layout(layout, self._now_us())
 
-    async def update_subscriptions(self, audio: frozenset[str], video: frozenset[str]) -> None:
+    async def update_subscriptions(self, audio: UidSelector, video: UidSelector) -> None:
         """update: who is heard and seen from now on (members not wanted at all leave)."""
         self.audio_uids, self.video_uids = audio, video
         channel = self._registry.get(self._appid, self._cname)

@@ -1,0 +1,247 @@
+"""HTTP of the cloud recording API: ``/v1/apps/{appid}/cloud_recording/...``.
+
+Basic Auth with a customer id and secret; a per-app rate limit; every refusal as that API
+answers it, ``{"code": N, "reason": "..."}`` with HTTP 400 (401, 404, 429 where it says so).
+Request bodies are parsed by ``cloud_recording_schema``; the work is done by
+``cloud_recording.CloudRecordingService``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from ingest.channel_mix import UidSelector
+from ingest.tokens import Role, TokenError, verify
+from mixer.mix import FileType
+from storage.errors import StorageError
+
+from .cloud_recording import CloudFailure, CloudRecordingService, CloudSession
+from .cloud_recording_schema import CloudError
+from .customers import CustomerAuth
+from .keys import APPS
+
+BASE = "/v1/apps/{appid}/cloud_recording"
+RATE_PER_S = 10.0  # requests per second per app, as that API allows
+RATE_BURST = 20.0
+MAX_BODY_BYTES = 1024 * 1024
+
+CLOUD = web.AppKey("cloud_recording", CloudRecordingService)
+CUSTOMERS = web.AppKey("customers", CustomerAuth)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error(code: int, reason: str, status: int = 400) -> web.Response:
+    """The API's error body."""
+    return web.json_response({"code": code, "reason": reason}, status=status)
+
+
+class RateLimit:
+    """A token bucket per app: ``RATE_PER_S`` sustained, ``RATE_BURST`` at once."""
+
+    def __init__(self, rate: float = RATE_PER_S, burst: float = RATE_BURST) -> None:
+        self.rate, self.burst = rate, burst
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def allow(self, key: str, now: float | None = None) -> bool:
+        """Take one token for ``key``; false when none is left."""
+        now = time.monotonic() if now is None else now
+        tokens, last = self._buckets.get(key, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        if tokens < 1:
+            self._buckets[key] = (tokens, now)
+            return False
+        self._buckets[key] = (tokens - 1, now)
+        if len(self._buckets) > 10_000:  # forget idle apps rather than grow without bound
+            self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < 60}
+        return True
+
+
+RATE = web.AppKey("cloud_rate", RateLimit)
+
+
+@web.middleware
+async def cloud_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Auth, rate limit and the API's error shape for every cloud recording path."""
+    if "/cloud_recording/" not in request.path:
+        return await handler(request)
+    if await request.app[CUSTOMERS].check(request.headers.get("Authorization")) is None:
+        resp = error(401, "invalid authorization header: Basic customer id and secret", 401)
+        resp.headers["WWW-Authenticate"] = 'Basic realm="reelhouse cloud recording"'
+        return resp
+    if not request.app[RATE].allow(request.match_info.get("appid", "")):
+        return error(429, "too many requests for this app (10 per second)", 429)
+    try:
+        return await handler(request)
+    except (CloudFailure, CloudError) as exc:
+        return error(int(exc.code), exc.reason, exc.http_status)
+    except StorageError as exc:  # the user's bucket, checked at start
+        return error(2, f"storageConfig: {exc}")
+    except web.HTTPException as exc:
+        if exc.status == 404:
+            return error(404, "no such cloud recording path", 404)
+        if exc.status == 405:
+            return error(405, f"{request.method} is not allowed here", 405)
+        if exc.status == 413:
+            return error(8, f"the body is larger than {MAX_BODY_BYTES} bytes")
+        raise
+
+
+async def read_json(request: web.Request) -> Any:
+    """The body as JSON, or the API's code 8."""
+    from .cloud_recording_schema import parse_json
+
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        raise CloudFailure(8, f"the body is larger than {MAX_BODY_BYTES} bytes")
+    raw = await request.content.read(MAX_BODY_BYTES + 1)
+    if len(raw) > MAX_BODY_BYTES:
+        raise CloudFailure(8, f"the body is larger than {MAX_BODY_BYTES} bytes")
+    return parse_json(raw)
+
+
+def query_body(session: CloudSession) -> dict[str, Any]:
+    """``serverResponse`` of query (and the base of stop's)."""
+    mode, files = session.file_list()
+    return {
+        "cname": session.resource.cname,
+        "uid": session.resource.uid,
+        "resourceId": session.resource.resource_id,
+        "sid": session.sid,
+        "serverResponse": {
+            "status": session.status,
+            "fileListMode": mode,
+            "fileList": files,
+            "sliceStartTime": session.started_ms,
+        },
+    }
+
+
+def selector(flt: Any) -> UidSelector:
+    """The schema's uid filter as the recorders' selector."""
+    return UidSelector(flt.only, flt.exclude)
+
+
+async def acquire(request: web.Request) -> web.Response:
+    """``POST acquire``."""
+    from .cloud_recording_schema import parse_acquire
+
+    req = parse_acquire(await read_json(request))
+    res = request.app[CLOUD].acquire(request.match_info["appid"], req.cname, req.uid, None)
+    res.start_parameter = {"acquire": req}
+    return web.json_response({"cname": req.cname, "uid": req.uid, "resourceId": res.resource_id})
+
+
+async def _check_token(request: web.Request, cname: str, uid: str, token: str | None) -> None:
+    """The recorder joins the channel as ``uid``: an app with tokens needs a valid one."""
+    app_row = await request.app[APPS].get(request.match_info["appid"])
+    if app_row is None:
+        raise CloudFailure(2, f"appid {request.match_info['appid']} is not an app of this server")
+    if not app_row.token_required:
+        return
+    if not token:
+        raise CloudFailure(110, "clientRequest.token: the app needs a token for the recorder uid")
+    try:
+        verify(
+            token, app_row.certificate, appid=app_row.appid, cname=cname, uid=uid,
+            role=Role.SUBSCRIBER,
+        )  # fmt: skip
+    except TokenError as exc:
+        code = 109 if "expired" in str(exc) else 110
+        raise CloudFailure(code, f"clientRequest.token: {exc}") from None
+
+
+async def start(request: web.Request) -> web.Response:
+    """``POST resourceid/{rid}/mode/{mode}/start``."""
+    from .cloud_recording_schema import check_start_matches_acquire, parse_start
+
+    appid, rid, mode = (request.match_info[k] for k in ("appid", "resourceid", "mode"))
+    service = request.app[CLOUD]
+    res = service.resource(appid, rid)
+    req = parse_start(await read_json(request), mode)
+    acquired = (res.start_parameter or {}).get("acquire")
+    if acquired is not None:
+        check_start_matches_acquire(acquired, req)
+    await _check_token(request, req.cname, req.uid, req.config.token)
+    config = req.config
+    mix = config.mix
+    session = await service.start(
+        appid, rid, str(req.mode), req.cname, req.uid, config.storage,
+        mix=mix,
+        file_types=mix.file_types if mix is not None else frozenset({FileType.HLS}),
+        audio_uids=selector(config.recording.audio_filter),
+        video_uids=selector(config.recording.video_filter),
+    )  # fmt: skip
+    session.config = config
+    return web.json_response(
+        {"cname": req.cname, "uid": req.uid, "resourceId": rid, "sid": session.sid}
+    )
+
+
+def _session(request: web.Request) -> CloudSession:
+    m = request.match_info
+    return request.app[CLOUD].session(m["appid"], m["resourceid"], m["sid"], m["mode"])
+
+
+async def query(request: web.Request) -> web.Response:
+    """``GET .../query``."""
+    return web.json_response(query_body(_session(request)))
+
+
+async def update(request: web.Request) -> web.Response:
+    """``POST .../update``: subscriptions (and a renewed storageConfig) from now on."""
+    from .cloud_recording_schema import parse_update
+
+    session = _session(request)
+    req = parse_update(await read_json(request), session.mode)
+    config = req.apply_to(session.config)
+    session.config = config
+    await request.app[CLOUD].update_subscriptions(
+        session,
+        selector(config.recording.audio_filter),
+        selector(config.recording.video_filter),
+    )
+    return web.json_response(
+        {"cname": req.cname, "uid": req.uid, "resourceId": session.resource.resource_id,
+         "sid": session.sid}
+    )  # fmt: skip
+
+
+async def update_layout(request: web.Request) -> web.Response:
+    """``POST .../updateLayout`` (mix): the whole layout replaced."""
+    from .cloud_recording_schema import parse_update_layout
+
+    session = _session(request)
+    if session.mode != "mix":
+        raise CloudFailure(2, "updateLayout is for mix mode")
+    req = parse_update_layout(await read_json(request))
+    await request.app[CLOUD].update_layout(session, req.layout)
+    return web.json_response(
+        {"cname": req.cname, "uid": req.uid, "resourceId": session.resource.resource_id,
+         "sid": session.sid}
+    )  # fmt: skip
+
+
+async def stop(request: web.Request) -> web.Response:
+    """``POST .../stop``: files finished and (unless ``async_stop``) uploaded."""
+    from .cloud_recording_schema import parse_stop
+
+    session = _session(request)
+    req = parse_stop(await read_json(request))
+    status = await request.app[CLOUD].stop(session, async_stop=req.async_stop)
+    body = query_body(session)
+    body["serverResponse"]["uploadingStatus"] = status
+    return web.json_response(body)
+
+
+def add_routes(app: web.Application) -> None:
+    """Register the cloud recording API."""
+    session = BASE + "/resourceid/{resourceid}/sid/{sid}/mode/{mode}"
+    app.router.add_post(BASE + "/acquire", acquire)
+    app.router.add_post(BASE + "/resourceid/{resourceid}/mode/{mode}/start", start)
+    app.router.add_get(session + "/query", query)
+    app.router.add_post(session + "/update", update)
+    app.router.add_post(session + "/updateLayout", update_layout)
+    app.router.add_post(session + "/stop", stop)
