@@ -8,7 +8,9 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
@@ -30,7 +32,7 @@ from storage.spool import Spool, SpoolItem
 from . import cloud_recording_routes, metrics, objects_route, recordings, screen_recording, whip
 from .apps import AppDirectory
 from .auth import ApiKeys, load_or_create_credentials
-from .cloud_recording import CloudRecordingService
+from .cloud_recording import CloudRecordingService, CloudSession
 from .customers import CustomerAuth
 from .errors import rpc_error, rpc_status
 from .keys import (
@@ -39,6 +41,7 @@ from .keys import (
     CHANNELS,
     INGEST,
     META,
+    NOTIFIER,
     SESSIONS,
     SETTINGS,
     SIGNER,
@@ -49,6 +52,7 @@ from .keys import (
     WHIP,
 )
 from .settings import Settings
+from .webhooks import Notifier, WebhookTarget
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +206,7 @@ async def metrics_handler(request: web.Request) -> web.Response:
             ),
         ]
     )
+    text += metrics.render(app[NOTIFIER].samples())
     text += app[UPLOAD_LATENCY].render()
     resp = web.Response(text=text)
     resp.headers["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8"
@@ -282,7 +287,21 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     app[CHANNELS], app[APPS] = channels, apps
     app[INGEST] = IngestHandler(manager, settings.ingest, keys.check, channels, apps.admit)
     app[WHIP] = WhipServer(channels, settings.webrtc)
-    cloud = CloudRecordingService(channels, stores, spool, data / "cloud")
+    webhook_http = aiohttp.ClientSession()
+    notifier = Notifier(webhook_http)
+    app[NOTIFIER] = notifier
+
+    async def notify(session: CloudSession, event_type: int, details: dict[str, Any]) -> None:
+        app_row = await apps.get(session.resource.appid)
+        if app_row is None or not app_row.webhook_url:
+            return
+        target = WebhookTarget(app_row.webhook_url, app_row.webhook_secret)
+        res = session.resource
+        await notifier.notify(
+            target, event_type, cname=res.cname, uid=res.uid, sid=session.sid, details=details
+        )
+
+    cloud = CloudRecordingService(channels, stores, spool, data / "cloud", notify=notify)
     app[cloud_recording_routes.CLOUD] = cloud
     app[cloud_recording_routes.CUSTOMERS] = CustomerAuth(meta)
     app[cloud_recording_routes.RATE] = cloud_recording_routes.RateLimit()
@@ -295,6 +314,8 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     finally:
         await processor.aclose()
         await cloud.aclose()  # before the spool: stopped recordings hand it their last files
+        await notifier.aclose()
+        await webhook_http.close()
         await app[WHIP].aclose()
         await app[INGEST].aclose()
         await manager.aclose()

@@ -9,14 +9,23 @@ from ingest.errors import CloseCode, ProtocolError
 from ingest.tokens import TokenError, check_cname, check_uid, verify
 from storage.meta import AppRow, MetaStore
 
+from .webhooks import WebhookTarget
 
-async def create_app_row(meta: MetaStore, *, token_required: bool = True) -> AppRow:
-    """A new app with a random 32-hex appid and certificate (the vendor's format)."""
+
+async def create_app_row(
+    meta: MetaStore, *, token_required: bool = True, webhook_url: str = ""
+) -> AppRow:
+    """A new app with a random 32-hex appid and certificate (the vendor's format); with a
+    webhook URL, a secret that signs its notifications."""
+    if webhook_url:
+        WebhookTarget(webhook_url, "check")  # ValueError for a URL that is not http(s)
     row = AppRow(
         appid=secrets.token_hex(16),
         certificate=secrets.token_hex(16),
         token_required=token_required,
         created_at=datetime.now(UTC),
+        webhook_url=webhook_url,
+        webhook_secret=secrets.token_hex(16) if webhook_url else "",
     )
     await meta.add_app(row)
     return row

@@ -166,13 +166,18 @@ async def _app(args: argparse.Namespace) -> int:
 
     meta = await _open_meta(args)
     try:
-        row = await create_app_row(meta, token_required=not args.no_token)
+        row = await create_app_row(
+            meta, token_required=not args.no_token, webhook_url=args.webhook_url or ""
+        )
     finally:
         await meta.aclose()
     print(f"appid: {row.appid}", flush=True)
     print(f"certificate: {row.certificate}", flush=True)
     if not row.token_required:
         print("tokens: not required (publishers name their uid with ?uid=)", flush=True)
+    if row.webhook_url:
+        print(f"webhook: {row.webhook_url}", flush=True)
+        print(f"webhook secret: {row.webhook_secret}", flush=True)
     return 0
 
 
@@ -262,6 +267,9 @@ def _parser() -> argparse.ArgumentParser:
     app_create.add_argument("--data-dir", type=Path, help="the server's data directory")
     app_create.add_argument(
         "--no-token", action="store_true", help="publishers need no token (development)"
+    )
+    app_create.add_argument(
+        "--webhook-url", help="where cloud recording notifications of this app are sent"
     )
 
     cust = sub.add_parser("customer", help="manage customers of the cloud recording API")

@@ -18,6 +18,7 @@ import logging
 import secrets
 import shutil
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,8 +36,13 @@ from storage.vendors import StorageConfig
 log = logging.getLogger(__name__)
 
 RESOURCE_TTL_S = 300.0  # "valid for 5 minutes"
+IDLE_CHECK_S = 5.0  # how often an idle channel is looked at (joins and leaves wake it sooner)
 STOP_UPLOAD_TIMEOUT_S = 60.0
 ENDED_KEEP_S = 600.0  # a stopped session answers query this long
+
+
+# (session, event type, details): what the app's webhook is told
+Notify = Callable[["CloudSession", int, dict[str, Any]], Awaitable[None]]
 
 
 class Status:
@@ -120,6 +126,9 @@ class CloudSession:
     ended_at: float | None = None
     segment_s: float = 4.0
     config: Any = None  # the parsed start config, for update to merge into
+    max_idle_s: float = 30.0
+    idle_task: asyncio.Task[None] | None = None
+    exit_reason: str = ""
 
     def file_list(self) -> tuple[str, list[dict[str, Any]] | str]:
         """(fileListMode, fileList) as the API answers them."""
@@ -153,8 +162,10 @@ class CloudRecordingService:
         work_dir: Path,
         node: str = "n1",
         clock: Any = time.time,
+        notify: Notify | None = None,
     ) -> None:
         self.registry, self.stores, self.spool = registry, stores, spool
+        self._notify = notify
         self.work_dir = work_dir
         self.node = node
         self._clock = clock
@@ -210,6 +221,7 @@ class CloudRecordingService:
         audio_uids: UidSelector = EVERYONE,
         video_uids: UidSelector = EVERYONE,
         segment_s: float = 4.0,
+        max_idle_s: float = 30.0,
     ) -> CloudSession:
         """Start recording ``cname``; the bucket is checked first (a bad one fails the start)."""
         res = self.resource(appid, resource_id)
@@ -237,6 +249,7 @@ class CloudRecordingService:
             audio_uids=audio_uids,
             video_uids=video_uids,
             segment_s=segment_s,
+            max_idle_s=max_idle_s,
         )
         self.sessions[sid] = session
         if mode == "mix":
@@ -256,11 +269,50 @@ class CloudRecordingService:
             )
             await session.mix.start()
         else:
-            sub = self.registry.subscribe(appid, cname)
+            sub = self.registry.subscribe(appid, cname, media=False)
             session.watcher = asyncio.create_task(self._follow(session, sub))
         session.status = Status.RECORDING
+        session.idle_task = asyncio.create_task(self._watch_idle(session), name=f"idle-{sid}")
         log.info("cloud recording %s of %s/%s (%s) started", sid, appid, cname, mode)
+        await self._event(
+            session, 40, {"msgName": "recorder_start", "startUtcMs": session.started_ms}
+        )
+        await self._event(session, 30, {"msgName": "uploader_started", "status": 0})
         return session
+
+    async def _event(self, session: CloudSession, event_type: int, details: dict[str, Any]) -> None:
+        if self._notify is not None:
+            try:
+                await self._notify(session, event_type, details)
+            except Exception:  # a notification must never break a recording
+                log.exception("notification %d of %s failed", event_type, session.sid)
+
+    async def _watch_idle(self, session: CloudSession) -> None:
+        """maxIdleTime: the recorder leaves once nobody has been in the channel that long."""
+        res = session.resource
+        sub = self.registry.subscribe(res.appid, res.cname, media=False)
+        idle_since: float | None = None
+        try:
+            while session.ended_at is None:
+                channel = self.registry.get(res.appid, res.cname)
+                present = bool(channel and channel.members)
+                now = self._clock()
+                idle_since = None if present else (idle_since or now)
+                wait = IDLE_CHECK_S
+                if idle_since is not None:
+                    left = session.max_idle_s - (now - idle_since)
+                    if left <= 0:
+                        session.exit_reason = "idle"
+                        log.info("cloud recording %s: idle for %.0f s, stopping",
+                                 session.sid, session.max_idle_s)  # fmt: skip
+                        with contextlib.suppress(CloudFailure):
+                            await self.stop(session, async_stop=True, leave_code=2)
+                        return
+                    wait = min(wait, left)
+                with contextlib.suppress(TimeoutError):  # a join or leave wakes it up early
+                    await asyncio.wait_for(sub.next_event(), wait)
+        finally:
+            sub.close()
 
     def _wanted(self, session: CloudSession, uid: str) -> bool:
         return session.audio_uids.allows(uid) or session.video_uids.allows(uid)
@@ -353,12 +405,16 @@ class CloudRecordingService:
             if uid not in session.members and self._wanted(session, uid):
                 self._record_member(session, uid)
 
-    async def stop(self, session: CloudSession, *, async_stop: bool = False) -> str:
+    async def stop(
+        self, session: CloudSession, *, async_stop: bool = False, leave_code: int = 0
+    ) -> str:
         """Stop: finish the files, hand them to the spool; the uploading status."""
         if session.ended_at is not None:
             raise CloudFailure(49, "stop was already called on this session")
         session.status = Status.STOP_REQUESTED
         session.ended_at = self._clock()
+        if session.idle_task is not None and session.idle_task is not asyncio.current_task():
+            session.idle_task.cancel()
         outputs = []
         if session.mix is not None:
             outputs.append(("0", True, await session.mix.stop()))
@@ -380,8 +436,10 @@ class CloudRecordingService:
                     session.mp4s.append(
                         FileEntry(path.name, "audio_and_video", uid, mixed, session.started_ms)
                     )
+        await self._event(session, 41, {"msgName": "recorder_leave", "leaveCode": leave_code})
         if not finals:
             session.status = Status.EXITED
+            await self._event(session, 11, {"msgName": "session_exit", "exitStatus": 0})
             raise CloudFailure(435, "no file was recorded: nobody published in the channel")
         await self._upload(session, finals)
         session.status = Status.STOPPED
@@ -392,6 +450,12 @@ class CloudRecordingService:
             if done:
                 await asyncio.to_thread(shutil.rmtree, session.directory, True)
         session.status = Status.EXITED
+        mode, files = session.file_list()
+        await self._event(
+            session, 31, {"msgName": "uploaded", "status": 0, "fileListMode": mode,
+                          "fileList": files}
+        )  # fmt: skip
+        await self._event(session, 11, {"msgName": "session_exit", "exitStatus": 0})
         return status
 
     async def aclose(self) -> None:

@@ -18,6 +18,7 @@ from .apps import AppDirectory
 from .auth import ApiKeys
 from .metrics import Histogram
 from .settings import Settings
+from .webhooks import Notifier
 
 SETTINGS = web.AppKey("settings", Settings)
 META = web.AppKey("meta", MetaStore)
@@ -32,3 +33,4 @@ UPLOAD_LATENCY = web.AppKey("upload_latency", Histogram)
 CHANNELS = web.AppKey("channels", ChannelRegistry)
 APPS = web.AppKey("apps", AppDirectory)
 WHIP = web.AppKey("whip", WhipServer)
+NOTIFIER = web.AppKey("notifier", Notifier)

@@ -122,8 +122,11 @@ class MediaFrame:
 class Subscription:
     """One consumer's view of a channel: events and media, each in a bounded queue."""
 
-    def __init__(self, channel: Channel, max_events: int, max_media: int) -> None:
+    def __init__(
+        self, channel: Channel, max_events: int, max_media: int, media: bool = True
+    ) -> None:
         self.channel = channel
+        self.wants_media = media  # False: events only (who is there), no frames held
         self._events: deque[ChannelEvent] = deque()
         self._media: deque[MediaFrame] = deque()
         self._max_events, self._max_media = max_events, max_media
@@ -146,6 +149,8 @@ class Subscription:
         self._event_ready.set()
 
     def _offer(self, frame: MediaFrame) -> None:
+        if not self.wants_media:
+            return
         stream = (frame.uid, frame.track_id)
         if frame.kind == "video":
             if stream in self._wait_key:
@@ -320,14 +325,24 @@ class ChannelRegistry:
             self.set_track(appid, cname, member, replace(track, state=TrackState.ENDED))
 
     def subscribe(
-        self, appid: str, cname: str, max_events: int | None = None, max_media: int | None = None
+        self,
+        appid: str,
+        cname: str,
+        max_events: int | None = None,
+        max_media: int | None = None,
+        *,
+        media: bool = True,
     ) -> Subscription:
-        """A new subscription; its first event is a snapshot of who is already there."""
+        """A new subscription; its first event is a snapshot of who is already there.
+
+        ``media=False`` for a watcher that only needs joins and leaves: no frames are queued.
+        """
         channel = self._channel(appid, cname)
         sub = Subscription(
             channel,
             max_events or self._max_events,
             max_media or self._max_media,
+            media,
         )
         channel.subscribers.append(sub)
         sub._event(ChannelEvent("snapshot", members=channel.snapshot()))

@@ -79,6 +79,8 @@ class AppRow:
     certificate: str
     token_required: bool
     created_at: datetime
+    webhook_url: str = ""  # cloud recording notifications go here when set
+    webhook_secret: str = ""  # signs them (HMAC-SHA256)
 
 
 @dataclass(frozen=True, slots=True)

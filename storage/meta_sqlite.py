@@ -361,9 +361,16 @@ class SqliteMetaStore(SqliteRecordings):
         try:
             async with self._tx() as db:
                 await db.execute(
-                    "INSERT INTO apps (appid, certificate, token_required, created_at)"
-                    " VALUES (?, ?, ?, ?)",
-                    (row.appid, row.certificate, int(row.token_required), _to_text(row.created_at)),
+                    "INSERT INTO apps (appid, certificate, token_required, created_at,"
+                    " webhook_url, webhook_secret) VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        row.appid,
+                        row.certificate,
+                        int(row.token_required),
+                        _to_text(row.created_at),
+                        row.webhook_url,
+                        row.webhook_secret,
+                    ),
                 )
         except sqlite3.IntegrityError as exc:
             raise MetaConflict(f"app {row.appid} already exists") from exc
@@ -373,15 +380,15 @@ class SqliteMetaStore(SqliteRecordings):
         async with self._tx(write=False) as db:
             rows = list(
                 await db.execute_fetchall(
-                    "SELECT appid, certificate, token_required, created_at FROM apps"
-                    " WHERE appid = ?",
+                    "SELECT appid, certificate, token_required, created_at, webhook_url,"
+                    " webhook_secret FROM apps WHERE appid = ?",
                     (appid,),
                 )
             )
         if not rows:
             return None
-        appid, certificate, token_required, created_at = rows[0]
-        return AppRow(appid, certificate, bool(token_required), _req(created_at))
+        appid, certificate, token_required, created_at, url, secret = rows[0]
+        return AppRow(appid, certificate, bool(token_required), _req(created_at), url, secret)
 
     # customers ---------------------------------------------------------------------------
 

@@ -221,3 +221,66 @@ async def test_errors_in_the_api_shape(cloud: Any, s3: SeaweedS3, s3_bucket: str
             async with http.get(query, headers=auth) as resp:
                 statuses.append(resp.status)
         assert 429 in statuses
+
+
+async def test_webhooks_tell_the_app(
+    server_factory: Any, aiohttp_server: Any, s3: SeaweedS3, s3_bucket: str
+) -> None:
+    from aiohttp import web
+
+    from api.webhooks import verify_signature
+
+    received: list[dict[str, Any]] = []
+    exited = asyncio.Event()
+    secret_box: dict[str, str] = {}
+
+    async def hook(request: web.Request) -> web.Response:
+        body = await request.read()
+        assert verify_signature(
+            secret_box["secret"], body, request.headers["X-Reelhouse-Signature"]
+        )
+        notice = json.loads(body)
+        received.append(notice)
+        if notice["eventType"] == 11:
+            exited.set()
+        return web.Response(status=200)
+
+    receiver = web.Application()
+    receiver.router.add_post("/hook", hook)
+    hook_server = await aiohttp_server(receiver, host="127.0.0.1", port=0)
+    server = await server_factory(webrtc={"host_addresses": "127.0.0.1"})
+    app = await create_app_row(
+        server.app[META], token_required=False, webhook_url=str(hook_server.make_url("/hook"))
+    )
+    secret_box["secret"] = app.webhook_secret
+    customer_id, secret = await create_customer(server.app[META])
+    auth = {
+        "Authorization": "Basic " + base64.b64encode(f"{customer_id}:{secret}".encode()).decode()
+    }
+    base = f"{server.url}/v1/apps/{app.appid}/cloud_recording"
+    pc = await publish(server, app.appid, "hooked", "123", (255, 0, 0))
+    try:
+        async with aiohttp.ClientSession(headers=auth) as http:
+            async with http.post(
+                f"{base}/acquire", json={"cname": "hooked", "uid": "527841"}
+            ) as resp:
+                rid = (await resp.json())["resourceId"]
+            body = seed_body(s3, s3_bucket, "hooked")
+            async with http.post(
+                f"{base}/resourceid/{rid}/mode/individual/start", json=body
+            ) as resp:
+                sid = (await resp.json())["sid"]
+            await frames_from(server, app.appid, "hooked", {"123"}, 30)
+            stop = {"cname": "hooked", "uid": "527841"}
+            async with http.post(
+                f"{base}/resourceid/{rid}/sid/{sid}/mode/individual/stop", json=stop
+            ) as resp:
+                assert resp.status == 200
+        await asyncio.wait_for(exited.wait(), WAIT_S)
+    finally:
+        await pc.close()
+    assert [n["eventType"] for n in received] == [40, 30, 41, 31, 11]
+    assert [n["payload"]["sequence"] for n in received] == [0, 1, 2, 3, 4]
+    assert all(n["payload"]["sid"] == sid and n["payload"]["cname"] == "hooked" for n in received)
+    uploaded = received[3]["payload"]["details"]
+    assert {f["uid"] for f in uploaded["fileList"]} == {"123"}

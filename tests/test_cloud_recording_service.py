@@ -170,3 +170,27 @@ async def test_resource_rules(rig: Any, s3: SeaweedS3, s3_bucket: str) -> None:
     with pytest.raises(CloudFailure) as err:
         await service.stop(session)
     assert err.value.code == 435  # nobody published
+
+
+async def test_idle_channel_ends_the_recording(rig: Any, s3: SeaweedS3, s3_bucket: str) -> None:
+    whip, service = rig
+    events: list[tuple[int, dict[str, Any]]] = []
+
+    async def notify(session: Any, event_type: int, details: dict[str, Any]) -> None:
+        events.append((event_type, details))
+
+    service._notify = notify
+    res = service.acquire("app", "room", "1", None)
+    session = await service.start(
+        "app", res.resource_id, "individual", "room", "1", storage_config(s3, s3_bucket),
+        segment_s=1.0, max_idle_s=1.0,
+    )  # fmt: skip
+    pc = await publish(whip, "alice", (0, 255, 0))
+    await wait_frames(whip, {"alice"}, 30)
+    await pc.close()  # the only member leaves: the channel goes idle
+    assert session.idle_task is not None
+    await asyncio.wait_for(session.idle_task, WAIT_S)
+    assert session.exit_reason == "idle" and session.ended_at is not None
+    assert [e for e, _ in events] == [40, 30, 41, 31, 11]
+    assert events[2][1]["leaveCode"] == 2
+    assert {f["uid"] for f in events[3][1]["fileList"]} == {"alice"}
