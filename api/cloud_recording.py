@@ -127,6 +127,8 @@ class CloudSession:
     segment_s: float = 4.0
     config: Any = None  # the parsed start config, for update to merge into
     max_idle_s: float = 30.0
+    snapshot_every_s: float | None = None
+    snapshots: list[str] = field(default_factory=list)
     idle_task: asyncio.Task[None] | None = None
     exit_reason: str = ""
 
@@ -222,6 +224,7 @@ class CloudRecordingService:
         video_uids: UidSelector = EVERYONE,
         segment_s: float = 4.0,
         max_idle_s: float = 30.0,
+        snapshot_every_s: float | None = None,
     ) -> CloudSession:
         """Start recording ``cname``; the bucket is checked first (a bad one fails the start)."""
         res = self.resource(appid, resource_id)
@@ -250,6 +253,7 @@ class CloudRecordingService:
             video_uids=video_uids,
             segment_s=segment_s,
             max_idle_s=max_idle_s,
+            snapshot_every_s=snapshot_every_s,
         )
         self.sessions[sid] = session
         if mode == "mix":
@@ -343,6 +347,8 @@ class CloudRecordingService:
             segment_target_s=session.segment_s,
             name=name,
             on_segment=lambda info: self._segment(session, info, uid, False),
+            snapshot_every_s=session.snapshot_every_s,
+            on_snapshot=lambda path, ms: self._snapshot(session, uid, path, ms),
         )
         session.members[uid] = recorder
         recorder.start()
@@ -360,6 +366,13 @@ class CloudRecordingService:
         session.uploads.append(
             asyncio.create_task(self._upload(session, [info.path, playlist], after=previous))
         )
+
+    async def _snapshot(self, session: CloudSession, uid: str, path: Path, at_ms: int) -> None:
+        """A JPG was taken: to the bucket (through the spool), and notification 45."""
+        await self._upload(session, [path])
+        session.snapshots.append(path.name)
+        details = {"msgName": "snapshot_file", "fileName": path.name, "uid": uid, "ts": at_ms}
+        await self._event(session, 45, details)
 
     async def _upload(
         self, session: CloudSession, paths: list[Path], after: asyncio.Task[None] | None = None

@@ -173,6 +173,8 @@ async def start(request: web.Request) -> web.Response:
         file_types=mix.file_types if mix is not None else frozenset({FileType.HLS}),
         audio_uids=selector(config.recording.audio_filter),
         video_uids=selector(config.recording.video_filter),
+        max_idle_s=float(config.recording.max_idle_time_s),
+        snapshot_every_s=float(config.snapshot.capture_interval_s) if config.snapshot else None,
     )  # fmt: skip
     session.config = config
     return web.json_response(

@@ -16,8 +16,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -109,6 +110,22 @@ class FrameDecoders:
             raise InvalidMedia(f"{codec} frame did not decode: {exc}") from exc
 
 
+def write_jpeg(frame: av.VideoFrame, path: Path) -> None:
+    """``frame`` as a JPG at its own size (blocking: call it in a worker thread)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    encoder = av.CodecContext.create("mjpeg", "w")
+    assert isinstance(encoder, VideoCodecContext)  # PyAV typing only
+    encoder.width, encoder.height = frame.width - frame.width % 2, frame.height - frame.height % 2
+    encoder.pix_fmt = "yuvj420p"
+    encoder.time_base = Fraction(1, 25)
+    image = frame.reformat(encoder.width, encoder.height, "yuvj420p")
+    image.pts = 0
+    data = b"".join(bytes(p) for p in encoder.encode(image)) + b"".join(
+        bytes(p) for p in encoder.encode(None)
+    )
+    path.write_bytes(data)
+
+
 def canvas_for(width: int, height: int) -> tuple[int, int]:
     """The member's own size, even, and scaled down to fit 1920x1080 pixels when larger."""
     scale = min(1.0, (MAX_CANVAS_PIXELS / max(1, width * height)) ** 0.5)
@@ -131,6 +148,8 @@ class MemberRecorder:
         segment_target_s: float = 4.0,
         mp4: bool = True,
         name: str = "index",
+        snapshot_every_s: float | None = None,
+        on_snapshot: Callable[[Path, int], Awaitable[None]] | None = None,
         on_segment: Callable[[SegmentInfo], None] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -141,6 +160,10 @@ class MemberRecorder:
         self._on_segment = on_segment
         self._clock = clock
         self._name = name
+        self._snapshot_every_us = int(snapshot_every_s * US) if snapshot_every_s else 0
+        self._on_snapshot = on_snapshot
+        self._next_snapshot_us: int | None = None
+        self.snapshots = 0
         self._sub: Subscription | None = None
         self._task: asyncio.Task[None] | None = None
         self._ticker: asyncio.Task[None] | None = None
@@ -202,6 +225,7 @@ class MemberRecorder:
                 t_us = clock.place(pts_us, now_us)
                 if isinstance(data, av.VideoFrame):
                     self.stats.video_in += 1
+                    await self._maybe_snapshot(data, t_us)
                     if self._mix is None:
                         self._mix = await self._open(data)
                         for audio, at in pending:
@@ -223,6 +247,19 @@ class MemberRecorder:
                     pending.clear()
                     continue
                 await self._mix.push_audio(self.uid, data, t_us)
+
+    async def _maybe_snapshot(self, frame: av.VideoFrame, t_us: int) -> None:
+        """A JPG of this frame when the capture interval has come round (the first at once)."""
+        if not self._snapshot_every_us or self._on_snapshot is None:
+            return
+        if self._next_snapshot_us is not None and t_us < self._next_snapshot_us:
+            return
+        self._next_snapshot_us = t_us + self._snapshot_every_us
+        stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime(t_us / US)) + f"{t_us // 1000 % 1000:03d}"
+        path = self._directory / f"{self._name.rsplit('_', 1)[0]}_video_{stamp}.jpg"
+        await asyncio.to_thread(write_jpeg, frame, path)
+        self.snapshots += 1
+        await self._on_snapshot(path, t_us // 1000)
 
     async def _tick(self) -> None:
         """Keep output frames coming while the member sends nothing (muted, frozen)."""

@@ -194,3 +194,36 @@ async def test_idle_channel_ends_the_recording(rig: Any, s3: SeaweedS3, s3_bucke
     assert [e for e, _ in events] == [40, 30, 41, 31, 11]
     assert events[2][1]["leaveCode"] == 2
     assert {f["uid"] for f in events[3][1]["fileList"]} == {"alice"}
+
+
+async def test_snapshots_at_the_capture_interval(
+    rig: Any, s3: SeaweedS3, s3_bucket: str, tmp_path: Path
+) -> None:
+    whip, service = rig
+    notices: list[dict[str, Any]] = []
+
+    async def notify(session: Any, event_type: int, details: dict[str, Any]) -> None:
+        if event_type == 45:
+            notices.append(details)
+
+    service._notify = notify
+    res = service.acquire("app", "room", "1", None)
+    session = await service.start(
+        "app", res.resource_id, "individual", "room", "1", storage_config(s3, s3_bucket),
+        segment_s=1.0, snapshot_every_s=0.5,
+    )  # fmt: skip
+    pc = await publish(whip, "alice", (0, 255, 0))
+    try:
+        await wait_frames(whip, {"alice"}, 60)  # two seconds at aiortc's 30 fps
+        await service.stop(session)
+    finally:
+        await pc.close()
+    assert len(session.snapshots) >= 3 and [n["fileName"] for n in notices] == session.snapshots
+    name = session.snapshots[0]
+    assert name.startswith(f"{session.sid}_room__uid_s_alice__uid_e_video_") and name.endswith(
+        ".jpg"
+    )
+    paths = await asyncio.to_thread(read_back, s3, s3_bucket, [name], tmp_path)
+    with av.open(str(paths[0])) as container:
+        image = next(iter(container.decode(video=0))).to_ndarray(format="rgb24")
+    assert image.shape[:2] == (240, 320) and image[120, 160][1] > 180  # the green that was sent
