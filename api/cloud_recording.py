@@ -270,6 +270,7 @@ class CloudRecordingService:
                 video_uids=video_uids,
                 segment_target_s=segment_s,
                 on_segment=lambda info: self._segment(session, info, "0", True),
+                utc_segment_names=True,
             )
             await session.mix.start()
         else:
@@ -349,6 +350,7 @@ class CloudRecordingService:
             on_segment=lambda info: self._segment(session, info, uid, False),
             snapshot_every_s=session.snapshot_every_s,
             on_snapshot=lambda path, ms: self._snapshot(session, uid, path, ms),
+            utc_segment_names=True,
         )
         session.members[uid] = recorder
         recorder.start()

@@ -76,12 +76,18 @@ class ChannelMixRecorder:
         segment_target_s: float = 4.0,
         on_segment: Callable[[SegmentInfo], None] | None = None,
         clock: Callable[[], float] = time.time,
+        utc_segment_names: bool = False,
     ) -> None:
         self._registry, self._appid, self._cname = registry, appid, cname
         self._clock = clock
         self.audio_uids, self.video_uids = audio_uids, video_uids
         self._mix = MixRecorder(
-            config, directory, name=name, segment_target_s=segment_target_s, on_segment=on_segment
+            config,
+            directory,
+            name=name,
+            segment_target_s=segment_target_s,
+            on_segment=on_segment,
+            utc_segment_names=utc_segment_names,
         )
         self._sub: Subscription | None = None
         self._tasks: list[asyncio.Task[None]] = []

@@ -150,6 +150,7 @@ class MemberRecorder:
         name: str = "index",
         snapshot_every_s: float | None = None,
         on_snapshot: Callable[[Path, int], Awaitable[None]] | None = None,
+        utc_segment_names: bool = False,
         on_segment: Callable[[SegmentInfo], None] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -162,6 +163,7 @@ class MemberRecorder:
         self._name = name
         self._snapshot_every_us = int(snapshot_every_s * US) if snapshot_every_s else 0
         self._on_snapshot = on_snapshot
+        self._utc_names = utc_segment_names
         self._next_snapshot_us: int | None = None
         self.snapshots = 0
         self._sub: Subscription | None = None
@@ -193,6 +195,7 @@ class MemberRecorder:
             self._directory,
             name=self._name,
             segment_target_s=self._segment_s,
+            utc_segment_names=self._utc_names,
             on_segment=self._on_segment,
         )
         await mix.start()

@@ -77,6 +77,7 @@ class HlsWriter:
         start_s: float = 0.0,
         discontinuity_first: bool = False,
         durable: bool = True,
+        utc_names: bool = False,
     ) -> None:
         """``durable=False``: the caller keeps the frames safe elsewhere (a write-ahead log) and
         its own playlist, so segments are not fsync'd and no playlist file is written."""
@@ -85,6 +86,7 @@ class HlsWriter:
         self._dir = Path(directory)
         self._dir.mkdir(parents=True, exist_ok=True)
         self._durable = durable
+        self._utc_names = utc_names
         self._name = name
         self._target_s = target_segment_s
         self._target_ticks = round(target_segment_s * TICKS_PER_S)
@@ -297,10 +299,19 @@ class HlsWriter:
             del self._pending[0]
 
     def _open(self, start: int, arrival: float | None) -> None:
-        path = self._dir / f"{self._name}_{self._index:05d}.ts"
+        self._seg_date = datetime.fromtimestamp(time.time() if arrival is None else arrival, UTC)
+        if self._utc_names:  # <name>_<UTC YYYYMMDDhhmmssSSS>.ts, as cloud recordings name them
+            stamp = (
+                self._seg_date.strftime("%Y%m%d%H%M%S")
+                + f"{self._seg_date.microsecond // 1000:03d}"
+            )
+            path = self._dir / f"{self._name}_{stamp}.ts"
+            if path.exists():  # two cuts in one millisecond: keep both
+                path = self._dir / f"{self._name}_{stamp}{self._index:05d}.ts"
+        else:
+            path = self._dir / f"{self._name}_{self._index:05d}.ts"
         self._segment = TsSegment(path, list(self._slots))
         self._seg_start = start
-        self._seg_date = datetime.fromtimestamp(time.time() if arrival is None else arrival, UTC)
         self._seg_discontinuity = self._next_discontinuity
         self._next_discontinuity = False
         self._cut_asap = False

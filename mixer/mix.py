@@ -272,6 +272,7 @@ class MixSession:
         origin_us: int | None = None,
         mp4_max_duration_s: float = MP4_MAX_DURATION_S,
         mp4_max_bytes: int = MP4_MAX_BYTES,
+        utc_segment_names: bool = False,
     ) -> None:
         self.config = config
         self._dir = Path(directory)
@@ -284,7 +285,9 @@ class MixSession:
         self._aac = AacEncoder(config.audio_profile)
         gop = max(1, round(config.fps * segment_target_s))
         self._h264 = _H264Encoder(config, gop)
-        self._writer = HlsWriter(self._dir, target_segment_s=segment_target_s, name=name)
+        self._writer = HlsWriter(
+            self._dir, target_segment_s=segment_target_s, name=name, utc_names=utc_segment_names
+        )
         self._writer.add_track(
             TrackSpec(VIDEO_TRACK, Kind.VIDEO, Codec.H264, config.width, config.height)
         )

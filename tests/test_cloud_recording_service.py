@@ -4,6 +4,7 @@ individual modes into a bucket of the test S3 server; every listed file is read 
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +118,8 @@ async def test_mix_mode_into_the_users_bucket(
     playlist = paths[0].read_text()
     segments = [line for line in playlist.splitlines() if line.endswith(".ts")]
     assert "#EXT-X-ENDLIST" in playlist and len(segments) >= 2
+    for segment in segments:  # <sid>_<cname>_<UTC YYYYMMDDhhmmssSSS>.ts, as that API names them
+        assert re.fullmatch(rf"{session.sid}_room_\d{{17}}\.ts", segment), segment
     await asyncio.to_thread(read_back, s3, s3_bucket, segments, tmp_path)  # all uploaded
     with av.open(str(paths[1])) as container:
         assert sum(1 for _ in container.decode(video=0)) >= 20
