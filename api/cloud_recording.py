@@ -168,6 +168,7 @@ class CloudRecordingService:
     ) -> None:
         self.registry, self.stores, self.spool = registry, stores, spool
         self._notify = notify
+        self.stop_upload_timeout_s = STOP_UPLOAD_TIMEOUT_S
         self.work_dir = work_dir
         self.node = node
         self._clock = clock
@@ -460,10 +461,12 @@ class CloudRecordingService:
         session.status = Status.STOPPED
         status = "unknown"
         if not async_stop:
-            done = await self.spool.wait_group(session.sid, STOP_UPLOAD_TIMEOUT_S)
-            status = "uploaded" if done else "unknown"
+            done = await self.spool.wait_group(session.sid, self.stop_upload_timeout_s)
             if done:
-                await asyncio.to_thread(shutil.rmtree, session.directory, True)
+                status = "uploaded"
+            elif await self._back_up(session):
+                status = "backuped"
+            await asyncio.to_thread(shutil.rmtree, session.directory, True)
         session.status = Status.EXITED
         mode, files = session.file_list()
         await self._event(
@@ -472,6 +475,25 @@ class CloudRecordingService:
         )  # fmt: skip
         await self._event(session, 11, {"msgName": "session_exit", "exitStatus": 0})
         return status
+
+    async def _back_up(self, session: CloudSession) -> bool:
+        """The user's bucket did not take the files in time: put a copy of every file in the
+        server's own store (``backup/<appid>/<sid>/``). The spool keeps retrying the user's
+        bucket, so the files reach it when it works again; true when the copies are stored."""
+        files = await asyncio.to_thread(
+            lambda: sorted(p for p in session.directory.rglob("*") if p.is_file())
+        )
+        group = f"{session.sid}-backup"
+        prefix = f"backup/{session.resource.appid}/{session.sid}/"
+        for path in files:
+            data = await asyncio.to_thread(path.read_bytes)
+            await self.spool.add_bytes(prefix + path.name, data, group=group)
+        log.warning(
+            "cloud recording %s: the bucket did not confirm its files within %.0f s; "
+            "%d files backed up to %s in the server's store",
+            session.sid, self.stop_upload_timeout_s, len(files), prefix,
+        )  # fmt: skip
+        return await self.spool.wait_group(group, self.stop_upload_timeout_s)
 
     async def aclose(self) -> None:
         """Stop every running session (server shutdown); files go to the spool."""

@@ -230,3 +230,40 @@ async def test_snapshots_at_the_capture_interval(
     with av.open(str(paths[0])) as container:
         image = next(iter(container.decode(video=0))).to_ndarray(format="rgb24")
     assert image.shape[:2] == (240, 320) and image[120, 160][1] > 180  # the green that was sent
+
+
+async def test_a_failing_bucket_is_backed_up_then_caught_up(rig: Any, tmp_path: Path) -> None:
+    whip, service = rig
+    own = SeaweedS3(tmp_path / "weed")
+    await asyncio.to_thread(own.start)
+    try:
+        bucket = await asyncio.to_thread(own.create_bucket, "userbucket")
+        service.stop_upload_timeout_s = 2.0
+        res = service.acquire("app", "room", "1", None)
+        mix = MixConfig(width=320, height=180, layout=LayoutSpec(LayoutMode.ADAPTIVE))
+        session = await service.start(
+            "app", res.resource_id, "mix", "room", "1", storage_config(own, bucket),
+            mix=mix, segment_s=1.0,
+        )  # fmt: skip
+        pc = await publish(whip, "red", (255, 0, 0))
+        try:
+            await wait_frames(whip, {"red"}, 45)
+            await asyncio.to_thread(own.kill)  # the user's bucket goes away before stop
+            status = await service.stop(session)
+        finally:
+            await pc.close()
+        assert status == "backuped"
+        store = service.stores.default
+        backup = [i.key async for i in store.list(f"backup/app/{session.sid}/")]
+        playlist = f"{session.sid}_room.m3u8"
+        assert f"backup/app/{session.sid}/{playlist}" in backup
+        assert sum(k.endswith(".ts") for k in backup) >= 2
+
+        await asyncio.to_thread(own.start)  # the bucket is back: the spool catches up
+        assert await service.spool.wait_group(session.sid, WAIT_S)
+        obj = await asyncio.to_thread(
+            own.client().get_object, Bucket=bucket, Key=f"directory1/directory2/{playlist}"
+        )
+        assert b"#EXT-X-ENDLIST" in obj["Body"].read()
+    finally:
+        await asyncio.to_thread(own.kill)
