@@ -365,6 +365,9 @@ class CloudRecordingService:
             session.playlists[playlist.name] = FileEntry(
                 playlist.name, "audio_and_video", uid, mixed, session.started_ms
             )
+            slice_ms = int(info.program_date_time.timestamp() * 1000)
+            details = {"msgName": "recorder_slice_start", "startUtcMs": slice_ms, "uid": uid}
+            session.uploads.append(asyncio.create_task(self._event(session, 42, details)))
         previous = session.uploads[-1] if session.uploads else None
         session.uploads.append(
             asyncio.create_task(self._upload(session, [info.path, playlist], after=previous))

@@ -279,8 +279,8 @@ async def test_webhooks_tell_the_app(
         await asyncio.wait_for(exited.wait(), WAIT_S)
     finally:
         await pc.close()
-    assert [n["eventType"] for n in received] == [40, 30, 41, 31, 11]
-    assert [n["payload"]["sequence"] for n in received] == [0, 1, 2, 3, 4]
+    assert [n["eventType"] for n in received] == [40, 30, 42, 41, 31, 11]
+    assert [n["payload"]["sequence"] for n in received] == [0, 1, 2, 3, 4, 5]
     assert all(n["payload"]["sid"] == sid and n["payload"]["cname"] == "hooked" for n in received)
-    uploaded = received[3]["payload"]["details"]
+    uploaded = received[4]["payload"]["details"]
     assert {f["uid"] for f in uploaded["fileList"]} == {"123"}

@@ -194,9 +194,10 @@ async def test_idle_channel_ends_the_recording(rig: Any, s3: SeaweedS3, s3_bucke
     assert session.idle_task is not None
     await asyncio.wait_for(session.idle_task, WAIT_S)
     assert session.exit_reason == "idle" and session.ended_at is not None
-    assert [e for e, _ in events] == [40, 30, 41, 31, 11]
-    assert events[2][1]["leaveCode"] == 2
-    assert {f["uid"] for f in events[3][1]["fileList"]} == {"alice"}
+    assert [e for e, _ in events] == [40, 30, 42, 41, 31, 11]
+    assert events[2][1]["uid"] == "alice" and events[2][1]["startUtcMs"] > 0  # slice start
+    assert events[3][1]["leaveCode"] == 2
+    assert {f["uid"] for f in events[4][1]["fileList"]} == {"alice"}
 
 
 async def test_snapshots_at_the_capture_interval(
