@@ -143,10 +143,8 @@ class ChannelMixRecorder:
             await self._leave(event.uid)
 
     async def _decoded(self, media: MediaFrame) -> list[tuple[str, av.frame.Frame, int]]:
-        if not isinstance(media.data, bytes | bytearray | memoryview):
-            return [(media.kind, media.data, media.pts_us)]
         try:
-            return await asyncio.to_thread(self._decoders.decode, media, media.codec)
+            return await self._decoders.frames_of(media)
         except InvalidMedia as exc:
             self.stats.undecodable += 1
             log.warning("mix %s/%s: %s: %s", self._appid, self._cname, media.uid, exc)

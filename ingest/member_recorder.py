@@ -103,6 +103,14 @@ class FrameDecoders:
             for decoded in self._decode(stream, codec, bytes(frame.data))
         ]
 
+    async def frames_of(self, media: MediaFrame) -> list[tuple[str, av.frame.Frame, int]]:
+        """The decoded frames ``media`` holds: itself when aiortc decoded it already (WebRTC),
+        else decoded in a worker thread (a WebSocket publisher's encoded frames).
+        ``InvalidMedia`` when they do not decode."""
+        if not isinstance(media.data, bytes | bytearray | memoryview):
+            return [(media.kind, media.data, media.pts_us)]
+        return await asyncio.to_thread(self.decode, media, media.codec)
+
     def _decode(self, stream: str, codec: str, data: bytes) -> list[av.frame.Frame]:
         try:
             return list(self._context(stream, codec).decode(av.Packet(data)))
@@ -206,11 +214,9 @@ class MemberRecorder:
         return int(self._clock() * US)
 
     async def _frames(self, frame: MediaFrame) -> list[tuple[str, av.frame.Frame, int]]:
-        """The decoded frames in ``frame``: itself (WebRTC), or decoded off the loop (WS)."""
-        if not isinstance(frame.data, bytes | bytearray | memoryview):
-            return [(frame.kind, frame.data, frame.pts_us)]
+        """The decoded frames in ``frame`` (an undecodable one is counted and logged)."""
         try:
-            return await asyncio.to_thread(self._decoders.decode, frame, frame.codec)
+            return await self._decoders.frames_of(frame)
         except InvalidMedia as exc:
             self.stats.undecodable += 1
             log.warning("recording %s: %s", self.uid, exc)

@@ -14,7 +14,7 @@ import av
 import pytest
 from s3server import ACCESS_KEY, SECRET_KEY, SeaweedS3
 from test_cloud_recording_schema import SEED_START_BODY
-from webrtc_peer import accept_answer, make_offer
+from webrtc_peer import publish_into, wait_video
 
 from api.apps import create_app_row
 from api.customers import create_customer
@@ -51,22 +51,11 @@ def seed_body(s3: SeaweedS3, bucket: str, cname: str) -> dict[str, Any]:
 
 
 async def publish(server: Any, appid: str, cname: str, uid: str, rgb: tuple[int, int, int]) -> Any:
-    pc = await make_offer("vp8", rgb=rgb)
-    _, answer = await server.app[WHIP].publish(appid, cname, uid, pc.localDescription.sdp)
-    await accept_answer(pc, answer)
-    return pc
+    return await publish_into(server.app[WHIP], appid, cname, uid, rgb)
 
 
 async def frames_from(server: Any, appid: str, cname: str, uids: set[str], count: int) -> None:
-    watch = server.app[CHANNELS].subscribe(appid, cname)
-    seen = dict.fromkeys(uids, 0)
-    async with asyncio.timeout(WAIT_S):
-        while min(seen.values()) < count:
-            frame = await watch.next_media()
-            assert frame is not None
-            if frame.uid in seen and frame.kind == "video":
-                seen[frame.uid] += 1
-    watch.close()
+    await wait_video(server.app[CHANNELS], appid, cname, uids, count, WAIT_S)
 
 
 async def test_seed_request_records_each_uid(

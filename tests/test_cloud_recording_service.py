@@ -11,7 +11,7 @@ from typing import Any
 import av
 import pytest
 from s3server import ACCESS_KEY, SECRET_KEY, SeaweedS3
-from webrtc_peer import accept_answer, make_offer
+from webrtc_peer import publish_into, wait_video
 
 from api.cloud_recording import CloudFailure, CloudRecordingService
 from ingest.channels import ChannelRegistry
@@ -58,22 +58,11 @@ async def rig(tmp_path: Path) -> Any:
 
 
 async def publish(whip: WhipServer, uid: str, rgb: tuple[int, int, int]) -> Any:
-    pc = await make_offer("vp8", rgb=rgb)
-    _, answer = await whip.publish("app", "room", uid, pc.localDescription.sdp)
-    await accept_answer(pc, answer)
-    return pc
+    return await publish_into(whip, "app", "room", uid, rgb)
 
 
 async def wait_frames(whip: WhipServer, uids: set[str], count: int) -> None:
-    watch = whip.registry.subscribe("app", "room")
-    seen = dict.fromkeys(uids, 0)
-    async with asyncio.timeout(WAIT_S):
-        while min(seen.values()) < count:
-            frame = await watch.next_media()
-            assert frame is not None
-            if frame.uid in seen and frame.kind == "video":
-                seen[frame.uid] += 1
-    watch.close()
+    await wait_video(whip.registry, "app", "room", uids, count, WAIT_S)
 
 
 def read_back(s3: SeaweedS3, bucket: str, names: list[str], dest: Path) -> list[Path]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import fractions
+from typing import Any
 
 import av
 import numpy as np
@@ -75,3 +77,30 @@ async def make_offer(
 async def accept_answer(pc: RTCPeerConnection, answer: str) -> None:
     """Apply the server's answer."""
     await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+
+
+async def publish_into(
+    whip: Any, appid: str, cname: str, uid: str, rgb: tuple[int, int, int]
+) -> RTCPeerConnection:
+    """A VP8 colour and a tone published into ``cname`` through ``whip`` (a WhipServer)."""
+    pc = await make_offer("vp8", rgb=rgb)
+    _, answer = await whip.publish(appid, cname, uid, pc.localDescription.sdp)
+    await accept_answer(pc, answer)
+    return pc
+
+
+async def wait_video(
+    registry: Any, appid: str, cname: str, uids: set[str], count: int, timeout_s: float = 30.0
+) -> None:
+    """Until every uid's ``count``-th video frame has reached the channel."""
+    watch = registry.subscribe(appid, cname)
+    seen = dict.fromkeys(uids, 0)
+    try:
+        async with asyncio.timeout(timeout_s):
+            while min(seen.values()) < count:
+                frame = await watch.next_media()
+                assert frame is not None
+                if frame.uid in seen and frame.kind == "video":
+                    seen[frame.uid] += 1
+    finally:
+        watch.close()
