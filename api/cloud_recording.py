@@ -27,7 +27,7 @@ from ingest.channel_mix import EVERYONE, ChannelMixRecorder, UidSelector
 from ingest.channels import ChannelRegistry, Subscription
 from ingest.member_recorder import MemberRecorder
 from mixer.layout import LayoutSpec
-from mixer.mix import FileType, MixConfig
+from mixer.mix import FileType, MixConfig, MixStyle
 from mixer.segmenter import SegmentInfo
 from storage.registry import StoreRegistry
 from storage.spool import Spool
@@ -405,11 +405,13 @@ class CloudRecordingService:
             raise CloudFailure(2, f"mode: the session was started in {session.mode} mode")
         return session
 
-    async def update_layout(self, session: CloudSession, layout: LayoutSpec) -> None:
-        """updateLayout (mix mode)."""
+    async def update_layout(
+        self, session: CloudSession, layout: LayoutSpec, style: MixStyle | None = None
+    ) -> None:
+        """updateLayout (mix mode): layout, colour and images replaced."""
         if session.mix is None:
             raise CloudFailure(2, "updateLayout is for mix mode")
-        await session.mix.update_layout(layout)
+        await session.mix.update_layout(layout, style)
 
     async def update_subscriptions(
         self, session: CloudSession, audio: UidSelector, video: UidSelector

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from ingest.channel_mix import UidSelector
 from ingest.tokens import Role, TokenError, verify
-from mixer.mix import FileType
+from mixer.mix import FileType, fetch_style
 from storage.errors import StorageError
 
 from .cloud_recording import CloudFailure, CloudRecordingService, CloudSession
@@ -216,10 +216,14 @@ async def update_layout(request: web.Request) -> web.Response:
     from .cloud_recording_schema import parse_update_layout
 
     session = _session(request)
-    if session.mode != "mix":
-        raise CloudFailure(2, "updateLayout is for mix mode")
     req = parse_update_layout(await read_json(request))
-    await request.app[CLOUD].update_layout(session, req.layout)
+    style = await fetch_style(
+        req.background_color,
+        req.background_image,
+        req.default_user_background_image,
+        req.user_backgrounds,
+    )
+    await request.app[CLOUD].update_layout(session, req.layout, style)
     return web.json_response(
         {"cname": req.cname, "uid": req.uid, "resourceId": session.resource.resource_id,
          "sid": session.sid}

@@ -20,7 +20,7 @@ import av
 
 from mixer.errors import InvalidMedia
 from mixer.layout import LayoutSpec
-from mixer.mix import MixConfig, MixOutput, MixRecorder
+from mixer.mix import MixConfig, MixOutput, MixRecorder, MixStyle
 from mixer.segmenter import SegmentInfo
 
 from .channels import ChannelEvent, ChannelRegistry, MediaFrame, Subscription
@@ -170,9 +170,9 @@ class ChannelMixRecorder:
             await asyncio.sleep(TICK_S)
             await self._mix.advance(self._now_us() - TICK_LAG_US)
 
-    async def update_layout(self, layout: LayoutSpec) -> None:
-        """updateLayout: the new layout from now on."""
-        await self._mix.update_layout(layout, self._now_us())
+    async def update_layout(self, layout: LayoutSpec, style: MixStyle | None = None) -> None:
+        """updateLayout: the new layout (and colour and images) from now on."""
+        await self._mix.update_layout(layout, self._now_us(), style)
 
     async def update_subscriptions(self, audio: UidSelector, video: UidSelector) -> None:
         """update: who is heard and seen from now on (members not wanted at all leave)."""

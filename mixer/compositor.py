@@ -247,6 +247,10 @@ class Compositor:
         else:
             self._user_bgs[uid] = (_Picture(image, VideoReformatter()), mode)
 
+    def clear_user_backgrounds(self) -> None:
+        """Forget every user's own background image (updateLayout replaces them all)."""
+        self._user_bgs.clear()
+
     def set_default_user_background(self, image: VideoFrame | None) -> None:
         """`defaultUserBackgroundImage`: for stale users without one of their own (crop mode)."""
         self._default_user_bg = None if image is None else _Picture(image, VideoReformatter())

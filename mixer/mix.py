@@ -107,6 +107,45 @@ def _backgrounds(raw: object, prefix: str) -> tuple[UserBackground, ...]:
 
 
 @dataclass(frozen=True, slots=True)
+class MixStyle:
+    """What updateLayout sets besides the layout, its images fetched already (None: none)."""
+
+    background_color: str = "#000000"
+    background_image: VideoFrame | None = None
+    default_user_background: VideoFrame | None = None
+    user_backgrounds: tuple[tuple[str, VideoFrame | None, RenderMode], ...] = ()
+
+
+async def fetch_style(
+    background_color: str,
+    background_image: str | None,
+    default_user_background_image: str | None,
+    user_backgrounds: tuple[UserBackground, ...],
+    http: aiohttp.ClientSession | None = None,
+) -> MixStyle:
+    """A :class:`MixStyle` with its images fetched (one that fails is left out, logged)."""
+    named = (
+        background_image,
+        default_user_background_image,
+        *(b.image_url for b in user_backgrounds),
+    )
+    urls = [u for u in named if u]
+    images: Mapping[str, VideoFrame | None] = {}
+    if urls:
+        if http is None:
+            async with aiohttp.ClientSession() as own:
+                images = await fetch_images(own, urls)
+        else:
+            images = await fetch_images(http, urls)
+    return MixStyle(
+        background_color,
+        images.get(background_image) if background_image else None,
+        images.get(default_user_background_image) if default_user_background_image else None,
+        tuple((b.uid, images.get(b.image_url), b.render_mode) for b in user_backgrounds),
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class MixConfig:
     """Everything a mix needs, with the cloud recording API's defaults."""
 
@@ -363,12 +402,30 @@ class MixSession:
         self._at(t_us, apply)
         return self.advance(t_us)
 
-    def update_layout(self, layout: LayoutSpec, t_us: int) -> list[SegmentInfo]:
-        """Switch layout from `t_us` on (updateLayout)."""
+    def update_layout(
+        self, layout: LayoutSpec, t_us: int, style: MixStyle | None = None
+    ) -> list[SegmentInfo]:
+        """Switch layout from `t_us` on (updateLayout); `style` replaces colour and images."""
         self._check_open()
         self._start(t_us)
-        self._at(t_us, lambda: self.compositor.set_layout(layout))
+
+        def apply() -> None:
+            self.compositor.set_layout(layout)
+            if style is not None:
+                self.apply_style(style)
+
+        self._at(t_us, apply)
         return self.advance(t_us)
+
+    def apply_style(self, style: MixStyle) -> None:
+        """Background colour and images, all replaced now (the images fetched already)."""
+        compositor = self.compositor
+        compositor.set_background_color(style.background_color)
+        compositor.set_background_image(style.background_image)
+        compositor.set_default_user_background(style.default_user_background)
+        compositor.clear_user_backgrounds()
+        for uid, image, mode in style.user_backgrounds:
+            compositor.set_user_background(uid, image, mode)
 
     def _at(self, t_us: int, apply: Callable[[], None]) -> None:
         heapq.heappush(self._events, (t_us, next(self._event_seq), apply))
@@ -513,33 +570,21 @@ class MixRecorder:
             return
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mix")
         self._session = await self._call(lambda: MixSession(*self._args, **self._kwargs))
-        urls = [
-            u
-            for u in (
-                self.config.background_image,
-                self.config.default_user_background_image,
-                *(b.image_url for b in self.config.user_backgrounds),
-            )
-            if u
-        ]
-        if not urls:
-            return
-        if http is None:
-            async with aiohttp.ClientSession() as own:
-                images = await fetch_images(own, urls)
-        else:
-            images = await fetch_images(http, urls)
-        await self._call(lambda: self._apply_images(images))
-
-    def _apply_images(self, images: Mapping[str, VideoFrame | None]) -> None:
-        compositor = self._open().compositor
         config = self.config
-        if config.background_image:
-            compositor.set_background_image(images.get(config.background_image))
-        if config.default_user_background_image:
-            compositor.set_default_user_background(images.get(config.default_user_background_image))
-        for bg in config.user_backgrounds:
-            compositor.set_user_background(bg.uid, images.get(bg.image_url), bg.render_mode)
+        if not (
+            config.background_image
+            or config.default_user_background_image
+            or config.user_backgrounds
+        ):
+            return
+        style = await fetch_style(
+            config.background_color,
+            config.background_image,
+            config.default_user_background_image,
+            config.user_backgrounds,
+            http,
+        )
+        await self._call(lambda: self._open().apply_style(style))
 
     def _open(self) -> MixSession:
         if self._session is None:
@@ -578,9 +623,11 @@ class MixRecorder:
         """`uid` leaves at `t_us`."""
         await self._produce(lambda: self._open().leave(uid, t_us))
 
-    async def update_layout(self, layout: LayoutSpec, t_us: int) -> None:
-        """updateLayout: a new layout from `t_us` on."""
-        await self._produce(lambda: self._open().update_layout(layout, t_us))
+    async def update_layout(
+        self, layout: LayoutSpec, t_us: int, style: MixStyle | None = None
+    ) -> None:
+        """updateLayout: a new layout (and, with `style`, colour and images) from `t_us` on."""
+        await self._produce(lambda: self._open().update_layout(layout, t_us, style))
 
     async def advance(self, t_us: int) -> None:
         """The input clock reached `t_us` (call it on a timer when inputs may all be silent)."""

@@ -121,7 +121,21 @@ async def test_seed_request_records_each_uid(
             assert rgb[expected] > 180, (entry["uid"], rgb)
 
 
-async def test_mix_mode_with_an_update_layout(cloud: Any, s3: SeaweedS3, s3_bucket: str) -> None:
+def red(p: Any) -> bool:
+    return bool(p[0] > 180 and p[1] < 80 and p[2] < 80)
+
+
+def green(p: Any) -> bool:
+    return bool(p[1] > 180 and p[0] < 80 and p[2] < 80)
+
+
+def blue(p: Any) -> bool:
+    return bool(p[2] > 180 and p[0] < 80 and p[1] < 80)
+
+
+async def test_mix_mode_with_an_update_layout(
+    cloud: Any, s3: SeaweedS3, s3_bucket: str, tmp_path: Path
+) -> None:
     server, app, auth, base = cloud
     cname = "mixroom"
     body = seed_body(s3, s3_bucket, cname)
@@ -130,9 +144,15 @@ async def test_mix_mode_with_an_update_layout(cloud: Any, s3: SeaweedS3, s3_buck
     client_request["recordingConfig"]["subscribeAudioUids"] = ["#allstream#"]
     client_request["recordingConfig"]["subscribeVideoUids"] = ["#allstream#"]
     client_request["recordingFileConfig"] = {"avFileType": ["hls", "mp4"]}
-    client_request["transcodingConfig"] = {"width": 320, "height": 180, "mixedVideoLayout": 1}
-    client_request["recordingConfig"]["transcodingConfig"] = client_request.pop("transcodingConfig")
-    pcs = [await publish(server, app.appid, cname, "1", (255, 0, 0))]
+    client_request["recordingConfig"]["transcodingConfig"] = {
+        "width": 320,
+        "height": 180,
+        "mixedVideoLayout": 1,  # adaptive: red (joined first) left, green right
+    }
+    pcs = [
+        await publish(server, app.appid, cname, "1", (255, 0, 0)),
+        await publish(server, app.appid, cname, "2", (0, 255, 0)),
+    ]
     try:
         async with aiohttp.ClientSession(headers=auth) as http:
             acquire = {"cname": cname, "uid": "527841", "clientRequest": {}}
@@ -142,18 +162,19 @@ async def test_mix_mode_with_an_update_layout(cloud: Any, s3: SeaweedS3, s3_buck
                 started = await resp.json()
                 assert resp.status == 200, started
             session_url = f"{base}/resourceid/{rid}/sid/{started['sid']}/mode/mix"
-            await frames_from(server, app.appid, cname, {"1"}, 30)
-            layout = {"cname": cname, "uid": "527841", "clientRequest": {"mixedVideoLayout": 2,
-                      "maxResolutionUid": "1"}}  # fmt: skip
+            await frames_from(server, app.appid, cname, {"1", "2"}, 45)
+            # vertical, green large on the left, on blue: what the canvas shows changes
+            vertical = {"mixedVideoLayout": 2, "maxResolutionUid": "2"}
+            vertical["backgroundColor"] = "#0000FF"
+            layout = {"cname": cname, "uid": "527841", "clientRequest": vertical}
             async with http.post(f"{session_url}/updateLayout", json=layout) as resp:
                 assert resp.status == 200, await resp.text()
             bad = {"cname": cname, "uid": "527841", "clientRequest": {"mixedVideoLayout": 9}}
             async with http.post(f"{session_url}/updateLayout", json=bad) as resp:
                 assert (await resp.json())["code"] == 1028
-            await frames_from(server, app.appid, cname, {"1"}, 30)
-            async with http.post(
-                f"{session_url}/stop", json={"cname": cname, "uid": "527841"}
-            ) as resp:
+            await frames_from(server, app.appid, cname, {"1", "2"}, 45)
+            stop = {"cname": cname, "uid": "527841"}
+            async with http.post(f"{session_url}/stop", json=stop) as resp:
                 stopped = await resp.json()
                 assert resp.status == 200, stopped
     finally:
@@ -163,6 +184,17 @@ async def test_mix_mode_with_an_update_layout(cloud: Any, s3: SeaweedS3, s3_buck
     names = [f["fileName"] for f in files]
     assert names[0] == f"{started['sid']}_{cname}.m3u8" and names[1].endswith(".mp4")
     assert all(f["uid"] == "0" and f["mixedAllUser"] for f in files)
+    key = f"directory1/directory2/{names[1]}"
+    obj = await asyncio.to_thread(s3.client().get_object, Bucket=s3_bucket, Key=key)
+    mp4 = tmp_path / names[1]
+    mp4.write_bytes(obj["Body"].read())
+    with av.open(str(mp4)) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    # before: adaptive halves; after: green fills the left, the right column below the
+    # small red window shows the new blue background
+    assert any(red(f[90, 80]) and green(f[90, 240]) for f in frames[: len(frames) // 2])
+    last = frames[-2]
+    assert green(last[90, 80]) and blue(last[150, 300]), (last[90, 80], last[150, 300])
 
 
 async def test_errors_in_the_api_shape(cloud: Any, s3: SeaweedS3, s3_bucket: str) -> None:
