@@ -18,7 +18,7 @@ import logging
 import secrets
 import shutil
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,13 +29,15 @@ from ingest.member_recorder import MemberRecorder
 from mixer.layout import LayoutSpec
 from mixer.mix import FileType, MixConfig, MixStyle
 from mixer.segmenter import SegmentInfo
-from storage.registry import StoreRegistry
+from storage.errors import SpoolFull
+from storage.registry import DEFAULT_STORE_ID, StoreRegistry
 from storage.spool import Spool
 from storage.vendors import StorageConfig
 
 log = logging.getLogger(__name__)
 
 RESOURCE_TTL_S = 300.0  # "valid for 5 minutes"
+SPOOL_FULL_RETRY_MIN_S, SPOOL_FULL_RETRY_MAX_S = 0.5, 10.0
 IDLE_CHECK_S = 5.0  # how often an idle channel is looked at (joins and leaves wake it sooner)
 STOP_UPLOAD_TIMEOUT_S = 60.0
 ENDED_KEEP_S = 600.0  # a stopped session answers query this long
@@ -121,7 +123,8 @@ class CloudSession:
     video_uids: UidSelector = EVERYONE
     playlists: dict[str, FileEntry] = field(default_factory=dict)  # name → entry
     mp4s: list[FileEntry] = field(default_factory=list)
-    uploads: list[asyncio.Task[None]] = field(default_factory=list)
+    upload_tail: asyncio.Task[None] | None = None  # the last of the chained segment uploads
+    side_tasks: set[asyncio.Task[None]] = field(default_factory=set)  # notifications
     watcher: asyncio.Task[None] | None = None
     ended_at: float | None = None
     segment_s: float = 4.0
@@ -367,11 +370,16 @@ class CloudRecordingService:
             )
             slice_ms = int(info.program_date_time.timestamp() * 1000)
             details = {"msgName": "recorder_slice_start", "startUtcMs": slice_ms, "uid": uid}
-            session.uploads.append(asyncio.create_task(self._event(session, 42, details)))
-        previous = session.uploads[-1] if session.uploads else None
-        session.uploads.append(
-            asyncio.create_task(self._upload(session, [info.path, playlist], after=previous))
+            self._spawn(session, self._event(session, 42, details))
+        # each upload waits for the one before: the spool gets the files in segment order
+        session.upload_tail = asyncio.create_task(
+            self._upload(session, [info.path, playlist], after=session.upload_tail)
         )
+
+    def _spawn(self, session: CloudSession, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        session.side_tasks.add(task)
+        task.add_done_callback(session.side_tasks.discard)
 
     async def _snapshot(self, session: CloudSession, uid: str, path: Path, at_ms: int) -> None:
         """A JPG was taken: to the bucket (through the spool), and notification 45."""
@@ -381,17 +389,38 @@ class CloudRecordingService:
         await self._event(session, 45, details)
 
     async def _upload(
-        self, session: CloudSession, paths: list[Path], after: asyncio.Task[None] | None = None
+        self,
+        session: CloudSession,
+        paths: list[Path],
+        after: asyncio.Task[None] | None = None,
+        *,
+        prefix: str = "",
+        group: str | None = None,
     ) -> None:
-        """Copy files into the spool (the segments stay: the MP4 is built from them)."""
+        """Hand files to the spool, linked not read (an MP4 may be gigabytes); the files stay
+        where they are (the MP4 is built from the segments). A full spool is waited out."""
         if after is not None:
             with contextlib.suppress(Exception):
-                await after  # spool order follows segment order
+                await after  # its failure is logged where it happened
         for path in paths:
-            data = await asyncio.to_thread(path.read_bytes)
-            await self.spool.add_bytes(
-                path.name, data, group=session.sid, store_id=session.store_id
-            )
+            delay = SPOOL_FULL_RETRY_MIN_S
+            while True:
+                try:
+                    await self.spool.add(
+                        prefix + path.name,
+                        path,
+                        group=group or session.sid,
+                        store_id=session.store_id if group is None else DEFAULT_STORE_ID,
+                        move=False,
+                    )
+                    break
+                except SpoolFull:
+                    log.error("spool full: %s waits (session %s)", path.name, session.sid)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, SPOOL_FULL_RETRY_MAX_S)
+                except OSError:
+                    log.exception("could not spool %s of %s", path, session.sid)
+                    break
 
     # query / update / stop -----------------------------------------------------------------------
 
@@ -436,6 +465,8 @@ class CloudRecordingService:
         session.ended_at = self._clock()
         if session.idle_task is not None and session.idle_task is not asyncio.current_task():
             session.idle_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await session.idle_task
         outputs = []
         if session.mix is not None:
             outputs.append(("0", True, await session.mix.stop()))
@@ -445,7 +476,9 @@ class CloudRecordingService:
                 await session.watcher
         for uid, recorder in session.members.items():
             outputs.append((uid, False, await recorder.stop()))
-        await asyncio.gather(*session.uploads)
+        if session.upload_tail is not None:
+            await session.upload_tail  # every segment and playlist is in the spool
+        await asyncio.gather(*session.side_tasks)
         finals: list[Path] = []
         for uid, mixed, output in outputs:
             if output is None:
@@ -471,7 +504,8 @@ class CloudRecordingService:
                 status = "uploaded"
             elif await self._back_up(session):
                 status = "backuped"
-            await asyncio.to_thread(shutil.rmtree, session.directory, True)
+        # every file is linked into the spool by now: the working copies can go
+        await asyncio.to_thread(shutil.rmtree, session.directory, True)
         session.status = Status.EXITED
         mode, files = session.file_list()
         await self._event(
@@ -490,9 +524,7 @@ class CloudRecordingService:
         )
         group = f"{session.sid}-backup"
         prefix = f"backup/{session.resource.appid}/{session.sid}/"
-        for path in files:
-            data = await asyncio.to_thread(path.read_bytes)
-            await self.spool.add_bytes(prefix + path.name, data, group=group)
+        await self._upload(session, files, prefix=prefix, group=group)
         log.warning(
             "cloud recording %s: the bucket did not confirm its files within %.0f s; "
             "%d files backed up to %s in the server's store",

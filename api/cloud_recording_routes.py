@@ -20,7 +20,16 @@ from mixer.mix import FileType, fetch_style
 from storage.errors import StorageError
 
 from .cloud_recording import CloudFailure, CloudRecordingService, CloudSession
-from .cloud_recording_schema import CloudError
+from .cloud_recording_schema import (
+    CloudError,
+    check_start_matches_acquire,
+    parse_acquire,
+    parse_json,
+    parse_start,
+    parse_stop,
+    parse_update,
+    parse_update_layout,
+)
 from .customers import CustomerAuth
 from .keys import APPS
 
@@ -92,7 +101,6 @@ async def cloud_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 async def read_json(request: web.Request) -> Any:
     """The body as JSON, or the API's code 8."""
-    from .cloud_recording_schema import parse_json
 
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         raise CloudFailure(8, f"the body is larger than {MAX_BODY_BYTES} bytes")
@@ -126,7 +134,6 @@ def selector(flt: Any) -> UidSelector:
 
 async def acquire(request: web.Request) -> web.Response:
     """``POST acquire``."""
-    from .cloud_recording_schema import parse_acquire
 
     req = parse_acquire(await read_json(request))
     res = request.app[CLOUD].acquire(request.match_info["appid"], req.cname, req.uid, None)
@@ -155,7 +162,6 @@ async def _check_token(request: web.Request, cname: str, uid: str, token: str | 
 
 async def start(request: web.Request) -> web.Response:
     """``POST resourceid/{rid}/mode/{mode}/start``."""
-    from .cloud_recording_schema import check_start_matches_acquire, parse_start
 
     appid, rid, mode = (request.match_info[k] for k in ("appid", "resourceid", "mode"))
     service = request.app[CLOUD]
@@ -194,7 +200,6 @@ async def query(request: web.Request) -> web.Response:
 
 async def update(request: web.Request) -> web.Response:
     """``POST .../update``: subscriptions (and a renewed storageConfig) from now on."""
-    from .cloud_recording_schema import parse_update
 
     session = _session(request)
     req = parse_update(await read_json(request), session.mode)
@@ -213,7 +218,6 @@ async def update(request: web.Request) -> web.Response:
 
 async def update_layout(request: web.Request) -> web.Response:
     """``POST .../updateLayout`` (mix): the whole layout replaced."""
-    from .cloud_recording_schema import parse_update_layout
 
     session = _session(request)
     req = parse_update_layout(await read_json(request))
@@ -232,7 +236,6 @@ async def update_layout(request: web.Request) -> web.Response:
 
 async def stop(request: web.Request) -> web.Response:
     """``POST .../stop``: files finished and (unless ``async_stop``) uploaded."""
-    from .cloud_recording_schema import parse_stop
 
     session = _session(request)
     req = parse_stop(await read_json(request))

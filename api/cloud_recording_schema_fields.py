@@ -16,6 +16,8 @@ from typing import Any
 
 from ingest.tokens import CNAME_RE, UID_RE
 
+from .errors import json_type
+
 MAX_RECORDER_UID = 2**32 - 1  # "an integer from 1 to (2^32-1), cannot be 0"
 MAX_BODY_BYTES = 1024 * 1024  # a start body is a few KiB; more is a mistake or an attack
 MAX_CNAME_CHARS = 64
@@ -115,25 +117,10 @@ def parse_json(data: bytes) -> dict[str, Any]:
 def require_body(body: object) -> dict[str, Any]:
     """``body`` when it is a JSON object; code 8 otherwise (an array, a string, null)."""
     if not isinstance(body, Mapping):
-        raise CloudError(CloudCode.BAD_REQUEST, f"body must be a JSON object, not {_kind(body)}")
+        raise CloudError(
+            CloudCode.BAD_REQUEST, f"body must be a JSON object, not {json_type(body)}"
+        )
     return dict(body)
-
-
-def _kind(value: object) -> str:
-    """The JSON name of a value's type, for reasons a client can read."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, Mapping):
-        return "an object"
-    return type(value).__name__
 
 
 def join(prefix: str, name: str) -> str:
@@ -152,7 +139,7 @@ def read_object(
             raise invalid(field, "is required")
         return None
     if not isinstance(value, Mapping):
-        raise invalid(field, f"must be an object, not {_kind(value)}")
+        raise invalid(field, f"must be an object, not {json_type(value)}")
     return value
 
 
@@ -172,7 +159,7 @@ def read_int(
 def check_int(value: object, field: str, low: int, high: int) -> int:
     """``value`` as an int if it is an integral JSON number in [low, high]."""
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise invalid(field, f"must be a number, not {_kind(value)}")
+        raise invalid(field, f"must be a number, not {json_type(value)}")
     if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
         raise invalid(field, f"must be an integer, got {value!r}")
     number = int(value)
@@ -187,7 +174,7 @@ def read_str(obj: Mapping[str, Any], name: str, prefix: str) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str):
-        raise invalid(join(prefix, name), f"must be a string, not {_kind(value)}")
+        raise invalid(join(prefix, name), f"must be a string, not {json_type(value)}")
     return value
 
 
@@ -197,7 +184,7 @@ def read_bool(obj: Mapping[str, Any], name: str, prefix: str, default: bool) -> 
     if value is None:
         return default
     if not isinstance(value, bool):
-        raise invalid(join(prefix, name), f"must be true or false, not {_kind(value)}")
+        raise invalid(join(prefix, name), f"must be true or false, not {json_type(value)}")
     return value
 
 
@@ -208,10 +195,10 @@ def read_str_list(obj: Mapping[str, Any], name: str, prefix: str) -> list[str] |
     if value is None:
         return None
     if not isinstance(value, list):
-        raise invalid(field, f"must be an array of strings, not {_kind(value)}")
+        raise invalid(field, f"must be an array of strings, not {json_type(value)}")
     for i, item in enumerate(value):
         if not isinstance(item, str):
-            raise invalid(f"{field}[{i}]", f"must be a string, not {_kind(item)}")
+            raise invalid(f"{field}[{i}]", f"must be a string, not {json_type(item)}")
     return value
 
 
@@ -219,7 +206,7 @@ def read_cname(obj: Mapping[str, Any]) -> str:
     """The channel name: 1-64 characters of the vendor's set; code 1013 otherwise."""
     value = obj.get("cname")
     if not isinstance(value, str):
-        reason = "is required" if value is None else f"must be a string, not {_kind(value)}"
+        reason = "is required" if value is None else f"must be a string, not {json_type(value)}"
         raise invalid("cname", reason, CloudCode.CNAME_INVALID)
     if not value or len(value) > MAX_CNAME_CHARS:
         raise invalid(
@@ -239,7 +226,7 @@ def read_cname(obj: Mapping[str, Any]) -> str:
 def check_recorder_uid(value: object, field: str = "uid") -> str:
     """The recording service's own uid: a string of an integer from 1 to 2^32-1."""
     if not isinstance(value, str):
-        reason = "is required" if value is None else f"must be a string, not {_kind(value)}"
+        reason = "is required" if value is None else f"must be a string, not {json_type(value)}"
         raise invalid(field, reason)
     if not _DIGITS.fullmatch(value):
         raise invalid(field, f'{value[:32]!r} must be a string of digits, like "527841"')

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
@@ -49,3 +50,21 @@ def rpc_error(
     )
     exc.set_status(status)
     return exc
+
+
+def json_type(value: object) -> str:
+    """The JSON name of a decoded value's type ("a string", "an array", ...), for reasons a
+    client can read."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, Mapping):
+        return "an object"
+    return type(value).__name__

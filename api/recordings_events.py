@@ -25,6 +25,8 @@ from typing import Any, BinaryIO
 
 import zstandard
 
+from .errors import json_type
+
 READ_BYTES = 1024 * 1024  # one read of the spooled body
 MAX_EVENT_BYTES = 32 * 1024 * 1024  # one rrweb event (a full DOM snapshot can be megabytes)
 MAX_FIELD_BYTES = 1024 * 1024  # any other top-level field (navigations included)
@@ -183,7 +185,7 @@ def parse_upload(body: Path, events_out: Path) -> ParsedUpload:
 def _parse_events(reader: _Reader, out: Any, result: ParsedUpload) -> None:
     if reader.peek() != "[":
         value, _, _ = reader.value("events", MAX_FIELD_BYTES)
-        raise BodyError("events", f"events must be an array, not {_json_type(value)}")
+        raise BodyError("events", f"events must be an array, not {json_type(value)}")
     reader.pos += 1
     out.write(b"[")
     raw = 1
@@ -211,31 +213,17 @@ def _parse_events(reader: _Reader, out: Any, result: ParsedUpload) -> None:
 
 def _check_event(event: Any, where: str, result: ParsedUpload) -> None:
     if not isinstance(event, dict):
-        raise BodyError(where, f"{where} must be an rrweb event object, not {_json_type(event)}")
+        raise BodyError(where, f"{where} must be an rrweb event object, not {json_type(event)}")
     for name in ("type", "timestamp"):
         if name not in event:
             raise BodyError(f"{where}.{name}", f"{where} has no {name}")
         if not _is_number(event[name]):
             raise BodyError(
-                f"{where}.{name}", f"{where}.{name} must be a number, not {_json_type(event[name])}"
+                f"{where}.{name}", f"{where}.{name} must be a number, not {json_type(event[name])}"
             )
     ts = float(event["timestamp"])
     result.first_ms = ts if result.first_ms is None else min(result.first_ms, ts)
     result.last_ms = ts if result.last_ms is None else max(result.last_ms, ts)
-
-
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    return "an object"
 
 
 async def decompress_stream(

@@ -90,7 +90,8 @@ class ChannelMixRecorder:
             utc_segment_names=utc_segment_names,
         )
         self._sub: Subscription | None = None
-        self._tasks: list[asyncio.Task[None]] = []
+        self._readers: list[asyncio.Task[None]] = []
+        self._ticker: asyncio.Task[None] | None = None
         self._decoders = FrameDecoders()
         self._clocks: dict[tuple[str, str], TrackClock] = {}
         self._joined: set[str] = set()
@@ -108,11 +109,11 @@ class ChannelMixRecorder:
         await self._mix.start()
         self.started_at_ms = int(self._clock() * 1000)
         self._sub = self._registry.subscribe(self._appid, self._cname)
-        self._tasks = [
+        self._readers = [
             asyncio.create_task(self._events(self._sub), name=f"mix-events-{self._cname}"),
             asyncio.create_task(self._media(self._sub), name=f"mix-media-{self._cname}"),
-            asyncio.create_task(self._tick(), name=f"mix-tick-{self._cname}"),
         ]
+        self._ticker = asyncio.create_task(self._tick(), name=f"mix-tick-{self._cname}")
 
     async def _join(self, uid: str) -> None:
         if uid not in self._joined and (self._wanted(uid, "video") or self._wanted(uid, "audio")):
@@ -192,12 +193,11 @@ class ChannelMixRecorder:
 
     async def stop(self) -> MixOutput | None:
         """End the recording: the playlist is ended and the MP4s built."""
-        ticker = self._tasks[2] if len(self._tasks) == 3 else None
-        if ticker is not None:
-            ticker.cancel()
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
         if self._sub is not None:
             self._sub.close()  # the readers drain what is queued, then end
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await asyncio.gather(*self._readers)
         return await self._mix.aclose()

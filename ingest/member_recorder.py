@@ -187,7 +187,10 @@ class MemberRecorder:
         self._task = asyncio.create_task(self._run(self._sub), name=f"record-{self.uid}")
         self._ticker = asyncio.create_task(self._tick(), name=f"record-tick-{self.uid}")
 
-    async def _open(self, frame: av.VideoFrame | None) -> MixRecorder:
+    async def _open(
+        self, frame: av.VideoFrame | None, pending: list[tuple[av.AudioFrame, int]]
+    ) -> MixRecorder:
+        """The mix at ``frame``'s size (a default one without), fed the audio held so far."""
         width, height = canvas_for(frame.width, frame.height) if frame else (640, 360)
         bitrate = max(200, int(width * height * self._fps * BITS_PER_PIXEL_FRAME / 1000))
         config = MixConfig(
@@ -208,6 +211,9 @@ class MemberRecorder:
         )
         await mix.start()
         await mix.join(self.uid, self._now_us())
+        for audio, at in pending:
+            await mix.push_audio(self.uid, audio, at)
+        pending.clear()
         return mix
 
     def _now_us(self) -> int:
@@ -236,24 +242,17 @@ class MemberRecorder:
                     self.stats.video_in += 1
                     await self._maybe_snapshot(data, t_us)
                     if self._mix is None:
-                        self._mix = await self._open(data)
-                        for audio, at in pending:
-                            await self._mix.push_audio(self.uid, audio, at)
-                        pending.clear()
+                        self._mix = await self._open(data, pending)
                     await self._mix.push_video(self.uid, data, t_us)
                     continue
                 if not isinstance(data, av.AudioFrame):
                     continue
                 self.stats.audio_in += 1
-                if self._mix is None:
+                if self._mix is None:  # wait a little for the first video frame's size
                     first_audio_us = first_audio_us or now_us
                     pending.append((data, t_us))
-                    if now_us - first_audio_us < AUDIO_ONLY_AFTER_US:
-                        continue  # waiting a little for the first video frame's size
-                    self._mix = await self._open(None)  # audio only so far: a default canvas
-                    for audio, at in pending:
-                        await self._mix.push_audio(self.uid, audio, at)
-                    pending.clear()
+                    if now_us - first_audio_us >= AUDIO_ONLY_AFTER_US:
+                        self._mix = await self._open(None, pending)  # audio only: default canvas
                     continue
                 await self._mix.push_audio(self.uid, data, t_us)
 
