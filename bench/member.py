@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -25,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import av  # noqa: E402
+from rusage import cpu_children, cpu_self  # noqa: E402 - bench/ is the script's folder
 
 from ingest.member_recorder import BITS_PER_PIXEL_FRAME, DEFAULT_FPS  # noqa: E402
 from mixer.layout import LayoutMode, LayoutSpec  # noqa: E402
@@ -56,11 +56,6 @@ def make_clip(seconds: int) -> Path:
     return clip
 
 
-def _cpu(who: int) -> float:
-    r = resource.getrusage(who)
-    return r.ru_utime + r.ru_stime
-
-
 def run_ours(clip: Path) -> float:
     """Decode the clip and record it as the member recorder does; CPU seconds."""
     config = MixConfig(
@@ -72,7 +67,7 @@ def run_ours(clip: Path) -> float:
         file_types=frozenset({FileType.HLS, FileType.MP4}),
     )
     with tempfile.TemporaryDirectory(prefix="member-bench-") as tmp:
-        start = _cpu(resource.RUSAGE_SELF)
+        start = cpu_self()
         session = MixSession(config, Path(tmp), name="index", segment_target_s=SEGMENT_S)
         base = 1_700_000_000 * US
         session.join("m", base)
@@ -84,12 +79,12 @@ def run_ours(clip: Path) -> float:
                 else:
                     session.push_audio("m", frame, t_us)
         session.finish()
-        return _cpu(resource.RUSAGE_SELF) - start
+        return cpu_self() - start
 
 
 def run_ffmpeg(clip: Path) -> float:
     with tempfile.TemporaryDirectory(prefix="member-bench-ff-") as tmp:
-        start = _cpu(resource.RUSAGE_CHILDREN)
+        start = cpu_children()
         subprocess.run(
             ["ffmpeg", "-v", "error", "-nostdin", "-y", "-threads", "1", "-i", str(clip),
              "-c:v", "libx264", "-preset", X264_PRESET, "-tune", "zerolatency", "-threads", "1",
@@ -98,7 +93,7 @@ def run_ffmpeg(clip: Path) -> float:
              "-f", "hls", "-hls_time", str(SEGMENT_S), str(Path(tmp) / "index.m3u8")],
             check=True,
         )  # fmt: skip
-        return _cpu(resource.RUSAGE_CHILDREN) - start
+        return cpu_children() - start
 
 
 def main() -> None:

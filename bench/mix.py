@@ -25,7 +25,6 @@ import functools
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -40,6 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import av  # noqa: E402
+from rusage import cpu_children, cpu_self  # noqa: E402 - bench/ is the script's folder
 
 from mixer.layout import LayoutMode, LayoutSpec, compute_layout  # noqa: E402
 from mixer.mix import MixConfig, MixSession  # noqa: E402
@@ -72,16 +72,6 @@ def make_clip(seconds: int) -> Path:
     return clip
 
 
-def _cpu_self() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
-
-
-def _cpu_children() -> float:
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
-
-
 def _config() -> MixConfig:
     return MixConfig(
         width=OUT_W,
@@ -95,7 +85,7 @@ def _config() -> MixConfig:
 def run_ours(clip: Path, n: int) -> float:
     """Decode n inputs and mix them with MixSession; return the CPU seconds it took."""
     with tempfile.TemporaryDirectory(prefix="mix-bench-") as tmp:
-        start = _cpu_self()
+        start = cpu_self()
         session = MixSession(_config(), Path(tmp), segment_target_s=SEGMENT_S)
         containers = [av.open(str(clip)) for _ in range(n)]
         for c in containers:
@@ -116,7 +106,7 @@ def run_ours(clip: Path, n: int) -> float:
         session.finish()
         for c in containers:
             c.close()
-        return _cpu_self() - start
+        return cpu_self() - start
 
 
 def _filter_graph(n: int) -> str:
@@ -136,7 +126,7 @@ def run_ffmpeg(clip: Path, n: int) -> float:
         inputs: list[str] = []
         for _ in range(n):
             inputs += ["-threads", "1", "-i", str(clip)]
-        start = _cpu_children()
+        start = cpu_children()
         subprocess.run(
             ["ffmpeg", "-v", "error", "-nostdin", "-y", *inputs,
              "-f", "lavfi", "-i", "anullsrc=r=48000:cl=mono",
@@ -148,7 +138,7 @@ def run_ffmpeg(clip: Path, n: int) -> float:
              "-f", "hls", "-hls_time", str(SEGMENT_S), str(Path(tmp) / "out.m3u8")],
             check=True,
         )  # fmt: skip
-        return _cpu_children() - start
+        return cpu_children() - start
 
 
 def concurrent_wall_s(clip: Path, n: int, k: int) -> float:

@@ -16,7 +16,6 @@ import argparse
 import functools
 import json
 import platform
-import resource
 import shutil
 import statistics
 import subprocess
@@ -32,6 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import av  # noqa: E402
+from rusage import cpu_children, cpu_self  # noqa: E402 - bench/ is the script's folder
 
 from mixer.hls import HlsWriter  # noqa: E402
 from mixer.sources import EncodedFrame, MemoryClip  # noqa: E402
@@ -65,16 +65,6 @@ def make_clip() -> Path:
     return clip
 
 
-def _cpu_self() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
-
-
-def _cpu_children() -> float:
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
-
-
 def feed_writer(frames: tuple[EncodedFrame, ...], *, audio_only: bool) -> float:
     """Feed the frames through one HlsWriter; return the CPU seconds it took."""
     with tempfile.TemporaryDirectory(prefix="writer-bench-") as tmp:
@@ -90,18 +80,18 @@ def feed_writer(frames: tuple[EncodedFrame, ...], *, audio_only: bool) -> float:
         ]  # fmt: skip
         arrival = time.time()
         write = writer.write
-        start = _cpu_self()
+        start = cpu_self()
         for track, data, pts, dts, key in items:
             write(track, data, pts, keyframe=key, dts_us=dts, arrival=arrival)
         writer.finish()
-        return _cpu_self() - start
+        return cpu_self() - start
 
 
 def run_ffmpeg(clip: Path, *, audio_only: bool) -> float:
     """One ffmpeg CLI run (no -re) to HLS; return its CPU seconds."""
     with tempfile.TemporaryDirectory(prefix="writer-bench-ff-") as tmp:
         video = ["-vn"] if audio_only else ["-c:v", "copy"]
-        start = _cpu_children()
+        start = cpu_children()
         subprocess.run(
             ["ffmpeg", "-v", "error", "-nostdin", "-y", "-i", str(clip), *video,
              "-c:a", "aac", "-b:a", "64k", "-ac", "1",
@@ -109,7 +99,7 @@ def run_ffmpeg(clip: Path, *, audio_only: bool) -> float:
              str(Path(tmp) / "out.m3u8")],
             check=True,
         )  # fmt: skip
-        return _cpu_children() - start
+        return cpu_children() - start
 
 
 def median_of(runs: int, fn: Callable[[], float]) -> tuple[float, list[float]]:
