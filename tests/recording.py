@@ -9,6 +9,7 @@ from typing import Any, Protocol
 
 import aiohttp
 import av
+from wsclient import RawClient
 
 from api.keys import SPOOL, STORE
 
@@ -42,6 +43,24 @@ async def start_session(http: aiohttp.ClientSession, server: HasUrl, **fields: s
     """START a session and return its id."""
     out = await event(http, server, "EVENT_TYPE_START", **fields)
     return str(out["sessionEvent"]["sessionId"])
+
+
+async def recording_client(
+    http: aiohttp.ClientSession,
+    server: Any,
+    video: str | None = "h264",
+    audio: str | None = "opus",
+) -> tuple[str, RawClient]:
+    """START a session and connect a protocol client to it, ready for media: the session id
+    and the client (hello sent, the start control acknowledged, the tracks announced)."""
+    sid = await start_session(http, server, userId="agent")
+    client = RawClient(http, server.url)
+    await client.connect()
+    await client.hello(server.api_key, session_id=sid)
+    start = await client.wait_control("start")
+    await client.send({"t": "ack", "id": start["id"]})
+    await client.tracks(video, audio)
+    return sid, client
 
 
 async def fetch_recording(server: Any, sid: str, dest: Path) -> tuple[Path, Path]:

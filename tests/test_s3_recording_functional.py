@@ -14,9 +14,8 @@ from typing import Any
 import aiohttp
 import pytest
 from media import encode_clip
-from recording import PREFIX, count_frames, event, start_session
+from recording import PREFIX, count_frames, event, recording_client
 from s3server import ACCESS_KEY, SECRET_KEY, SeaweedS3
-from wsclient import RawClient
 
 from api.keys import SPOOL
 from storage.errors import StoreRefused
@@ -67,13 +66,7 @@ async def record(
     between: Callable[[], Any] | None = None,
 ) -> str:
     """START, stream the clip (calling ``between`` at ``split_at_s``), END; the session id."""
-    sid = await start_session(http, server, userId="agent")
-    client = RawClient(http, server.url)
-    await client.connect()
-    await client.hello(server.api_key, session_id=sid)
-    start = await client.wait_control("start")
-    await client.send({"t": "ack", "id": start["id"]})
-    await client.tracks("h264", "opus")
+    sid, client = await recording_client(http, server)
     seq = 0
     called = False
     for frame in clip_frames:

@@ -9,8 +9,7 @@ from typing import Any
 import aiohttp
 import pytest
 from media import encode_clip
-from recording import EVENT_PATH, start_session
-from wsclient import RawClient
+from recording import EVENT_PATH, recording_client
 
 from api.keys import SPOOL
 
@@ -25,13 +24,7 @@ async def test_full_spool_refuses_new_sessions_and_keeps_the_open_one(server_fac
     spool = server.app[SPOOL]
     clip = encode_clip("h264", duration_s=3.0, audio_codec="opus")
     async with aiohttp.ClientSession() as http:
-        sid = await start_session(http, server, userId="agent")
-        client = RawClient(http, server.url)
-        await client.connect()
-        await client.hello(server.api_key, session_id=sid)
-        start = await client.wait_control("start")
-        await client.send({"t": "ack", "id": start["id"]})
-        await client.tracks("h264", "opus")
+        _, client = await recording_client(http, server)
         seq = 0
         for frame in clip.frames:
             seq = await client.media(frame)
