@@ -30,7 +30,7 @@ from aiortc import (
     RTCSessionDescription,
 )
 from aiortc.mediastreams import MediaStreamError
-from aiortc.sdp import candidate_from_sdp
+from aiortc.sdp import SessionDescription, candidate_from_sdp
 
 from .channels import ChannelRegistry, MediaFrame, Member, TrackInfo, Transport
 
@@ -174,10 +174,11 @@ class WhipServer:
         session.member = await self.registry.join(
             appid, cname, uid, Transport.WHIP, lambda reason: self.close(session, reason)
         )
+        codecs = _answered_codecs(pc.localDescription.sdp)
         for transceiver in pc.getTransceivers():
             track = transceiver.receiver.track
             if track is not None:
-                codec = _codec_of(transceiver)
+                codec = codecs.get(transceiver.mid or "", "unknown")
                 self.registry.set_track(
                     appid, cname, session.member, TrackInfo(track.id, track.kind, codec)
                 )
@@ -277,6 +278,10 @@ def _etag() -> str:
     return f'"{secrets.token_hex(8)}"'
 
 
-def _codec_of(transceiver: Any) -> str:
-    codecs = getattr(transceiver, "_codecs", None) or []
-    return str(codecs[0].mimeType.split("/")[-1]).lower() if codecs else "unknown"
+def _answered_codecs(answer: str) -> dict[str, str]:
+    """Media section id → the codec the answer settled on (its first), e.g. ``"vp8"``."""
+    return {
+        str(media.rtp.muxId): media.rtp.codecs[0].mimeType.split("/")[-1].lower()
+        for media in SessionDescription.parse(answer).media
+        if media.rtp.codecs
+    }
