@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,6 @@ from aiohttp.typedefs import Handler
 from ingest.channels import ChannelRegistry
 from ingest.errors import RpcCode, SessionError
 from ingest.sessions import SessionManager
-from ingest.wal import Wal
 from ingest.webrtc import WhipServer
 from ingest.ws import IngestHandler
 from storage.errors import StorageError, StoreRefused
@@ -40,6 +38,7 @@ from .keys import (
     APPS,
     CHANNELS,
     INGEST,
+    LOOP_LAG,
     META,
     NOTIFIER,
     SESSIONS,
@@ -50,11 +49,15 @@ from .keys import (
     STORES,
     UPLOAD_LATENCY,
     WHIP,
+    WRITER_TICKS,
 )
+from .logs import setup_logging
 from .settings import Settings
 from .webhooks import Notifier, WebhookTarget
 
 log = logging.getLogger(__name__)
+
+LOOP_LAG_SAMPLE_S = 0.05
 
 STORAGE_CODES = {
     404: RpcCode.NOT_FOUND,
@@ -165,6 +168,12 @@ async def metrics_handler(request: web.Request) -> web.Response:
                 manager.stats.segments + sum(s.segments for s in live),
             ),
             ("reelhouse_upload_queue_depth", "gauge", "Files waiting in the spool.", spool.depth),
+            (
+                "reelhouse_writer_lanes_running",
+                "gauge",
+                "Writer lane processes running (one crashed: its sessions wait for a restart).",
+                manager.pool.alive,
+            ),
             ("reelhouse_spool_bytes", "gauge", "Bytes held in the spool.", spool.bytes),
             (
                 "reelhouse_uploads_total",
@@ -208,6 +217,8 @@ async def metrics_handler(request: web.Request) -> web.Response:
     )
     text += metrics.render(app[NOTIFIER].samples())
     text += app[UPLOAD_LATENCY].render()
+    text += app[WRITER_TICKS].render()
+    text += app[LOOP_LAG].render()
     resp = web.Response(text=text)
     resp.headers["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8"
     return resp
@@ -264,23 +275,36 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         on_uploaded=uploaded,
     )
     await spool.start()
-    executor = ThreadPoolExecutor(
-        settings.ingest.writer_threads, thread_name_prefix="reelhouse-writer"
-    )
     manager = SessionManager(
         meta=meta,
         spool=spool,
         live_dir=data / "live",
         recorder=settings.recorder,
         ingest=settings.ingest,
-        executor=executor,
-        wal=Wal(data / "wal", settings.ingest.wal_rotate_bytes),
+        wal_dir=data / "wal",
+        log_setup=(setup_logging, (settings.log_level, settings.log_json)),
     )
     keys = ApiKeys(api_key, meta)
     app[META], app[STORE], app[SPOOL], app[SIGNER] = meta, store, spool, signer
     app[API_KEYS], app[SESSIONS] = keys, manager
     app[STORES], app[UPLOAD_LATENCY] = stores, latency
 
+    ticks = metrics.Histogram(
+        "reelhouse_writer_tick_seconds",
+        "Writer ticks by phase: the WAL fsync (sync), the worker's part with it (write), the"
+        " whole tick (tick), and from a batch's oldest frame arriving to its ack (ack).",
+        metrics.LATENCY_BUCKETS_S,
+        label="phase",
+    )
+    manager.pool.observe = ticks.observe
+    lag = metrics.Histogram(
+        "reelhouse_event_loop_lag_seconds",
+        "How late the event loop wakes a timer (sampled every 50 ms): time it could not serve.",
+        metrics.LATENCY_BUCKETS_S,
+        label="loop",
+    )
+    app[WRITER_TICKS], app[LOOP_LAG] = ticks, lag
+    lag_task = asyncio.create_task(_watch_loop_lag(lag), name="loop-lag")
     await manager.start()
     channels = ChannelRegistry()
     apps = AppDirectory(meta)
@@ -312,6 +336,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        lag_task.cancel()
         await processor.aclose()
         await cloud.aclose()  # before the spool: stopped recordings hand it their last files
         await notifier.aclose()
@@ -321,9 +346,16 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         await manager.aclose()
         await spool.aclose()
         await stores.aclose()
-        await asyncio.to_thread(executor.shutdown, True)
         await store.aclose()
         await meta.aclose()
+
+
+async def _watch_loop_lag(lag: metrics.Histogram) -> None:
+    loop = asyncio.get_running_loop()
+    while True:
+        began = loop.time()
+        await asyncio.sleep(LOOP_LAG_SAMPLE_S)
+        lag.observe(max(0.0, loop.time() - began - LOOP_LAG_SAMPLE_S), "main")
 
 
 async def _on_shutdown(app: web.Application) -> None:

@@ -3,8 +3,9 @@
 Run: ``.venv/bin/python bench/ingest.py --publishers 50 --duration 30``. It makes a 1280x720
 15 fps H.264 + Opus clip once (cached in bench/.cache/), starts ``reelhouse serve`` on a free
 loopback port, streams the clip in a loop from N publishers in one client process, samples the
-server's CPU time and peak RSS, then runs min(N, FFMPEG_MAX_STREAMS) ffmpeg processes copying
-the same clip to HLS (Opus → AAC, as reelhouse records it) and measures them the same way.
+server's CPU time (its writer lanes included) and peak RSS, then runs min(N, FFMPEG_MAX_STREAMS)
+ffmpeg processes doing the same work (video copied, Opus → AAC 64 kbit/s mono, HLS plus a
+whole-session MP4, as reelhouse records) and measures them the same way.
 Writes bench/results/ingest-<N>.json and appends a row to bench/results/README.md.
 """
 
@@ -161,6 +162,38 @@ class Sampler:
         return used, sum(self.rss.values())
 
 
+def histogram_quantiles(text: str, name: str, label: str) -> dict[str, dict[str, float]]:
+    """p50/p99/max-bucket of each series of a Prometheus histogram in ``/metrics`` text."""
+    series: dict[str, list[tuple[float, int]]] = {}
+    pattern = re.compile(rf'^{name}_bucket{{{label}="([^"]*)",le="([^"]+)"}} (\d+)$')
+    for line in text.splitlines():
+        if m := pattern.match(line):
+            bound = float("inf") if m.group(2) == "+Inf" else float(m.group(2))
+            series.setdefault(m.group(1), []).append((bound, int(m.group(3))))
+    out: dict[str, dict[str, float]] = {}
+    for value, buckets in series.items():
+        total = buckets[-1][1] if buckets else 0
+        if not total:
+            continue
+
+        p50 = next(b for b, n in buckets if n >= 0.5 * total)  # the bucket's upper bound
+        p99 = next(b for b, n in buckets if n >= 0.99 * total)
+        out[value] = {"count": total, "p50_le_s": p50, "p99_le_s": p99}
+    return out
+
+
+async def scrape_metrics(url: str) -> dict[str, Any]:
+    """The writer-tick and event-loop-lag histograms, as bucket bounds of p50 and p99."""
+    import aiohttp
+
+    async with aiohttp.ClientSession() as http, http.get(url + "/metrics") as resp:
+        text = await resp.text()
+    return {
+        "writer_tick": histogram_quantiles(text, "reelhouse_writer_tick_seconds", "phase"),
+        "loop_lag": histogram_quantiles(text, "reelhouse_event_loop_lag_seconds", "loop"),
+    }
+
+
 async def wait_healthy(url: str, proc: subprocess.Popen[bytes]) -> None:
     import aiohttp
 
@@ -301,6 +334,7 @@ async def run_server_part(
         wall = time.monotonic() - t0
         client_cpu = children_cpu_s() - client_cpu0
         cpu, rss = await sampler.stop()
+        server_metrics = await scrape_metrics(server)
     finally:
         if client is not None:
             _terminate(client)
@@ -332,6 +366,7 @@ async def run_server_part(
         "errors": sum(1 for p in per if "error" in p),
         "error_samples": [p["error"] for p in per if "error" in p][:3],
         "reconnects": sum(p.get("reconnects", 0) for p in per),
+        "server_metrics": server_metrics,
         **scan_log(kept),
     }
 
@@ -343,32 +378,16 @@ async def run_ffmpeg_part(args: argparse.Namespace, clip: Path, tmp: Path) -> di
         for i in range(n):
             out = tmp / f"ffmpeg-{i}"
             out.mkdir()
+            # as reelhouse records: video copied; AAC-LC 64 kbit/s mono with FFmpeg's coder;
+            # HLS in 4 s segments and an MP4 of the whole session
+            cmd = ["ffmpeg", "-v", "error", "-nostdin", "-re", "-stream_loop", "-1",
+                   "-i", str(clip), "-t", str(args.duration), "-map", "0:v", "-map", "0:a",
+                   "-c:v", "copy", "-c:a", "aac", "-b:a", "64k", "-ac", "1", "-f", "tee",
+                   f"[f=hls:hls_time=4:hls_list_size=0]{out / 'index.m3u8'}"
+                   f"|[f=mp4]{out / 'session.mp4'}"]  # fmt: skip
             procs.append(
                 subprocess.Popen(  # noqa: ASYNC220 - returns at once
-                    [
-                        "ffmpeg",
-                        "-v",
-                        "error",
-                        "-nostdin",
-                        "-re",
-                        "-stream_loop",
-                        "-1",
-                        "-i",
-                        str(clip),
-                        "-t",
-                        str(args.duration),
-                        "-c:v",
-                        "copy",
-                        "-c:a",
-                        "aac",
-                        "-f",
-                        "hls",
-                        "-hls_time",
-                        "4",
-                        "-hls_list_size",
-                        "0",
-                        str(out / "index.m3u8"),
-                    ],
+                    cmd,
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
                 )
@@ -442,7 +461,8 @@ README_HEAD = """# Ingest benchmark results
 `bench/ingest.py --publishers N --duration S`: N WebSocket publishers, one client process, each
 streaming a 1280x720 15 fps H.264 + mono Opus clip (20 ms frames) in real time into one
 `reelhouse serve`, against N (at most {ffmax}) `ffmpeg -re -stream_loop -1 -i clip -c:v copy
--c:a aac -f hls` processes. Machine: {cpus} cores, shared by the server, the publishers' client
+-c:a aac -b:a 64k -ac 1 -f tee "[f=hls]…|[f=mp4]…"` processes (HLS and a whole-session MP4, as
+reelhouse writes). Machine: {cpus} cores, shared by the server, the publishers' client
 process and (afterwards) ffmpeg; all traffic on 127.0.0.1. The table is rebuilt from
 `ingest-<N>.json` after every run; with `--repeats` the figures are medians.
 

@@ -17,7 +17,7 @@ class IngestSettings:
     gap_s: float = 3.0  # a pts jump larger than this starts a new discontinuity
     idle_end_s: float = 3600.0  # end a session nobody has touched for this long
     wal_rotate_bytes: int = 64 * 1024 * 1024  # a new WAL file past this size
-    writer_threads: int = 2  # media work releases the GIL: one per core is enough
+    writer_lanes: int = 0  # writer processes (ingest.lanes); 0: one per core
 
 
 @dataclass(frozen=True, slots=True)

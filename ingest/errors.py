@@ -99,6 +99,12 @@ class Unavailable(SessionError):
     code = RpcCode.UNAVAILABLE
 
 
+class WritersUnavailable(SessionError):
+    """A writer lane crashed: what it held is safe in its WAL, recovered at the next start."""
+
+    code = RpcCode.UNAVAILABLE
+
+
 class StorageBacklogFull(SessionError):
     """The upload spool is full: sessions already recording go on, new ones must wait."""
 

@@ -16,32 +16,28 @@ import os
 import shutil
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from mixer.errors import MediaError
-from mixer.hls import HlsWriter, SegmentInfo
+from mixer.hls import SegmentInfo
 from mixer.mp4 import build_mp4
 from mixer.playlist import Playlist, PlaylistSegment
-from mixer.tracks import Codec, Kind, TrackSpec
 from storage.errors import SpoolFull
 from storage.meta import FileRow, MetaStore
 from storage.spool import Spool
 
 from .config import IngestSettings, RecorderSettings
 from .errors import CloseCode, ProtocolError
-from .wal import BREAK, CUT, MEDIA, TRACK, Wal
-from .writer import WriterPool
+from .lanes import LaneError
+from .session_writer import KEEP_DIR, Cut, Failed, Opened, Outcome, WriterParams
+from .writer import WriterLane, WriterPool
 
 log = logging.getLogger(__name__)
 
 US = 1_000_000
 PLAYLIST_NAME = "index.m3u8"
-SEGMENT_NAME = "index"
-KEEP_DIR = "keep"  # hard links of closed segments, for the MP4 built at END
 SPOOL_FULL_RETRY_MIN_S = 0.5
 SPOOL_FULL_RETRY_MAX_S = 10.0
 
@@ -59,37 +55,6 @@ class RecorderStats:
     segments: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class _Outcome:
-    acked: int
-    done: list[tuple[SegmentInfo, int]]  # closed segments, each with the WAL file of its cut
-    error: ProtocolError | None
-    recut: int | None = None  # an idle session's fresh cut: the WAL file it now needs
-
-
-def track_spec(fields: dict[str, Any]) -> TrackSpec:
-    """A ``mixer`` track description from a protocol ``track`` message."""
-    return TrackSpec(
-        track_id=fields["id"],
-        kind=Kind(fields["kind"]),
-        codec=Codec(fields["codec"]),
-        width=fields.get("width", 0),
-        height=fields.get("height", 0),
-        sample_rate=fields.get("sample_rate", 48000),
-        channels=fields.get("channels", 1),
-        extradata=fields.get("extradata", b""),
-    )
-
-
-def replay_from(records: list[list[Any]], next_index: int) -> list[list[Any]]:
-    """The records of the open segment: those after the cut that started ``next_index``."""
-    start = 0
-    for i, rec in enumerate(records):
-        if rec[1] == CUT and rec[2] <= next_index:
-            start = i + 1
-    return records[start:]
-
-
 class SessionRecorder:
     """Records one session; lives as long as the session is open, across connections."""
 
@@ -103,8 +68,6 @@ class SessionRecorder:
         ingest: IngestSettings,
         meta: MetaStore,
         spool: Spool,
-        executor: Executor,
-        wal: Wal,
         pool: WriterPool,
         paused: bool = False,
         acked_seq: int = 0,
@@ -116,8 +79,6 @@ class SessionRecorder:
         self._ingest = ingest
         self._meta = meta
         self._spool = spool
-        self._executor = executor
-        self._wal = wal
         self._pool = pool
         self.paused = paused
         self.stats = RecorderStats()
@@ -125,24 +86,31 @@ class SessionRecorder:
         self.on_error: Callable[[ProtocolError], Awaitable[None]] | None = None
         self.acked_seq = acked_seq  # durable high-water mark (what the client may forget)
         self.received_seq = acked_seq  # highest seq queued (dedupe and gap detection)
-        self.wal_from = wal.index  # the oldest WAL file holding this session's open segment
-        self._tracks: dict[int, dict[str, Any]] = {}  # announced (the loop's view)
-        self._written_tracks: dict[int, dict[str, Any]] = {}  # added to the writer (the thread's)
+        self.wal_from = 0  # the oldest file of its lane's WAL holding the open segment
+        self._tracks: dict[int, dict[str, Any]] = {}  # announced
         self._pending: list[tuple[Any, ...]] = []
         self._space = asyncio.Event()  # set while the queue has room
         self._space.set()
         self._idle = asyncio.Event()  # set while nothing is queued or being written
         self._idle.set()
-        self._writer: HlsWriter | None = None
+        self._lane: WriterLane | None = None  # where the session's writer lives, once open
         self._playlist = Playlist()
-        self._last_pts: dict[int, int] = {}
         self._failed: BaseException | None = None
-        self._cuts: list[tuple[SegmentInfo, int]] = []
-        self._to_spool_queue: list[tuple[SegmentInfo, int]] = []
+        self._to_spool_queue: list[Cut] = []
         self._spooler: asyncio.Task[None] | None = None
         self._ack_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._closed = False
         self._closing = asyncio.Event()  # wakes a spool-full retry when the server stops
+
+    @property
+    def lane(self) -> WriterLane | None:
+        """The writer lane the session is placed on (once started)."""
+        return self._lane
+
+    @property
+    def writer_lost(self) -> bool:
+        """The session's writer lane crashed: it cannot record until the server restarts."""
+        return self._lane is not None and self._lane.lane.dead
 
     @property
     def key_playlist(self) -> str:
@@ -170,50 +138,28 @@ class SessionRecorder:
                 for row in rows
             ]
         )
-        await self._in_thread(self._open, rows, records or [])
-        self.received_seq = self.acked_seq
-        self._tracks.update(self._written_tracks)  # a client may go on without re-announcing
-        self._pool.register(self)
-        self._queue_segments(self._cuts)  # closed while replaying
-
-    def _open(self, rows: list[FileRow], records: list[list[Any]]) -> None:
-        keep_dir = self.live_dir / KEEP_DIR
-        keep_dir.mkdir(parents=True, exist_ok=True)
-        next_index = (rows[-1].seq + 1) if rows else 0
-        for path in [*self.live_dir.glob("*.ts"), *keep_dir.glob("*.ts")]:
-            if path.parent == self.live_dir or _segment_index(path) >= next_index:
-                path.unlink()  # segments not yet spooled are rebuilt from the WAL
-        replaying = replay_from(records, next_index)
-        self._writer = HlsWriter(
-            self.live_dir,
-            target_segment_s=self._settings.segment_target_s,
-            name=SEGMENT_NAME,
-            start_index=next_index,
+        params = WriterParams(
+            session_id=self.session_id,
+            live_dir=self.live_dir,
+            segment_target_s=self._settings.segment_target_s,
+            gap_s=self._ingest.gap_s,
+            paused=self.paused,
+            acked_seq=self.acked_seq,
+            next_index=(rows[-1].seq + 1) if rows else 0,
             start_s=self._playlist.duration_s,
-            discontinuity_first=bool(rows) or bool(replaying),
-            durable=False,  # the WAL holds the frames until the spool holds the segment
+            resumed=bool(rows),
         )
-        sid = self.session_id
-        self.wal_from = self._wal.append([sid, CUT, next_index])
-        self._cuts = []
-        last_seq = 0
-        for rec in replaying:  # written again: the old WAL files go once recovery is done
-            tag = rec[1]
-            if tag == TRACK:
-                self._add_track_sync(rec[2])
-            elif tag == BREAK:
-                self._break_sync()
-            elif tag == MEDIA and rec[2] > last_seq:
-                last_seq = rec[2]
-                self.acked_seq = max(self.acked_seq, last_seq)
-                try:
-                    self._media_sync(*rec[2:])
-                except MediaError as exc:  # one bad frame must not keep the session down
-                    log.warning("replay: seq %d: %s", last_seq, exc, extra={"session_id": sid})
-                    continue
-            else:
-                continue  # cuts (the writer makes its own) and resent duplicates
-            self._wal.append(rec)
+        lane = self._pool.register(self)
+        try:
+            opened: Opened = await lane.call("open", params, records or [])
+        except BaseException:
+            self._pool.unregister(self)
+            raise
+        self._lane = lane
+        self.acked_seq = self.received_seq = opened.acked_seq
+        self.wal_from = opened.wal_from
+        self._tracks.update(opened.tracks)  # a client may go on without re-announcing
+        self._queue_segments(opened.cuts)  # closed while replaying
 
     async def aclose(self) -> None:
         """Stop taking frames and leave the open segment to the WAL (graceful shutdown).
@@ -227,9 +173,10 @@ class SessionRecorder:
         self._closed = True
         self._closing.set()
         await self._drain()
-        if self._writer is not None:
-            await self._in_thread(self._writer.finish)  # releases files; the WAL has it all
         self._pool.unregister(self)
+        if self._lane is not None:
+            with contextlib.suppress(LaneError):  # a lane that is gone has its WAL on disk
+                await self._lane.call("close", self.session_id)  # the WAL has it all
 
     async def _drain(self) -> None:
         """Wait until everything queued is written and closed segments are spooled."""
@@ -314,7 +261,10 @@ class SessionRecorder:
 
     def refresh_wal(self) -> None:
         """The WAL moved to a new file: if this session holds an older one, let it go if it can."""
-        if not self._closed and self._failed is None and self.wal_from < self._wal.index:
+        lane = self._lane
+        if lane is None or self._closed or self._failed is not None:
+            return
+        if self.wal_from < lane.wal_index:
             self._queue(("recut",))
 
     async def pause(self) -> None:
@@ -330,16 +280,16 @@ class SessionRecorder:
         self._closed = True
         await self._drain()
         self._pool.unregister(self)
-        if self._writer is not None:
-            await self._finish()
+        if self._lane is not None:
+            await self._finish(self._lane)
 
-    async def written(self, outcome: _Outcome | BaseException) -> None:
+    async def written(self, outcome: Outcome | Failed) -> None:
         """The pool's report on a tick: acknowledge, queue closed segments for the spool."""
         if not self._pending:
             self._idle.set()
-        if isinstance(outcome, BaseException):
-            log.error("recorder failed: %r", outcome, extra={"session_id": self.session_id})
-            self._failed = outcome
+        if isinstance(outcome, Failed):
+            log.error("recorder failed: %s", outcome.reason, extra={"session_id": self.session_id})
+            self._failed = RuntimeError(outcome.reason)
             self._idle.set()
             if self.on_error is not None:
                 await self.on_error(ProtocolError(CloseCode.INTERNAL_ERROR, "recorder failed"))
@@ -352,10 +302,13 @@ class SessionRecorder:
             self._wake_ack_waiters()
             if self.on_ack is not None:
                 await self.on_ack(outcome.acked)
+            if outcome.first_arrival is not None and self._pool.observe is not None:
+                self._pool.observe(time.time() - outcome.first_arrival, "ack")
         if outcome.error is not None and self.on_error is not None:
-            await self.on_error(outcome.error)
+            code, reason = outcome.error
+            await self.on_error(ProtocolError(CloseCode(code), reason))
 
-    def _queue_segments(self, done: list[tuple[SegmentInfo, int]]) -> None:
+    def _queue_segments(self, done: list[Cut]) -> None:
         if not done:
             return
         self._to_spool_queue.extend(done)
@@ -379,95 +332,14 @@ class SessionRecorder:
                 return
             self._to_spool_queue.pop(0)
             self.wal_from = wal_file  # the WAL before this segment's successor is redundant
-            self._pool.release_soon()
+            self._pool.release_soon(self)
 
-    async def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
-
-    # the thread side ---------------------------------------------------------------------
-
-    def process(self, batch: list[tuple[Any, ...]]) -> _Outcome:
-        """Write a batch and append it to the WAL (the pool fsyncs it); in a worker thread."""
-        self._cuts = []
-        acked = 0
-        error: ProtocolError | None = None
-        recut: int | None = None
-        wal, sid = self._wal, self.session_id
-        for item in batch:
-            kind = item[0]
-            if kind == "media":
-                _, seq, track, pts, dts, key, arrival, data = item
-                acked = seq
-                if self.paused:
-                    continue
-                try:
-                    self._media_sync(seq, track, pts, dts, key, arrival, data)
-                except MediaError as exc:
-                    # discarded and acknowledged, so a resend cannot loop; the client is told
-                    log.warning("seq %d: %s", seq, exc, extra={"session_id": sid})
-                    error = error or ProtocolError(CloseCode.INVALID_MEDIA, f"seq {seq}: {exc}")
-                else:
-                    wal.append([sid, MEDIA, seq, track, pts, dts, key, arrival, data])
-            elif kind == "track":
-                self._add_track_sync(item[1])
-                wal.append([sid, TRACK, item[1]])
-            elif kind == "pause":
-                if not self.paused:
-                    self._break_sync()
-                    wal.append([sid, BREAK])
-                self.paused = True
-            elif kind == "resume":
-                self.paused = False
-            elif kind == "recut" and self._writer is not None and self._writer.idle:
-                # nothing of the open segment is in the WAL yet: start it again in the newest
-                # file, so an idle or paused session does not hold older files forever
-                recut = wal.append([sid, CUT, self._writer.next_index])
-                for fields in self._written_tracks.values():
-                    wal.append([sid, TRACK, fields])
-        return _Outcome(acked, self._cuts, error, recut)
-
-    def _add_track_sync(self, fields: dict[str, Any]) -> None:
-        assert self._writer is not None
-        if fields["id"] not in self._written_tracks:  # a replay may repeat announcements
-            self._written_tracks[fields["id"]] = fields
-            self._writer.add_track(track_spec(fields))
-
-    def _break_sync(self) -> None:
-        assert self._writer is not None
-        self._cut(self._writer.discontinuity())
-        self._last_pts.clear()
-
-    def _media_sync(
-        self, seq: int, track: int, pts: int, dts: int, key: bool, arrival: float, data: bytes
-    ) -> None:
-        assert self._writer is not None
-        last = self._last_pts.get(track)
-        if last is not None and pts - last > self._ingest.gap_s * US:
-            self._break_sync()  # the client was away: do not record the hole
-        self._last_pts[track] = pts
-        self._cut(self._writer.write(track, data, pts, keyframe=key, dts_us=dts, arrival=arrival))
-
-    def _cut(self, done: list[SegmentInfo]) -> None:
-        """Mark in the WAL where the next segment starts, with the tracks it needs to replay."""
-        if not done:
-            return
-        wal_file = self._wal.append([self.session_id, CUT, done[-1].index + 1])
-        for fields in self._written_tracks.values():
-            self._wal.append([self.session_id, TRACK, fields])
-        self._cuts.extend((seg, wal_file) for seg in done)
-
-    def _finish_sync(self) -> list[tuple[SegmentInfo, int]]:
-        assert self._writer is not None
-        self._cuts = []
-        self._cut(self._writer.finish())
-        return self._cuts
-
-    # after the thread --------------------------------------------------------------------
+    # spooling --------------------------------------------------------------------
 
     async def _spool_segment(self, seg: SegmentInfo) -> None:
         """Record, spool and list one closed segment, then the playlist that names it."""
         keep = self.live_dir / KEEP_DIR / seg.path.name
-        await self._in_thread(_link, seg.path, keep)
+        await asyncio.to_thread(_link, seg.path, keep)
         key = self.key_prefix + seg.path.name
         self._playlist.append(
             PlaylistSegment(seg.uri, seg.duration_s, seg.program_date_time, seg.discontinuity)
@@ -534,14 +406,14 @@ class SessionRecorder:
         )
         await self._to_spool(self._spool.add_bytes, self.key_playlist, text, group=self.session_id)
 
-    async def _finish(self) -> None:
-        for seg, _ in await self._in_thread(self._finish_sync):
+    async def _finish(self, lane: WriterLane) -> None:
+        for seg, _ in await lane.call("finish", self.session_id):
             await self._spool_segment(seg)
         await self._spool_playlist(end=True)
-        keep = await self._in_thread(lambda: sorted((self.live_dir / KEEP_DIR).glob("*.ts")))
+        keep = await asyncio.to_thread(lambda: sorted((self.live_dir / KEEP_DIR).glob("*.ts")))
         if keep:
             mp4 = self.live_dir / f"{self.session_id}.mp4"
-            info = await self._in_thread(build_mp4, keep, mp4)
+            info = await asyncio.to_thread(build_mp4, keep, mp4)
             await self._meta.add_file(
                 FileRow(
                     session_id=self.session_id,
@@ -555,7 +427,7 @@ class SessionRecorder:
             await self._to_spool(
                 self._spool.add, self.key_mp4, mp4, group=self.session_id, move=True
             )
-        await self._in_thread(shutil.rmtree, self.live_dir, True)
+        await asyncio.to_thread(shutil.rmtree, self.live_dir, True)
 
 
 def _link(src: Path, dst: Path) -> None:
@@ -565,7 +437,3 @@ def _link(src: Path, dst: Path) -> None:
         pass
     except OSError:
         shutil.copy2(src, dst)
-
-
-def _segment_index(path: Path) -> int:
-    return int(path.stem.rsplit("_", 1)[1])

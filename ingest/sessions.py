@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 import uuid
-from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,10 +27,11 @@ from .errors import (
     SessionNotFound,
     StorageBacklogFull,
     Unavailable,
+    WritersUnavailable,
 )
 from .events import CONTROL_ACTION, OPEN_STATES, EventType, SessionEvent, SessionState, next_state
+from .lanes import LaneError, LogSetup
 from .recorder import SessionRecorder
-from .wal import Wal
 from .writer import WriterPool
 
 log = logging.getLogger(__name__)
@@ -109,17 +110,21 @@ class SessionManager:
         live_dir: Path,
         recorder: RecorderSettings,
         ingest: IngestSettings,
-        executor: Executor,
-        wal: Wal,
+        wal_dir: Path,
+        log_setup: LogSetup | None = None,
     ) -> None:
         self._meta = meta
         self._spool = spool
         self._live_dir = live_dir
         self._recorder_settings = recorder
         self._ingest = ingest
-        self._executor = executor
-        self._wal = wal
-        self.pool = WriterPool(wal, executor, threads=ingest.writer_threads, tick_s=ingest.tick_s)
+        self.pool = WriterPool(
+            wal_dir,
+            lanes=ingest.writer_lanes or os.cpu_count() or 1,
+            tick_s=ingest.tick_s,
+            rotate_bytes=ingest.wal_rotate_bytes,
+            log_setup=log_setup,
+        )
         self.sessions: dict[str, LiveSession] = {}
         self._waiting: list[Connection] = []
         self.stats = SessionStats()
@@ -130,8 +135,9 @@ class SessionManager:
     # lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Recover the sessions that were open when the server last stopped, from the WAL."""
-        records = await asyncio.to_thread(self._wal.open)
+        """Start the writer lanes and recover the sessions that were open when the server last
+        stopped, from the lanes' WALs."""
+        records = await self.pool.start()
         for row in await self._meta.list_sessions(OPEN_STATES):
             try:
                 await self._open(row, records.pop(row.session_id, []))
@@ -139,8 +145,7 @@ class SessionManager:
                 log.exception("could not recover session", extra={"session_id": row.session_id})
             else:
                 log.info("recovered open session", extra={"session_id": row.session_id})
-        await asyncio.to_thread(self._wal.finish_recovery)
-        self.pool.start()
+        await self.pool.finish_recovery()
         self._reaper = asyncio.create_task(self._reap_idle(), name="idle-session-reaper")
 
     async def aclose(self) -> None:
@@ -163,7 +168,6 @@ class SessionManager:
             await conn.close(CloseCode.GOING_AWAY, "server shutting down")
         self.sessions.clear()
         await self.pool.aclose()
-        await asyncio.to_thread(self._wal.close)
         await asyncio.gather(*self._closing, return_exceptions=True)
 
     async def _open(self, row: SessionRow, records: list[list[Any]] | None = None) -> LiveSession:
@@ -175,8 +179,6 @@ class SessionManager:
             ingest=self._ingest,
             meta=self._meta,
             spool=self._spool,
-            executor=self._executor,
-            wal=self._wal,
             pool=self.pool,
             paused=row.state == SessionState.PAUSED,
             acked_seq=row.acked_seq,
@@ -246,6 +248,13 @@ class SessionManager:
                 next_state(SessionState.ENDED, event.event_type)
             before = SessionState(live.row.state)
             after = next_state(before, event.event_type)
+            if live.recorder.writer_lost and event.event_type is not EventType.RECONNECT:
+                # ending now would lose the open segment: it is only in the lane's WAL, which
+                # the next start replays for sessions still open
+                raise WritersUnavailable(
+                    "this session's writer crashed; what it was acknowledged is safe and is "
+                    "recovered when the server restarts: send the event again then"
+                )
             now = datetime.now(UTC)
             ev_row = await self._meta.add_event(live.session_id, event.event_type.value, now)
             await self._push(live, ev_row, event)
@@ -256,6 +265,11 @@ class SessionManager:
             elif event.event_type is EventType.END:
                 try:
                     await live.recorder.finish()
+                except LaneError as exc:  # the lane crashed while finishing: keep it open
+                    raise WritersUnavailable(
+                        "this session's writer crashed while ending; END again once the "
+                        "server has restarted"
+                    ) from exc
                 except Exception:  # END always ends; the live folder stays for an operator
                     log.exception("finishing the recording failed", extra=_ctx(live))
                 self._collect(live.recorder)
@@ -292,6 +306,10 @@ class SessionManager:
                 "the upload backlog is full (the object store is down or slow); "
                 "START again once it drains"
             )
+        if not self.pool.alive:
+            raise WritersUnavailable(
+                "no writer lane is running (they crashed: see the server log); restart the server"
+            )
         if session_id in self.sessions or await self._meta.get_session(session_id) is not None:
             raise SessionExists(f"session {session_id} already exists")
         now = datetime.now(UTC)
@@ -310,7 +328,14 @@ class SessionManager:
             await self._meta.create_session(row)
         except MetaConflict:  # a concurrent START with the same id won
             raise SessionExists(f"session {session_id} already exists") from None
-        live = await self._open(row)
+        try:
+            live = await self._open(row)
+        except LaneError as exc:  # its lane crashed just now: the session never started
+            ended = SessionState.ENDED.value
+            await self._meta.update_session(session_id, state=ended, ended_at=now)
+            raise WritersUnavailable(
+                f"the writer lane crashed ({exc}); START again, or restart the server"
+            ) from exc
         self.stats.started += 1
         event = SessionEvent(
             event_type=event.event_type,

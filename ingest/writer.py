@@ -1,82 +1,100 @@
-"""The writer pool: every open session's queued frames are written in ticks. Sessions are
-shared out among a few lanes; each lane's tick takes what its sessions queued, writes it in a
-worker thread (decode, mux and WAL append happen there, off the event loop), fsyncs the
-shared WAL once, then acknowledges. Lanes tick side by side. Per-frame cost is a list append
-on the loop; per-tick cost is one thread hop and one fsync per lane."""
+"""The writer pool: every open session's queued frames are written in ticks, in writer lanes
+(``ingest.lanes``: one child process each). Each session is placed on one lane for as long as
+it is open; a lane's tick takes what its sessions queued, ships it to the lane process, which
+writes it (decode, mux, WAL append), fsyncs its WAL once, and answers; the pool then hands each
+session its outcome (acknowledge, spool closed segments). Lanes tick side by side. Per-frame
+cost on the event loop is a list append; per tick, one round trip and one fsync per lane."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from concurrent.futures import Executor
+import shutil
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Protocol
 
+from .lanes import Lane, LaneDied, LaneError, LogSetup
+from .session_writer import Failed
 from .wal import Wal
 
 log = logging.getLogger(__name__)
 
+Observe = Callable[[float, str], None]  # (seconds, phase): the pool's timings, for /metrics
+
 DEFAULT_TICK_S = 0.025  # the shortest tick: bounds fsyncs per second; acks wait at most this
+LANE_DIR = "lane-{}"
 
 
 class Writable(Protocol):
     """What the pool needs of a recorder."""
 
-    wal_from: int  # the oldest WAL file this session still needs
+    session_id: str
+    wal_from: int  # the oldest file of its lane's WAL this session still needs
 
     def refresh_wal(self) -> None:
-        """The WAL moved to a new file: re-anchor if nothing older is needed (the loop side)."""
+        """The lane's WAL moved to a new file: re-anchor if nothing older is needed."""
         ...
 
     def take(self) -> list[tuple[Any, ...]]:
-        """Hand over the queued items (the loop side)."""
-        ...
-
-    def process(self, items: list[tuple[Any, ...]]) -> Any:
-        """Write items (in a worker thread)."""
+        """Hand over the queued items."""
         ...
 
     async def written(self, outcome: Any) -> None:
-        """Acknowledge what the tick made durable (the loop side)."""
+        """Acknowledge what the tick made durable."""
         ...
 
 
-def _process_and_sync(wal: Wal, work: list[tuple[Writable, list[tuple[Any, ...]]]]) -> list[Any]:
-    """One lane's tick in its worker thread: write every session's items, then fsync the WAL."""
-    out: list[Any] = []
-    for rec, items in work:
-        try:
-            out.append(rec.process(items))
-        except Exception as exc:  # one session's failure is that session's alone
-            out.append(exc)
-    try:
-        wal.sync()
-    except OSError as exc:  # the disk failed: nothing of this tick may be acknowledged
-        log.critical("WAL sync failed: %s", exc)
-        return [exc] * len(work)
-    return out
+class WriterLane:
+    """One lane process and the sessions placed on it, ticking on its own: lanes run side by
+    side, so one lane's loop-side work (acks, spooling) overlaps another's writing."""
 
-
-class _Lane:
-    """A share of the sessions, ticking on its own: lanes run side by side, so one lane's
-    loop-side work (acks, spooling) overlaps another's thread work and both cores stay busy."""
-
-    def __init__(self, pool: WriterPool, number: int) -> None:
+    def __init__(self, pool: WriterPool, lane: Lane) -> None:
         self.pool = pool
+        self.lane = lane
         self.members: set[Writable] = set()
         self.ready: dict[Writable, None] = {}
         self.wake = asyncio.Event()
-        self.task = asyncio.create_task(self._run(), name=f"writer-lane-{number}")
+        self.wal_index = 0  # the lane's current WAL file, as of its last answer
+        self._seen_index = 0
+        self._released_below = 0
+        self._release_task: asyncio.Task[None] | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    async def call(self, op: str, *args: Any) -> Any:
+        """A request to the lane process (see ``ingest.lanes``)."""
+        return await self.lane.call(op, *args)
+
+    def start_ticking(self) -> None:
+        if self.task is None:
+            self.task = asyncio.create_task(self._run(), name=f"writer-lane-{self.lane.number}")
 
     async def _tick(
-        self, loop: asyncio.AbstractEventLoop, work: list[tuple[Writable, list[tuple[Any, ...]]]]
+        self, loop: asyncio.AbstractEventLoop, work: list[tuple[Writable, Any]]
     ) -> None:
         pool = self.pool
         pool.ticks += 1
-        outcomes = await loop.run_in_executor(pool.executor, _process_and_sync, pool.wal, work)
+        began = loop.time()
+        try:
+            outcomes, sync_s, self.wal_index = await self.call(
+                "tick", [(rec.session_id, items) for rec, items in work]
+            )
+        except LaneError as exc:
+            log.critical(
+                "writer lane %d failed a tick (%s): sessions %s stop recording; what they were "
+                "acknowledged is in its WAL and is recovered when the server restarts",
+                self.lane.number,
+                exc,
+                ", ".join(sorted(rec.session_id for rec in self.members)),
+            )
+            outcomes, sync_s = [Failed(str(exc))] * len(work), 0.0
+        if pool.observe is not None:
+            pool.observe(loop.time() - began, "write")
+            pool.observe(sync_s, "sync")
         for (rec, _), outcome in zip(work, outcomes, strict=True):
             await rec.written(outcome)
-        await pool.release(loop)
+        await self.release()
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -92,41 +110,127 @@ class _Lane:
                     await self._tick(loop, work)
                 except Exception:  # a bug: log it loudly, but keep this lane's sessions going
                     log.exception("writer lane tick failed")
+                if pool.observe is not None:
+                    pool.observe(loop.time() - started, "tick")
             rest = pool.tick_s - (loop.time() - started)
             if rest > 0:
                 await asyncio.sleep(rest)  # group more frames per fsync
 
+    async def release(self) -> None:
+        """Delete WAL files no session of this lane needs any more."""
+        if self.wal_index != self._seen_index:  # rotated: idle sessions may let go of old files
+            self._seen_index = self.wal_index
+            for rec in list(self.members):
+                rec.refresh_wal()
+        oldest = min((rec.wal_from for rec in self.members), default=self.wal_index)
+        if oldest > self._released_below:
+            self._released_below = oldest
+            try:
+                await self.call("release", oldest)
+            except LaneError as exc:
+                log.error("writer lane %d: WAL release failed: %s", self.lane.number, exc)
+                return
+            self.pool.note_released()
+
+    def release_soon(self) -> None:
+        if self._release_task is None or self._release_task.done():
+            self._release_task = asyncio.create_task(self.release(), name="wal-release")
+
+    async def aclose(self) -> None:
+        if self._release_task is not None:
+            with contextlib.suppress(Exception):
+                await self._release_task
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+        await self.lane.stop()
+
 
 class WriterPool:
-    """Schedules recorders' writes in ticks on ``lanes`` workers of ``executor``."""
+    """Places recorders on ``lanes`` writer processes and schedules their writes in ticks."""
 
     def __init__(
-        self, wal: Wal, executor: Executor, *, threads: int, tick_s: float = DEFAULT_TICK_S
+        self,
+        wal_dir: Path,
+        *,
+        lanes: int,
+        tick_s: float = DEFAULT_TICK_S,
+        rotate_bytes: int = 64 * 1024 * 1024,
+        log_setup: LogSetup | None = None,
     ) -> None:
-        self.wal = wal
-        self.executor = executor
+        self.wal_dir = wal_dir
         self.tick_s = tick_s
-        self._lane_count = max(1, threads)
-        self._lanes: list[_Lane] = []
-        self._lane_of: dict[Writable, _Lane] = {}
-        self._released_below = 0
-        self._seen_index = 0
+        self._rotate_bytes = rotate_bytes
+        self._log_setup = log_setup
+        self._lane_count = max(1, lanes)
+        self.lanes: list[WriterLane] = []
+        self._lane_of: dict[Writable, WriterLane] = {}
+        self._home: dict[str, WriterLane] = {}  # recovered sessions → the lane holding their WAL
+        self._orphans: list[Wal] = []  # WAL directories no lane owns now (fewer lanes, old layout)
         self._released = asyncio.Event()
-        self._release_task: asyncio.Task[None] | None = None
         self.ticks = 0
+        # called with (seconds, phase): "write" (the lane's round trip), "sync" (its fsync),
+        # "tick" (all of it) and "ack" (from a batch's oldest frame to its acknowledgement)
+        self.observe: Observe | None = None
 
-    def start(self) -> None:
-        """Start ticking (once; registering a recorder starts it too)."""
-        if not self._lanes:
-            self._lanes = [_Lane(self, i) for i in range(self._lane_count)]
+    async def start(self) -> dict[str, list[list[Any]]]:
+        """Start the lanes and read what their WALs hold, by session (for recovery)."""
+        await asyncio.to_thread(self.wal_dir.mkdir, parents=True, exist_ok=True)
+        lanes = [
+            Lane(i, self.wal_dir / LANE_DIR.format(i), self._rotate_bytes, self._log_setup)
+            for i in range(self._lane_count)
+        ]
+        await asyncio.gather(*(lane.start() for lane in lanes))
+        self.lanes = [WriterLane(self, lane) for lane in lanes]
+        records: dict[str, list[list[Any]]] = {}
+        for orphan in await asyncio.to_thread(self._orphan_dirs):
+            wal = Wal(orphan)
+            for sid, recs in (await asyncio.to_thread(wal.open)).items():
+                records.setdefault(sid, []).extend(recs)
+            self._orphans.append(wal)
+        for writer_lane in self.lanes:
+            for sid, recs in (await writer_lane.call("wal_open")).items():
+                records.setdefault(sid, []).extend(recs)
+                self._home[sid] = writer_lane
+        return records
 
-    def register(self, rec: Writable) -> None:
-        """Give a recorder a lane (the least busy) and count its WAL needs from now on."""
-        if not self._lanes:
-            self.start()
-        lane = min(self._lanes, key=lambda lane: len(lane.members))
+    def _orphan_dirs(self) -> list[Path]:
+        """WAL directories of lanes that no longer exist, and the single WAL of old versions."""
+        owned = {LANE_DIR.format(i) for i in range(self._lane_count)}
+        dirs = [p for p in self.wal_dir.glob(LANE_DIR.format("*")) if p.name not in owned]
+        if any(self.wal_dir.glob("wal-*.bin")):
+            dirs.append(self.wal_dir)
+        return sorted(dirs)
+
+    async def finish_recovery(self) -> None:
+        """Every recovered session is written again in its lane's WAL: drop the old files."""
+        for writer_lane in self.lanes:
+            writer_lane.wal_index = await writer_lane.call("finish_recovery")
+        for wal in self._orphans:
+            await asyncio.to_thread(_drop_orphan, wal)
+        self._orphans = []
+        self._home = {}
+        for writer_lane in self.lanes:
+            writer_lane.start_ticking()
+
+    @property
+    def alive(self) -> int:
+        """Lanes whose process is running."""
+        return sum(not lane.lane.dead for lane in self.lanes)
+
+    def register(self, rec: Writable) -> WriterLane:
+        """Place a recorder on a lane: the one holding its WAL, else the least busy running one
+        (``LaneDied`` when none runs)."""
+        lane = self._home.get(rec.session_id)
+        if lane is None:
+            running = [w for w in self.lanes if not w.lane.dead]
+            if not running:
+                raise LaneDied("no writer lane is running")
+            lane = min(running, key=lambda w: len(w.members))
         lane.members.add(rec)
         self._lane_of[rec] = lane
+        return lane
 
     def unregister(self, rec: Writable) -> None:
         """Forget a recorder (ended or closed)."""
@@ -142,37 +246,37 @@ class WriterPool:
             lane.ready[rec] = None
             lane.wake.set()
 
-    async def aclose(self) -> None:
-        """Stop ticking; harmless twice."""
-        if self._release_task is not None:
-            with contextlib.suppress(Exception):
-                await self._release_task
-        lanes, self._lanes = self._lanes, []
-        for lane in lanes:
-            lane.task.cancel()
-        for lane in lanes:
-            with contextlib.suppress(asyncio.CancelledError):
-                await lane.task
-
-    async def release(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Delete WAL files no open session needs any more."""
-        if self.wal.index != self._seen_index:  # rotated: idle sessions may let go of old files
-            self._seen_index = self.wal.index
-            for rec in list(self._lane_of):
-                rec.refresh_wal()
-        oldest = min((rec.wal_from for rec in self._lane_of), default=self.wal.index)
-        if oldest > self._released_below:
-            self._released_below = oldest
-            await loop.run_in_executor(self.executor, self.wal.release, [oldest])
-            self._released.set()
-            self._released = asyncio.Event()
-
-    def release_soon(self) -> None:
+    def release_soon(self, rec: Writable) -> None:
         """A session let go of old WAL files outside a tick (its segment reached the spool)."""
-        if self._release_task is None or self._release_task.done():
-            loop = asyncio.get_running_loop()
-            self._release_task = loop.create_task(self.release(loop), name="wal-release")
+        lane = self._lane_of.get(rec)
+        if lane is not None:
+            lane.release_soon()
+
+    def note_released(self) -> None:
+        self._released.set()
+        self._released = asyncio.Event()
 
     async def wait_released(self) -> None:
         """Wait until the next time old WAL files are deleted."""
         await self._released.wait()
+
+    @property
+    def wal_index(self) -> int:
+        """The newest WAL file of any lane."""
+        return max((lane.wal_index for lane in self.lanes), default=0)
+
+    async def aclose(self) -> None:
+        """Stop ticking and stop the lanes (each syncs and closes its WAL); harmless twice."""
+        lanes, self.lanes = self.lanes, []
+        await asyncio.gather(*(lane.aclose() for lane in lanes))
+        for wal in self._orphans:  # a start that failed half-way: leave them for the next
+            await asyncio.to_thread(wal.close)
+        self._orphans = []
+
+
+def _drop_orphan(wal: Wal) -> None:
+    wal.close()
+    for path in wal.directory.glob("wal-*.bin"):
+        path.unlink(missing_ok=True)
+    if wal.directory.name.startswith(LANE_DIR.format("")):
+        shutil.rmtree(wal.directory, ignore_errors=True)

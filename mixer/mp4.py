@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import av
 import av.error
@@ -53,10 +55,13 @@ def _open(path: Path) -> InputContainer:
         raise InvalidMedia(f"cannot read segment {path.name}: {exc}") from exc
 
 
-def _add_streams(output: OutputContainer, segments: Sequence[Path]) -> dict[str, Stream]:
+def _add_streams(
+    output: OutputContainer, segments: Sequence[Path]
+) -> tuple[dict[str, Stream], bool]:
     # The MP4 header needs every stream (and the AAC config) before the first packet, and a
     # track that joined late is only in later segments: look through them all first.
     streams: dict[str, Stream] = {}
+    in_first = 0  # streams the first segment holds
     for path in segments:
         with _open(path) as container:
             for stream in container.streams:
@@ -69,9 +74,58 @@ def _add_streams(output: OutputContainer, segments: Sequence[Path]) -> dict[str,
                             added.codec_context.extradata = _adts_to_raw(bytes(packet))[0]
                             break
                 streams[stream.type] = added
+        if path == segments[0]:
+            in_first = len(streams)
         if len(streams) == 2:
             break
-    return streams
+    return streams, in_first == len(streams)
+
+
+class _Chain(io.RawIOBase):
+    """The segments as one stream: MPEG-TS concatenates, so the demuxer opens (and probes)
+    once for the whole session instead of once per segment, which was most of the cost."""
+
+    def __init__(self, paths: Sequence[Path]) -> None:
+        self._paths = list(paths)
+        self._file: io.BufferedReader | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while True:
+            if self._file is None:
+                if not self._paths:
+                    return 0
+                self._file = open(self._paths.pop(0), "rb")
+            n = self._file.readinto(buffer)
+            if n:
+                return n
+            self._file.close()
+            self._file = None
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        super().close()
+
+
+def _inputs(segments: Sequence[Path], whole: bool) -> Iterator[InputContainer]:
+    """The containers to demux in order: all segments chained into one when the first holds
+    every stream (``whole``); one per segment when a track joined later."""
+    if whole:
+        chain = _Chain(segments)
+        try:
+            container = av.open(chain, mode="r", format="mpegts")
+        except av.error.FFmpegError as exc:
+            raise InvalidMedia(f"cannot read the segments: {exc}") from exc
+        with chain, container:
+            yield container
+        return
+    for path in segments:
+        with _open(path) as container:
+            yield container
 
 
 def build_mp4(segments: Sequence[Path], out: Path) -> Mp4Info:
@@ -83,27 +137,27 @@ def build_mp4(segments: Sequence[Path], out: Path) -> Mp4Info:
     first_ts: float | None = None
     last_end = 0.0
     with av.open(str(tmp), mode="w", format="mp4", options=MP4_OPTIONS) as output:
-        streams = _add_streams(output, segments)
-        for path in segments:
-            with _open(path) as container:
-                inputs = [s for s in container.streams if s.type in streams]
-                for packet in container.demux(inputs):
-                    if packet.dts is None or packet.pts is None or packet.size == 0:
-                        continue
-                    kind = packet.stream.type
-                    counts[kind] += 1
-                    tb = packet.time_base
-                    assert tb is not None  # Demuxed packets carry their stream's time base.
-                    start = float(packet.pts * tb)
-                    first_ts = start if first_ts is None else min(first_ts, start)
-                    last_end = max(last_end, start + float((packet.duration or 0) * tb))
-                    if kind == "audio":
-                        copy = av.Packet(_adts_to_raw(bytes(packet))[1])
-                        copy.pts, copy.dts, copy.duration = packet.pts, packet.dts, packet.duration
-                        copy.time_base, copy.is_keyframe = tb, packet.is_keyframe
-                        packet = copy
-                    packet.stream = streams[kind]
-                    output.mux(packet)
+        streams, whole = _add_streams(output, segments)
+        for container in _inputs(segments, whole):
+            inputs = [s for s in container.streams if s.type in streams]
+            for packet in container.demux(inputs):
+                if packet.dts is None or packet.pts is None or packet.size == 0:
+                    continue
+                kind = packet.stream.type
+                counts[kind] += 1
+                tb = packet.time_base
+                assert tb is not None  # Demuxed packets carry their stream's time base.
+                num, den = tb.numerator, tb.denominator  # (float(pts * tb) costs a Fraction)
+                start = packet.pts * num / den
+                first_ts = start if first_ts is None else min(first_ts, start)
+                last_end = max(last_end, start + (packet.duration or 0) * num / den)
+                if kind == "audio":
+                    copy = av.Packet(_adts_to_raw(bytes(packet))[1])
+                    copy.pts, copy.dts, copy.duration = packet.pts, packet.dts, packet.duration
+                    copy.time_base, copy.is_keyframe = tb, packet.is_keyframe
+                    packet = copy
+                packet.stream = streams[kind]
+                output.mux(packet)
     fsync_file(tmp)
     os.replace(tmp, out)
     fsync_dir(out.parent)

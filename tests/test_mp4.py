@@ -58,3 +58,30 @@ def test_mp4_rejects_no_segments_and_garbage(tmp_path: Path) -> None:
     bad.write_bytes(b"\x00" * 100)
     with pytest.raises(InvalidMedia):
         build_mp4([bad], tmp_path / "x.mp4")
+
+
+def test_mp4_with_a_track_that_joined_later(tmp_path: Path) -> None:
+    """Audio announced after the first segment: every segment is read on its own (the chained
+    read needs every stream in the first), and both tracks are whole in the MP4."""
+    clip = encode_clip("h264", duration_s=3.0, audio_codec="opus")
+    writer = HlsWriter(tmp_path, target_segment_s=1.0)
+    writer.add_track(TrackSpec(1, Kind.VIDEO, Codec.H264, 320, 240))
+    segments = []
+    audio_sent = 0
+    for f in clip.frames:
+        pts = f.pts_us + BASE_US
+        if f.kind == "audio":
+            if f.pts_us < 1_500_000:
+                continue  # the microphone comes later
+            if not audio_sent:
+                writer.add_track(TrackSpec(2, Kind.AUDIO, Codec.OPUS))
+            audio_sent += 1
+        segments += writer.write(1 if f.kind == "video" else 2, f.data, pts, keyframe=f.keyframe)
+    segments += writer.finish()
+    paths = [s.path for s in segments]
+    first = ffprobe(paths[0], "-show_entries", "stream=codec_name")
+    assert [s["codec_name"] for s in first["streams"]] == ["h264"]
+    info = build_mp4(paths, tmp_path / "session.mp4")
+    counts = decode_counts(tmp_path / "session.mp4")
+    assert counts["video"] == info.video_frames == clip.video_frames
+    assert info.audio_frames > 0 and counts["audio"] >= info.audio_frames - 1

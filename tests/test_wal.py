@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ingest.recorder import replay_from
+from ingest.session_writer import replay_from
 from ingest.wal import CUT, MEDIA, TRACK, Wal
 
 

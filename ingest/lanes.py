@@ -1,0 +1,227 @@
+"""Writer lanes: child processes that write the sessions' frames, one per core by default.
+
+Why processes: writing (Opus → AAC, TS muxing, WAL appends) is most of a session's CPU, and
+in threads beside the event loop much of it held the GIL: the loop and the writer threads
+handed the GIL back and forth (futex calls were ~14 % of the server's CPU with 40 sessions),
+writer ticks stretched to ten times their median, and every Python part of the server shared
+one core. A lane process has its own interpreter: the event loop only moves bytes, and each
+lane writes its share of the sessions on a core of its own.
+
+A lane owns its WAL directory (``wal/lane-<n>``, group-committed once per tick) and the
+``SessionWriter`` of each session placed on it. The server talks to it over a pipe, one request
+at a time, each answered in order (``Lane.call``): ``open``, ``tick``, ``finish``, ``close``,
+``release``, ``wal_open``, ``finish_recovery``, ``stop``. The pipe is served by one thread per
+lane in the server, so pickling and waiting never run on the event loop.
+
+A lane ignores SIGINT (Ctrl-C reaches the whole process group; the server decides when a lane
+stops, after its sessions made their open segments safe) and exits when the server's end of
+the pipe closes, so a killed server leaves no lane behind. A lane that dies (a crash in a
+codec) fails its sessions' writes: their clients are closed with INTERNAL_ERROR, and what they
+were acknowledged is in the lane's WAL, replayed at the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import signal
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from .session_writer import Failed, Outcome, SessionWriter, WriterParams
+from .wal import Wal
+
+log = logging.getLogger(__name__)
+
+STOP_TIMEOUT_S = 10.0
+# Started once per server process and forked from for every lane: a lane starts in tens of
+# milliseconds with the media libraries already imported, and never inherits the server's
+# threads or event loop (forking those is unsafe).
+_CONTEXT = multiprocessing.get_context("forkserver")
+_CONTEXT.set_forkserver_preload(["ingest.lanes"])
+
+LogSetup = tuple[Callable[..., None], tuple[Any, ...]]  # a module-level function and its args
+
+
+class LaneError(RuntimeError):
+    """A lane refused a request (the message says why) or is gone."""
+
+
+class LaneDied(LaneError):
+    """The lane process exited; its sessions cannot be written until the server restarts."""
+
+
+# the lane process ----------------------------------------------------------------------------
+
+
+class _LaneState:
+    """A lane's writers and WAL, served one request at a time."""
+
+    def __init__(self, directory: Path, rotate_bytes: int) -> None:
+        self.wal = Wal(directory, rotate_bytes)
+        self.writers: dict[str, SessionWriter] = {}
+
+    def wal_open(self) -> dict[str, list[list[Any]]]:
+        return self.wal.open()
+
+    def finish_recovery(self) -> int:
+        self.wal.finish_recovery()
+        return self.wal.index
+
+    def open(self, params: WriterParams, records: list[list[Any]]) -> Any:
+        writer = SessionWriter(params, self.wal)
+        opened = writer.open(records)
+        self.writers[params.session_id] = writer
+        return opened
+
+    def tick(
+        self, work: list[tuple[str, list[tuple[Any, ...]]]]
+    ) -> tuple[list[Outcome | Failed], float, int]:
+        out: list[Outcome | Failed] = []
+        for sid, items in work:
+            writer = self.writers.get(sid)
+            if writer is None:
+                out.append(Failed(f"session {sid} is not open in this lane"))
+                continue
+            try:
+                out.append(writer.process(items))
+            except Exception as exc:  # one session's failure is that session's alone
+                log.exception("writing failed", extra={"session_id": sid})
+                out.append(Failed(f"{type(exc).__name__}: {exc}"))
+        began = time.monotonic()
+        try:
+            self.wal.sync()
+        except OSError as exc:  # the disk failed: nothing of this tick may be acknowledged
+            log.critical("WAL sync failed: %s", exc)
+            out = [Failed(f"WAL sync failed: {exc}")] * len(work)
+        return out, time.monotonic() - began, self.wal.index
+
+    def finish(self, sid: str) -> Any:
+        return self.writers.pop(sid).finish()
+
+    def close(self, sid: str) -> None:
+        writer = self.writers.pop(sid, None)
+        if writer is not None:
+            writer.close()
+
+    def release(self, keep_from: int) -> None:
+        self.wal.release([keep_from])
+
+    def stop(self) -> None:
+        for writer in self.writers.values():
+            writer.close()
+        self.writers.clear()
+        self.wal.close()
+
+
+def lane_main(
+    conn: Connection, directory: str, rotate_bytes: int, log_setup: LogSetup | None
+) -> None:
+    """A lane process: serve requests until ``stop`` or until the server's end closes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if log_setup is not None:
+        log_setup[0](*log_setup[1])
+    state = _LaneState(Path(directory), rotate_bytes)
+    while True:
+        try:
+            op, args = conn.recv()
+        except (EOFError, OSError):  # the server is gone: make what we hold durable and go
+            state.stop()
+            return
+        try:
+            reply: tuple[str, Any] = ("ok", getattr(state, op)(*args))
+        except Exception as exc:
+            log.exception("lane request %s failed", op)
+            reply = ("err", f"{type(exc).__name__}: {exc}")
+        conn.send(reply)
+        if op == "stop":
+            return
+
+
+# the server's side ----------------------------------------------------------------------------
+
+
+class Lane:
+    """The server's handle on one lane process."""
+
+    def __init__(
+        self, number: int, directory: Path, rotate_bytes: int, log_setup: LogSetup | None
+    ) -> None:
+        self.number = number
+        self.directory = directory
+        self._rotate_bytes = rotate_bytes
+        self._log_setup = log_setup
+        self._conn: Connection | None = None
+        self._proc: Any = None
+        self._io = ThreadPoolExecutor(1, thread_name_prefix=f"reelhouse-lane-{number}")
+        self._dead = False
+
+    async def start(self) -> None:
+        """Start the process (blocking parts in a thread)."""
+        parent, child = _CONTEXT.Pipe()
+        self._proc = _CONTEXT.Process(
+            target=lane_main,
+            args=(child, str(self.directory), self._rotate_bytes, self._log_setup),
+            name=f"reelhouse-lane-{self.number}",
+            daemon=True,
+        )
+        await asyncio.to_thread(self._proc.start)
+        child.close()
+        self._conn = parent
+
+    @property
+    def dead(self) -> bool:
+        """The process has exited (or never answered): it takes no more requests."""
+        if not self._dead and self._proc is not None and not self._proc.is_alive():
+            self._dead = True  # (is_alive polls the exit without waiting)
+        return self._dead
+
+    @property
+    def pid(self) -> int | None:
+        """The lane's process id (None before start)."""
+        return self._proc.pid if self._proc is not None else None
+
+    async def call(self, op: str, *args: Any) -> Any:
+        """One request, answered in order after every earlier one."""
+        if self.dead:
+            raise LaneDied(f"writer lane {self.number} is gone")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._io, self._roundtrip, op, args)
+
+    def _roundtrip(self, op: str, args: tuple[Any, ...]) -> Any:
+        assert self._conn is not None
+        try:
+            self._conn.send((op, args))
+            status, value = self._conn.recv()
+        except (EOFError, OSError) as exc:
+            self._dead = True
+            raise LaneDied(f"writer lane {self.number} is gone ({exc!r})") from exc
+        if status != "ok":
+            raise LaneError(value)
+        return value
+
+    async def stop(self) -> None:
+        """Ask the lane to close its WAL and exit; kill it if it does not."""
+        if self._proc is None:
+            return
+        if not self.dead:
+            try:
+                await asyncio.wait_for(self.call("stop"), STOP_TIMEOUT_S)
+            except (LaneError, TimeoutError) as exc:
+                log.error("writer lane %d did not stop cleanly: %s", self.number, exc)
+        await asyncio.to_thread(self._join)
+        self._dead = True
+        if self._conn is not None:
+            self._conn.close()
+        self._io.shutdown(wait=False)
+
+    def _join(self) -> None:
+        self._proc.join(STOP_TIMEOUT_S)
+        if self._proc.is_alive():
+            self._proc.kill()
+            self._proc.join()
