@@ -312,7 +312,8 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     app[INGEST] = IngestHandler(manager, settings.ingest, keys.check, channels, apps.admit)
     app[WHIP] = WhipServer(channels, settings.webrtc)
     webhook_http = aiohttp.ClientSession()
-    notifier = Notifier(webhook_http)
+    notifier = Notifier(webhook_http, store=meta)
+    await notifier.start()  # notices a restart interrupted go out again
     app[NOTIFIER] = notifier
 
     async def notify(session: CloudSession, event_type: int, details: dict[str, Any]) -> None:

@@ -1,5 +1,5 @@
-"""The metadata store interface: sessions, their events, recorded files, API keys, tenants and
-browser-extension recordings.
+"""The metadata store interface: sessions, their events, recorded files, API keys, tenants,
+browser-extension recordings and the webhook outbox.
 
 SQLite (``meta_sqlite.SqliteMetaStore``) is the embedded default; the interface is kept
 narrow and SQL-neutral so a Postgres implementation can fill it later.
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from typing import Any, Protocol
 
 from .recordings import RecordingPage, RecordingRow
@@ -92,7 +93,68 @@ class CustomerRow:
     created_at: datetime
 
 
-class MetaStore(Protocol):
+class NoticeState(StrEnum):
+    """Where an outbox notice stands (a delivered one is deleted, so it has no state)."""
+
+    PENDING = "pending"
+    GIVEN_UP = "given_up"
+
+
+@dataclass(frozen=True, slots=True)
+class NoticeRow:
+    """One webhook notice in the outbox: what to send, where, and how far it got."""
+
+    notice_id: str
+    sid: str
+    sequence: int  # counted per sid from 0; never reused
+    event_type: int
+    url: str
+    secret: str = field(repr=False)  # signs the notice; kept out of reprs and logs
+    payload: bytes = field(repr=False)  # the JSON ``payload`` object as signed, byte for byte
+    created_at: datetime
+    attempts: int = 0
+    state: NoticeState = NoticeState.PENDING
+    reason: str = ""  # the last failure, or why it was given up
+    finished_at: datetime | None = None  # when it was given up
+
+
+@dataclass(slots=True)
+class NoticeWrites:
+    """A batch of outbox changes, written in one transaction by ``write_notices``."""
+
+    added: list[NoticeRow] = field(default_factory=list)  # pending or (dropped) given up
+    attempts: dict[str, tuple[int, str]] = field(default_factory=dict)  # id → (tries, error)
+    delivered: list[str] = field(default_factory=list)  # ids the receiver accepted
+    # id → (tries, why, when)
+    given_up: dict[str, tuple[int, str, datetime]] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.attempts or self.delivered or self.given_up)
+
+
+class NoticeStore(Protocol):
+    """The webhook outbox part of the metadata store (all the notifier needs)."""
+
+    async def write_notices(self, writes: NoticeWrites) -> None:
+        """In one transaction: insert ``added`` (and advance each sid's last sequence), record
+        attempts, delete delivered notices, mark given-up ones; ids not stored are ignored."""
+        ...
+
+    async def list_notices(self, state: NoticeState, sid: str | None = None) -> list[NoticeRow]:
+        """Notices in ``state`` (only ``sid``'s when given), oldest first, then by sequence."""
+        ...
+
+    async def last_notice_sequence(self, sid: str) -> int | None:
+        """The highest sequence ever given to ``sid``'s notices, or ``None``."""
+        ...
+
+    async def prune_notices(self, given_up_before: datetime, sequences_before: datetime) -> int:
+        """Forget notices given up before the first time and sequence counters untouched since
+        the second; the number of rows removed."""
+        ...
+
+
+class MetaStore(NoticeStore, Protocol):
     """Durable metadata. Every method is a single transaction; rows come back as dataclasses."""
 
     async def open(self) -> None:

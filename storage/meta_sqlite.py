@@ -19,6 +19,7 @@ from .errors import MetaConflict
 from .meta import ApiKeyRow, AppRow, CustomerRow, FileRow, SessionEventRow, SessionRow
 from .recordings import Uuid7Source
 from .recordings_sqlite import SqliteRecordings
+from .webhooks_sqlite import SqliteWebhookOutbox
 
 BUSY_TIMEOUT_MS = 5000  # how long a write waits for another connection's lock
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
@@ -92,7 +93,7 @@ def _read_migrations(directory: Path) -> list[tuple[int, str]]:
     return found
 
 
-class SqliteMetaStore(SqliteRecordings):
+class SqliteMetaStore(SqliteRecordings, SqliteWebhookOutbox):
     """A ``MetaStore`` in one SQLite file (WAL mode), migrated on ``open``."""
 
     def __init__(self, path: Path, migrations_dir: Path = MIGRATIONS_DIR) -> None:

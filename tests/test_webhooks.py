@@ -1,18 +1,19 @@
-"""The webhook notifier against a real aiohttp receiver on loopback."""
+"""The webhook notifier against a real aiohttp receiver on loopback, each test in memory and
+with the SQLite outbox (the durable mode the server runs); restarts are in test_webhooks_outbox.py.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
+from webhook_receiver import WAIT_S, Receiver
 
 from api.webhooks import (
     NOTICE_ID_HEADER,
@@ -24,81 +25,20 @@ from api.webhooks import (
     sign,
     verify_signature,
 )
+from storage.meta import NoticeState
+from storage.meta_sqlite import SqliteMetaStore
 
 SECRET = "s3cret-of-the-app"
-WAIT_S = 5.0  # upper bound on any wait for a delivery over loopback; normally milliseconds
 FAST_RETRY = {"retry_base_s": 0.005, "retry_max_s": 0.02}  # retries without slowing the tests
 
 Ev = NotificationEvent
-
-
-@dataclass
-class Hit:
-    """One request the receiver got."""
-
-    body: bytes
-    headers: dict[str, str]
-    status: int
-
-    @property
-    def json(self) -> dict[str, Any]:
-        return json.loads(self.body)
-
-    @property
-    def notice_id(self) -> str:
-        return str(self.json["noticeId"])
-
-    @property
-    def sid(self) -> str:
-        return str(self.json["payload"]["sid"])
-
-
-Behaviour = Callable[[dict[str, Any], int], Awaitable[int]]  # (notice, nth hit of it) -> status
-
-
-@dataclass
-class Receiver:
-    """A webhook receiver: records every request, answers what ``behaviour`` says."""
-
-    url: str = ""
-    hits: list[Hit] = field(default_factory=list)
-    behaviour: Behaviour | None = None
-    in_flight: dict[str, int] = field(default_factory=dict)
-    max_in_flight_per_sid: int = 0
-    changed: asyncio.Condition = field(default_factory=asyncio.Condition)
-
-    async def handle(self, request: web.Request) -> web.Response:
-        body = await request.read()
-        notice = json.loads(body)
-        sid = notice["payload"]["sid"]
-        self.in_flight[sid] = self.in_flight.get(sid, 0) + 1
-        self.max_in_flight_per_sid = max(self.max_in_flight_per_sid, self.in_flight[sid])
-        try:
-            await asyncio.sleep(0)  # let another request of the same sid overlap, if one could
-            seen = sum(1 for h in self.hits if h.notice_id == notice["noticeId"])
-            status = await self.behaviour(notice, seen) if self.behaviour else 200
-        finally:
-            self.in_flight[sid] -= 1
-        async with self.changed:
-            self.hits.append(Hit(body, dict(request.headers), status))
-            self.changed.notify_all()
-        return web.Response(status=status)
-
-    async def wait_for(self, predicate: Callable[[], bool]) -> None:
-        """Until ``predicate()`` holds after some request."""
-        async with asyncio.timeout(WAIT_S), self.changed:
-            await self.changed.wait_for(predicate)
-
-    def accepted(self, sid: str | None = None) -> list[Hit]:
-        return [h for h in self.hits if h.status == 200 and (sid is None or h.sid == sid)]
+MakeNotifier = Callable[..., Coroutine[Any, Any, Notifier]]
 
 
 @pytest.fixture
-async def receiver(aiohttp_server) -> Receiver:
+async def receiver(aiohttp_server) -> Receiver:  # type: ignore[no-untyped-def]
     rec = Receiver()
-    app = web.Application()
-    app.router.add_post("/hook", rec.handle)
-    server = await aiohttp_server(app, host="127.0.0.1", port=0)
+    server = await aiohttp_server(rec.application(), host="127.0.0.1", port=0)
     rec.url = str(server.make_url("/hook"))
     return rec
 
@@ -109,15 +49,30 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
+@pytest.fixture(params=["memory", "outbox"])
+async def store(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[SqliteMetaStore | None]:
+    """No store (notices in memory only), or a real SQLite metadata store (the outbox)."""
+    if request.param == "memory":
+        yield None
+        return
+    meta = SqliteMetaStore(tmp_path / "meta.sqlite3")
+    await meta.open()
+    yield meta
+    await meta.aclose()
+
+
 @pytest.fixture
 async def make_notifier(
-    http: aiohttp.ClientSession,
-) -> AsyncIterator[Callable[..., Notifier]]:
+    http: aiohttp.ClientSession, store: SqliteMetaStore | None
+) -> AsyncIterator[MakeNotifier]:
     made: list[Notifier] = []
 
-    def make(**kwargs: Any) -> Notifier:
-        notifier = Notifier(http, **kwargs)
+    async def make(**kwargs: Any) -> Notifier:
+        notifier = Notifier(http, store=store, **kwargs)
         made.append(notifier)
+        await notifier.start()
         return notifier
 
     yield make
@@ -144,9 +99,9 @@ def lane_tasks() -> list[asyncio.Task[Any]]:
 
 
 async def test_in_order_signed_with_increasing_sequence(
-    receiver: Receiver, make_notifier: Callable[..., Notifier]
+    receiver: Receiver, make_notifier: MakeNotifier
 ) -> None:
-    notifier = make_notifier()
+    notifier = await make_notifier()
     target = WebhookTarget(receiver.url, SECRET)
     events = [Ev.RECORDER_STARTED, Ev.UPLOADER_STARTED, *[Ev.RECORDER_SLICE_START] * 15]
     events += [Ev.RECORDER_LEAVE, Ev.UPLOADED, Ev.SESSION_EXIT]
@@ -177,9 +132,9 @@ async def test_in_order_signed_with_increasing_sequence(
 
 
 async def test_uploaded_carries_its_file_list(
-    receiver: Receiver, make_notifier: Callable[..., Notifier]
+    receiver: Receiver, make_notifier: MakeNotifier
 ) -> None:
-    notifier = make_notifier()
+    notifier = await make_notifier()
     files = [
         {
             "fileName": "sid_room.m3u8",
@@ -202,13 +157,13 @@ async def test_uploaded_carries_its_file_list(
 
 @pytest.mark.parametrize("status", [500, 503, 429])
 async def test_failure_once_is_retried_with_the_same_notice_id_in_order(
-    receiver: Receiver, make_notifier: Callable[..., Notifier], status: int
+    receiver: Receiver, make_notifier: MakeNotifier, status: int
 ) -> None:
     async def fail_first(notice: dict[str, Any], seen: int) -> int:
         return status if notice["payload"]["sequence"] == 0 and seen == 0 else 200
 
     receiver.behaviour = fail_first
-    notifier = make_notifier(**FAST_RETRY)
+    notifier = await make_notifier(**FAST_RETRY)
     target = WebhookTarget(receiver.url, SECRET)
     ids = [await notify(notifier, target, Ev.RECORDER_SLICE_START) for _ in range(3)]
 
@@ -229,14 +184,14 @@ async def test_failure_once_is_retried_with_the_same_notice_id_in_order(
 
 async def test_refusal_is_not_retried(
     receiver: Receiver,
-    make_notifier: Callable[..., Notifier],
+    make_notifier: MakeNotifier,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     async def refuse_first(notice: dict[str, Any], seen: int) -> int:
         return 400 if notice["payload"]["sequence"] == 0 else 200
 
     receiver.behaviour = refuse_first
-    notifier = make_notifier(**FAST_RETRY)
+    notifier = await make_notifier(**FAST_RETRY)
     target = WebhookTarget(receiver.url, SECRET)
     refused = await notify(notifier, target, Ev.WARNING, warnCode=32)
     later = await notify(notifier, target, Ev.SESSION_EXIT, exitStatus=0)
@@ -250,12 +205,12 @@ async def test_refusal_is_not_retried(
 
 
 async def test_unreachable_receiver_is_retried_then_given_up(
-    make_notifier: Callable[..., Notifier], caplog: pytest.LogCaptureFixture
+    make_notifier: MakeNotifier, caplog: pytest.LogCaptureFixture
 ) -> None:
     with socket.socket() as sock:  # a port that was just free: nothing listens on it
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    notifier = make_notifier(attempts=3, **FAST_RETRY)
+    notifier = await make_notifier(attempts=3, **FAST_RETRY)
     caplog.set_level(logging.INFO, logger="api.webhooks")
     notice_id = await notify(notifier, WebhookTarget(f"http://127.0.0.1:{port}/hook", SECRET), 40)
 
@@ -268,12 +223,12 @@ async def test_unreachable_receiver_is_retried_then_given_up(
 
 
 async def test_too_old_is_given_up_before_its_attempts_run_out(
-    make_notifier: Callable[..., Notifier],
+    make_notifier: MakeNotifier,
 ) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    notifier = make_notifier(attempts=1000, max_age_s=0.05, **FAST_RETRY)
+    notifier = await make_notifier(attempts=1000, max_age_s=0.05, **FAST_RETRY)
     await notify(notifier, WebhookTarget(f"http://127.0.0.1:{port}/hook", SECRET), Ev.UPLOADED)
     await joined(notifier)
     assert notifier.stats.dropped_expired == 1
@@ -293,13 +248,13 @@ class RetryScheduled(logging.Handler):
 
 
 async def test_a_notice_waiting_on_its_retry_can_be_dropped(
-    receiver: Receiver, make_notifier: Callable[..., Notifier]
+    receiver: Receiver, make_notifier: MakeNotifier
 ) -> None:
     async def fail_first(notice: dict[str, Any], seen: int) -> int:
         return 500 if notice["payload"]["sequence"] == 0 else 200
 
     receiver.behaviour = fail_first
-    notifier = make_notifier(max_queue=1, retry_base_s=0.1, retry_max_s=0.1)
+    notifier = await make_notifier(max_queue=1, retry_base_s=0.1, retry_max_s=0.1)
     retrying = RetryScheduled()
     logger = logging.getLogger("api.webhooks")
     logger.addHandler(retrying)
@@ -319,9 +274,7 @@ async def test_a_notice_waiting_on_its_retry_can_be_dropped(
     assert notifier.stats.dropped_overflow == 1 and notifier.stats.sent == 1
 
 
-async def test_timeout_is_retried(
-    receiver: Receiver, make_notifier: Callable[..., Notifier]
-) -> None:
+async def test_timeout_is_retried(receiver: Receiver, make_notifier: MakeNotifier) -> None:
     never = asyncio.Event()  # set at the end so the hung handler returns
 
     calls: list[int] = []
@@ -333,7 +286,7 @@ async def test_timeout_is_retried(
         return 200
 
     receiver.behaviour = hang_first
-    notifier = make_notifier(timeout_s=0.2, **FAST_RETRY)
+    notifier = await make_notifier(timeout_s=0.2, **FAST_RETRY)
     notice_id = await notify(notifier, WebhookTarget(receiver.url, SECRET), Ev.UPLOADED)
     await receiver.wait_for(lambda: len(receiver.accepted()) == 1)
     assert receiver.accepted()[0].notice_id == notice_id
@@ -342,7 +295,7 @@ async def test_timeout_is_retried(
 
 
 async def test_a_slow_sid_does_not_hold_up_another(
-    receiver: Receiver, make_notifier: Callable[..., Notifier]
+    receiver: Receiver, make_notifier: MakeNotifier
 ) -> None:
     release = asyncio.Event()
     slow_arrived = asyncio.Event()
@@ -354,7 +307,7 @@ async def test_a_slow_sid_does_not_hold_up_another(
         return 200
 
     receiver.behaviour = slow_sid_waits
-    notifier = make_notifier()
+    notifier = await make_notifier()
     target = WebhookTarget(receiver.url, SECRET)
     slow = [await notify(notifier, target, Ev.RECORDER_STARTED, sid="slow") for _ in range(2)]
     async with asyncio.timeout(WAIT_S):
@@ -372,7 +325,7 @@ async def test_a_slow_sid_does_not_hold_up_another(
 
 async def test_queue_bound_drops_lowest_tier_oldest_first(
     receiver: Receiver,
-    make_notifier: Callable[..., Notifier],
+    make_notifier: MakeNotifier,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     release = asyncio.Event()
@@ -385,7 +338,7 @@ async def test_queue_bound_drops_lowest_tier_oldest_first(
         return 200
 
     receiver.behaviour = hold_first
-    notifier = make_notifier(max_queue=5)
+    notifier = await make_notifier(max_queue=5)
     target = WebhookTarget(receiver.url, SECRET)
 
     async def raise_(event: Ev) -> str:
@@ -418,7 +371,7 @@ async def test_queue_bound_drops_lowest_tier_oldest_first(
 
 async def test_queue_of_critical_notices_drops_the_oldest_loudly(
     receiver: Receiver,
-    make_notifier: Callable[..., Notifier],
+    make_notifier: MakeNotifier,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     release = asyncio.Event()
@@ -430,7 +383,7 @@ async def test_queue_of_critical_notices_drops_the_oldest_loudly(
         return 200
 
     receiver.behaviour = hold
-    notifier = make_notifier(max_queue=2)
+    notifier = await make_notifier(max_queue=2)
     target = WebhookTarget(receiver.url, SECRET)
     held = await notify(notifier, target, Ev.UPLOADED)
     async with asyncio.timeout(WAIT_S):
@@ -446,7 +399,7 @@ async def test_queue_of_critical_notices_drops_the_oldest_loudly(
 
 
 async def test_aclose_waits_a_little_then_stops_without_leaks(
-    receiver: Receiver, make_notifier: Callable[..., Notifier]
+    receiver: Receiver, make_notifier: MakeNotifier, store: SqliteMetaStore | None
 ) -> None:
     release = asyncio.Event()
     arrived = asyncio.Event()
@@ -457,7 +410,7 @@ async def test_aclose_waits_a_little_then_stops_without_leaks(
         return 200
 
     receiver.behaviour = hang
-    notifier = make_notifier()
+    notifier = await make_notifier()
     target = WebhookTarget(receiver.url, SECRET)
     for sid in ("a", "b"):
         for _ in range(2):
@@ -467,17 +420,19 @@ async def test_aclose_waits_a_little_then_stops_without_leaks(
 
     await notifier.aclose(drain_timeout=0.05)
     assert notifier.pending == 0 and not lane_tasks()
-    assert notifier.stats.dropped_closed == 4
+    if store is None:
+        assert notifier.stats.dropped_closed == 4
+    else:  # kept for the next start, not dropped
+        assert notifier.stats.dropped_closed == 0
+        assert len(await store.list_notices(NoticeState.PENDING)) == 4
     await notifier.aclose()  # harmless
     with pytest.raises(NotifierClosedError):
         await notify(notifier, target, Ev.WARNING)
     release.set()
 
 
-async def test_aclose_drains_what_it_can(
-    receiver: Receiver, make_notifier: Callable[..., Notifier]
-) -> None:
-    notifier = make_notifier()
+async def test_aclose_drains_what_it_can(receiver: Receiver, make_notifier: MakeNotifier) -> None:
+    notifier = await make_notifier()
     target = WebhookTarget(receiver.url, SECRET)
     for _ in range(3):
         await notify(notifier, target, Ev.RECORDER_SLICE_START)
@@ -499,7 +454,7 @@ def test_verify_signature_rejects_tampering() -> None:
     assert verify_signature(SECRET, body, f"v1={'0' * 64}, {header}")  # a rotation's pair
 
 
-async def test_bad_input_is_refused_when_raised(make_notifier: Callable[..., Notifier]) -> None:
+async def test_bad_input_is_refused_when_raised(make_notifier: MakeNotifier) -> None:
     with pytest.raises(ValueError):
         WebhookTarget("ftp://example.com/hook", SECRET)
     with pytest.raises(ValueError):
@@ -507,7 +462,7 @@ async def test_bad_input_is_refused_when_raised(make_notifier: Callable[..., Not
     with pytest.raises(ValueError):
         WebhookTarget("http://example.com/hook", "")
     assert SECRET not in repr(WebhookTarget("http://example.com/hook", SECRET))
-    notifier = make_notifier()
+    notifier = await make_notifier()
     target = WebhookTarget("http://127.0.0.1:9/hook", SECRET)
     with pytest.raises(ValueError):
         await notify(notifier, target, 99)
@@ -518,11 +473,13 @@ async def test_bad_input_is_refused_when_raised(make_notifier: Callable[..., Not
     assert notifier.pending == 0
 
 
-async def test_metrics_samples(make_notifier: Callable[..., Notifier]) -> None:
-    names = {name for name, *_ in make_notifier().samples()}
+async def test_metrics_samples(make_notifier: MakeNotifier) -> None:
+    names = {name for name, *_ in (await make_notifier()).samples()}
     assert names == {
         "reelhouse_webhooks_pending",
         "reelhouse_webhooks_sent_total",
         "reelhouse_webhooks_failed_attempts_total",
         "reelhouse_webhooks_dropped_total",
+        "reelhouse_webhooks_outbox_writes_total",
+        "reelhouse_webhooks_outbox_errors_total",
     }
