@@ -56,10 +56,11 @@ def temp_path_for(dest: Path) -> Path:
     return dest.with_name(f"{TEMP_PREFIX}{dest.name}.{uuid.uuid4().hex}")
 
 
-def write_atomic(dest: Path, data: bytes, mode: int = 0o666) -> None:
+def write_atomic(dest: Path, data: bytes, mode: int = 0o666, *, sync_dir: bool = True) -> None:
     """Replace ``dest`` with ``data`` so that a crash leaves either the old or the new content.
 
     ``mode`` (less the umask) is set from the start: a secret is never readable by others.
+    ``sync_dir=False`` leaves the directory's fsync to the caller (one for several entries).
     """
     tmp = temp_path_for(dest)
     try:
@@ -71,7 +72,8 @@ def write_atomic(dest: Path, data: bytes, mode: int = 0o666) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    fsync_dir(dest.parent)
+    if sync_dir:
+        fsync_dir(dest.parent)
 
 
 def copy_durable(src: Path, dest: Path) -> None:
@@ -82,11 +84,12 @@ def copy_durable(src: Path, dest: Path) -> None:
         os.fsync(fout.fileno())
 
 
-def place_atomic(src: Path, dest: Path, *, move: bool) -> None:
+def place_atomic(src: Path, dest: Path, *, move: bool, sync_dir: bool = True) -> None:
     """Put ``src``'s content at ``dest`` atomically: rename (``move``) or hard link, else copy.
 
     Rename and link only work within one filesystem; any other case falls back to a fsync'd
     copy. With ``move`` the source is gone afterwards; without it the source stays put.
+    ``sync_dir=False`` leaves the fsync of ``dest``'s directory to the caller.
     """
     tmp = temp_path_for(dest)
     try:
@@ -98,7 +101,8 @@ def place_atomic(src: Path, dest: Path, *, move: bool) -> None:
                     raise
             else:
                 fsync_file(dest)  # the writer may not have flushed it
-                fsync_dir(dest.parent)
+                if sync_dir:
+                    fsync_dir(dest.parent)
                 return
         linked = False
         if not move:
@@ -116,7 +120,8 @@ def place_atomic(src: Path, dest: Path, *, move: bool) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    fsync_dir(dest.parent)
+    if sync_dir or move:  # a cross-filesystem move must be durable before the source goes
+        fsync_dir(dest.parent)
     if move:
         src.unlink(missing_ok=True)  # copied across filesystems: only now is the move complete
 

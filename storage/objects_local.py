@@ -14,7 +14,14 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-from .durable import TEMP_PREFIX, ensure_dir, place_atomic, remove_quietly, write_atomic
+from .durable import (
+    TEMP_PREFIX,
+    ensure_dir,
+    fsync_dir,
+    place_atomic,
+    remove_quietly,
+    write_atomic,
+)
 from .errors import ObjectNotFound, StorageError, StoreRefused, StoreUnavailable
 from .objects import DEFAULT_CHUNK_BYTES, DEFAULT_PRESIGN_EXPIRY_S, ObjectInfo, content_type_for
 from .presign import UrlSigner
@@ -106,7 +113,10 @@ class LocalObjectStore:
                 place_atomic(src, dest, move=False)
             else:
                 write_atomic(dest, data)
-            self._write_sidecar(key, ctype)
+            if ctype != content_type_for(key):
+                self._write_sidecar(key, ctype)
+            elif remove_quietly(self._sidecar(key)):  # the extension's type, as read back
+                fsync_dir(self._sidecar(key).parent)
             info = self._info_sync(key)
         except OSError as exc:
             raise _map_os_error(exc, key) from exc

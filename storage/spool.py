@@ -312,10 +312,12 @@ class Spool:
     ) -> None:
         stem = _stem(item.item_id)
         data_path = self.directory / (stem + DATA_SUFFIX)
+        # the data and its manifest each fsync'd, then one fsync of the directory for both
+        # entries: add() returns only after it, and recovery drops either one alone
         if src is not None:
-            place_atomic(src, data_path, move=move)  # fsyncs the file and the directory
+            place_atomic(src, data_path, move=move, sync_dir=False)
         else:
-            write_atomic(data_path, data)
+            write_atomic(data_path, data, sync_dir=False)
         manifest = {
             "item_id": item.item_id,
             "key": item.key,

@@ -43,6 +43,19 @@ async def test_explicit_content_type_survives_in_sidecar(store: LocalObjectStore
     assert (store.root / "a" / "blob").read_bytes() == b"x"
 
 
+async def test_the_extension_type_needs_no_sidecar(store: LocalObjectStore) -> None:
+    """The usual case writes one file (no sidecar to fsync); replacing an object that had a
+    custom type with one of the extension's type drops the old sidecar."""
+    await store.put_bytes("s/index.m3u8", b"#EXTM3U\n")
+    assert not list(store.root.rglob("*.m3u8.*"))  # no sidecar beside or under .meta
+    await store.put_bytes("s/index.m3u8", b"#EXTM3U\n", content_type="text/plain")
+    head = await store.head("s/index.m3u8")
+    assert head is not None and head.content_type == "text/plain"
+    await store.put_bytes("s/index.m3u8", b"#EXTM3U\n")
+    head = await store.head("s/index.m3u8")
+    assert head is not None and head.content_type == "application/vnd.apple.mpegurl"
+
+
 async def test_put_file_leaves_source_and_replaces(store: LocalObjectStore, tmp_path: Path) -> None:
     src = tmp_path / "seg.ts"
     src.write_bytes(b"A" * 1000)
