@@ -4,9 +4,11 @@ sessions (individual and mix), their files in the user's bucket, and their statu
 A resource (``acquire``) lives 5 minutes and serves one session; its id names the node it was
 placed on (``<node>.<random>``), so a cluster can route the calls that carry it. A session
 (``start``) subscribes to the channel: in mix mode one :class:`ChannelMixRecorder`, in individual
-mode one :class:`MemberRecorder` per subscribed uid, started as they join. Every finished file
-goes through the spool to the ``storageConfig``'s bucket (registered, so files still reach it
-after a restart). HTTP, auth and request parsing live in ``cloud_recording_routes``.
+mode one :class:`UidRecorder` per subscribed uid (separate audio and video playlists, a merged
+one with streamMode "standard", snapshots), started as they join, up to the subscribeUidGroup's
+bound. Every finished file goes through the spool to the ``storageConfig``'s bucket
+(registered, so files still reach it after a restart). HTTP, auth and request parsing live in
+``cloud_recording_routes``.
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from ingest.channel_mix import EVERYONE, ChannelMixRecorder, UidSelector
-from ingest.channels import ChannelRegistry, Subscription
-from ingest.member_recorder import MemberRecorder
+from ingest.channels import ChannelEvent, ChannelRegistry, Subscription
+from ingest.individual import UidRecorder
 from mixer.layout import LayoutSpec
+from mixer.member_writer import DEFAULT_OUTPUTS, SEPARATE, MemberOutputs, OutputKind
 from mixer.mix import FileType, MixConfig, MixStyle
 from mixer.segmenter import SegmentInfo
 from storage.errors import SpoolFull
@@ -118,7 +121,12 @@ class CloudSession:
     status: int = Status.INITIALISED
     started_ms: int = 0
     mix: ChannelMixRecorder | None = None
-    members: dict[str, MemberRecorder] = field(default_factory=dict)
+    members: dict[str, UidRecorder] = field(default_factory=dict)
+    outputs: MemberOutputs = DEFAULT_OUTPUTS  # individual mode: the playlists, snapshots
+    max_uids: int | None = None  # individual mode: subscribeUidGroup's upper bound
+    over_cap: set[str] = field(default_factory=set)  # uids left out for the bound (logged)
+    resume: dict[str, dict[OutputKind, int]] = field(default_factory=dict)  # stopped uids
+    sliced: set[str] = field(default_factory=set)  # uids whose slice start (42) was told
     audio_uids: UidSelector = EVERYONE
     video_uids: UidSelector = EVERYONE
     playlists: dict[str, FileEntry] = field(default_factory=dict)  # name → entry
@@ -141,6 +149,28 @@ class CloudSession:
         if self.mode == "mix" and self.file_types == frozenset({FileType.HLS}):
             return "string", entries[0].name if entries else ""
         return "json", [e.to_json() for e in entries]
+
+
+def member_outputs(
+    stream_mode: str = "default",
+    stream_types: int = 2,
+    *,
+    record: bool = True,
+    snapshot_every_s: float | None = None,
+) -> MemberOutputs:
+    """Individual mode's files from ``streamMode`` and ``streamTypes``: "default" separate
+    audio and video playlists, "standard" a merged one too (with both kinds subscribed),
+    "original" (with audio only, streamTypes 0) the audio as received; ``record`` false:
+    snapshots only, no playlist."""
+    if not record:
+        playlists: frozenset[OutputKind] = frozenset()
+    elif stream_mode == "original" and stream_types == 0:
+        return MemberOutputs(frozenset({OutputKind.AUDIO}), True, snapshot_every_s)
+    elif stream_mode == "standard" and stream_types == 2:
+        playlists = SEPARATE | {OutputKind.AV}
+    else:
+        playlists = SEPARATE
+    return MemberOutputs(playlists, False, snapshot_every_s)
 
 
 def new_resource_id(node: str) -> str:
@@ -229,8 +259,14 @@ class CloudRecordingService:
         segment_s: float = 4.0,
         max_idle_s: float = 30.0,
         snapshot_every_s: float | None = None,
+        outputs: MemberOutputs | None = None,
+        max_uids: int | None = None,
     ) -> CloudSession:
-        """Start recording ``cname``; the bucket is checked first (a bad one fails the start)."""
+        """Start recording ``cname``; the bucket is checked first (a bad one fails the start).
+
+        Individual mode: ``outputs`` (see :func:`member_outputs`; by default separate audio and
+        video playlists, with snapshots every ``snapshot_every_s``), at most ``max_uids`` uids.
+        """
         res = self.resource(appid, resource_id)
         if res.sid is not None:
             raise CloudFailure(7, "start was already called on this resource")
@@ -250,7 +286,8 @@ class CloudRecordingService:
             mode,
             store_id,
             directory,
-            file_types if mode == "mix" else frozenset({FileType.HLS, FileType.MP4}),
+            # individual mode writes HLS only: the seed's "use the default value" ["hls"]
+            file_types if mode == "mix" else frozenset({FileType.HLS}),
             status=Status.STARTING,
             started_ms=int(self._clock() * 1000),
             audio_uids=audio_uids,
@@ -258,6 +295,8 @@ class CloudRecordingService:
             segment_s=segment_s,
             max_idle_s=max_idle_s,
             snapshot_every_s=snapshot_every_s,
+            outputs=outputs or member_outputs(snapshot_every_s=snapshot_every_s),
+            max_uids=max_uids,
         )
         self.sessions[sid] = session
         if mode == "mix":
@@ -273,12 +312,14 @@ class CloudRecordingService:
                 audio_uids=audio_uids,
                 video_uids=video_uids,
                 segment_target_s=segment_s,
-                on_segment=lambda info: self._segment(session, info, "0", True),
+                on_segment=lambda info: self._segment(session, info, "0", True, None),
                 utc_segment_names=True,
             )
             await session.mix.start()
         else:
             sub = self.registry.subscribe(appid, cname, media=False)
+            # who is there already is recorded before start returns (the first event)
+            await self._on_members(session, await sub.next_event())
             session.watcher = asyncio.create_task(self._follow(session, sub))
         session.status = Status.RECORDING
         session.idle_task = asyncio.create_task(self._watch_idle(session), name=f"idle-{sid}")
@@ -327,48 +368,92 @@ class CloudRecordingService:
         return session.audio_uids.allows(uid) or session.video_uids.allows(uid)
 
     async def _follow(self, session: CloudSession, sub: Subscription) -> None:
-        """Individual mode: a recorder for each subscribed member, from its join on."""
+        """Individual mode: a recorder for each subscribed member, from its join on. A member
+        who leaves keeps its recorder: if it comes back, its playlists go on (after a
+        discontinuity when it was away long)."""
         try:
             while (event := await sub.next_event()) is not None:
-                uids = (
-                    [m["uid"] for m in event.members] if event.kind == "snapshot" else [event.uid]
-                )
-                if event.kind in ("snapshot", "join"):
-                    for uid in uids:
-                        if uid not in session.members and self._wanted(session, uid):
-                            self._record_member(session, uid)
+                await self._on_members(session, event)
         finally:
             sub.close()
 
-    def _record_member(self, session: CloudSession, uid: str) -> None:
+    async def _on_members(self, session: CloudSession, event: ChannelEvent | None) -> None:
+        if event is None or event.kind not in ("snapshot", "join"):
+            return
+        uids = [m["uid"] for m in event.members] if event.kind == "snapshot" else [event.uid]
+        for uid in uids:
+            if uid not in session.members and self._wanted(session, uid):
+                await self._record_member(session, uid)
+
+    async def _record_member(self, session: CloudSession, uid: str) -> None:
+        if session.max_uids is not None and len(session.members) >= session.max_uids:
+            if uid not in session.over_cap:
+                session.over_cap.add(uid)
+                log.warning(
+                    "cloud recording %s: uid %s is not recorded: subscribeUidGroup allows %d "
+                    "uids and %d are being recorded",
+                    session.sid, uid, session.max_uids, len(session.members),
+                )  # fmt: skip
+            return
         res = session.resource
-        name = f"{session.sid}_{res.cname}__uid_s_{uid}__uid_e_av"
-        recorder = MemberRecorder(
+        audio, video = session.audio_uids.allows(uid), session.video_uids.allows(uid)
+        outputs = session.outputs
+        if not (audio and video) and OutputKind.AV in outputs.playlists:
+            # a merged playlist of one kind would repeat that kind's own playlist
+            outputs = dataclasses.replace(outputs, playlists=outputs.playlists - {OutputKind.AV})
+        recorder = UidRecorder(
             self.registry,
             res.appid,
             res.cname,
             uid,
             session.directory / uid,
+            outputs,
+            name=f"{session.sid}_{res.cname}__uid_s_{uid}__uid_e",
+            audio=audio,
+            video=video,
             segment_target_s=session.segment_s,
-            name=name,
-            on_segment=lambda info: self._segment(session, info, uid, False),
-            snapshot_every_s=session.snapshot_every_s,
+            on_segment=lambda kind, info: self._segment(session, info, uid, False, kind),
             on_snapshot=lambda path, ms: self._snapshot(session, uid, path, ms),
-            utc_segment_names=True,
+            resume=session.resume.pop(uid, None),
         )
-        session.members[uid] = recorder
-        recorder.start()
+        session.members[uid] = recorder  # before the await: a second caller sees it
+        session.over_cap.discard(uid)
+        await recorder.start()
+
+    async def _stop_member(self, session: CloudSession, uid: str) -> None:
+        """An update unsubscribed ``uid`` from everything: its playlists are ended and
+        uploaded; subscribed again later, they continue after a discontinuity."""
+        recorder = session.members.pop(uid)
+        output = await recorder.stop()
+        session.sliced.discard(uid)
+        if output is None or not output.playlists:
+            return
+        session.resume[uid] = output.next_index
+        session.upload_tail = asyncio.create_task(
+            self._upload(session, list(output.playlists.values()), after=session.upload_tail)
+        )
 
     # files ------------------------------------------------------------------------------------
 
-    def _segment(self, session: CloudSession, info: SegmentInfo, uid: str, mixed: bool) -> None:
-        """A segment closed: upload it, then the playlist that names it (in order)."""
+    def _segment(
+        self,
+        session: CloudSession,
+        info: SegmentInfo,
+        uid: str,
+        mixed: bool,
+        kind: OutputKind | None,
+    ) -> None:
+        """A segment closed: upload it, then the playlist that names it (in order). The first
+        segment of a uid's recording is its slice start (42)."""
         playlist = info.path.with_name(info.path.name.rsplit("_", 1)[0] + ".m3u8")
+        slice_ms = int(info.program_date_time.timestamp() * 1000)
         if playlist.name not in session.playlists:
+            track_type = "audio_and_video" if kind is None else kind.track_type
             session.playlists[playlist.name] = FileEntry(
-                playlist.name, "audio_and_video", uid, mixed, session.started_ms
+                playlist.name, track_type, uid, mixed, slice_ms
             )
-            slice_ms = int(info.program_date_time.timestamp() * 1000)
+        if uid not in session.sliced:
+            session.sliced.add(uid)
             details = {"msgName": "recorder_slice_start", "startUtcMs": slice_ms, "uid": uid}
             self._spawn(session, self._event(session, 42, details))
         # each upload waits for the one before: the spool gets the files in segment order
@@ -450,10 +535,15 @@ class CloudRecordingService:
         if session.mix is not None:
             await session.mix.update_subscriptions(audio, video)
             return
+        for uid, recorder in list(session.members.items()):
+            if self._wanted(session, uid):
+                await recorder.set_kinds(audio.allows(uid), video.allows(uid))
+            else:
+                await self._stop_member(session, uid)
         channel = self.registry.get(session.resource.appid, session.resource.cname)
         for uid in list(channel.members) if channel is not None else []:
             if uid not in session.members and self._wanted(session, uid):
-                self._record_member(session, uid)
+                await self._record_member(session, uid)
 
     async def stop(
         self, session: CloudSession, *, async_stop: bool = False, leave_code: int = 0
@@ -467,31 +557,29 @@ class CloudRecordingService:
             session.idle_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await session.idle_task
-        outputs = []
+        finals: list[Path] = []
         if session.mix is not None:
-            outputs.append(("0", True, await session.mix.stop()))
+            mixed = await session.mix.stop()
+            if mixed is not None:
+                finals.append(mixed.playlist)
+                for path, _ in mixed.mp4s if FileType.MP4 in session.file_types else []:
+                    finals.append(path)
+                    session.mp4s.append(
+                        FileEntry(path.name, "audio_and_video", "0", True, session.started_ms)
+                    )
         if session.watcher is not None:
             session.watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await session.watcher
-        for uid, recorder in session.members.items():
-            outputs.append((uid, False, await recorder.stop()))
+        for recorder in list(session.members.values()):
+            output = await recorder.stop()
+            if output is not None:
+                finals += output.playlists.values()
         if session.upload_tail is not None:
             await session.upload_tail  # every segment and playlist is in the spool
         await asyncio.gather(*session.side_tasks)
-        finals: list[Path] = []
-        for uid, mixed, output in outputs:
-            if output is None:
-                continue
-            finals.append(output.playlist)
-            if FileType.MP4 in session.file_types or not mixed:
-                for path, _ in output.mp4s:
-                    finals.append(path)
-                    session.mp4s.append(
-                        FileEntry(path.name, "audio_and_video", uid, mixed, session.started_ms)
-                    )
         await self._event(session, 41, {"msgName": "recorder_leave", "leaveCode": leave_code})
-        if not finals:
+        if not finals and not session.snapshots and not session.playlists:
             session.status = Status.EXITED
             await self._event(session, 11, {"msgName": "session_exit", "exitStatus": 0})
             raise CloudFailure(435, "no file was recorded: nobody published in the channel")

@@ -19,7 +19,7 @@ from ingest.tokens import Role, TokenError, verify
 from mixer.mix import FileType, fetch_style
 from storage.errors import StorageError
 
-from .cloud_recording import CloudFailure, CloudRecordingService, CloudSession
+from .cloud_recording import CloudFailure, CloudRecordingService, CloudSession, member_outputs
 from .cloud_recording_schema import (
     CloudError,
     check_start_matches_acquire,
@@ -30,6 +30,7 @@ from .cloud_recording_schema import (
     parse_update,
     parse_update_layout,
 )
+from .cloud_recording_schema_start import UID_GROUP_MAX
 from .customers import CustomerAuth
 from .keys import APPS
 
@@ -173,14 +174,22 @@ async def start(request: web.Request) -> web.Response:
     await _check_token(request, req.cname, req.uid, req.config.token)
     config = req.config
     mix = config.mix
+    recording = config.recording
+    snapshot_s = float(config.snapshot.capture_interval_s) if config.snapshot else None
+    group = recording.subscribe_uid_group
     session = await service.start(
         appid, rid, str(req.mode), req.cname, req.uid, config.storage,
         mix=mix,
         file_types=mix.file_types if mix is not None else frozenset({FileType.HLS}),
-        audio_uids=selector(config.recording.audio_filter),
-        video_uids=selector(config.recording.video_filter),
-        max_idle_s=float(config.recording.max_idle_time_s),
-        snapshot_every_s=float(config.snapshot.capture_interval_s) if config.snapshot else None,
+        audio_uids=selector(recording.audio_filter),
+        video_uids=selector(recording.video_filter),
+        max_idle_s=float(recording.max_idle_time_s),
+        snapshot_every_s=snapshot_s,
+        outputs=member_outputs(
+            str(recording.stream_mode), int(recording.stream_types),
+            record=not req.snapshots_only, snapshot_every_s=snapshot_s,
+        ),
+        max_uids=UID_GROUP_MAX[group] if group is not None and mix is None else None,
     )  # fmt: skip
     session.config = config
     return web.json_response(

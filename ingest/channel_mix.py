@@ -24,7 +24,7 @@ from mixer.mix import MixConfig, MixOutput, MixRecorder, MixStyle
 from mixer.segmenter import SegmentInfo
 
 from .channels import ChannelEvent, ChannelRegistry, MediaFrame, Subscription
-from .member_recorder import FrameDecoders, TrackClock
+from .member_frames import FrameDecoders, TrackClock
 
 log = logging.getLogger(__name__)
 

@@ -117,16 +117,23 @@ class MediaFrame:
     pts_us: int
     keyframe: bool = True  # audio frames are all "key"
     codec: str = ""  # of encoded data (WebSocket publishers); "" for decoded frames
+    dts_us: int | None = None  # decode time of encoded data, when it differs from pts_us
 
 
 class Subscription:
     """One consumer's view of a channel: events and media, each in a bounded queue."""
 
     def __init__(
-        self, channel: Channel, max_events: int, max_media: int, media: bool = True
+        self,
+        channel: Channel,
+        max_events: int,
+        max_media: int,
+        media: bool = True,
+        uid: str | None = None,
     ) -> None:
         self.channel = channel
         self.wants_media = media  # False: events only (who is there), no frames held
+        self.uid = uid  # media of this member only (None: everyone's)
         self._events: deque[ChannelEvent] = deque()
         self._media: deque[MediaFrame] = deque()
         self._max_events, self._max_media = max_events, max_media
@@ -149,7 +156,7 @@ class Subscription:
         self._event_ready.set()
 
     def _offer(self, frame: MediaFrame) -> None:
-        if not self.wants_media:
+        if not self.wants_media or (self.uid is not None and frame.uid != self.uid):
             return
         stream = (frame.uid, frame.track_id)
         if frame.kind == "video":
@@ -203,6 +210,11 @@ class Subscription:
             self._media_ready.clear()
             await self._media_ready.wait()
         return self._media.popleft()
+
+    def take_media(self, limit: int) -> list[MediaFrame]:
+        """Up to ``limit`` frames that are queued already, without waiting (a batch)."""
+        media = self._media
+        return [media.popleft() for _ in range(min(limit, len(media)))]
 
     def close(self) -> None:
         """Stop receiving; what is queued can still be read, then the readers get ``None``."""
@@ -332,10 +344,12 @@ class ChannelRegistry:
         max_media: int | None = None,
         *,
         media: bool = True,
+        uid: str | None = None,
     ) -> Subscription:
         """A new subscription; its first event is a snapshot of who is already there.
 
         ``media=False`` for a watcher that only needs joins and leaves: no frames are queued.
+        ``uid``: only that member's media is queued (a recorder of one member).
         """
         channel = self._channel(appid, cname)
         sub = Subscription(
@@ -343,6 +357,7 @@ class ChannelRegistry:
             max_events or self._max_events,
             max_media or self._max_media,
             media,
+            uid,
         )
         channel.subscribers.append(sub)
         sub._event(ChannelEvent("snapshot", members=channel.snapshot()))

@@ -24,6 +24,7 @@ from mixer.transcode import (
     TICKS_PER_S,
     AudioTranscoder,
     Normaliser,
+    OpusPassthrough,
     create_normaliser,
 )
 from mixer.webm import WebmDemuxer, WebmPacket
@@ -158,6 +159,8 @@ class HlsWriter:
             slot = StreamSlot(spec.kind, spec.width, spec.height, spec.sample_rate)
             if spec.kind is Kind.AUDIO and isinstance(normaliser, AudioTranscoder):
                 slot = StreamSlot(Kind.AUDIO)
+            elif isinstance(normaliser, OpusPassthrough):
+                slot = StreamSlot(Kind.AUDIO, codec=str(Codec.OPUS))
             track = _Track(spec.kind, self._new_slot(slot), normaliser)
         self._tracks[spec.track_id] = track
 

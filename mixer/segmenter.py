@@ -38,12 +38,13 @@ class SegmentInfo:
 
 @dataclass(frozen=True, slots=True)
 class StreamSlot:
-    """An output elementary stream of the segments: H.264 video or AAC audio."""
+    """An output elementary stream of the segments: H.264 video, AAC (or Opus) audio."""
 
     kind: Kind
     width: int = 0
     height: int = 0
     sample_rate: int = 48_000
+    codec: str = ""  # "": H.264 for video, AAC for audio
 
 
 class TsSegment:
@@ -59,7 +60,7 @@ class TsSegment:
         self._streams = [
             self._container.add_mux_stream("h264", width=s.width, height=s.height)
             if s.kind is Kind.VIDEO
-            else self._container.add_mux_stream("aac", rate=s.sample_rate)
+            else self._container.add_mux_stream(s.codec or "aac", rate=s.sample_rate)
             for s in slots
         ]
         self._mux_one = self._container.mux_one  # Bound once: called for every packet.

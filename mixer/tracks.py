@@ -41,7 +41,8 @@ class TrackSpec:
     For AAC, `extradata` is the AudioSpecificConfig when frames are raw and empty when frames
     carry ADTS headers. For H.264, `extradata` is an avcC record when frames are
     length-prefixed; empty (the normal case) means Annex B. A `webm` track is of kind video and
-    carries consecutive chunks of one WebM byte stream holding both video and audio.
+    carries consecutive chunks of one WebM byte stream holding both video and audio. `copy`
+    (Opus only) writes the packets as received instead of transcoding them to AAC.
     """
 
     track_id: int
@@ -52,6 +53,7 @@ class TrackSpec:
     sample_rate: int = DEFAULT_SAMPLE_RATE_HZ
     channels: int = 1
     extradata: bytes = b""
+    copy: bool = False
 
     def __post_init__(self) -> None:
         allowed = VIDEO_CODECS if self.kind is Kind.VIDEO else AUDIO_CODECS

@@ -1,7 +1,9 @@
 """Per-track input normalisers: turn client frames into H.264 (Annex B) or AAC (ADTS) packets.
 
 H.264 and AAC pass through untouched (never decode what you only store); VP8/VP9 are
-transcoded to H.264 with libx264 and Opus to AAC with FFmpeg's native encoder. Every
+transcoded to H.264 with libx264 and Opus to AAC with FFmpeg's native encoder, or Opus passes
+through where the output keeps it (MPEG-TS carries Opus). The encoders alone
+(:class:`H264Encoder`, :class:`AacFrameEncoder`) also take frames decoded elsewhere (WebRTC). Every
 normaliser takes timestamps already on the output timeline, in `OUTPUT_TIME_BASE` ticks, and
 returns `av.Packet`s in that time base, ready to mux.
 """
@@ -15,6 +17,7 @@ from typing import Protocol
 import av
 import av.error
 from av.audio.codeccontext import AudioCodecContext
+from av.audio.frame import AudioFrame
 from av.video.codeccontext import VideoCodecContext
 from av.video.frame import PictureType, VideoFrame
 
@@ -244,6 +247,85 @@ class AacPassthrough:
         return []
 
 
+class H264Encoder:
+    """libx264 (no B-frames) for one stream of decoded frames, a keyframe forced every interval.
+
+    ``follow_input_keys``: output keyframes fall on input keyframes where the input has them
+    often enough (a transcoded segment then decodes from its own start, which replaying a
+    write-ahead log from that cut needs); without it they come exactly when due.
+    """
+
+    def __init__(self, keyframe_interval_s: float, *, follow_input_keys: bool = True) -> None:
+        self._encoder: VideoCodecContext | None = None
+        self._interval = round(keyframe_interval_s * TICKS_PER_S)
+        self._follow = follow_input_keys
+        self._next_key: int | None = None
+        self._last_pts: int | None = None
+        self.opened = 0  # encoders opened so far (one per stream, again after a flush)
+        self.frames = 0  # frames encoded
+
+    def _open(self, frame: VideoFrame) -> VideoCodecContext:
+        encoder = av.CodecContext.create("libx264", "w")
+        assert isinstance(encoder, VideoCodecContext)  # PyAV typing only.
+        encoder.width = frame.width - frame.width % 2  # 4:2:0 needs even sizes.
+        encoder.height = frame.height - frame.height % 2
+        encoder.pix_fmt = "yuv420p"
+        encoder.time_base = OUTPUT_TIME_BASE
+        encoder.max_b_frames = 0
+        encoder.gop_size = X264_MAX_GOP_FRAMES
+        encoder.thread_count = 1  # Many streams per core: threads would only add overhead.
+        encoder.options = {"preset": X264_PRESET, "tune": X264_TUNE, "forced-idr": "1"}
+        self.opened += 1
+        return encoder
+
+    def encode(self, frame: VideoFrame, pts: int, key_in: bool = False) -> list[av.Packet]:
+        """Encode ``frame`` at ``pts`` (output ticks); the packets it completes."""
+        if self._last_pts is not None and pts <= self._last_pts:
+            return []  # x264 refuses non-increasing times; the writer already logged why.
+        self._last_pts = pts
+        if self._encoder is None:
+            self._encoder = self._open(frame)
+        encoder = self._encoder
+        size = (encoder.width, encoder.height)
+        if (frame.width, frame.height) != size or frame.format.name != "yuv420p":
+            frame = frame.reformat(width=encoder.width, height=encoder.height, format="yuv420p")
+        frame.pts = pts
+        frame.time_base = OUTPUT_TIME_BASE
+        due = self._next_key is None or pts >= self._next_key - KEYFRAME_SLACK_TICKS
+        if self._follow:
+            overdue = self._next_key is not None and pts >= self._next_key + self._interval
+            key = self._next_key is None or (due and key_in) or overdue
+        else:
+            key = due
+        if key:
+            frame.pict_type = PictureType.I
+            self._next_key = pts + self._interval
+        else:
+            frame.pict_type = PictureType.NONE
+        self.frames += 1
+        return _in_ticks(encoder.encode(frame))
+
+    def reset(self) -> None:
+        """Force a keyframe on the next frame so the new segment starts with one."""
+        self._next_key = None
+
+    def flush(self) -> list[av.Packet]:
+        """Drain the encoder; the next frame opens a new one (at that frame's size)."""
+        if self._encoder is None:
+            return []
+        try:
+            return _in_ticks(self._encoder.encode(None))
+        finally:
+            self._encoder = None
+            self._next_key = None
+
+
+def _in_ticks(packets: list[av.Packet]) -> list[av.Packet]:
+    for packet in packets:
+        packet.time_base = OUTPUT_TIME_BASE
+    return packets
+
+
 class VideoTranscoder:
     """Decodes VP8/VP9 and encodes H.264 (libx264, no B-frames) with forced segment keyframes."""
 
@@ -255,23 +337,7 @@ class VideoTranscoder:
         decoder = av.CodecContext.create(str(spec.codec), "r")
         assert isinstance(decoder, VideoCodecContext)  # PyAV typing only.
         self._decoder = decoder
-        self._encoder: VideoCodecContext | None = None
-        self._interval = round(keyframe_interval_s * TICKS_PER_S)
-        self._next_key: int | None = None
-        self._last_pts: int | None = None
-
-    def _open_encoder(self, frame: VideoFrame) -> VideoCodecContext:
-        encoder = av.CodecContext.create("libx264", "w")
-        assert isinstance(encoder, VideoCodecContext)  # PyAV typing only.
-        encoder.width = frame.width - frame.width % 2  # 4:2:0 needs even sizes.
-        encoder.height = frame.height - frame.height % 2
-        encoder.pix_fmt = "yuv420p"
-        encoder.time_base = OUTPUT_TIME_BASE
-        encoder.max_b_frames = 0
-        encoder.gop_size = X264_MAX_GOP_FRAMES
-        encoder.thread_count = 1  # Many streams per core: threads would only add overhead.
-        encoder.options = {"preset": X264_PRESET, "tune": X264_TUNE, "forced-idr": "1"}
-        return encoder
+        self._h264 = H264Encoder(keyframe_interval_s)
 
     def push(self, data: bytes, pts: int, dts: int, keyframe: bool) -> list[av.Packet]:
         """Decode one frame and encode what it yields."""
@@ -286,107 +352,66 @@ class VideoTranscoder:
         out: list[av.Packet] = []
         for frame in frames:
             assert isinstance(frame, VideoFrame)  # PyAV typing only.
-            out += self._encode(frame, pts if frame.pts is None else frame.pts, keyframe)
+            out += self._h264.encode(frame, pts if frame.pts is None else frame.pts, keyframe)
         return out
-
-    def _encode(self, frame: VideoFrame, pts: int, key_in: bool) -> list[av.Packet]:
-        if self._last_pts is not None and pts <= self._last_pts:
-            return []  # x264 refuses non-increasing times; the writer already logged why.
-        self._last_pts = pts
-        if self._encoder is None:
-            self._encoder = self._open_encoder(frame)
-        encoder = self._encoder
-        size = (encoder.width, encoder.height)
-        if (frame.width, frame.height) != size or frame.format.name != "yuv420p":
-            frame = frame.reformat(width=encoder.width, height=encoder.height, format="yuv420p")
-        frame.pts = pts
-        frame.time_base = OUTPUT_TIME_BASE
-        due = self._next_key is None or pts >= self._next_key - KEYFRAME_SLACK_TICKS
-        overdue = self._next_key is not None and pts >= self._next_key + self._interval
-        # Output keyframes (and so segment cuts) fall on input keyframes where the input has
-        # them often enough: a segment's frames then decode from its own start, which is what
-        # replaying a write-ahead log from that cut needs.
-        if self._next_key is None or (due and key_in) or overdue:
-            frame.pict_type = PictureType.I
-            self._next_key = pts + self._interval
-        else:
-            frame.pict_type = PictureType.NONE
-        return self._wrap(encoder.encode(frame))
-
-    @staticmethod
-    def _wrap(packets: list[av.Packet]) -> list[av.Packet]:
-        for packet in packets:
-            packet.time_base = OUTPUT_TIME_BASE
-        return packets
 
     def reset(self) -> None:
         """Force a keyframe on the next frame so the new segment starts with one."""
-        self._next_key = None
+        self._h264.reset()
 
     def flush(self) -> list[av.Packet]:
         """Drain the encoder."""
-        if self._encoder is None:
-            return []
-        try:
-            return self._wrap(self._encoder.encode(None))
-        finally:
-            self._encoder = None
+        return self._h264.flush()
 
 
-class AudioTranscoder:
-    """Decodes Opus and encodes AAC-LC at 48 kHz (native `aac` encoder), output as ADTS."""
+class AacFrameEncoder:
+    """AAC-LC (FFmpeg's native encoder) of decoded audio, as ADTS packets on the output clock.
 
-    kind = Kind.AUDIO
+    Input is stamped by a sample counter, so the output is sample-exact; the counter is
+    re-anchored to the caller's times when they drift apart by more than
+    ``AUDIO_RESYNC_TICKS`` (a gap in the input).
+    """
 
-    def __init__(self, spec: TrackSpec) -> None:
-        if spec.codec is not Codec.OPUS:
-            raise UnsupportedCodec(f"cannot transcode {spec.codec!s} audio")
-        self._channels = spec.channels
-        layout = "stereo" if spec.channels == 2 else "mono"
-        decoder = av.CodecContext.create("opus", "r")
-        assert isinstance(decoder, AudioCodecContext)  # PyAV typing only.
-        decoder.sample_rate = spec.sample_rate
-        decoder.layout = layout
-        self._decoder = decoder
+    def __init__(self, sample_rate: int = AAC_SAMPLE_RATE_HZ, channels: int = 1) -> None:
         encoder = av.CodecContext.create("aac", "w")
         assert isinstance(encoder, AudioCodecContext)  # PyAV typing only.
-        encoder.sample_rate = AAC_SAMPLE_RATE_HZ
-        encoder.layout = layout
+        encoder.sample_rate = sample_rate
+        encoder.layout = "stereo" if channels == 2 else "mono"
         encoder.format = "fltp"
-        encoder.bit_rate = AAC_BIT_RATE_STEREO_BPS if spec.channels == 2 else AAC_BIT_RATE_MONO_BPS
-        encoder.time_base = AAC_TIME_BASE
+        encoder.bit_rate = AAC_BIT_RATE_STEREO_BPS if channels == 2 else AAC_BIT_RATE_MONO_BPS
+        encoder.time_base = Fraction(1, sample_rate)
         encoder.options = {"aac_coder": AAC_CODER}
         # No resampler of our own: PyAV's `AudioCodecContext.encode` already passes every frame
         # through one (built for the encoder's format, layout, rate and 1024-sample frame
         # size), which re-cuts the decoder's 20 ms frames and converts only when the decoder's
         # output differs. A second one in front of it only doubled that cost.
         self._encoder: AudioCodecContext | None = encoder
+        self._rate = sample_rate
+        self._time_base = Fraction(1, sample_rate)
+        self._frame_ticks = AAC_FRAME_SAMPLES * TICKS_PER_S // sample_rate
         # Encoder input is stamped by a sample counter; `_shift` maps samples to output ticks.
         self._samples_in = 0
         self._shift: int | None = None
-        self._adts_base = _adts_base(AAC_SAMPLE_RATE_HZ, spec.channels)
+        self._adts_base = _adts_base(sample_rate, channels)
+        self.frames = 0  # frames encoded
 
-    def push(self, data: bytes, pts: int, dts: int, keyframe: bool) -> list[av.Packet]:
-        """Decode one Opus packet and return the AAC packets completed so far."""
-        if not data:
-            raise InvalidMedia("empty Opus packet")
-        try:
-            frames = self._decoder.decode(av.Packet(data))
-        except av.error.FFmpegError as exc:
-            raise InvalidMedia(f"cannot decode Opus packet: {exc}") from exc
+    def encode(self, frames: list[AudioFrame], pts: int) -> list[av.Packet]:
+        """Encode decoded ``frames`` that start at ``pts`` (output ticks); the AAC packets
+        completed so far."""
         samples = self._samples_in
-        expected = samples * TICKS_PER_S // AAC_SAMPLE_RATE_HZ
+        expected = samples * TICKS_PER_S // self._rate
         shift = self._shift
         if shift is None or abs(pts - (expected + shift)) > AUDIO_RESYNC_TICKS:
-            self._shift = pts - expected  # First packet, or a gap in the input: re-anchor.
+            self._shift = pts - expected  # First frame, or a gap in the input: re-anchor.
         encoder = self._encoder
         out: list[av.Packet] = []
         for frame in frames:
             # Stamped in samples (the encoder's time base); the encoder's resampler re-cuts
             # them into 1024-sample frames stamped from these, sample-exact.
             frame.pts = samples
-            frame.time_base = AAC_TIME_BASE
+            frame.time_base = self._time_base
             samples += frame.samples
+            self.frames += 1
             if encoder is not None and (packets := encoder.encode(frame)):
                 out += self._wrap(packets)
         self._samples_in = samples
@@ -401,26 +426,98 @@ class AudioTranscoder:
             size = len(payload) + ADTS_HEADER_BYTES
             if size > ADTS_MAX_FRAME_BYTES:
                 raise InvalidMedia(f"AAC frame of {len(payload)} bytes is too large")
-            pts = (packet.pts or 0) * TICKS_PER_S // AAC_SAMPLE_RATE_HZ + shift
+            pts = (packet.pts or 0) * TICKS_PER_S // self._rate + shift
             header = (base | size << ADTS_LENGTH_SHIFT).to_bytes(ADTS_HEADER_BYTES, "big")
             wrapped = av.Packet(header + payload)
             wrapped.pts = wrapped.dts = pts
-            wrapped.duration = AAC_FRAME_TICKS
+            wrapped.duration = self._frame_ticks
             wrapped.time_base = OUTPUT_TIME_BASE
             wrapped.is_keyframe = True
             out.append(wrapped)
         return out
+
+    def flush(self) -> list[av.Packet]:
+        """Drain the encoder (and the re-cutting resampler in front of it); it is done after."""
+        if self._encoder is None:
+            return []
+        out = self._wrap(self._encoder.encode(None))
+        self._encoder = None
+        return out
+
+
+class AudioTranscoder:
+    """Decodes Opus and encodes AAC-LC at 48 kHz (native `aac` encoder), output as ADTS."""
+
+    kind = Kind.AUDIO
+
+    def __init__(self, spec: TrackSpec) -> None:
+        if spec.codec is not Codec.OPUS:
+            raise UnsupportedCodec(f"cannot transcode {spec.codec!s} audio")
+        decoder = av.CodecContext.create("opus", "r")
+        assert isinstance(decoder, AudioCodecContext)  # PyAV typing only.
+        decoder.sample_rate = spec.sample_rate
+        decoder.layout = "stereo" if spec.channels == 2 else "mono"
+        self._decoder = decoder
+        self._aac = AacFrameEncoder(AAC_SAMPLE_RATE_HZ, spec.channels)
+
+    def push(self, data: bytes, pts: int, dts: int, keyframe: bool) -> list[av.Packet]:
+        """Decode one Opus packet and return the AAC packets completed so far."""
+        if not data:
+            raise InvalidMedia("empty Opus packet")
+        try:
+            frames = self._decoder.decode(av.Packet(data))
+        except av.error.FFmpegError as exc:
+            raise InvalidMedia(f"cannot decode Opus packet: {exc}") from exc
+        return self._aac.encode(frames, pts)
 
     def reset(self) -> None:
         """Keep the sample clock: the writer's timeline continues without a gap."""
 
     def flush(self) -> list[av.Packet]:
         """Drain the encoder (and the re-cutting resampler in front of it)."""
-        if self._encoder is None:
-            return []
-        out = self._wrap(self._encoder.encode(None))
-        self._encoder = None
-        return out
+        return self._aac.flush()
+
+
+# Opus frame lengths in 48 kHz samples by TOC configuration (RFC 6716 3.1): SILK 10/20/40/60
+# ms, hybrid 10/20 ms, CELT 2.5/5/10/20 ms.
+_OPUS_CONFIG_SAMPLES = (480, 960, 1920, 2880) * 3 + (480, 960) * 2 + (120, 240, 480, 960) * 4
+OPUS_RATE_HZ = 48_000
+
+
+def opus_packet_samples(data: bytes) -> int:
+    """The 48 kHz samples one Opus packet holds (its TOC byte and frame count, RFC 6716 3.1)."""
+    if not data:
+        raise InvalidMedia("empty Opus packet")
+    toc = data[0]
+    per_frame = _OPUS_CONFIG_SAMPLES[toc >> 3]
+    code = toc & 0x03
+    if code == 0:
+        frames = 1
+    elif code in (1, 2):
+        frames = 2
+    else:
+        if len(data) < 2:
+            raise InvalidMedia("Opus packet with code 3 has no frame count")
+        frames = data[1] & 0x3F
+    return per_frame * frames
+
+
+class OpusPassthrough:
+    """Passes Opus through as received (MPEG-TS carries Opus; streamMode "original")."""
+
+    kind = Kind.AUDIO
+
+    def push(self, data: bytes, pts: int, dts: int, keyframe: bool) -> list[av.Packet]:
+        """Wrap the packet, its duration read from its TOC byte."""
+        duration = opus_packet_samples(data) * TICKS_PER_S // OPUS_RATE_HZ
+        return [_packet(data, pts, pts, True, duration)]
+
+    def reset(self) -> None:
+        """Nothing to forget: passthrough keeps no timing state."""
+
+    def flush(self) -> list[av.Packet]:
+        """Nothing is buffered."""
+        return []
 
 
 def create_normaliser(spec: TrackSpec, keyframe_interval_s: float) -> Normaliser:
@@ -433,5 +530,5 @@ def create_normaliser(spec: TrackSpec, keyframe_interval_s: float) -> Normaliser
         case Codec.VP8 | Codec.VP9:
             return VideoTranscoder(spec, keyframe_interval_s)
         case Codec.OPUS:
-            return AudioTranscoder(spec)
+            return OpusPassthrough() if spec.copy else AudioTranscoder(spec)
     raise UnsupportedCodec(f"no normaliser for codec {spec.codec!s}")

@@ -12,13 +12,17 @@ from typing import Any
 import aiohttp
 import av
 import pytest
+from media import Clip, encode_clip, ffprobe
 from s3server import ACCESS_KEY, SECRET_KEY, SeaweedS3
 from test_cloud_recording_schema import SEED_START_BODY
 from webrtc_peer import publish_into, wait_video
+from wsclient import RawClient
 
 from api.apps import create_app_row
+from api.cloud_recording_routes import CLOUD
 from api.customers import create_customer
 from api.keys import CHANNELS, META, WHIP
+from mixer.playlist import Playlist
 
 pytestmark = pytest.mark.slow
 
@@ -105,20 +109,32 @@ async def test_seed_request_records_each_uid(
     files = response["fileList"]
     uids = {f["uid"] for f in files}
     assert uids == {"123", "456"}  # 789 was not subscribed
+    assert sorted((f["uid"], f["trackType"]) for f in files) == [
+        ("123", "audio"), ("123", "video"), ("456", "audio"), ("456", "video"),
+    ]  # fmt: skip
     client = s3.client()
     for entry in files:
-        assert entry["fileName"].startswith(f"{sid}_{cname}__uid_s_{entry['uid']}__uid_e_")
+        name = entry["fileName"]
+        assert name == f"{sid}_{cname}__uid_s_{entry['uid']}__uid_e_{entry['trackType']}.m3u8"
         assert entry["mixedAllUser"] is False and entry["isPlayable"] is True
-        key = f"directory1/directory2/{entry['fileName']}"
-        data = await asyncio.to_thread(lambda k=key: client.get_object(Bucket=s3_bucket, Key=k))
-        path = tmp_path / entry["fileName"]
-        path.write_bytes(data["Body"].read())
-        if path.suffix == ".mp4":
-            with av.open(str(path)) as container:
-                frame = next(iter(container.decode(video=0)))
-            rgb = frame.to_ndarray(format="rgb24")[120, 160]
-            expected = 0 if entry["uid"] == "123" else 2  # red, blue
-            assert rgb[expected] > 180, (entry["uid"], rgb)
+        playlist = await asyncio.to_thread(fetch, client, s3_bucket, name, tmp_path)
+        if entry["trackType"] != "video":
+            continue
+        first = Playlist.parse(playlist.read_text()).segments[0].uri
+        segment = await asyncio.to_thread(fetch, client, s3_bucket, first, tmp_path)
+        with av.open(str(segment)) as container:
+            frame = next(iter(container.decode(video=0)))
+        rgb = frame.to_ndarray(format="rgb24")[120, 160]
+        expected = 0 if entry["uid"] == "123" else 2  # red, blue
+        assert rgb[expected] > 180, (entry["uid"], rgb)
+
+
+def fetch(client: Any, bucket: str, name: str, dest: Path) -> Path:
+    """One object of the recording (under the fileNamePrefix) copied to ``dest``."""
+    obj = client.get_object(Bucket=bucket, Key=f"directory1/directory2/{name}")
+    path = dest / name
+    path.write_bytes(obj["Body"].read())
+    return path
 
 
 def red(p: Any) -> bool:
@@ -305,3 +321,174 @@ async def test_webhooks_tell_the_app(
     assert all(n["payload"]["sid"] == sid and n["payload"]["cname"] == "hooked" for n in received)
     uploaded = received[4]["payload"]["details"]
     assert {f["uid"] for f in uploaded["fileList"]} == {"123"}
+
+
+# WebSocket publishers (encoded frames) recorded over the API -------------------------------
+
+# FFmpeg's MPEG-TS muxer puts an access unit delimiter in front of every H.264 packet that has
+# none (H.264 in MPEG-TS requires one); everything after it is the publisher's bytes.
+AUD = b"\x00\x00\x00\x01\x09\xf0"
+
+
+async def ws_publisher(
+    http: aiohttp.ClientSession,
+    server: Any,
+    appid: str,
+    cname: str,
+    uid: str,
+    video: str | None,
+    audio: str | None,
+) -> RawClient:
+    """A channel member over the WebSocket protocol, its tracks announced."""
+    client = RawClient(http, server.url)
+    await client.connect()
+    await client.hello("", appid=appid, cname=cname, uid=uid)  # an app without tokens
+    await client.tracks(video, audio)
+    return client
+
+
+async def send_clip(client: RawClient, clip: Clip) -> None:
+    """Every frame of the clip, acknowledged (handed to the channel)."""
+    seq = 0
+    for frame in clip.frames:
+        seq = await client.media(frame)
+    await client.wait_ack(seq)
+
+
+async def record_over_api(
+    http: aiohttp.ClientSession, base: str, cname: str, body: dict[str, Any]
+) -> tuple[str, str]:
+    """acquire and start; the sid and the session's URL."""
+    acquire = {"cname": cname, "uid": "527841", "clientRequest": {}}
+    async with http.post(f"{base}/acquire", json=acquire) as resp:
+        rid = (await resp.json())["resourceId"]
+    async with http.post(f"{base}/resourceid/{rid}/mode/individual/start", json=body) as resp:
+        started = await resp.json()
+        assert resp.status == 200, started
+    sid = started["sid"]
+    return sid, f"{base}/resourceid/{rid}/sid/{sid}/mode/individual"
+
+
+async def stop_over_api(http: aiohttp.ClientSession, session_url: str, cname: str) -> Any:
+    stop = {"cname": cname, "uid": "527841", "clientRequest": {}}
+    async with http.post(f"{session_url}/stop", json=stop) as resp:
+        stopped = await resp.json()
+        assert resp.status == 200, stopped
+    return stopped["serverResponse"]
+
+
+def packets_of(client: Any, bucket: str, playlist: Path, kind: str) -> list[bytes]:
+    """The packets of ``kind`` in the playlist's segments (fetched from the bucket), in order."""
+    out: list[bytes] = []
+    for segment in Playlist.parse(playlist.read_text()).segments:
+        path = fetch(client, bucket, segment.uri, playlist.parent)
+        with av.open(str(path)) as container:
+            streams = [s for s in container.streams if s.type == kind]
+            out += [bytes(p) for p in container.demux(streams) if p.size]
+    return out
+
+
+def stream_types(client: Any, bucket: str, playlist: Path) -> set[str]:
+    first = Playlist.parse(playlist.read_text()).segments[0].uri
+    with av.open(str(fetch(client, bucket, first, playlist.parent))) as container:
+        return {s.type for s in container.streams}
+
+
+async def test_ws_h264_and_aac_are_copied_into_standard_mode_files(
+    cloud: Any, s3: SeaweedS3, s3_bucket: str, tmp_path: Path
+) -> None:
+    server, app, auth, base = cloud
+    cname = "wsroom"
+    body = seed_body(s3, s3_bucket, cname)
+    body["clientRequest"]["recordingConfig"]["streamMode"] = "standard"
+    clip = encode_clip("h264", duration_s=3.0, audio_codec="aac")
+    async with aiohttp.ClientSession(headers=auth) as http:
+        publisher = await ws_publisher(http, server, app.appid, cname, "123", "h264", "aac")
+        sid, session_url = await record_over_api(http, base, cname, body)
+        await send_clip(publisher, clip)
+        response = await stop_over_api(http, session_url, cname)
+        await publisher.close()
+    stats = server.app[CLOUD].sessions[sid].members["123"].stats
+    assert (stats.decoders_opened, stats.encoders_opened, stats.frames_decoded) == (0, 0, 0)
+    assert stats.copied == len(clip.frames)
+    assert response["uploadingStatus"] == "uploaded" and response["fileListMode"] == "json"
+    files = {f["trackType"]: f for f in response["fileList"]}
+    stem = f"{sid}_{cname}__uid_s_123__uid_e"
+    assert {t: f["fileName"] for t, f in files.items()} == {
+        "audio": f"{stem}_audio.m3u8",
+        "video": f"{stem}_video.m3u8",
+        "audio_and_video": f"{stem}_av.m3u8",
+    }
+    assert all(f["uid"] == "123" and f["isPlayable"] for f in files.values())
+    client = s3.client()
+    playlists = {
+        t: await asyncio.to_thread(fetch, client, s3_bucket, f["fileName"], tmp_path)
+        for t, f in files.items()
+    }
+    sent_video = [f.data for f in clip.of("video")]
+    sent_audio = b"".join(f.data for f in clip.of("audio"))
+    video = await asyncio.to_thread(packets_of, client, s3_bucket, playlists["video"], "video")
+    assert [p.removeprefix(AUD) for p in video] == sent_video  # the same bytes, every frame
+    audio = await asyncio.to_thread(packets_of, client, s3_bucket, playlists["audio"], "audio")
+    assert b"".join(audio) == sent_audio
+    for kind, streams in (("video", {"video"}), ("audio", {"audio"}),
+                          ("audio_and_video", {"audio", "video"})):  # fmt: skip
+        got = await asyncio.to_thread(stream_types, client, s3_bucket, playlists[kind])
+        assert got == streams, kind
+        info = await asyncio.to_thread(ffprobe, playlists[kind], "-show_format")
+        assert float(info["format"]["duration"]) == pytest.approx(3.0, abs=0.1), kind
+
+
+async def test_original_mode_keeps_the_opus_as_sent(
+    cloud: Any, s3: SeaweedS3, s3_bucket: str, tmp_path: Path
+) -> None:
+    server, app, auth, base = cloud
+    cname = "opusroom"
+    body = seed_body(s3, s3_bucket, cname)
+    recording = body["clientRequest"]["recordingConfig"]
+    recording.update(streamTypes=0, streamMode="original")
+    del recording["subscribeVideoUids"]  # audio only
+    clip = encode_clip(None, duration_s=2.0, audio_codec="opus")
+    async with aiohttp.ClientSession(headers=auth) as http:
+        publisher = await ws_publisher(http, server, app.appid, cname, "123", None, "opus")
+        sid, session_url = await record_over_api(http, base, cname, body)
+        await send_clip(publisher, clip)
+        response = await stop_over_api(http, session_url, cname)
+        await publisher.close()
+    stats = server.app[CLOUD].sessions[sid].members["123"].stats
+    assert (stats.decoders_opened, stats.encoders_opened, stats.copied) == (0, 0, len(clip.frames))
+    (entry,) = response["fileList"]
+    assert (entry["trackType"], entry["uid"]) == ("audio", "123")
+    client = s3.client()
+    playlist = await asyncio.to_thread(fetch, client, s3_bucket, entry["fileName"], tmp_path)
+    got = await asyncio.to_thread(packets_of, client, s3_bucket, playlist, "audio")
+    assert got == [f.data for f in clip.frames]  # Opus as received, packet for packet
+    info = await asyncio.to_thread(ffprobe, playlist, "-show_streams", "-show_format")
+    assert [s["codec_name"] for s in info["streams"]] == ["opus"]
+    assert float(info["format"]["duration"]) == pytest.approx(2.0, abs=0.1)
+
+
+async def test_subscribe_uid_group_caps_the_recorded_uids(
+    cloud: Any, s3: SeaweedS3, s3_bucket: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    server, app, auth, base = cloud
+    cname = "capped"
+    body = seed_body(s3, s3_bucket, cname)
+    recording = body["clientRequest"]["recordingConfig"]
+    recording.update(subscribeAudioUids=["#allstream#"], subscribeVideoUids=["#allstream#"])
+    assert recording["subscribeUidGroup"] == 0  # 1-2 uids
+    clip = encode_clip("h264", duration_s=1.0, audio_codec="aac")
+    async with aiohttp.ClientSession(headers=auth) as http:
+        publishers = [
+            await ws_publisher(http, server, app.appid, cname, uid, "h264", "aac")
+            for uid in ("1", "2", "3")
+        ]
+        sid, session_url = await record_over_api(http, base, cname, body)
+        for publisher in publishers:
+            await send_clip(publisher, clip)
+        response = await stop_over_api(http, session_url, cname)
+        for publisher in publishers:
+            await publisher.close()
+    assert {f["uid"] for f in response["fileList"]} == {"1", "2"}  # joined first
+    assert set(server.app[CLOUD].sessions[sid].members) == {"1", "2"}
+    assert "uid 3 is not recorded: subscribeUidGroup allows 2 uids" in caplog.text

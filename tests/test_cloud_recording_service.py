@@ -4,6 +4,7 @@ individual modes into a bucket of the test S3 server; every listed file is read 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import re
 from pathlib import Path
 from typing import Any
@@ -13,11 +14,13 @@ import pytest
 from s3server import ACCESS_KEY, SECRET_KEY, SeaweedS3
 from webrtc_peer import publish_into, wait_video
 
-from api.cloud_recording import CloudFailure, CloudRecordingService
+from api.cloud_recording import CloudFailure, CloudRecordingService, member_outputs
+from ingest.channel_mix import UidSelector
 from ingest.channels import ChannelRegistry
 from ingest.webrtc import WebRtcSettings, WhipServer
 from mixer.layout import LayoutMode, LayoutSpec
 from mixer.mix import FileType, MixConfig
+from mixer.playlist import Playlist
 from storage.objects_local import LocalObjectStore
 from storage.registry import StoreRegistry
 from storage.spool import Spool
@@ -117,7 +120,21 @@ async def test_mix_mode_into_the_users_bucket(
     assert err.value.code == 49
 
 
-async def test_individual_mode_records_each_uid(
+def decoded(paths: list[Path], kind: str) -> list[av.frame.Frame]:
+    """Every frame of ``kind`` in these segments; each must hold that kind only."""
+    frames: list[av.frame.Frame] = []
+    for path in paths:
+        with av.open(str(path)) as container:
+            assert [s.type for s in container.streams] == [kind], path.name
+            frames += container.decode(container.streams[0])
+    return frames
+
+
+def segment_names(playlist: Path) -> list[str]:
+    return [line for line in playlist.read_text().splitlines() if line.endswith(".ts")]
+
+
+async def test_individual_mode_records_separate_audio_and_video(
     rig: Any, s3: SeaweedS3, s3_bucket: str, tmp_path: Path
 ) -> None:
     whip, service = rig
@@ -129,17 +146,40 @@ async def test_individual_mode_records_each_uid(
     pc = await publish(whip, "alice", (0, 255, 0))
     try:
         await wait_frames(whip, {"alice"}, 60)
+        recorder = session.members["alice"]
         assert await service.stop(session) == "uploaded"
     finally:
         await pc.close()
+    # aiortc decodes before anyone sees the media: encoded once, H.264 and AAC
+    assert (recorder.stats.decoders_opened, recorder.stats.encoders_opened) == (0, 2)
     _, files = session.file_list()
-    names = sorted(f["fileName"] for f in files)  # type: ignore[index]
-    base = f"{session.sid}_room__uid_s_alice__uid_e_av"
-    assert names[0] == f"{base}.m3u8" and names[1].startswith(base) and names[1].endswith(".mp4")
-    paths = await asyncio.to_thread(read_back, s3, s3_bucket, names, tmp_path)
-    with av.open(str(paths[1])) as container:
-        frame = next(iter(container.decode(video=0)))
-        assert frame.to_ndarray(format="rgb24")[120, 160][1] > 180  # green
+    base = f"{session.sid}_room__uid_s_alice__uid_e"
+    assert sorted((f["fileName"], f["trackType"]) for f in files) == [  # type: ignore[index]
+        (f"{base}_audio.m3u8", "audio"),
+        (f"{base}_video.m3u8", "video"),
+    ]  # HLS only in individual mode: no MP4
+    for f in files:
+        assert f["uid"] == "alice" and f["isPlayable"] and not f["mixedAllUser"]  # type: ignore[index]
+        assert f["sliceStartTime"] >= session.started_ms  # type: ignore[index]
+    audio, video = await asyncio.to_thread(
+        read_back, s3, s3_bucket, [f"{base}_audio.m3u8", f"{base}_video.m3u8"], tmp_path
+    )
+    for playlist in (audio, video):
+        assert "#EXT-X-ENDLIST" in playlist.read_text()
+        for name in segment_names(playlist):
+            assert re.fullmatch(rf"{playlist.stem}_\d{{17}}\.ts", name), name
+    video_segments = await asyncio.to_thread(
+        read_back, s3, s3_bucket, segment_names(video), tmp_path
+    )
+    audio_segments = await asyncio.to_thread(
+        read_back, s3, s3_bucket, segment_names(audio), tmp_path
+    )
+    pictures = await asyncio.to_thread(decoded, video_segments, "video")
+    sounds = await asyncio.to_thread(decoded, audio_segments, "audio")
+    video_s = len(pictures) / 30  # aiortc's 30 fps, kept
+    audio_s = sum(f.samples for f in sounds) / 48_000
+    assert 1.8 <= video_s <= 3.5 and abs(audio_s - video_s) < 0.5, (video_s, audio_s)
+    assert pictures[len(pictures) // 2].to_ndarray(format="rgb24")[120, 160][1] > 180  # green
 
 
 async def test_resource_rules(rig: Any, s3: SeaweedS3, s3_bucket: str) -> None:
@@ -220,6 +260,101 @@ async def test_snapshots_at_the_capture_interval(
     with av.open(str(paths[0])) as container:
         image = next(iter(container.decode(video=0))).to_ndarray(format="rgb24")
     assert image.shape[:2] == (240, 320) and image[120, 160][1] > 180  # the green that was sent
+
+
+async def test_snapshots_only_records_no_playlist(
+    rig: Any, s3: SeaweedS3, s3_bucket: str, tmp_path: Path
+) -> None:
+    whip, service = rig
+    notices: list[dict[str, Any]] = []
+
+    async def notify(session: Any, event_type: int, details: dict[str, Any]) -> None:
+        if event_type == 45:
+            notices.append(details)
+
+    service._notify = notify
+    res = service.acquire("app", "room", "1", None)
+    interval_s = 0.5
+    session = await service.start(
+        "app", res.resource_id, "individual", "room", "1", storage_config(s3, s3_bucket),
+        outputs=member_outputs(record=False, snapshot_every_s=interval_s),
+    )  # fmt: skip
+    pc = await publish(whip, "alice", (255, 0, 0))
+    try:
+        await wait_frames(whip, {"alice"}, 60)  # two seconds
+        recorder = session.members["alice"]
+        assert await service.stop(session) == "uploaded"
+    finally:
+        await pc.close()
+    assert session.file_list() == ("json", [])  # no playlist: snapshots only
+    stats = recorder.stats
+    assert stats.frames_encoded == 0 and stats.encoders_opened == 0  # nothing recorded
+    names = session.snapshots
+    assert [n["fileName"] for n in notices] == names and 3 <= len(names) <= 6
+    stamps = [int(n["ts"]) for n in notices]
+    gaps = [b - a for a, b in itertools.pairwise(stamps)]
+    assert min(gaps) >= interval_s * 1000 - 40 and max(gaps) <= interval_s * 1000 + 100, gaps
+    client = s3.client()
+    listed = await asyncio.to_thread(
+        client.list_objects_v2, Bucket=s3_bucket, Prefix="directory1/directory2/"
+    )
+    keys = sorted(o["Key"].rsplit("/", 1)[1] for o in listed.get("Contents", []))
+    assert keys == sorted(names)  # JPGs only: no playlist, no segment
+    paths = await asyncio.to_thread(read_back, s3, s3_bucket, names[-1:], tmp_path)
+    with av.open(str(paths[0])) as container:
+        image = next(iter(container.decode(video=0))).to_ndarray(format="rgb24")
+    assert image[120, 160][0] > 180  # the red that was sent
+
+
+def playlist_seconds(playlist: Path) -> float:
+    return Playlist.parse(playlist.read_text()).duration_s
+
+
+async def test_update_starts_and_stops_recorders_mid_way(
+    rig: Any, s3: SeaweedS3, s3_bucket: str, tmp_path: Path
+) -> None:
+    whip, service = rig
+    res = service.acquire("app", "room", "1", None)
+    only_red = UidSelector(frozenset({"red"}))
+    session = await service.start(
+        "app", res.resource_id, "individual", "room", "1", storage_config(s3, s3_bucket),
+        segment_s=1.0, audio_uids=only_red, video_uids=only_red,
+    )  # fmt: skip
+    peers = [await publish(whip, "red", (255, 0, 0)), await publish(whip, "blue", (0, 0, 255))]
+    try:
+        await wait_frames(whip, {"red", "blue"}, 60)
+        assert set(session.members) == {"red"}
+        # red keeps its audio and loses its video; blue is recorded from now on
+        both = UidSelector(frozenset({"red", "blue"}))
+        await service.update_subscriptions(session, both, UidSelector(frozenset({"blue"})))
+        assert set(session.members) == {"red", "blue"}
+        assert session.members["red"].kinds == (True, False)
+        await wait_frames(whip, {"red", "blue"}, 60)
+        # blue leaves the lists altogether: its recorder ends, its files stay listed
+        await service.update_subscriptions(session, only_red, UidSelector(frozenset()))
+        assert set(session.members) == {"red"}
+        await wait_frames(whip, {"red"}, 30)
+        assert await service.stop(session) == "uploaded"
+    finally:
+        for pc in peers:
+            await pc.close()
+    _, files = session.file_list()
+    listed = {(f["uid"], f["trackType"]): f["fileName"] for f in files}  # type: ignore[index]
+    assert set(listed) == {("red", "audio"), ("red", "video"), ("blue", "audio"),
+                           ("blue", "video")}  # fmt: skip
+    names = list(listed.values())
+    fetched = await asyncio.to_thread(read_back, s3, s3_bucket, names, tmp_path)
+    paths = dict(zip(listed, fetched, strict=True))
+    seconds = {key: playlist_seconds(path) for key, path in paths.items()}
+    assert all("#EXT-X-ENDLIST" in path.read_text() for path in paths.values())
+    # red's video: the first 2 s; red's audio: all ~5 s; blue: the 2 s in the middle
+    assert seconds[("red", "audio")] - seconds[("red", "video")] > 2.0, seconds
+    assert 1.0 < seconds[("blue", "video")] < seconds[("red", "audio")] - 2.0, seconds
+    blue_segments = await asyncio.to_thread(
+        read_back, s3, s3_bucket, segment_names(paths[("blue", "video")]), tmp_path
+    )
+    picture = (await asyncio.to_thread(decoded, blue_segments[:1], "video"))[0]
+    assert picture.to_ndarray(format="rgb24")[120, 160][2] > 180  # blue's own video
 
 
 async def test_a_failing_bucket_is_backed_up_then_caught_up(rig: Any, tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
 """WebSocket publishers in channels: the foundation's protocol with a channel token, seen by
-subscribers like a WHIP publisher, and recorded by the member recorder."""
+subscribers like a WHIP publisher, and recorded by the individual-mode recorder (H.264 and AAC
+copied, nothing decoded)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,10 @@ from wsclient import RawClient
 
 from api.apps import create_app_row
 from api.keys import CHANNELS, META
-from ingest.member_recorder import MemberRecorder
+from ingest.individual import UidRecorder
 from ingest.tokens import mint
+from mixer.member_writer import OutputKind
+from mixer.playlist import Playlist
 
 pytestmark = pytest.mark.slow
 
@@ -30,9 +33,9 @@ async def test_ws_publisher_joins_a_channel_and_is_recorded(
     app = await create_app_row(server.app[META])
     registry = server.app[CHANNELS]
     watch = registry.subscribe(app.appid, "room1")
-    recorder = MemberRecorder(registry, app.appid, "room1", "agent-7", tmp_path / "rec")
-    recorder.start()
-    clip = encode_clip("h264", duration_s=3.0, audio_codec="opus")
+    recorder = UidRecorder(registry, app.appid, "room1", "agent-7", tmp_path / "rec")
+    await recorder.start()
+    clip = encode_clip("h264", duration_s=3.0, audio_codec="aac")
     token = mint(app.certificate, app.appid, "room1", "agent-7")
     async with aiohttp.ClientSession() as http:
         client = RawClient(http, server.url)
@@ -43,7 +46,7 @@ async def test_ws_publisher_joins_a_channel_and_is_recorded(
             "agent-7",
             None,
         )
-        await client.tracks("h264", "opus")
+        await client.tracks("h264", "aac")
         seq = 0
         for frame in clip.frames:
             seq = await client.media(frame)
@@ -51,7 +54,7 @@ async def test_ws_publisher_joins_a_channel_and_is_recorded(
         member = registry.get(app.appid, "room1").members["agent-7"]
         assert {t.kind: t.codec for t in member.tracks.values()} == {
             "video": "h264",
-            "audio": "opus",
+            "audio": "aac",
         }
         got = 0
         async with asyncio.timeout(WAIT_S):
@@ -63,14 +66,18 @@ async def test_ws_publisher_joins_a_channel_and_is_recorded(
         code, _ = await client.closed()
         assert code == 1000
     output = await recorder.stop()
-    assert output is not None and recorder.stats.video_in == clip.video_frames
-    assert recorder.stats.undecodable == 0
-    mp4, _ = output.mp4s[0]
-    with av.open(str(mp4)) as container:
-        video = container.streams.video[0]
-        assert (video.width, video.height) == (320, 240)  # the member's own size
-        frames = sum(1 for _ in container.decode(video=0))
-    assert 2.5 * 15 <= frames <= 3.5 * 15  # 3 s of media at the recording's 15 fps
+    stats = recorder.stats
+    assert output is not None and stats.video_in == clip.video_frames
+    assert stats.copied == len(clip.frames) and stats.undecodable == 0
+    assert (stats.decoders_opened, stats.encoders_opened) == (0, 0)  # copied, not decoded
+    playlist = output.playlists[OutputKind.VIDEO]
+    frames = 0
+    for segment in Playlist.parse(playlist.read_text()).segments:
+        with av.open(str(playlist.with_name(segment.uri))) as container:
+            video = container.streams.video[0]
+            assert (video.width, video.height) == (320, 240)  # the member's own size
+            frames += sum(1 for _ in container.decode(video))
+    assert frames == clip.video_frames  # every frame sent, at the member's own rate
     assert registry.get(app.appid, "room1").members == {}  # bye: left the channel
     watch.close()
 

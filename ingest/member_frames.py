@@ -1,0 +1,99 @@
+"""A channel member's frames as recorders take them: decoded where a recorder needs pictures
+(:class:`FrameDecoders`) and placed on the recording's clock (:class:`TrackClock`).
+
+aiortc's frame timestamps come from each track's RTP clock, with a random origin per track, so
+a track is placed on the recording's clock by the arrival time of its first frame and its own
+timestamps after that. A WebSocket publisher's tracks share the publisher's clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import av
+from av.audio.codeccontext import AudioCodecContext
+from av.video.codeccontext import VideoCodecContext
+
+from mixer.errors import InvalidMedia
+from mixer.webm import WebmDemuxer
+
+from .channels import MediaFrame
+
+# A track whose timestamps step back this far, or would land this far ahead of the wall
+# clock, is placed anew from its arrival (a publisher that reconnected and restarted its
+# clock); smaller steps are reordering and jitter, left to the writers.
+RESYNC_BACK_US = 1_000_000
+RESYNC_AHEAD_US = 60_000_000
+
+
+@dataclass(slots=True)
+class TrackClock:
+    """One track's timestamps mapped onto the recording's wall clock (µs)."""
+
+    origin_pts_us: int | None = None
+    origin_wall_us: int = 0
+    last_pts_us: int = 0
+
+    def place(self, pts_us: int, now_us: int) -> int:
+        """``pts_us`` on the recording's clock, the frame having arrived at ``now_us``."""
+        if (
+            self.origin_pts_us is None
+            or pts_us < self.last_pts_us - RESYNC_BACK_US
+            or self.origin_wall_us + pts_us - self.origin_pts_us > now_us + RESYNC_AHEAD_US
+        ):
+            self.origin_pts_us, self.origin_wall_us = pts_us, now_us
+        self.last_pts_us = pts_us
+        return self.origin_wall_us + pts_us - self.origin_pts_us
+
+
+DECODERS = {"h264": "h264", "vp8": "vp8", "vp9": "vp9", "opus": "opus", "aac": "aac"}
+
+
+class FrameDecoders:
+    """Decoders for a member's encoded tracks (WebSocket publishers send encoded frames;
+    WebRTC ones arrive decoded already). Used from one worker thread at a time."""
+
+    def __init__(self) -> None:
+        self._contexts: dict[tuple[str, str], VideoCodecContext | AudioCodecContext] = {}
+        self._webm: dict[str, WebmDemuxer] = {}
+
+    def _context(self, stream: str, codec: str) -> VideoCodecContext | AudioCodecContext:
+        key = (stream, codec)
+        if key not in self._contexts:
+            context = av.CodecContext.create(DECODERS[codec], "r")
+            assert isinstance(context, VideoCodecContext | AudioCodecContext)  # PyAV typing
+            self._contexts[key] = context
+        return self._contexts[key]
+
+    def decode(self, frame: MediaFrame, codec: str) -> list[tuple[str, av.frame.Frame, int]]:
+        """(kind, decoded frame, pts µs) for every frame the encoded one completes."""
+        stream = f"{frame.uid}/{frame.track_id}"  # track ids repeat across publishers
+        if codec == "webm":
+            # one WebM stream holds both kinds, on its own timeline (µs from its start)
+            demuxer = self._webm.setdefault(stream, WebmDemuxer())
+            return [
+                (packet.kind.value, decoded, packet.pts_us)
+                for packet in demuxer.feed(bytes(frame.data))
+                for decoded in self._decode(stream, packet.codec.value, packet.data)
+            ]
+        if codec not in DECODERS:
+            return []
+        return [
+            (frame.kind, decoded, frame.pts_us)
+            for decoded in self._decode(stream, codec, bytes(frame.data))
+        ]
+
+    async def frames_of(self, media: MediaFrame) -> list[tuple[str, av.frame.Frame, int]]:
+        """The decoded frames ``media`` holds: itself when aiortc decoded it already (WebRTC),
+        else decoded in a worker thread (a WebSocket publisher's encoded frames).
+        ``InvalidMedia`` when they do not decode."""
+        if not isinstance(media.data, bytes | bytearray | memoryview):
+            return [(media.kind, media.data, media.pts_us)]
+        return await asyncio.to_thread(self.decode, media, media.codec)
+
+    def _decode(self, stream: str, codec: str, data: bytes) -> list[av.frame.Frame]:
+        try:
+            return list(self._context(stream, codec).decode(av.Packet(data)))
+        except (av.error.FFmpegError, ValueError) as exc:
+            raise InvalidMedia(f"{codec} frame did not decode: {exc}") from exc
