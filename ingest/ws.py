@@ -281,6 +281,7 @@ class IngestHandler:
                             msg["pts"],
                             msg["key"],
                             track.codec,
+                            msg.get("dts"),  # B-frames: the decode order's clock
                         )
                         channel.publish(member, frame)
                     await conn.send_ack(seq)

@@ -213,9 +213,14 @@ class Compositor:
         return 0 if user is None else user.dropped
 
     def join(self, uid: str, t_us: int) -> None:
-        """Add a user at the end of the join order (no-op if already in)."""
+        """Add a user in join order, by join time (no-op if already in): a join scheduled for
+        its time on the output clock may be applied after a later user's first frame joined
+        that one, and must still come first."""
         if uid not in self._users:
+            last = next(reversed(self._users.values()), None)
             self._users[uid] = _User(joined_us=t_us)
+            if last is not None and t_us < last.joined_us:  # (a stable sort keeps ties' order)
+                self._users = dict(sorted(self._users.items(), key=lambda u: u[1].joined_us))
             self._dirty = True
 
     def leave(self, uid: str) -> None:

@@ -58,8 +58,11 @@ def _video_frame(i: int, width: int, height: int) -> VideoFrame:
     return VideoFrame.from_ndarray(np.concatenate([y, uv]), format="yuv420p")
 
 
-def encode_video(codec: str, width: int, height: int, fps: int, duration_s: float) -> list[Frame]:
-    """Encode a moving pattern; H.264 comes out as Annex B with a keyframe every second."""
+def encode_video(
+    codec: str, width: int, height: int, fps: int, duration_s: float, bframes: int = 0
+) -> list[Frame]:
+    """Encode a moving pattern; H.264 comes out as Annex B with a keyframe every second
+    (``bframes``: H.264 with B-frames, so frames come in decode order with dts before pts)."""
     encoder = av.CodecContext.create("libx264" if codec == "h264" else "libvpx", "w")
     if codec == "vp9":
         encoder = av.CodecContext.create("libvpx-vp9", "w")
@@ -68,9 +71,11 @@ def encode_video(codec: str, width: int, height: int, fps: int, duration_s: floa
     encoder.time_base = Fraction(1, fps)
     encoder.framerate = Fraction(fps)
     encoder.gop_size = fps
-    encoder.max_b_frames = 0
+    encoder.max_b_frames = bframes
     encoder.thread_count = 1
-    if codec == "h264":
+    if codec == "h264" and bframes:
+        encoder.options = {"preset": "veryfast", "bframes": str(bframes)}
+    elif codec == "h264":
         encoder.options = {"preset": "ultrafast", "tune": "zerolatency"}
     else:
         encoder.options = {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0"}
@@ -133,13 +138,19 @@ def encode_clip(
     tone_hz: float = 440.0,
     *,
     adts: bool = True,
+    bframes: int = 0,
 ) -> Clip:
     """Encode a clip and interleave its frames by time, as a client would send them."""
-    video = encode_video(video_codec, width, height, fps, duration_s) if video_codec else []
+    video = (
+        encode_video(video_codec, width, height, fps, duration_s, bframes) if video_codec else []
+    )
     audio, config = (
         encode_audio(audio_codec, duration_s, tone_hz, adts=adts) if audio_codec else ([], b"")
     )
-    frames = sorted(video + audio, key=lambda f: (f.pts_us, f.kind))
+    # in decode order, as a client sends them (with B-frames, dts runs ahead of pts)
+    frames = sorted(
+        video + audio, key=lambda f: (f.pts_us if f.dts_us is None else f.dts_us, f.kind)
+    )
     return Clip(frames, len(video), len(audio), config)
 
 

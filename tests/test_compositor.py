@@ -224,6 +224,17 @@ def test_join_and_leave_lay_out_again() -> None:
     assert yuv_at(out, 10, 10) == user_color(1)
 
 
+def test_join_order_is_join_time_not_arrival() -> None:
+    """A join applied late (it waited for its time on the output clock) still goes before a
+    user who joined later but whose first frame came in first: the first to join is big."""
+    comp = Compositor(W, H, LayoutSpec(LayoutMode.FLOATING), background_color=BG)
+    comp.push_video("green", solid_frame(64, 36, user_color(1)), 2 * FRAME_US)
+    comp.join("red", FRAME_US)
+    comp.join("blue", 3 * FRAME_US)
+    assert comp.users == ["red", "green", "blue"]
+    assert comp.windows[0].uid == "red" and comp.windows[0].rect == Rect(0, 0, W, H)
+
+
 def test_pending_frames_are_bounded() -> None:
     comp = Compositor(W, H, LayoutSpec())
     frame = solid_frame(16, 16, user_color(0))

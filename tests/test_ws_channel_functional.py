@@ -26,16 +26,20 @@ pytestmark = pytest.mark.slow
 WAIT_S = 30.0
 
 
+@pytest.mark.parametrize("bframes", [0, 2])
 async def test_ws_publisher_joins_a_channel_and_is_recorded(
-    server_factory: Any, tmp_path: Path
+    server_factory: Any, tmp_path: Path, bframes: int
 ) -> None:
+    """Copied as sent; with B-frames too (the publisher's dts reaches the recorder)."""
     server = await server_factory()
     app = await create_app_row(server.app[META])
     registry = server.app[CHANNELS]
     watch = registry.subscribe(app.appid, "room1")
     recorder = UidRecorder(registry, app.appid, "room1", "agent-7", tmp_path / "rec")
     await recorder.start()
-    clip = encode_clip("h264", duration_s=3.0, audio_codec="aac")
+    clip = encode_clip("h264", duration_s=3.0, audio_codec="aac", bframes=bframes)
+    if bframes:
+        assert any(f.dts_us is not None and f.dts_us < f.pts_us for f in clip.frames)
     token = mint(app.certificate, app.appid, "room1", "agent-7")
     async with aiohttp.ClientSession() as http:
         client = RawClient(http, server.url)
