@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import pickle
 import signal
 import time
 from collections.abc import Callable
@@ -39,6 +40,9 @@ from .wal import Wal
 log = logging.getLogger(__name__)
 
 STOP_TIMEOUT_S = 10.0
+# plain pickle rather than Connection.send's ForkingPickler (built per message, for the fds
+# and sockets we never send); protocol 5 copies a frame's bytes in one piece
+PICKLE_PROTOCOL = 5
 # Started once per server process and forked from for every lane: a lane starts in tens of
 # milliseconds with the media libraries already imported, and never inherits the server's
 # threads or event loop (forking those is unsafe).
@@ -129,7 +133,7 @@ def lane_main(
     state = _LaneState(Path(directory), rotate_bytes)
     while True:
         try:
-            op, args = conn.recv()
+            op, args = pickle.loads(conn.recv_bytes())
         except (EOFError, OSError):  # the server is gone: make what we hold durable and go
             state.stop()
             return
@@ -138,7 +142,7 @@ def lane_main(
         except Exception as exc:
             log.exception("lane request %s failed", op)
             reply = ("err", f"{type(exc).__name__}: {exc}")
-        conn.send(reply)
+        conn.send_bytes(pickle.dumps(reply, PICKLE_PROTOCOL))
         if op == "stop":
             return
 
@@ -188,7 +192,7 @@ class Lane:
 
     async def call(self, op: str, *args: Any) -> Any:
         """One request, answered in order after every earlier one."""
-        if self.dead:
+        if self._dead:  # (not ``dead``: polling the process on every tick costs a syscall)
             raise LaneDied(f"writer lane {self.number} is gone")
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._io, self._roundtrip, op, args)
@@ -196,8 +200,8 @@ class Lane:
     def _roundtrip(self, op: str, args: tuple[Any, ...]) -> Any:
         assert self._conn is not None
         try:
-            self._conn.send((op, args))
-            status, value = self._conn.recv()
+            self._conn.send_bytes(pickle.dumps((op, args), PICKLE_PROTOCOL))
+            status, value = pickle.loads(self._conn.recv_bytes())
         except (EOFError, OSError) as exc:
             self._dead = True
             raise LaneDied(f"writer lane {self.number} is gone ({exc!r})") from exc
