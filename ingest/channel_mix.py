@@ -156,7 +156,8 @@ class ChannelMixRecorder:
             if media.uid not in self._joined or not self._wanted(media.uid, media.kind):
                 continue
             now_us = self._now_us()
-            clock = self._clocks.setdefault((media.uid, media.track_id), TrackClock())
+            track_clock = "shared" if media.shared_clock else media.track_id  # ingest.arrival
+            clock = self._clocks.setdefault((media.uid, track_clock), TrackClock())
             for _, data, pts_us in await self._decoded(media):
                 t_us = clock.place(pts_us, now_us)
                 if isinstance(data, av.VideoFrame):

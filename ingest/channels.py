@@ -118,6 +118,9 @@ class MediaFrame:
     keyframe: bool = True  # audio frames are all "key"
     codec: str = ""  # of encoded data (WebSocket publishers); "" for decoded frames
     dts_us: int | None = None  # decode time of encoded data, when it differs from pts_us
+    # pts_us is on a clock all of this member's tracks share (a WebRTC member's packet
+    # arrivals: ingest.arrival), so recorders place the tracks together, keeping lip sync
+    shared_clock: bool = False
 
 
 class Subscription:

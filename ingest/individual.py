@@ -108,7 +108,9 @@ class UidRecorder:
 
     def _place(self, media: MediaFrame, now_us: int) -> MemberFrame:
         encoded = isinstance(media.data, bytes | bytearray | memoryview)
-        key = ENCODED_CLOCK if encoded else media.track_id
+        # a WebSocket publisher's tracks share its clock, and so do a WebRTC member's once
+        # placed by packet arrival (ingest.arrival); other tracks keep clocks of their own
+        key = ENCODED_CLOCK if encoded or media.shared_clock else media.track_id
         clock = self._clocks.get(key)
         if clock is None:
             clock = self._clocks[key] = TrackClock()

@@ -18,7 +18,7 @@ import contextlib
 import logging
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aioice.ice
@@ -32,6 +32,7 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import SessionDescription, candidate_from_sdp
 
+from .arrival import ArrivalClock
 from .channels import ChannelRegistry, MediaFrame, Member, TrackInfo, Transport
 
 log = logging.getLogger(__name__)
@@ -129,6 +130,7 @@ class WhipSession:
     etag: str
     member: Member | None = None
     closed: bool = False
+    clocks: dict[str, ArrivalClock] = field(default_factory=dict)  # by track id: lip sync
 
 
 class WhipServer:
@@ -164,6 +166,10 @@ class WhipServer:
         pc.on("connectionstatechange", lambda: self._on_state(session))
         try:
             await pc.setRemoteDescription(RTCSessionDescription(offer, "offer"))
+            for transceiver in pc.getTransceivers():  # before any packet can arrive
+                if transceiver.receiver.track is not None:
+                    clock = ArrivalClock(transceiver.receiver)
+                    session.clocks[transceiver.receiver.track.id] = clock
             answer = await pc.createAnswer()
             async with asyncio.timeout(self.settings.gather_timeout_s):
                 await pc.setLocalDescription(answer)  # gathers every candidate first
@@ -220,9 +226,17 @@ class WhipServer:
                 continue  # still joining: nobody can be subscribed to it yet
             base = frame.time_base
             pts_us = int(frame.pts * base * US) if frame.pts is not None and base else 0
-            channel.publish(
-                member, MediaFrame(session.uid, track.id, track.kind, frame, pts_us, True)
+            clock = session.clocks.get(track.id)
+            wall_us = None
+            if clock is not None and frame.pts is not None and base and base.numerator == 1:
+                wall_us = clock.wall_us(frame.pts, base.denominator)
+            if wall_us is not None:
+                pts_us = wall_us
+            shared = wall_us is not None
+            frame_out = MediaFrame(
+                session.uid, track.id, track.kind, frame, pts_us, True, shared_clock=shared
             )
+            channel.publish(member, frame_out)
         if session.member is not None:
             self.registry.end_track(session.appid, session.cname, session.member, track.id)
 
