@@ -100,7 +100,9 @@ class SessionRecorder:
         self._spooler: asyncio.Task[None] | None = None
         self._ack_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._closed = False
-        self._closing = asyncio.Event()  # wakes a spool-full retry when the server stops
+        self._closing = asyncio.Event()  # the server stops: a spool-full retry gives up
+        self._ending = False  # END: the last files go to the spool over its cap
+        self._retry = asyncio.Event()  # wakes a spool-full retry (stopping or END)
 
     @property
     def lane(self) -> WriterLane | None:
@@ -172,6 +174,7 @@ class SessionRecorder:
             return
         self._closed = True
         self._closing.set()
+        self._retry.set()
         await self._drain()
         self._pool.unregister(self)
         if self._lane is not None:
@@ -276,8 +279,13 @@ class SessionRecorder:
         self._queue(("resume",))
 
     async def finish(self) -> None:
-        """END: close the last segment, write the final playlist and the MP4, spool them all."""
+        """END: close the last segment, write the final playlist and the MP4, spool them all.
+
+        A full spool does not hold END up: the session's files are on this disk already, so
+        they are taken over the cap (new sessions are still refused until uploads catch up)."""
         self._closed = True
+        self._ending = True
+        self._retry.set()
         await self._drain()
         self._pool.unregister(self)
         if self._lane is not None:
@@ -373,12 +381,13 @@ class SessionRecorder:
         The file stays where it is, safe on disk, and so do the WAL files behind it; frames
         are still acknowledged, so disk use grows past the spool's cap until uploads free
         room, while new sessions are refused (``StorageBacklogFull``). A server stopping
-        meanwhile raises ``_LeftToWal``: the WAL rebuilds the file at the next start.
+        meanwhile raises ``_LeftToWal``: the WAL rebuilds the file at the next start. From END
+        on the files are taken over the cap: finishing never waits for uploads.
         """
         delay = SPOOL_FULL_RETRY_MIN_S
         while True:
             try:
-                await add(*args, **kw)
+                await add(*args, over_cap=self._ending, **kw)
                 return
             except SpoolFull:
                 log.error(
@@ -389,7 +398,7 @@ class SessionRecorder:
             if self._closing.is_set():
                 raise _LeftToWal
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closing.wait(), delay)
+                await asyncio.wait_for(self._retry.wait(), delay)
             delay = min(delay * 2, SPOOL_FULL_RETRY_MAX_S)
 
     async def _spool_playlist(self, *, end: bool) -> None:

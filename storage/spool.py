@@ -222,11 +222,14 @@ class Spool:
         store_id: str = "default",
         content_type: str | None = None,
         move: bool = True,
+        over_cap: bool = False,
     ) -> SpoolItem:
         """Take ``src`` into the spool (moved, or copied when ``move`` is false) and queue it.
 
         When this returns the file is fsync'd in the spool and will be uploaded even across a
-        crash; ``SpoolFull`` when it would push the spool over ``max_bytes`` (``src`` untouched).
+        crash; ``SpoolFull`` when it would push the spool over ``max_bytes`` (``src`` untouched)
+        unless ``over_cap``: a file the disk holds already (a recording's last files at END),
+        taken anyway, so that finishing never waits on uploads; ``full`` still reports it.
         """
         item_id = self._reserve(group)  # before the first await: ids follow call order
         try:
@@ -234,7 +237,9 @@ class Spool:
         except BaseException:
             self._release(group, item_id, 0)
             raise
-        return await self._add(item_id, key, group, store_id, content_type, size, src, b"", move)
+        return await self._add(
+            item_id, key, group, store_id, content_type, size, src, b"", move, over_cap
+        )
 
     async def add_bytes(
         self,
@@ -244,11 +249,13 @@ class Spool:
         group: str,
         store_id: str = "default",
         content_type: str | None = None,
+        over_cap: bool = False,
     ) -> SpoolItem:
-        """Write ``data`` into the spool and queue it; durable when this returns."""
+        """Write ``data`` into the spool and queue it; durable when this returns (``over_cap``:
+        as for ``add``, for a small file finishing a recording: its final playlist)."""
         item_id = self._reserve(group)
         return await self._add(
-            item_id, key, group, store_id, content_type, len(data), None, data, False
+            item_id, key, group, store_id, content_type, len(data), None, data, False, over_cap
         )
 
     def _reserve(self, group: str) -> int:
@@ -280,8 +287,9 @@ class Spool:
         src: Path | None,
         data: builtins.bytes,
         move: bool,
+        over_cap: bool = False,
     ) -> SpoolItem:
-        if self._bytes + size > self.max_bytes:
+        if self._bytes + size > self.max_bytes and not over_cap:
             self._release(group, item_id, 0)
             if not self._full_logged:  # once per episode: a full spool would flood the log
                 self._full_logged = True

@@ -4,12 +4,14 @@ backlog drains."""
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from media import encode_clip
-from recording import EVENT_PATH, recording_client
+from recording import EVENT_PATH, count_frames, event, fetch_recording, recording_client
 
 from api.keys import SPOOL
 
@@ -39,3 +41,24 @@ async def test_full_spool_refuses_new_sessions_and_keeps_the_open_one(server_fac
         async with http.get(f"{server.url}/metrics") as resp:
             assert "reelhouse_spool_full 1" in (await resp.text()).splitlines()
         await client.close()
+
+
+async def test_end_with_a_full_spool_finishes_at_once(server_factory: Any, tmp_path: Path) -> None:
+    """END does not wait for uploads to make room: the session's files are on the disk already,
+    so they go to the spool over its cap, and everything recorded reaches the store."""
+    server = await server_factory(recorder={"segment_target_s": 1.0}, spool={"max_bytes": 2000})
+    spool = server.app[SPOOL]
+    clip = encode_clip("h264", duration_s=3.0, audio_codec="opus")
+    async with aiohttp.ClientSession() as http:
+        sid, client = await recording_client(http, server)
+        seq = 0
+        for frame in clip.frames:
+            seq = await client.media(frame)
+        await client.wait_ack(seq)
+        assert await spool.wait_until(lambda: bool(spool.full), WAIT_S)  # segments are waiting
+        async with asyncio.timeout(WAIT_S):  # it used to wait for room that never came
+            await event(http, server, "EVENT_TYPE_END", sid)
+    playlist, mp4 = await fetch_recording(server, sid, tmp_path)
+    video, audio = await asyncio.to_thread(count_frames, mp4)
+    assert video == clip.video_frames and audio > 0
+    assert "#EXT-X-ENDLIST" in playlist.read_text()
