@@ -129,6 +129,7 @@ class SessionRecorder:
     async def start(self, records: list[list[Any]] | None = None) -> None:
         """Open the writer, replaying the WAL records a previous run left, and take frames."""
         rows = await self._meta.list_files(self.session_id, kind="segment")
+        await self._respool_lost(rows)
         self._playlist = Playlist(
             [
                 PlaylistSegment(
@@ -162,6 +163,28 @@ class SessionRecorder:
         self.wal_from = opened.wal_from
         self._tracks.update(opened.tracks)  # a client may go on without re-announcing
         self._queue_segments(opened.cuts)  # closed while replaying
+
+    async def _respool_lost(self, rows: list[FileRow]) -> None:
+        """Spool again a closed segment whose row was written but whose spooling a crash cut
+        short (the row goes first, so the upload can mark it): it is neither uploaded nor in
+        the spool, and the WAL no longer replays it, but its hard link in ``keep/`` is whole."""
+        for row in rows:
+            if row.uploaded_at is not None or self._spool.holds(self.session_id, row.key):
+                continue
+            keep = self.live_dir / KEEP_DIR / row.key.rsplit("/", 1)[-1]
+            if not await asyncio.to_thread(keep.exists):
+                log.error(
+                    "segment %s was never uploaded and its file is gone",
+                    row.key,
+                    extra={"session_id": self.session_id},
+                )
+                continue
+            log.warning(
+                "spooling %s again: a crash cut its spooling short",
+                row.key,
+                extra={"session_id": self.session_id},
+            )
+            await self._spool.add(row.key, keep, group=self.session_id, move=False, over_cap=True)
 
     async def aclose(self) -> None:
         """Stop taking frames and leave the open segment to the WAL (graceful shutdown).

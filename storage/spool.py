@@ -449,6 +449,11 @@ class Spool:
     # waiting -----------------------------------------------------------------------------
 
     # a timeout argument (not asyncio.timeout) so a timeout is an answer, not an exception
+    def holds(self, group: str, key: str) -> bool:
+        """Whether ``key`` of ``group`` is waiting here (queued or being uploaded)."""
+        state = self._groups.get(group)
+        return state is not None and any(item.key == key for _, item in state.queue)
+
     async def wait_idle(self, timeout: float | None = None) -> bool:
         """Wait until nothing is pending; false on timeout or when the spool closed first."""
         return await self._wait(lambda: self._pending == 0, timeout)

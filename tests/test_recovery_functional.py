@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sqlite3
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,7 +18,7 @@ import numpy as np
 import pytest
 from conftest import API_KEY, Server
 from media import Clip, encode_clip, encode_webm
-from recording import count_frames, event, fetch_recording, start_session
+from recording import count_frames, event, fetch_recording, recording_client, start_session
 from wsclient import RawClient
 
 from api.keys import SESSIONS, SPOOL, STORE
@@ -250,3 +251,44 @@ async def test_a_session_whose_log_cannot_replay_still_recovers(
         )
         assert sid in server.app[SESSIONS].sessions  # type: ignore[index]
         await event(http, server, "EVENT_TYPE_END", sid)
+
+
+async def test_a_segment_whose_spooling_a_crash_cut_short_is_spooled_again(
+    proc: ServerProcess, server_factory: Any, tmp_path: Path
+) -> None:
+    """A closed segment's row is written before the file enters the spool (so the upload can
+    mark it); a crash between the two left a segment listed, never uploaded, and skipped by
+    the replay. The state that crash leaves is made here by hand, after a clean stop: the row
+    says not uploaded, the spool does not hold it, the object is not in the store."""
+    clip = encode_clip("h264", duration_s=5.0, audio_codec="opus")
+    cut = len(clip.frames) // 2
+    async with aiohttp.ClientSession() as http:
+        sid, client = await recording_client(http, proc)
+        for f in clip.frames[:cut]:
+            await client.media(f)
+        await client.wait_ack(cut)
+        await spooled_segments(http, proc, sid, 2)
+        assert await proc.stop(signal.SIGTERM) == 0
+        lost = await asyncio.to_thread(forget_last_upload, proc.data_dir, sid)
+        server = await server_factory(
+            data_dir=proc.data_dir, recorder={"segment_target_s": SEGMENT_S}
+        )
+        assert await server.app[SPOOL].wait_idle(30.0)  # type: ignore[index]
+        store = server.app[STORE]  # type: ignore[index]
+        assert await store.head(lost) is not None  # uploaded again from its kept link
+        video, resumed_at, _ = await finish_in_process(server, http, sid, clip, tmp_path)
+    assert resumed_at == cut
+    assert video == clip.video_frames  # the whole recording, that segment included
+
+
+def forget_last_upload(data_dir: Path, sid: str) -> str:
+    """Undo the last segment's upload: its row unmarked, its object deleted; returns its key."""
+    with sqlite3.connect(data_dir / "meta.sqlite3") as db:
+        (key,) = db.execute(
+            "SELECT key FROM files WHERE session_id = ? AND kind = 'segment' "
+            "ORDER BY seq DESC LIMIT 1",
+            (sid,),
+        ).fetchone()
+        db.execute("UPDATE files SET uploaded_at = NULL WHERE key = ?", (key,))
+    (data_dir / "objects" / key).unlink()
+    return str(key)
