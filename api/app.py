@@ -174,6 +174,12 @@ async def metrics_handler(request: web.Request) -> web.Response:
                 "Writer lane processes running (one crashed: its sessions wait for a restart).",
                 manager.pool.alive,
             ),
+            (
+                "reelhouse_writer_lane_restarts_total",
+                "counter",
+                "Writer lanes restarted after a crash.",
+                manager.pool.restarts,
+            ),
             ("reelhouse_spool_bytes", "gauge", "Bytes held in the spool.", spool.bytes),
             (
                 "reelhouse_uploads_total",

@@ -16,8 +16,9 @@ lane in the server, so pickling and waiting never run on the event loop.
 A lane ignores SIGINT (Ctrl-C reaches the whole process group; the server decides when a lane
 stops, after its sessions made their open segments safe) and exits when the server's end of
 the pipe closes, so a killed server leaves no lane behind. A lane that dies (a crash in a
-codec) fails its sessions' writes: their clients are closed with INTERNAL_ERROR, and what they
-were acknowledged is in the lane's WAL, replayed at the next start.
+codec) fails its sessions' writes and is noticed at once (the event loop watches its exit);
+the pool restarts it on the same WAL and the session manager replays its sessions, as at a
+server start (``WriterPool.lane_died``, ``SessionManager._recover_lane``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import logging
 import multiprocessing
 import pickle
 import signal
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -50,6 +52,7 @@ _CONTEXT = multiprocessing.get_context("forkserver")
 _CONTEXT.set_forkserver_preload(["ingest.lanes"])
 
 LogSetup = tuple[Callable[..., None], tuple[Any, ...]]  # a module-level function and its args
+_START_LOCK = threading.Lock()
 
 
 class LaneError(RuntimeError):
@@ -57,7 +60,7 @@ class LaneError(RuntimeError):
 
 
 class LaneDied(LaneError):
-    """The lane process exited; its sessions cannot be written until the server restarts."""
+    """The lane process exited; its sessions wait for its restart."""
 
 
 # the lane process ----------------------------------------------------------------------------
@@ -164,6 +167,8 @@ class Lane:
         self._proc: Any = None
         self._io = ThreadPoolExecutor(1, thread_name_prefix=f"reelhouse-lane-{number}")
         self._dead = False
+        self.on_exit: Callable[[], None] | None = None  # told when the process exits unasked
+        self._watched: int | None = None  # the process sentinel the event loop watches
 
     async def start(self) -> None:
         """Start the process (blocking parts in a thread)."""
@@ -174,14 +179,37 @@ class Lane:
             name=f"reelhouse-lane-{self.number}",
             daemon=True,
         )
-        await asyncio.to_thread(self._proc.start)
+        await asyncio.to_thread(self._start_process)
         child.close()
         self._conn = parent
+        # the sentinel turns readable when the process exits: a crash is noticed at once,
+        # even in a lane with no session writing (nothing else would ask it anything)
+        self._watched = self._proc.sentinel
+        asyncio.get_running_loop().add_reader(self._watched, self._exited)
+
+    def _start_process(self) -> None:
+        # one at a time: Process.start polls every other child of this process, and one
+        # polled while its own start is still reading its pid reads that pid as an exit code
+        with _START_LOCK:
+            self._proc.start()
+
+    def _exited(self) -> None:
+        self._unwatch()
+        self._dead = True
+        log.critical("writer lane %d (pid %s) exited", self.number, self.pid)
+        if self.on_exit is not None:
+            self.on_exit()
+
+    def _unwatch(self) -> None:
+        if self._watched is not None:
+            asyncio.get_running_loop().remove_reader(self._watched)
+            self._watched = None
 
     @property
     def dead(self) -> bool:
-        """The process has exited (or never answered): it takes no more requests."""
-        if not self._dead and self._proc is not None and not self._proc.is_alive():
+        """The process has exited (or never answered): it takes no more requests. (One still
+        starting is not polled: an unstarted process reads as not alive.)"""
+        if not self._dead and self._conn is not None and not self._proc.is_alive():
             self._dead = True  # (is_alive polls the exit without waiting)
         return self._dead
 
@@ -213,6 +241,7 @@ class Lane:
         """Ask the lane to close its WAL and exit; kill it if it does not."""
         if self._proc is None:
             return
+        self._unwatch()  # exiting now is asked for
         if not self.dead:
             try:
                 await asyncio.wait_for(self.call("stop"), STOP_TIMEOUT_S)

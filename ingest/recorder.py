@@ -40,6 +40,7 @@ US = 1_000_000
 PLAYLIST_NAME = "index.m3u8"
 SPOOL_FULL_RETRY_MIN_S = 0.5
 SPOOL_FULL_RETRY_MAX_S = 10.0
+ABANDON_SPOOL_WAIT_S = 5.0  # a crashed lane's sessions: how long spooling may finish first
 
 
 class _LeftToWal(Exception):
@@ -103,6 +104,7 @@ class SessionRecorder:
         self._closing = asyncio.Event()  # the server stops: a spool-full retry gives up
         self._ending = False  # END: the last files go to the spool over its cap
         self._retry = asyncio.Event()  # wakes a spool-full retry (stopping or END)
+        self._abandoned = False  # its lane crashed; a new recorder took over
 
     @property
     def lane(self) -> WriterLane | None:
@@ -111,8 +113,28 @@ class SessionRecorder:
 
     @property
     def writer_lost(self) -> bool:
-        """The session's writer lane crashed: it cannot record until the server restarts."""
-        return self._lane is not None and self._lane.lane.dead
+        """The session's writer lane crashed: this recorder records no more (the session is
+        reopened on the restarted lane, or at the next start)."""
+        return self._abandoned or (self._lane is not None and self._lane.lane.dead)
+
+    async def abandon(self) -> None:
+        """Its lane crashed: take nothing more, let spooling finish (briefly) and step aside
+        for a new recorder replaying the lane's WAL. A segment cut short here is spooled
+        again or rebuilt by that replay (``_respool_lost``, the WAL)."""
+        self._abandoned = True
+        self._closed = True
+        self._closing.set()
+        self._retry.set()
+        self._idle.set()
+        self._pool.unregister(self)
+        spooler = self._spooler
+        if spooler is not None and not spooler.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(spooler), ABANDON_SPOOL_WAIT_S)
+            except (TimeoutError, _LeftToWal):
+                spooler.cancel()
+                with contextlib.suppress(asyncio.CancelledError, _LeftToWal):
+                    await spooler
 
     @property
     def key_playlist(self) -> str:

@@ -32,7 +32,7 @@ from .errors import (
 from .events import CONTROL_ACTION, OPEN_STATES, EventType, SessionEvent, SessionState, next_state
 from .lanes import LaneError, LogSetup
 from .recorder import SessionRecorder
-from .writer import WriterPool
+from .writer import WriterLane, WriterPool
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +125,7 @@ class SessionManager:
             rotate_bytes=ingest.wal_rotate_bytes,
             log_setup=log_setup,
         )
+        self.pool.on_lane_died = self._recover_lane
         self.sessions: dict[str, LiveSession] = {}
         self._waiting: list[Connection] = []
         self.stats = SessionStats()
@@ -171,7 +172,13 @@ class SessionManager:
         await asyncio.gather(*self._closing, return_exceptions=True)
 
     async def _open(self, row: SessionRow, records: list[list[Any]] | None = None) -> LiveSession:
-        recorder = SessionRecorder(
+        live = LiveSession(row=row, recorder=self._recorder(row))
+        await self._start_recorder(live, records)
+        self.sessions[row.session_id] = live
+        return live
+
+    def _recorder(self, row: SessionRow) -> SessionRecorder:
+        return SessionRecorder(
             row.session_id,
             live_dir=self._live_dir / row.session_id,
             key_prefix=f"{self._recorder_settings.key_prefix}/{row.customer_id}/{row.profile_id}/{row.session_id}",
@@ -183,12 +190,51 @@ class SessionManager:
             paused=row.state == SessionState.PAUSED,
             acked_seq=row.acked_seq,
         )
-        live = LiveSession(row=row, recorder=recorder)
+
+    async def _start_recorder(
+        self, live: LiveSession, records: list[list[Any]] | None = None
+    ) -> None:
+        recorder = live.recorder
         recorder.on_ack = lambda seq: self._ack(live, seq)
         recorder.on_error = lambda err: self._recorder_error(live, err)
         await recorder.start(records)
-        self.sessions[row.session_id] = live
-        return live
+
+    async def _recover_lane(self, lane: WriterLane) -> None:
+        """A writer lane's process died: restart it and reopen its sessions from its WAL, as a
+        server start would. Their clients are closed (1011) and reconnect to find, in their
+        welcome, the acknowledged sequence to resend from; nothing acknowledged is lost."""
+        affected = [live for live in self.sessions.values() if live.recorder.lane is lane]
+        log.critical(
+            "writer lane %d died: restarting it and reopening %d sessions",
+            lane.lane.number,
+            len(affected),
+        )
+        for live in affected:
+            if live.conn is not None:
+                await self._recorder_error(
+                    live, ProtocolError(CloseCode.INTERNAL_ERROR, "writer restarted: reconnect")
+                )
+                live.conn = None
+            await live.recorder.abandon()
+            self._collect(live.recorder)
+        records = await self.pool.restart(lane)
+        for live in affected:
+            async with live.lock:  # an event in flight on the old recorder finishes first
+                if self.sessions.get(live.session_id) is not live:
+                    continue
+                row = await self._meta.get_session(live.session_id)
+                if row is None or row.state not in OPEN_STATES:
+                    continue
+                self.pool.place_on(live.session_id, lane)
+                live.row, live.recorder = row, self._recorder(row)
+                try:
+                    await self._start_recorder(live, records.pop(live.session_id, []))
+                except Exception:
+                    log.exception("could not reopen the session", extra=_ctx(live))
+                    await live.recorder.abandon()  # failed: END answers UNAVAILABLE, not hangs
+                else:
+                    log.info("reopened after its lane restarted", extra=_ctx(live))
+        await self.pool.finish_restart(lane)
 
     async def _reap_idle(self) -> None:
         """End sessions nobody has touched for ``idle_end_s``: no media, event or connection."""
@@ -250,10 +296,11 @@ class SessionManager:
             after = next_state(before, event.event_type)
             if live.recorder.writer_lost and event.event_type is not EventType.RECONNECT:
                 # ending now would lose the open segment: it is only in the lane's WAL, which
-                # the next start replays for sessions still open
+                # the lane's restart (or the next server start) replays for open sessions
                 raise WritersUnavailable(
-                    "this session's writer crashed; what it was acknowledged is safe and is "
-                    "recovered when the server restarts: send the event again then"
+                    "this session's writer crashed and is restarting; what it was acknowledged "
+                    "is safe: send the event again shortly (if its writer keeps crashing, after "
+                    "the server restarts)"
                 )
             now = datetime.now(UTC)
             ev_row = await self._meta.add_event(live.session_id, event.event_type.value, now)
@@ -404,12 +451,20 @@ class SessionManager:
                         CloseCode.UNKNOWN_SESSION, f"session {session_id} not found"
                     )
                 raise ProtocolError(CloseCode.SESSION_STATE, f"session {session_id} has ended")
+            if live.recorder.writer_lost:  # its lane is restarting and replays it shortly
+                raise ProtocolError(
+                    CloseCode.INTERNAL_ERROR, "the session's writer is restarting: reconnect"
+                )
             await self._replace(live, conn)
             return live
         if not any(conn.ids.values()):
             raise ProtocolError(CloseCode.SCHEMA, "hello: give session_id or platform ids")
         for live in self.sessions.values():
             if live.conn is None and _matches(conn.ids, live.row):
+                if live.recorder.writer_lost:
+                    raise ProtocolError(
+                        CloseCode.INTERNAL_ERROR, "the session's writer is restarting: reconnect"
+                    )
                 await self._replace(live, conn)
                 return live
         self._waiting.append(conn)

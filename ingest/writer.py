@@ -11,7 +11,8 @@ import asyncio
 import contextlib
 import logging
 import shutil
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 Observe = Callable[[float, str], None]  # (seconds, phase): the pool's timings, for /metrics
 
 DEFAULT_TICK_S = 0.025  # the shortest tick: bounds fsyncs per second; acks wait at most this
+RESTART_QUIET_S = 30.0  # a lane dying again sooner after its restart is left down
 LANE_DIR = "lane-{}"
 
 
@@ -61,6 +63,8 @@ class WriterLane:
         self._released_below = 0
         self._release_task: asyncio.Task[None] | None = None
         self.task: asyncio.Task[None] | None = None
+        self.restarted_at: float | None = None  # monotonic time of the last restart
+        lane.on_exit = lambda: pool.lane_died(self)
 
     async def call(self, op: str, *args: Any) -> Any:
         """A request to the lane process (see ``ingest.lanes``)."""
@@ -82,8 +86,8 @@ class WriterLane:
             )
         except LaneError as exc:
             log.critical(
-                "writer lane %d failed a tick (%s): sessions %s stop recording; what they were "
-                "acknowledged is in its WAL and is recovered when the server restarts",
+                "writer lane %d failed a tick (%s): sessions %s stop until it restarts; what "
+                "they were acknowledged is in its WAL, which the restart replays",
                 self.lane.number,
                 exc,
                 ", ".join(sorted(rec.session_id for rec in self.members)),
@@ -173,6 +177,11 @@ class WriterPool:
         # called with (seconds, phase): "write" (the lane's round trip), "sync" (its fsync),
         # "tick" (all of it) and "ack" (from a batch's oldest frame to its acknowledgement)
         self.observe: Observe | None = None
+        # told when a lane's process died; it restarts the lane and reopens its sessions
+        self.on_lane_died: Callable[[WriterLane], Awaitable[None]] | None = None
+        self._recoveries: dict[WriterLane, asyncio.Task[None]] = {}
+        self._recovered = asyncio.Event()
+        self.restarts = 0
 
     async def start(self) -> dict[str, list[list[Any]]]:
         """Start the lanes and read what their WALs hold, by session (for recovery)."""
@@ -265,8 +274,66 @@ class WriterPool:
         """The newest WAL file of any lane."""
         return max((lane.wal_index for lane in self.lanes), default=0)
 
+    def lane_died(self, lane: WriterLane) -> None:
+        """A lane's process is gone: have it restarted (once at a time, and not again if it
+        died within ``RESTART_QUIET_S`` of its last restart: that is a crash loop)."""
+        if self.on_lane_died is None or lane in self._recoveries or lane not in self.lanes:
+            return
+        now = time.monotonic()
+        if lane.restarted_at is not None and now - lane.restarted_at < RESTART_QUIET_S:
+            log.critical(
+                "writer lane %d died again %.0f s after its restart: left down; its sessions "
+                "wait for the server to restart",
+                lane.lane.number,
+                now - lane.restarted_at,
+            )
+            return
+        task = asyncio.create_task(self._recover(lane), name=f"lane-{lane.lane.number}-restart")
+        self._recoveries[lane] = task
+
+    async def _recover(self, lane: WriterLane) -> None:
+        assert self.on_lane_died is not None
+        try:
+            await self.on_lane_died(lane)
+        except Exception:
+            log.exception("restarting writer lane %d failed", lane.lane.number)
+        finally:
+            del self._recoveries[lane]
+            self._recovered.set()
+            self._recovered = asyncio.Event()
+
+    async def wait_recovered(self) -> None:
+        """Wait until the next lane restart has finished (or failed)."""
+        await self._recovered.wait()
+
+    async def restart(self, lane: WriterLane) -> dict[str, list[list[Any]]]:
+        """Start a new process for ``lane`` on the same WAL; returns what the WAL holds by
+        session (replay each with ``register`` after ``place_on``, then ``finish_restart``)."""
+        old = lane.lane
+        await old.stop()
+        lane.lane = Lane(old.number, old.directory, self._rotate_bytes, self._log_setup)
+        lane.lane.on_exit = lambda: self.lane_died(lane)
+        await lane.lane.start()
+        lane.restarted_at = time.monotonic()
+        self.restarts += 1
+        records: dict[str, list[list[Any]]] = await lane.call("wal_open")
+        return records
+
+    def place_on(self, session_id: str, lane: WriterLane) -> None:
+        """The next ``register`` of ``session_id`` goes to ``lane`` (its WAL is there)."""
+        self._home[session_id] = lane
+
+    async def finish_restart(self, lane: WriterLane) -> None:
+        """The restarted lane's sessions are replayed: drop the WAL files they came from."""
+        lane.wal_index = await lane.call("finish_recovery")
+        self._home = {sid: w for sid, w in self._home.items() if w is not lane}
+
     async def aclose(self) -> None:
         """Stop ticking and stop the lanes (each syncs and closes its WAL); harmless twice."""
+        for task in list(self._recoveries.values()):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         lanes, self.lanes = self.lanes, []
         await asyncio.gather(*(lane.aclose() for lane in lanes))
         for wal in self._orphans:  # a start that failed half-way: leave them for the next
