@@ -12,6 +12,7 @@ Synchronous and not thread-safe: one compositor per mix, used from that mix's wo
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 from collections import deque
@@ -159,6 +160,7 @@ class _Picture:
 @dataclass(slots=True)
 class _User:
     joined_us: int
+    rank: int = 0  # place in the join order
     reformatter: VideoReformatter = field(default_factory=VideoReformatter)
     pending: deque[tuple[int, VideoFrame]] = field(default_factory=deque)
     picture: _Picture | None = None
@@ -180,7 +182,8 @@ class Compositor:
         self.width, self.height = width, height
         self._layout = layout
         self._color = rgb_to_yuv(parse_color(background_color))
-        self._users: dict[str, _User] = {}  # Insertion order is join order.
+        self._users: dict[str, _User] = {}  # Insertion order is join order (by rank).
+        self._ranks = itertools.count(1 << 32)  # ranks of users joined without one given
         self._windows: list[Window] = []
         self._background: VideoFrame | None = None
         self._default_user_bg: _Picture | None = None
@@ -212,15 +215,17 @@ class Compositor:
         user = self._users.get(uid)
         return 0 if user is None else user.dropped
 
-    def join(self, uid: str, t_us: int) -> None:
-        """Add a user in join order, by join time (no-op if already in): a join scheduled for
-        its time on the output clock may be applied after a later user's first frame joined
-        that one, and must still come first."""
+    def join(self, uid: str, t_us: int, order: int | None = None) -> None:
+        """Add a user (no-op if already in), last in the join order, or at ``order`` (a rank
+        its caller took when the user joined: a join applied late, at its time on the output
+        clock, still goes before a user who joined after it but whose first frame came in
+        first)."""
         if uid not in self._users:
+            rank = next(self._ranks) if order is None else order
             last = next(reversed(self._users.values()), None)
-            self._users[uid] = _User(joined_us=t_us)
-            if last is not None and t_us < last.joined_us:  # (a stable sort keeps ties' order)
-                self._users = dict(sorted(self._users.items(), key=lambda u: u[1].joined_us))
+            self._users[uid] = _User(joined_us=t_us, rank=rank)
+            if last is not None and rank < last.rank:  # (a stable sort keeps ties' order)
+                self._users = dict(sorted(self._users.items(), key=lambda u: u[1].rank))
             self._dirty = True
 
     def leave(self, uid: str) -> None:

@@ -347,6 +347,8 @@ class MixSession:
         # Joins, leaves and layout changes, applied at their time on the output timeline.
         self._events: list[tuple[int, int, Callable[[], None]]] = []
         self._event_seq = itertools.count()
+        self._ranks: dict[str, int] = {}  # uid → place in the join order
+        self._rank_seq = itertools.count()
         self._mp4_max_s, self._mp4_max_bytes = mp4_max_duration_s, mp4_max_bytes
         self._mp4_part: list[SegmentInfo] = []
         self.segments: list[SegmentInfo] = []
@@ -372,6 +374,7 @@ class MixSession:
         """A decoded video frame of `uid`, shown from `t_us`; returns the segments finished."""
         self._check_open()
         self._start(t_us)
+        self.compositor.join(uid, t_us, self._rank(uid))  # in its place if it is new
         self.compositor.push_video(uid, frame, t_us)
         return self.advance(t_us)
 
@@ -379,7 +382,7 @@ class MixSession:
         """A decoded audio frame of `uid` starting at `t_us` (any rate and layout)."""
         self._check_open()
         self._start(t_us)
-        self.compositor.join(uid, t_us)  # A user with audio only still has a window.
+        self.compositor.join(uid, t_us, self._rank(uid))  # Audio only still has a window.
         self._mixer.push(uid, frame, t_us)
         return self.advance(t_us)
 
@@ -387,7 +390,8 @@ class MixSession:
         """`uid` joins at `t_us` (pushing a frame joins too; this fixes the join order)."""
         self._check_open()
         self._start(t_us)
-        self._at(t_us, lambda: self.compositor.join(uid, t_us))
+        rank = self._rank(uid)  # taken now: the join order is the order of these calls
+        self._at(t_us, lambda: self.compositor.join(uid, t_us, rank))
         return self.advance(t_us)
 
     def leave(self, uid: str, t_us: int) -> list[SegmentInfo]:
@@ -398,6 +402,7 @@ class MixSession:
         def apply() -> None:
             self.compositor.leave(uid)
             self._mixer.remove(uid)
+            self._ranks.pop(uid, None)  # joining again goes to the end
 
         self._at(t_us, apply)
         return self.advance(t_us)
@@ -426,6 +431,12 @@ class MixSession:
         compositor.clear_user_backgrounds()
         for uid, image, mode in style.user_backgrounds:
             compositor.set_user_background(uid, image, mode)
+
+    def _rank(self, uid: str) -> int:
+        """``uid``'s place in the join order: taken at its first join or frame."""
+        if uid not in self._ranks:
+            self._ranks[uid] = next(self._rank_seq)
+        return self._ranks[uid]
 
     def _at(self, t_us: int, apply: Callable[[], None]) -> None:
         heapq.heappush(self._events, (t_us, next(self._event_seq), apply))

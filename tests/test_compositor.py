@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from av.video.frame import VideoFrame
@@ -24,6 +26,7 @@ from mixer.layout import (
     RenderMode,
     compute_layout,
 )
+from mixer.mix import MixConfig, MixSession
 
 W, H = 320, 180
 FRAME_US = 66_667  # 15 fps
@@ -224,14 +227,14 @@ def test_join_and_leave_lay_out_again() -> None:
     assert yuv_at(out, 10, 10) == user_color(1)
 
 
-def test_join_order_is_join_time_not_arrival() -> None:
-    """A join applied late (it waited for its time on the output clock) still goes before a
-    user who joined later but whose first frame came in first: the first to join is big."""
+def test_join_order_is_the_rank_given_not_arrival() -> None:
+    """A join applied late (it waited for its time on the output clock) keeps the place its
+    caller gave it, ahead of a user whose first frame came in first: the first to join is big."""
     comp = Compositor(W, H, LayoutSpec(LayoutMode.FLOATING), background_color=BG)
-    comp.push_video("green", solid_frame(64, 36, user_color(1)), 2 * FRAME_US)
-    comp.join("red", FRAME_US)
-    comp.join("blue", 3 * FRAME_US)
-    assert comp.users == ["red", "green", "blue"]
+    comp.push_video("green", solid_frame(64, 36, user_color(1)), 0)  # no rank: after those given
+    comp.join("red", 2 * FRAME_US, order=0)
+    comp.join("blue", 3 * FRAME_US, order=1)
+    assert comp.users == ["red", "blue", "green"]
     assert comp.windows[0].uid == "red" and comp.windows[0].rect == Rect(0, 0, W, H)
 
 
@@ -249,3 +252,18 @@ def test_colour_validation() -> None:
         Compositor(W, H, LayoutSpec(), background_color="red")
     assert info.value.field == f"{TRANSCODING_FIELD}.backgroundColor"
     assert rgb_to_yuv("#000000") == BLACK and rgb_to_yuv("#FFFFFF") == (235, 128, 128)
+
+
+def test_a_mix_keeps_join_order_when_a_later_users_frame_comes_first(tmp_path: Path) -> None:
+    """In a MixSession, a join waits for its time on the output clock while a frame joins its
+    user at once: the first to join must still be first (it fills a floating canvas)."""
+    config = MixConfig(width=W, height=H, fps=15, bitrate_kbps=200)
+    session = MixSession(config, tmp_path)
+    try:
+        session.join("red", 0)
+        session.join("green", 0)
+        session.push_video("green", solid_frame(64, 36, user_color(1)), 10)
+        session.push_video("red", solid_frame(64, 36, user_color(0)), 20)
+        assert session.compositor.users[:2] == ["red", "green"]
+    finally:
+        session.finish()
