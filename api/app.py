@@ -332,7 +332,10 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             target, event_type, cname=res.cname, uid=res.uid, sid=session.sid, details=details
         )
 
-    cloud = CloudRecordingService(channels, stores, spool, data / "cloud", notify=notify)
+    cloud = CloudRecordingService(
+        channels, stores, spool, data / "cloud", notify=notify, store=meta
+    )
+    await cloud.open()  # recordings a restart interrupted go on
     app[cloud_recording_routes.CLOUD] = cloud
     app[cloud_recording_routes.CUSTOMERS] = CustomerAuth(meta)
     app[cloud_recording_routes.RATE] = cloud_recording_routes.RateLimit()
@@ -345,7 +348,9 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     finally:
         lag_task.cancel()
         await processor.aclose()
-        await cloud.aclose()  # before the spool: stopped recordings hand it their last files
+        # before the spool: suspended recordings hand it their last files (they go on after
+        # the restart)
+        await cloud.aclose()
         await notifier.aclose()
         await webhook_http.close()
         await app[WHIP].aclose()
@@ -367,6 +372,8 @@ async def _watch_loop_lag(lag: metrics.Histogram) -> None:
 
 async def _on_shutdown(app: web.Application) -> None:
     # before handlers are cancelled: close sockets with GOING_AWAY, then make open segments safe
+    if cloud_recording_routes.CLOUD in app:  # publishers leaving now is no idle channel
+        app[cloud_recording_routes.CLOUD].begin_shutdown()
     if INGEST in app:
         await app[INGEST].aclose()
         await app[SESSIONS].aclose()

@@ -22,6 +22,7 @@ from storage.errors import StorageError
 from .cloud_recording import CloudFailure, CloudRecordingService, CloudSession, member_outputs
 from .cloud_recording_schema import (
     CloudError,
+    StartConfig,
     check_start_matches_acquire,
     parse_acquire,
     parse_json,
@@ -133,12 +134,35 @@ def selector(flt: Any) -> UidSelector:
     return UidSelector(flt.only, flt.exclude)
 
 
+def start_options(config: StartConfig) -> dict[str, Any]:
+    """What the service records, from a start's parsed ``clientRequest``."""
+    mix = config.mix
+    recording = config.recording
+    snapshot_s = float(config.snapshot.capture_interval_s) if config.snapshot else None
+    group = recording.subscribe_uid_group
+    return {
+        "mix": mix,
+        "file_types": mix.file_types if mix is not None else frozenset({FileType.HLS}),
+        "audio_uids": selector(recording.audio_filter),
+        "video_uids": selector(recording.video_filter),
+        "max_idle_s": float(recording.max_idle_time_s),
+        "snapshot_every_s": snapshot_s,
+        "outputs": member_outputs(
+            str(recording.stream_mode),
+            int(recording.stream_types),
+            record=config.recording_file is not None,  # None: snapshots only
+            snapshot_every_s=snapshot_s,
+        ),
+        "max_uids": UID_GROUP_MAX[group] if group is not None and mix is None else None,
+    }
+
+
 async def acquire(request: web.Request) -> web.Response:
     """``POST acquire``."""
 
-    req = parse_acquire(await read_json(request))
-    res = request.app[CLOUD].acquire(request.match_info["appid"], req.cname, req.uid, None)
-    res.start_parameter = {"acquire": req}
+    body = await read_json(request)
+    req = parse_acquire(body)
+    res = await request.app[CLOUD].acquire(request.match_info["appid"], req.cname, req.uid, body)
     return web.json_response({"cname": req.cname, "uid": req.uid, "resourceId": res.resource_id})
 
 
@@ -167,31 +191,16 @@ async def start(request: web.Request) -> web.Response:
     appid, rid, mode = (request.match_info[k] for k in ("appid", "resourceid", "mode"))
     service = request.app[CLOUD]
     res = service.resource(appid, rid)
-    req = parse_start(await read_json(request), mode)
-    acquired = (res.start_parameter or {}).get("acquire")
-    if acquired is not None:
-        check_start_matches_acquire(acquired, req)
+    body = await read_json(request)
+    req = parse_start(body, mode)
+    if res.request is not None:  # what acquire was sent (checked when it was)
+        check_start_matches_acquire(parse_acquire(res.request), req)
     await _check_token(request, req.cname, req.uid, req.config.token)
     config = req.config
-    mix = config.mix
-    recording = config.recording
-    snapshot_s = float(config.snapshot.capture_interval_s) if config.snapshot else None
-    group = recording.subscribe_uid_group
     session = await service.start(
         appid, rid, str(req.mode), req.cname, req.uid, config.storage,
-        mix=mix,
-        file_types=mix.file_types if mix is not None else frozenset({FileType.HLS}),
-        audio_uids=selector(recording.audio_filter),
-        video_uids=selector(recording.video_filter),
-        max_idle_s=float(recording.max_idle_time_s),
-        snapshot_every_s=snapshot_s,
-        outputs=member_outputs(
-            str(recording.stream_mode), int(recording.stream_types),
-            record=not req.snapshots_only, snapshot_every_s=snapshot_s,
-        ),
-        max_uids=UID_GROUP_MAX[group] if group is not None and mix is None else None,
+        **start_options(config), request=body["clientRequest"], config=config,
     )  # fmt: skip
-    session.config = config
     return web.json_response(
         {"cname": req.cname, "uid": req.uid, "resourceId": rid, "sid": session.sid}
     )
@@ -212,6 +221,9 @@ async def update(request: web.Request) -> web.Response:
 
     session = _session(request)
     req = parse_update(await read_json(request), session.mode)
+    request.app[CLOUD].check_running(session)
+    if session.config is None:  # started without its request (not through this API)
+        raise CloudFailure(2, "update: the start request of this session was not kept")
     config = req.apply_to(session.config)
     session.config = config
     await request.app[CLOUD].update_subscriptions(
@@ -229,14 +241,15 @@ async def update_layout(request: web.Request) -> web.Response:
     """``POST .../updateLayout`` (mix): the whole layout replaced."""
 
     session = _session(request)
-    req = parse_update_layout(await read_json(request))
+    body = await read_json(request)
+    req = parse_update_layout(body)
     style = await fetch_style(
         req.background_color,
         req.background_image,
         req.default_user_background_image,
         req.user_backgrounds,
     )
-    await request.app[CLOUD].update_layout(session, req.layout, style)
+    await request.app[CLOUD].update_layout(session, req.layout, style, body["clientRequest"])
     return web.json_response(
         {"cname": req.cname, "uid": req.uid, "resourceId": session.resource.resource_id,
          "sid": session.sid}

@@ -4,6 +4,10 @@ Subscribes to the channel: members joining and leaving re-lay the canvas (the mi
 users in join order); every subscribed member's frames, decoded by aiortc (WebRTC) or here
 (WebSocket publishers' encoded frames, off the loop), are pushed into one
 :class:`mixer.mix.MixRecorder`. A timer keeps output frames coming while nobody sends.
+
+A failure of the mix (an encoder, the disk) ends the task it happened in; ``on_error`` is told
+once, and what the mix wrote until then stays (the caller decides what to do: the cloud
+recording service ends the session abnormally).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,8 +81,12 @@ class ChannelMixRecorder:
         on_segment: Callable[[SegmentInfo], None] | None = None,
         clock: Callable[[], float] = time.time,
         utc_segment_names: bool = False,
+        on_error: Callable[[Exception], None] | None = None,
     ) -> None:
+        """``on_error``: told (once) when the mix fails; its tasks end then."""
         self._registry, self._appid, self._cname = registry, appid, cname
+        self._on_error = on_error
+        self.failed: Exception | None = None
         self._clock = clock
         self.audio_uids, self.video_uids = audio_uids, video_uids
         self._mix = MixRecorder(
@@ -110,10 +118,27 @@ class ChannelMixRecorder:
         self.started_at_ms = int(self._clock() * 1000)
         self._sub = self._registry.subscribe(self._appid, self._cname)
         self._readers = [
-            asyncio.create_task(self._events(self._sub), name=f"mix-events-{self._cname}"),
-            asyncio.create_task(self._media(self._sub), name=f"mix-media-{self._cname}"),
+            asyncio.create_task(
+                self._guard(self._events(self._sub)), name=f"mix-events-{self._cname}"
+            ),
+            asyncio.create_task(
+                self._guard(self._media(self._sub)), name=f"mix-media-{self._cname}"
+            ),
         ]
-        self._ticker = asyncio.create_task(self._tick(), name=f"mix-tick-{self._cname}")
+        self._ticker = asyncio.create_task(
+            self._guard(self._tick()), name=f"mix-tick-{self._cname}"
+        )
+
+    async def _guard(self, work: Coroutine[None, None, None]) -> None:
+        """Run one of the mix's tasks; a failure is logged and told, and ends that task."""
+        try:
+            await work
+        except Exception as exc:
+            log.exception("mix %s/%s failed", self._appid, self._cname)
+            if self.failed is None:
+                self.failed = exc
+                if self._on_error is not None:
+                    self._on_error(exc)
 
     async def _join(self, uid: str) -> None:
         if uid not in self._joined and (self._wanted(uid, "video") or self._wanted(uid, "audio")):

@@ -5,6 +5,8 @@ a :class:`mixer.member_writer.MemberWriter` on a worker thread of its own: encod
 (WebSocket publishers) as they came, so H.264 and AAC are copied without a decoder, and
 decoded ones (WebRTC: aiortc decodes before anyone sees the media) to be encoded once. What the
 writer finishes (segments per playlist, JPGs) is handed to the caller's callbacks in order.
+A batch that fails is logged and left out, and the recording goes on with the next one; the
+first failure is told to ``on_error``, so the caller can report it.
 """
 
 from __future__ import annotations
@@ -62,9 +64,11 @@ class UidRecorder:
         on_snapshot: Callable[[Path, int], Awaitable[None]] | None = None,
         resume: Mapping[OutputKind, int] | None = None,
         clock: Callable[[], float] = time.time,
+        on_error: Callable[[Exception], None] | None = None,
     ) -> None:
         """``name``: the files' stem; ``audio`` / ``video``: the kinds recorded now;
-        ``on_snapshot`` gets each JPG with its time in ms; ``resume``: see MemberWriter."""
+        ``on_snapshot`` gets each JPG with its time in ms; ``resume``: see MemberWriter;
+        ``on_error`` is told of the first batch that fails (later ones are counted)."""
         self.uid = uid
         self._registry, self._appid, self._cname = registry, appid, cname
         self._new_writer = partial(
@@ -79,6 +83,8 @@ class UidRecorder:
         )
         self.kinds = (audio, video)
         self._on_segment, self._on_snapshot = on_segment, on_snapshot
+        self._on_error = on_error
+        self.failures = 0  # batches that failed
         self._clock = clock
         self._clocks: dict[str, TrackClock] = {}
         self._writer: MemberWriter | None = None
@@ -98,7 +104,12 @@ class UidRecorder:
         if self._executor is not None:
             return
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"uid-{self.uid}")
-        self._writer = await self._call(self._new_writer)  # its folder is made there
+        try:
+            self._writer = await self._call(self._new_writer)  # its folder is made there
+        except BaseException:
+            self._executor.shutdown(wait=False)  # not started: a later start tries again
+            self._executor = None
+            raise
         self._sub = self._registry.subscribe(self._appid, self._cname, uid=self.uid)
         self._task = asyncio.create_task(self._run(self._sub), name=f"record-{self.uid}")
 
@@ -136,16 +147,22 @@ class UidRecorder:
         assert writer is not None  # started
         while (media := await sub.next_media()) is not None:
             batch = [media, *sub.take_media(MAX_BATCH_FRAMES - 1)]
-            now_us = int(self._clock() * US)
-            frames = [self._place(m, now_us) for m in batch]
-            kinds = None
-            if not self._expected:
-                kinds = self._published()
-                self._expected = kinds is not None
             try:
+                now_us = int(self._clock() * US)
+                frames = [self._place(m, now_us) for m in batch]
+                kinds = None
+                if not self._expected:
+                    kinds = self._published()
+                    self._expected = kinds is not None
                 await self._deliver(await self._call(partial(_push, writer, frames, kinds)))
-            except Exception:  # a bug must not end the recording of everything after it
+            except Exception as exc:  # a bug must not end the recording of everything after it
+                self.failures += 1
+                if self.failures > 1:  # a broken writer fails every batch: log it once
+                    log.debug("recording %s: batch failed again: %s", self.uid, exc)
+                    continue
                 log.exception("recording %s of %s/%s", self.uid, self._appid, self._cname)
+                if self._on_error is not None:
+                    self._on_error(exc)
 
     async def _deliver(self, produced: Produced) -> None:
         if self._on_segment is not None:
@@ -177,10 +194,12 @@ class UidRecorder:
             self._sub.close()  # the reader drains what is queued, then ends
         if self._task is not None:
             await self._task
-        produced, output = await self._call(writer.finish)
-        await self._deliver(produced)
         assert self._executor is not None
-        self._executor.shutdown(wait=False)
+        try:
+            produced, output = await self._call(writer.finish)
+            await self._deliver(produced)
+        finally:
+            self._executor.shutdown(wait=False)  # its thread ends, finished or failed
         stats = writer.stats
         log.info(
             "recorded %s of %s/%s: %d video and %d audio frames in, %d copied, %d decoded, "

@@ -1,5 +1,5 @@
 """The metadata store interface: sessions, their events, recorded files, API keys, tenants,
-browser-extension recordings and the webhook outbox.
+browser-extension recordings, the webhook outbox and cloud recording resources and sessions.
 
 SQLite (``meta_sqlite.SqliteMetaStore``) is the embedded default; the interface is kept
 narrow and SQL-neutral so a Postgres implementation can fill it later.
@@ -154,7 +154,105 @@ class NoticeStore(Protocol):
         ...
 
 
-class MetaStore(NoticeStore, Protocol):
+@dataclass(frozen=True, slots=True)
+class CloudResourceRow:
+    """A cloud recording resource (``acquire``) and the one session it started."""
+
+    resource_id: str
+    node: str
+    appid: str
+    cname: str
+    uid: str
+    acquired_at: datetime
+    request: dict[str, Any] = field(default_factory=dict)  # the acquire body as sent
+    sid: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CloudSessionRow:
+    """A cloud recording session as stored: enough to answer query and to resume it."""
+
+    sid: str
+    resource_id: str
+    node: str
+    appid: str
+    cname: str
+    uid: str
+    mode: str
+    status: int
+    store_id: str
+    started_at: datetime
+    updated_at: datetime
+    ended_at: datetime | None = None
+    exit_reason: str = ""
+    uploading_status: str = ""
+    state: dict[str, Any] = field(default_factory=dict)  # JSON: config, options, file entries
+
+
+@dataclass(frozen=True, slots=True)
+class CloudSegmentRow:
+    """One segment of a cloud recording's playlist, handed to the uploader."""
+
+    sid: str
+    playlist: str  # the playlist's file name
+    seq: int  # place in the playlist, from 0 over every run of the session
+    uri: str
+    duration_s: float
+    program_date_time: datetime
+    discontinuity: bool = False
+
+
+@dataclass(slots=True)
+class CloudWrites:
+    """A batch of cloud recording changes, written in one transaction by ``write_cloud``."""
+
+    resources: dict[str, CloudResourceRow] = field(default_factory=dict)  # id → row (upsert)
+    sessions: dict[str, CloudSessionRow] = field(default_factory=dict)  # sid → row (upsert)
+    segments: list[CloudSegmentRow] = field(default_factory=list)  # inserted (or replaced)
+    forget_resources: list[str] = field(default_factory=list)  # resource ids removed
+    forget_sessions: list[str] = field(default_factory=list)  # sids removed with segments
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.resources
+            or self.sessions
+            or self.segments
+            or self.forget_resources
+            or self.forget_sessions
+        )
+
+
+class CloudRecordingStore(Protocol):
+    """The cloud recording part of the metadata store (all the cloud recording service needs)."""
+
+    async def write_cloud(self, writes: CloudWrites) -> None:
+        """In one transaction: upsert resources then sessions, insert segments, then remove
+        what is forgotten (a forgotten session takes its segments along)."""
+        ...
+
+    async def list_cloud_resources(
+        self, node: str, acquired_since: datetime
+    ) -> list[CloudResourceRow]:
+        """``node``'s resources that started a session, or were acquired since the time."""
+        ...
+
+    async def list_cloud_sessions(self, node: str) -> list[CloudSessionRow]:
+        """``node``'s sessions, oldest first."""
+        ...
+
+    async def list_cloud_segments(self, sid: str) -> list[CloudSegmentRow]:
+        """A session's segments by playlist, then in order."""
+        ...
+
+    async def prune_cloud(
+        self, node: str, resources_before: datetime, ended_before: datetime
+    ) -> int:
+        """Forget ``node``'s unused resources acquired before the first time and its sessions
+        ended before the second (with their resources and segments); the rows removed."""
+        ...
+
+
+class MetaStore(NoticeStore, CloudRecordingStore, Protocol):
     """Durable metadata. Every method is a single transaction; rows come back as dataclasses."""
 
     async def open(self) -> None:

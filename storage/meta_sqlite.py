@@ -15,6 +15,7 @@ from typing import Any
 
 import aiosqlite
 
+from .cloud_sqlite import SqliteCloudRecordings
 from .errors import MetaConflict
 from .meta import ApiKeyRow, AppRow, CustomerRow, FileRow, SessionEventRow, SessionRow
 from .recordings import Uuid7Source
@@ -93,7 +94,7 @@ def _read_migrations(directory: Path) -> list[tuple[int, str]]:
     return found
 
 
-class SqliteMetaStore(SqliteRecordings, SqliteWebhookOutbox):
+class SqliteMetaStore(SqliteRecordings, SqliteWebhookOutbox, SqliteCloudRecordings):
     """A ``MetaStore`` in one SQLite file (WAL mode), migrated on ``open``."""
 
     def __init__(self, path: Path, migrations_dir: Path = MIGRATIONS_DIR) -> None:

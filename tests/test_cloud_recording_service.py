@@ -82,7 +82,7 @@ async def test_mix_mode_into_the_users_bucket(
     rig: Any, s3: SeaweedS3, s3_bucket: str, tmp_path: Path
 ) -> None:
     whip, service = rig
-    res = service.acquire("app", "room", "527841", None)
+    res = await service.acquire("app", "room", "527841", None)
     mix = MixConfig(width=320, height=180, layout=LayoutSpec(LayoutMode.ADAPTIVE))
     session = await service.start(
         "app", res.resource_id, "mix", "room", "527841", storage_config(s3, s3_bucket),
@@ -138,7 +138,7 @@ async def test_individual_mode_records_separate_audio_and_video(
     rig: Any, s3: SeaweedS3, s3_bucket: str, tmp_path: Path
 ) -> None:
     whip, service = rig
-    res = service.acquire("app", "room", "1", None)
+    res = await service.acquire("app", "room", "1", None)
     session = await service.start(
         "app", res.resource_id, "individual", "room", "1", storage_config(s3, s3_bucket),
         segment_s=1.0,
@@ -187,7 +187,7 @@ async def test_resource_rules(rig: Any, s3: SeaweedS3, s3_bucket: str) -> None:
     with pytest.raises(CloudFailure) as err:
         service.resource("app", "garbage")
     assert err.value.code == 1001
-    res = service.acquire("app", "room", "1", None)
+    res = await service.acquire("app", "room", "1", None)
     with pytest.raises(CloudFailure) as err:
         service.resource("other-app", res.resource_id)
     assert err.value.code == 1003
@@ -212,7 +212,7 @@ async def test_idle_channel_ends_the_recording(rig: Any, s3: SeaweedS3, s3_bucke
         events.append((event_type, details))
 
     service._notify = notify
-    res = service.acquire("app", "room", "1", None)
+    res = await service.acquire("app", "room", "1", None)
     session = await service.start(
         "app", res.resource_id, "individual", "room", "1", storage_config(s3, s3_bucket),
         segment_s=1.0, max_idle_s=1.0,
@@ -240,7 +240,7 @@ async def test_snapshots_at_the_capture_interval(
             notices.append(details)
 
     service._notify = notify
-    res = service.acquire("app", "room", "1", None)
+    res = await service.acquire("app", "room", "1", None)
     session = await service.start(
         "app", res.resource_id, "individual", "room", "1", storage_config(s3, s3_bucket),
         segment_s=1.0, snapshot_every_s=0.5,
@@ -273,7 +273,7 @@ async def test_snapshots_only_records_no_playlist(
             notices.append(details)
 
     service._notify = notify
-    res = service.acquire("app", "room", "1", None)
+    res = await service.acquire("app", "room", "1", None)
     interval_s = 0.5
     session = await service.start(
         "app", res.resource_id, "individual", "room", "1", storage_config(s3, s3_bucket),
@@ -314,7 +314,7 @@ async def test_update_starts_and_stops_recorders_mid_way(
     rig: Any, s3: SeaweedS3, s3_bucket: str, tmp_path: Path
 ) -> None:
     whip, service = rig
-    res = service.acquire("app", "room", "1", None)
+    res = await service.acquire("app", "room", "1", None)
     only_red = UidSelector(frozenset({"red"}))
     session = await service.start(
         "app", res.resource_id, "individual", "room", "1", storage_config(s3, s3_bucket),
@@ -364,7 +364,7 @@ async def test_a_failing_bucket_is_backed_up_then_caught_up(rig: Any, tmp_path: 
     try:
         bucket = await asyncio.to_thread(own.create_bucket, "userbucket")
         service.stop_upload_timeout_s = 2.0
-        res = service.acquire("app", "room", "1", None)
+        res = await service.acquire("app", "room", "1", None)
         mix = MixConfig(width=320, height=180, layout=LayoutSpec(LayoutMode.ADAPTIVE))
         session = await service.start(
             "app", res.resource_id, "mix", "room", "1", storage_config(own, bucket),
