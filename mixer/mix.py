@@ -650,7 +650,12 @@ class MixRecorder:
             return self._output
         session = self._open()
         before = len(session.segments)
-        self._output = await self._call(session.finish)
+        try:
+            self._output = await self._call(session.finish)
+        except BaseException:
+            self._executor.shutdown(wait=False)  # a failed finish must not leave the thread
+            self._executor = None
+            raise
         if self._on_segment is not None:
             for info in self._output.segments[before:]:
                 self._on_segment(info)
