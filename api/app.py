@@ -171,7 +171,8 @@ async def metrics_handler(request: web.Request) -> web.Response:
             (
                 "reelhouse_writer_lanes_running",
                 "gauge",
-                "Writer lane processes running (one crashed: its sessions wait for a restart).",
+                "Writer lane processes running (fewer than configured: one is restarting after"
+                " a crash, or crashed again at once and was left down).",
                 manager.pool.alive,
             ),
             (
