@@ -18,7 +18,6 @@ store registry, mode 0600), and validated again when a recording resumes
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
@@ -31,6 +30,7 @@ from mixer.layout import LayoutSpec
 from mixer.member_writer import MemberOutputs, OutputKind
 from mixer.mix import FileType, MixStyle, fetch_style
 from mixer.playlist import PlaylistSegment
+from storage.group_commit import GroupCommit
 from storage.meta import (
     CloudRecordingStore,
     CloudResourceRow,
@@ -265,7 +265,7 @@ def add_segments(session: CloudSession, rows: Iterable[CloudSegmentRow]) -> None
 # the writer ----------------------------------------------------------------------------------
 
 
-class CloudStateWriter:
+class CloudStateWriter(GroupCommit[CloudWrites]):
     """Writes ``CloudWrites`` batches to a ``CloudRecordingStore`` from one task, one at a time.
 
     Each change returns the future of the batch it joined (resolved once that batch is
@@ -274,19 +274,11 @@ class CloudStateWriter:
     """
 
     def __init__(self, store: CloudRecordingStore) -> None:
-        self._store = store
-        self._open = CloudWrites()
-        self._open_done: asyncio.Future[None] | None = None
-        self._writing: asyncio.Future[None] | None = None
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self.batches = 0
-        self.errors = 0
+        super().__init__(CloudWrites, store.write_cloud)
 
     def start(self) -> None:
         """Start the writing task."""
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="cloud-state")
+        self._start_task("cloud-state")
 
     def resource(self, row: CloudResourceRow) -> asyncio.Future[None]:
         """Store (or replace) a resource."""
@@ -313,60 +305,14 @@ class CloudStateWriter:
         self._open.forget_resources += resource_ids
         return self._kick()
 
-    async def flush(self) -> None:
-        """Wait until every change made so far is written (or has failed)."""
-        waiting = self._open_done or self._writing  # batches are written in order
-        if waiting is not None:
-            await asyncio.wait([waiting])
-
-    async def aclose(self) -> None:
-        """Write what is pending, then stop; calling it twice is harmless."""
-        if self._task is None:
-            return
-        await self.flush()
-        task, self._task = self._task, None
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
     def _kick(self) -> asyncio.Future[None]:
-        if self._task is None:
+        if not self.started:
             raise RuntimeError("the cloud state writer is not started")
-        if self._open_done is None:
-            self._open_done = asyncio.get_running_loop().create_future()
-            self._open_done.add_done_callback(_consume)  # a failure nobody awaits is logged here
-            self._wake.set()
-        return self._open_done
+        return super()._kick()
 
-    async def _run(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            batch, done = self._open, self._open_done
-            self._open, self._open_done = CloudWrites(), None
-            if done is None:
-                continue
-            self._writing = done
-            try:
-                await self._store.write_cloud(batch)
-            except asyncio.CancelledError:
-                done.cancel()
-                raise
-            except Exception as exc:
-                self.errors += 1
-                log.error(
-                    "cloud recording state write failed (%d resources, %d sessions, %d segments"
-                    " not stored; a restart would not know them): %s",
-                    len(batch.resources), len(batch.sessions), len(batch.segments), exc,
-                )  # fmt: skip
-                done.set_exception(exc)
-            else:
-                self.batches += 1
-                done.set_result(None)
-            finally:
-                self._writing = None
-
-
-def _consume(future: asyncio.Future[None]) -> None:
-    if not future.cancelled():
-        future.exception()  # retrieved: the writer logged it already
+    def _failed(self, batch: CloudWrites, exc: Exception) -> None:
+        log.error(
+            "cloud recording state write failed (%d resources, %d sessions, %d segments"
+            " not stored; a restart would not know them): %s",
+            len(batch.resources), len(batch.sessions), len(batch.segments), exc,
+        )  # fmt: skip

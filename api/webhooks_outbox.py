@@ -14,11 +14,11 @@ worst it causes is a notice sent again after a restart, with the same ``noticeId
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from datetime import UTC, datetime, timedelta
 
+from storage.group_commit import GroupCommit
 from storage.meta import NoticeRow, NoticeStore, NoticeWrites
 
 log = logging.getLogger(__name__)
@@ -29,25 +29,18 @@ SEQUENCE_KEEP_S = 31 * 86400.0
 PRUNE_EVERY_S = 3600.0
 
 
-class OutboxWriter:
+class OutboxWriter(GroupCommit[NoticeWrites]):
     """Writes ``NoticeWrites`` batches to a ``NoticeStore`` from one task, one at a time."""
 
     def __init__(self, store: NoticeStore) -> None:
+        super().__init__(NoticeWrites, store.write_notices)
         self._store = store
-        self._open = NoticeWrites()  # the batch that is filling
-        self._open_done: asyncio.Future[None] | None = None  # resolved when it is written
-        self._writing: asyncio.Future[None] | None = None  # the batch being written
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
         self._next_prune = 0.0
-        self.batches = 0  # transactions written
-        self.errors = 0  # transactions that failed
 
     async def start(self) -> None:
         """Forget what is past keeping, then start the writing task."""
         await self._prune()
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="webhook-outbox")
+        self._start_task("webhook-outbox")
 
     def add(self, row: NoticeRow) -> asyncio.Future[None]:
         """Store a new notice; the future is resolved when it is written (or fails with the
@@ -72,62 +65,19 @@ class OutboxWriter:
         self._open.given_up[notice_id] = (attempts, reason, datetime.now(UTC))
         self._kick()
 
-    async def flush(self) -> None:
-        """Wait until every change made so far is written (or has failed)."""
-        waiting = self._open_done or self._writing
-        if waiting is not None:
-            await asyncio.wait([waiting])
+    def _failed(self, batch: NoticeWrites, exc: Exception) -> None:
+        log.error(
+            "webhook outbox write failed: %d new notices refused, %d deliveries and"
+            " %d give-ups not recorded (they may be sent again after a restart): %s",
+            len(batch.added),
+            len(batch.delivered),
+            len(batch.given_up),
+            exc,
+        )
 
-    async def aclose(self) -> None:
-        """Write what is pending, then stop; calling it twice is harmless."""
-        if self._task is None:
-            return
-        await self.flush()
-        task, self._task = self._task, None
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-    def _kick(self) -> asyncio.Future[None]:
-        if self._open_done is None:
-            self._open_done = asyncio.get_running_loop().create_future()
-            # nobody may await a batch that had no new notice: its error is logged here
-            self._open_done.add_done_callback(_consume)
-            self._wake.set()
-        return self._open_done
-
-    async def _run(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            batch, done = self._open, self._open_done
-            self._open, self._open_done = NoticeWrites(), None
-            if done is None:
-                continue
-            self._writing = done
-            try:
-                await self._store.write_notices(batch)
-            except asyncio.CancelledError:
-                done.cancel()
-                raise
-            except Exception as exc:
-                self.errors += 1
-                log.error(
-                    "webhook outbox write failed: %d new notices refused, %d deliveries and"
-                    " %d give-ups not recorded (they may be sent again after a restart): %s",
-                    len(batch.added),
-                    len(batch.delivered),
-                    len(batch.given_up),
-                    exc,
-                )
-                done.set_exception(exc)
-            else:
-                self.batches += 1
-                done.set_result(None)
-            finally:
-                self._writing = None
-            if time.monotonic() >= self._next_prune:
-                await self._prune()
+    async def _after_write(self) -> None:
+        if time.monotonic() >= self._next_prune:
+            await self._prune()
 
     async def _prune(self) -> None:
         self._next_prune = time.monotonic() + PRUNE_EVERY_S
@@ -141,8 +91,3 @@ class OutboxWriter:
             return
         if removed:
             log.info("webhook outbox: pruned %d old given-up notices and counters", removed)
-
-
-def _consume(future: asyncio.Future[None]) -> None:
-    if not future.cancelled():
-        future.exception()  # retrieved: asyncio would otherwise log it once more at collection
