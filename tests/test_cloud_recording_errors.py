@@ -10,8 +10,8 @@ from typing import Any
 
 import aiohttp
 import pytest
+from cloud_api import start_body
 from s3server import SeaweedS3
-from test_cloud_recording_functional import seed_body
 
 from api.apps import create_app_row
 from api.cloud_recording import RESOURCE_TTL_S
@@ -51,7 +51,7 @@ async def test_token_errors_and_already_recording(api: Any, s3: SeaweedS3, s3_bu
     async with aiohttp.ClientSession() as http:
         rid = await acquire(http, base, auth, "room")
         start = f"{base}/resourceid/{rid}/mode/individual/start"
-        body = seed_body(s3, s3_bucket, "room")
+        body = start_body(s3, s3_bucket, "room")
         body["clientRequest"].pop("token", None)
         status, out = await post(http, start, body, auth)
         assert (status, out["code"]) == (400, 110) and "needs a token" in out["reason"], out
@@ -94,6 +94,6 @@ async def test_an_expired_resource_and_a_bad_cname(api: Any, s3: SeaweedS3, s3_b
         # five minutes and a second later (the service's clock is its only notion of time)
         service._clock = lambda: real_clock() + RESOURCE_TTL_S + 1
         status, out = await post(
-            http, f"{base}/resourceid/{rid}/mode/mix/start", seed_body(s3, s3_bucket, "room"), auth
+            http, f"{base}/resourceid/{rid}/mode/mix/start", start_body(s3, s3_bucket, "room"), auth
         )
         assert (status, out["code"]) == (400, 433) and "expired" in out["reason"], out

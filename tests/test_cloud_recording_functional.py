@@ -12,9 +12,9 @@ from typing import Any
 import aiohttp
 import av
 import pytest
+from cloud_api import start_body
 from media import Clip, encode_clip, ffprobe
-from s3server import ACCESS_KEY, SECRET_KEY, SeaweedS3
-from test_cloud_recording_schema import SEED_START_BODY
+from s3server import SeaweedS3
 from webrtc_peer import publish_into, wait_video
 from wsclient import RawClient
 
@@ -39,21 +39,6 @@ async def cloud(server_factory: Any) -> Any:
     return server, app, {"Authorization": auth}, base
 
 
-def seed_body(s3: SeaweedS3, bucket: str, cname: str) -> dict[str, Any]:
-    body = json.loads(SEED_START_BODY)
-    body["cname"] = cname
-    body["clientRequest"]["storageConfig"] = {
-        "vendor": 11,
-        "region": 0,
-        "bucket": bucket,
-        "accessKey": ACCESS_KEY,
-        "secretKey": SECRET_KEY,
-        "fileNamePrefix": ["directory1", "directory2"],
-        "extensionParams": {"endpoint": s3.endpoint},
-    }
-    return body
-
-
 async def publish(server: Any, appid: str, cname: str, uid: str, rgb: tuple[int, int, int]) -> Any:
     return await publish_into(server.app[WHIP], appid, cname, uid, rgb)
 
@@ -67,7 +52,7 @@ async def test_seed_request_records_each_uid(
 ) -> None:
     server, app, auth, base = cloud
     cname = "seedroom"
-    body = seed_body(s3, s3_bucket, cname)
+    body = start_body(s3, s3_bucket, cname)
     peers = [
         await publish(server, app.appid, cname, "123", (255, 0, 0)),
         await publish(server, app.appid, cname, "456", (0, 0, 255)),
@@ -154,7 +139,7 @@ async def test_mix_mode_with_an_update_layout(
 ) -> None:
     server, app, auth, base = cloud
     cname = "mixroom"
-    body = seed_body(s3, s3_bucket, cname)
+    body = start_body(s3, s3_bucket, cname)
     client_request = body["clientRequest"]
     del client_request["recordingConfig"]["subscribeUidGroup"]
     client_request["recordingConfig"]["subscribeAudioUids"] = ["#allstream#"]
@@ -221,25 +206,25 @@ async def test_errors_in_the_api_shape(cloud: Any, s3: SeaweedS3, s3_bucket: str
         async with http.post(f"{base}/acquire", data=b"{nope", headers=auth) as resp:
             assert resp.status == 400 and (await resp.json())["code"] == 8
         start_url = f"{base}/resourceid/garbage/mode/mix/start"
-        async with http.post(start_url, json=seed_body(s3, s3_bucket, "x"), headers=auth) as resp:
+        async with http.post(start_url, json=start_body(s3, s3_bucket, "x"), headers=auth) as resp:
             assert (await resp.json())["code"] == 1001
         acquire = {"cname": "room", "uid": "527841"}
         async with http.post(f"{base}/acquire", json=acquire, headers=auth) as resp:
             rid = (await resp.json())["resourceId"]
-        body = seed_body(s3, s3_bucket, "other-room")
+        body = start_body(s3, s3_bucket, "other-room")
         async with http.post(
             f"{base}/resourceid/{rid}/mode/individual/start", json=body, headers=auth
         ) as resp:
             out = await resp.json()
             assert out["code"] == 432, out
-        body = seed_body(s3, s3_bucket, "room")
+        body = start_body(s3, s3_bucket, "room")
         body["clientRequest"]["recordingConfig"]["maxIdleTime"] = 1
         async with http.post(
             f"{base}/resourceid/{rid}/mode/individual/start", json=body, headers=auth
         ) as resp:
             out = await resp.json()
             assert out["code"] == 2 and "maxIdleTime" in out["reason"], out
-        body = seed_body(s3, s3_bucket, "room")
+        body = start_body(s3, s3_bucket, "room")
         body["clientRequest"]["storageConfig"]["secretKey"] = "wrong"
         async with http.post(
             f"{base}/resourceid/{rid}/mode/individual/start", json=body, headers=auth
@@ -302,7 +287,7 @@ async def test_webhooks_tell_the_app(
                 f"{base}/acquire", json={"cname": "hooked", "uid": "527841"}
             ) as resp:
                 rid = (await resp.json())["resourceId"]
-            body = seed_body(s3, s3_bucket, "hooked")
+            body = start_body(s3, s3_bucket, "hooked")
             async with http.post(
                 f"{base}/resourceid/{rid}/mode/individual/start", json=body
             ) as resp:
@@ -399,7 +384,7 @@ async def test_ws_h264_and_aac_are_copied_into_standard_mode_files(
 ) -> None:
     server, app, auth, base = cloud
     cname = "wsroom"
-    body = seed_body(s3, s3_bucket, cname)
+    body = start_body(s3, s3_bucket, cname)
     body["clientRequest"]["recordingConfig"]["streamMode"] = "standard"
     clip = encode_clip("h264", duration_s=3.0, audio_codec="aac")
     async with aiohttp.ClientSession(headers=auth) as http:
@@ -444,7 +429,7 @@ async def test_original_mode_keeps_the_opus_as_sent(
 ) -> None:
     server, app, auth, base = cloud
     cname = "opusroom"
-    body = seed_body(s3, s3_bucket, cname)
+    body = start_body(s3, s3_bucket, cname)
     recording = body["clientRequest"]["recordingConfig"]
     recording.update(streamTypes=0, streamMode="original")
     del recording["subscribeVideoUids"]  # audio only
@@ -473,7 +458,7 @@ async def test_subscribe_uid_group_caps_the_recorded_uids(
 ) -> None:
     server, app, auth, base = cloud
     cname = "capped"
-    body = seed_body(s3, s3_bucket, cname)
+    body = start_body(s3, s3_bucket, cname)
     recording = body["clientRequest"]["recordingConfig"]
     recording.update(subscribeAudioUids=["#allstream#"], subscribeVideoUids=["#allstream#"])
     assert recording["subscribeUidGroup"] == 0  # 1-2 uids

@@ -229,10 +229,8 @@ async def test_idle_channel_ends_the_recording(rig: Any, s3: SeaweedS3, s3_bucke
     assert {f["uid"] for f in events[4][1]["fileList"]} == {"alice"}
 
 
-async def test_snapshots_at_the_capture_interval(
-    rig: Any, s3: SeaweedS3, s3_bucket: str, tmp_path: Path
-) -> None:
-    whip, service = rig
+def snapshot_notices(service: Any) -> list[dict[str, Any]]:
+    """The details of every snapshot notice (45) the service raises from now on."""
     notices: list[dict[str, Any]] = []
 
     async def notify(session: Any, event_type: int, details: dict[str, Any]) -> None:
@@ -240,6 +238,14 @@ async def test_snapshots_at_the_capture_interval(
             notices.append(details)
 
     service._notify = notify
+    return notices
+
+
+async def test_snapshots_at_the_capture_interval(
+    rig: Any, s3: SeaweedS3, s3_bucket: str, tmp_path: Path
+) -> None:
+    whip, service = rig
+    notices = snapshot_notices(service)
     res = await service.acquire("app", "room", "1", None)
     session = await service.start(
         "app", res.resource_id, "individual", "room", "1", storage_config(s3, s3_bucket),
@@ -266,13 +272,7 @@ async def test_snapshots_only_records_no_playlist(
     rig: Any, s3: SeaweedS3, s3_bucket: str, tmp_path: Path
 ) -> None:
     whip, service = rig
-    notices: list[dict[str, Any]] = []
-
-    async def notify(session: Any, event_type: int, details: dict[str, Any]) -> None:
-        if event_type == 45:
-            notices.append(details)
-
-    service._notify = notify
+    notices = snapshot_notices(service)
     res = await service.acquire("app", "room", "1", None)
     interval_s = 0.5
     session = await service.start(
