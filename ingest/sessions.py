@@ -94,6 +94,15 @@ def _ctx(live: LiveSession) -> dict[str, str]:
     return {"session_id": live.session_id}
 
 
+def _check_writer(live: LiveSession) -> None:
+    """A connection may not bind to a session whose writer lane is restarting (it replays the
+    session shortly): 1011, and the client reconnects and resends."""
+    if live.recorder.writer_lost:
+        raise ProtocolError(
+            CloseCode.INTERNAL_ERROR, "the session's writer is restarting: reconnect"
+        )
+
+
 def _matches(ids: dict[str, str], row: SessionRow) -> bool:
     given = {k: v for k, v in ids.items() if v}
     return bool(given) and all(getattr(row, k) == v for k, v in given.items())
@@ -451,20 +460,14 @@ class SessionManager:
                         CloseCode.UNKNOWN_SESSION, f"session {session_id} not found"
                     )
                 raise ProtocolError(CloseCode.SESSION_STATE, f"session {session_id} has ended")
-            if live.recorder.writer_lost:  # its lane is restarting and replays it shortly
-                raise ProtocolError(
-                    CloseCode.INTERNAL_ERROR, "the session's writer is restarting: reconnect"
-                )
+            _check_writer(live)
             await self._replace(live, conn)
             return live
         if not any(conn.ids.values()):
             raise ProtocolError(CloseCode.SCHEMA, "hello: give session_id or platform ids")
         for live in self.sessions.values():
             if live.conn is None and _matches(conn.ids, live.row):
-                if live.recorder.writer_lost:
-                    raise ProtocolError(
-                        CloseCode.INTERNAL_ERROR, "the session's writer is restarting: reconnect"
-                    )
+                _check_writer(live)
                 await self._replace(live, conn)
                 return live
         self._waiting.append(conn)
