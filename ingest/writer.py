@@ -54,7 +54,7 @@ class WriterLane:
 
     def __init__(self, pool: WriterPool, lane: Lane) -> None:
         self.pool = pool
-        self.lane = lane
+        self.adopt(lane)
         self.members: set[Writable] = set()
         self.ready: dict[Writable, None] = {}
         self.wake = asyncio.Event()
@@ -64,7 +64,12 @@ class WriterLane:
         self._release_task: asyncio.Task[None] | None = None
         self.task: asyncio.Task[None] | None = None
         self.restarted_at: float | None = None  # monotonic time of the last restart
-        lane.on_exit = lambda: pool.lane_died(self)
+
+    def adopt(self, lane: Lane) -> None:
+        """Take ``lane`` as this lane's process (at start, and after a restart): its exit,
+        unasked, has it restarted."""
+        self.lane = lane
+        lane.on_exit = lambda: self.pool.lane_died(self)
 
     async def call(self, op: str, *args: Any) -> Any:
         """A request to the lane process (see ``ingest.lanes``)."""
@@ -215,11 +220,10 @@ class WriterPool:
     async def finish_recovery(self) -> None:
         """Every recovered session is written again in its lane's WAL: drop the old files."""
         for writer_lane in self.lanes:
-            writer_lane.wal_index = await writer_lane.call("finish_recovery")
+            await self.finish_restart(writer_lane)
         for wal in self._orphans:
             await asyncio.to_thread(_drop_orphan, wal)
         self._orphans = []
-        self._home = {}
         for writer_lane in self.lanes:
             writer_lane.start_ticking()
 
@@ -311,8 +315,7 @@ class WriterPool:
         session (replay each with ``register`` after ``place_on``, then ``finish_restart``)."""
         old = lane.lane
         await old.stop()
-        lane.lane = Lane(old.number, old.directory, self._rotate_bytes, self._log_setup)
-        lane.lane.on_exit = lambda: self.lane_died(lane)
+        lane.adopt(Lane(old.number, old.directory, self._rotate_bytes, self._log_setup))
         await lane.lane.start()
         lane.restarted_at = time.monotonic()
         self.restarts += 1
@@ -324,7 +327,7 @@ class WriterPool:
         self._home[session_id] = lane
 
     async def finish_restart(self, lane: WriterLane) -> None:
-        """The restarted lane's sessions are replayed: drop the WAL files they came from."""
+        """The (re)started lane's sessions are replayed: drop the WAL files they came from."""
         lane.wal_index = await lane.call("finish_recovery")
         self._home = {sid: w for sid, w in self._home.items() if w is not lane}
 
