@@ -31,7 +31,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import uvloop
+
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from ingest.config import RecorderSettings  # noqa: E402
+
+AAC_CODER = RecorderSettings().aac_coder  # the server's default: the reference encodes alike
 CACHE = ROOT / "bench" / ".cache"
 RESULTS = ROOT / "bench" / "results"
 CLIP_S = 20
@@ -398,11 +405,12 @@ async def run_ffmpeg_part(args: argparse.Namespace, clip: Path, tmp: Path) -> di
         for i in range(n):
             out = tmp / f"ffmpeg-{i}"
             out.mkdir()
-            # as reelhouse records: video copied; AAC-LC 64 kbit/s mono with FFmpeg's coder;
-            # HLS in 4 s segments and an MP4 of the whole session
+            # as reelhouse records: video copied; AAC-LC 64 kbit/s mono with the server's
+            # coder; HLS in 4 s segments and an MP4 of the whole session
             cmd = ["ffmpeg", "-v", "error", "-nostdin", "-re", "-stream_loop", "-1",
                    "-i", str(clip), "-t", str(args.duration), "-map", "0:v", "-map", "0:a",
-                   "-c:v", "copy", "-c:a", "aac", "-b:a", "64k", "-ac", "1", "-f", "tee",
+                   "-c:v", "copy", "-c:a", "aac", "-b:a", "64k", "-ac", "1",
+                   "-aac_coder", AAC_CODER, "-f", "tee",
                    f"[f=hls:hls_time=4:hls_list_size=0]{out / 'index.m3u8'}"
                    f"|[f=mp4]{out / 'session.mp4'}"]  # fmt: skip
             procs.append(
@@ -482,8 +490,8 @@ README_HEAD = """# Ingest benchmark results
 `bench/ingest.py --publishers N --duration S`: N WebSocket publishers, one client process, each
 streaming a 1280x720 15 fps H.264 + mono Opus clip (20 ms frames) in real time into one
 `reelhouse serve`, against N (at most {ffmax}) `ffmpeg -re -stream_loop -1 -i clip -c:v copy
--c:a aac -b:a 64k -ac 1 -f tee "[f=hls]…|[f=mp4]…"` processes (HLS and a whole-session MP4, as
-reelhouse writes). Machine: {cpus} cores, shared by the server, the publishers' client
+-c:a aac -b:a 64k -ac 1 -aac_coder {coder} -f tee "[f=hls]…|[f=mp4]…"` processes (HLS and a
+whole-session MP4, as reelhouse writes, with the AAC coder of reelhouse's default settings). Machine: {cpus} cores, shared by the server, the publishers' client
 process and (afterwards) ffmpeg; all traffic on 127.0.0.1. The table is rebuilt from
 `ingest-<N>.json` after every run; with `--repeats` the figures are medians.
 
@@ -528,7 +536,7 @@ def write_table() -> None:
             f"{fmt(statistics.median(client) if client else None, '.2f')} | "
             f"{fmt(r['ffmpeg_cpu_s_per_stream_s'])} | {fmt(r['ratio_server_over_ffmpeg'], '.2f')} |"
         )))  # fmt: skip
-    head = README_HEAD.format(ffmax=FFMPEG_MAX_STREAMS, cpus=os.cpu_count())
+    head = README_HEAD.format(ffmax=FFMPEG_MAX_STREAMS, cpus=os.cpu_count(), coder=AAC_CODER)
     body = "\n".join(row for _, row in sorted(rows))
     (RESULTS / "README.md").write_text(head + body + "\n")
 
@@ -546,8 +554,8 @@ def main() -> None:
     p.add_argument("--clip", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.client:
-        sys.path.insert(0, str(ROOT))
-        asyncio.run(_client_main(args))
+        # on uvloop, as `reelhouse publish` runs: the client shares the machine with the server
+        uvloop.run(_client_main(args))
     else:
         asyncio.run(driver(args))
 

@@ -26,3 +26,15 @@ class RecorderSettings:
 
     segment_target_s: float = 4.0
     key_prefix: str = "recordings"
+    # FFmpeg's AAC coder for Opus transcoded to AAC: "fast" (about half the CPU of "twoloop",
+    # FFmpeg's default; a little lower quality: see README.md, Configuration)
+    aac_coder: str = "fast"
+
+    def __post_init__(self) -> None:
+        from mixer.transcode import AAC_CODERS  # (imports PyAV: only when settings are built)
+
+        if self.aac_coder not in AAC_CODERS:
+            raise ValueError(
+                f"recorder.aac_coder: expected one of {', '.join(AAC_CODERS)}, "
+                f"got {self.aac_coder!r}"
+            )

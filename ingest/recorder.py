@@ -173,6 +173,7 @@ class SessionRecorder:
             next_index=(rows[-1].seq + 1) if rows else 0,
             start_s=self._playlist.duration_s,
             resumed=bool(rows),
+            aac_coder=self._settings.aac_coder,
         )
         lane = self._pool.register(self)
         try:

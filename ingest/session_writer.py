@@ -43,6 +43,7 @@ class WriterParams:
     next_index: int  # the first segment not yet spooled
     start_s: float  # media time already in the playlist
     resumed: bool  # segments were spooled before: the next one starts with a discontinuity
+    aac_coder: str  # FFmpeg's coder for Opus transcoded to AAC
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +132,7 @@ class SessionWriter:
             start_s=p.start_s,
             discontinuity_first=p.resumed or bool(replaying),
             durable=False,  # the WAL holds the frames until the spool holds the segment
+            aac_coder=p.aac_coder,
         )
         sid = self.session_id
         wal_from = self._wal.append([sid, CUT, p.next_index])

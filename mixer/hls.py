@@ -20,6 +20,7 @@ from mixer.segmenter import (
 )
 from mixer.tracks import Codec, Kind, TrackSpec
 from mixer.transcode import (
+    AAC_CODER,
     KEYFRAME_SLACK_TICKS,
     TICKS_PER_S,
     AudioTranscoder,
@@ -79,15 +80,18 @@ class HlsWriter:
         discontinuity_first: bool = False,
         durable: bool = True,
         utc_names: bool = False,
+        aac_coder: str = AAC_CODER,
     ) -> None:
         """``durable=False``: the caller keeps the frames safe elsewhere (a write-ahead log) and
-        its own playlist, so segments are not fsync'd and no playlist file is written."""
+        its own playlist, so segments are not fsync'd and no playlist file is written.
+        ``aac_coder``: FFmpeg's coder for Opus transcoded to AAC (``AAC_CODERS``)."""
         if target_segment_s <= 0:
             raise ValueError("target_segment_s must be positive")
         self._dir = Path(directory)
         self._dir.mkdir(parents=True, exist_ok=True)
         self._durable = durable
         self._utc_names = utc_names
+        self._aac_coder = aac_coder
         self._name = name
         self._target_s = target_segment_s
         self._target_ticks = round(target_segment_s * TICKS_PER_S)
@@ -155,7 +159,7 @@ class HlsWriter:
                 Kind.AUDIO, self._new_slot(StreamSlot(Kind.AUDIO)), None
             )
         else:
-            normaliser = create_normaliser(spec, self._target_s)
+            normaliser = create_normaliser(spec, self._target_s, self._aac_coder)
             slot = StreamSlot(spec.kind, spec.width, spec.height, spec.sample_rate)
             if spec.kind is Kind.AUDIO and isinstance(normaliser, AudioTranscoder):
                 slot = StreamSlot(Kind.AUDIO)
@@ -201,7 +205,7 @@ class HlsWriter:
             sub = track.subs[packet.kind]
             if sub.normaliser is None:
                 spec = TrackSpec(-1, packet.kind, packet.codec, channels=packet.channels)
-                sub.normaliser = create_normaliser(spec, self._target_s)
+                sub.normaliser = create_normaliser(spec, self._target_s, self._aac_coder)
             pts = track.webm_base_us + packet.pts_us
             try:
                 finished += self._write_frame(sub, packet.data, pts, None, packet.keyframe, arrival)

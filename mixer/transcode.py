@@ -36,9 +36,12 @@ AAC_SAMPLE_RATE_HZ = 48_000
 AAC_BIT_RATE_MONO_BPS = 64_000
 AAC_BIT_RATE_STEREO_BPS = 128_000
 AAC_OBJECT_TYPE_LC = 2
-# FFmpeg's default coder, named so that it stays put. `fast` costs ~45 % less CPU per frame
-# but measured worse on speech-like input at 64 kbit/s mono (PESQ-WB 3.95 vs 4.24, and 8 %
-# over the bit rate): see bench/writer.py's results notes before changing it.
+# FFmpeg's AAC coders (its `aac_coder` option) that may be chosen. `twoloop`, FFmpeg's default,
+# is the mixer's and the cloud recordings'. `fast` costs ~45 % less CPU per frame (0.0056
+# against 0.0102 CPU-s per second of the ingest bench's Opus, decode included) and measured
+# worse on speech-like input at 64 kbit/s mono (PESQ-WB 3.95 against 4.24, 8 % over the bit
+# rate); screen recordings use it by default (`[recorder] aac_coder`, README.md).
+AAC_CODERS = ("fast", "twoloop")
 AAC_CODER = "twoloop"
 ADTS_HEADER_BYTES = 7
 ADTS_MAX_FRAME_BYTES = 0x1FFF  # 13-bit frame length field.
@@ -372,7 +375,11 @@ class AacFrameEncoder:
     ``AUDIO_RESYNC_TICKS`` (a gap in the input).
     """
 
-    def __init__(self, sample_rate: int = AAC_SAMPLE_RATE_HZ, channels: int = 1) -> None:
+    def __init__(
+        self, sample_rate: int = AAC_SAMPLE_RATE_HZ, channels: int = 1, coder: str = AAC_CODER
+    ) -> None:
+        if coder not in AAC_CODERS:
+            raise ValueError(f"unknown AAC coder {coder!r} (one of {', '.join(AAC_CODERS)})")
         encoder = av.CodecContext.create("aac", "w")
         assert isinstance(encoder, AudioCodecContext)  # PyAV typing only.
         encoder.sample_rate = sample_rate
@@ -380,7 +387,7 @@ class AacFrameEncoder:
         encoder.format = "fltp"
         encoder.bit_rate = AAC_BIT_RATE_STEREO_BPS if channels == 2 else AAC_BIT_RATE_MONO_BPS
         encoder.time_base = Fraction(1, sample_rate)
-        encoder.options = {"aac_coder": AAC_CODER}
+        encoder.options = {"aac_coder": coder}
         # No resampler of our own: PyAV's `AudioCodecContext.encode` already passes every frame
         # through one (built for the encoder's format, layout, rate and 1024-sample frame
         # size), which re-cuts the decoder's 20 ms frames and converts only when the decoder's
@@ -450,7 +457,7 @@ class AudioTranscoder:
 
     kind = Kind.AUDIO
 
-    def __init__(self, spec: TrackSpec) -> None:
+    def __init__(self, spec: TrackSpec, aac_coder: str = AAC_CODER) -> None:
         if spec.codec is not Codec.OPUS:
             raise UnsupportedCodec(f"cannot transcode {spec.codec!s} audio")
         decoder = av.CodecContext.create("opus", "r")
@@ -458,7 +465,7 @@ class AudioTranscoder:
         decoder.sample_rate = spec.sample_rate
         decoder.layout = "stereo" if spec.channels == 2 else "mono"
         self._decoder = decoder
-        self._aac = AacFrameEncoder(AAC_SAMPLE_RATE_HZ, spec.channels)
+        self._aac = AacFrameEncoder(AAC_SAMPLE_RATE_HZ, spec.channels, aac_coder)
 
     def push(self, data: bytes, pts: int, dts: int, keyframe: bool) -> list[av.Packet]:
         """Decode one Opus packet and return the AAC packets completed so far."""
@@ -520,7 +527,9 @@ class OpusPassthrough:
         return []
 
 
-def create_normaliser(spec: TrackSpec, keyframe_interval_s: float) -> Normaliser:
+def create_normaliser(
+    spec: TrackSpec, keyframe_interval_s: float, aac_coder: str = AAC_CODER
+) -> Normaliser:
     """Pick the normaliser for an audio or video track (not `webm`, which is demuxed first)."""
     match spec.codec:
         case Codec.H264:
@@ -530,5 +539,5 @@ def create_normaliser(spec: TrackSpec, keyframe_interval_s: float) -> Normaliser
         case Codec.VP8 | Codec.VP9:
             return VideoTranscoder(spec, keyframe_interval_s)
         case Codec.OPUS:
-            return OpusPassthrough() if spec.copy else AudioTranscoder(spec)
+            return OpusPassthrough() if spec.copy else AudioTranscoder(spec, aac_coder)
     raise UnsupportedCodec(f"no normaliser for codec {spec.codec!s}")

@@ -43,6 +43,7 @@ def test_defaults() -> None:
     assert s.ingest.max_frame_bytes == 4 * 1024 * 1024
     assert s.recorder == RecorderSettings()
     assert s.recorder.segment_target_s == 4.0
+    assert s.recorder.aac_coder == "fast"
     assert s.spool.max_bytes == 20 * 1024**3
 
 
@@ -155,6 +156,14 @@ def test_unknown_key_is_a_clear_error(tmp_path: Path) -> None:
         load_settings(env={"REELHOUSE_INGEST__NOPE": "1"})
     with pytest.raises(ValueError, match=r"settings: unknown setting 'colour'"):
         load_settings(env={}, overrides={"colour": "red"})
+
+
+def test_aac_coder_setting_and_its_check(tmp_path: Path) -> None:
+    path = _toml(tmp_path, '[recorder]\naac_coder = "twoloop"\n')
+    assert load_settings(path, env={}).recorder.aac_coder == "twoloop"
+    env = {"REELHOUSE_RECORDER__AAC_CODER": "anmr"}
+    with pytest.raises(ValueError, match=r"recorder.aac_coder: expected one of fast, twoloop"):
+        load_settings(env=env)
 
 
 def test_unknown_section_is_a_clear_error(tmp_path: Path) -> None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import itertools
 
+import av
+import numpy as np
 import pytest
 from media import encode_clip
 
@@ -64,6 +67,33 @@ def test_opus_to_aac_is_adts_and_continuous() -> None:
     steps = {b.pts - a.pts for a, b in itertools.pairwise(packets)}
     assert steps == {AAC_FRAME_SAMPLES * 90_000 // 48_000}
     assert len(packets) >= 48_000 // AAC_FRAME_SAMPLES
+
+
+def _aac_of_opus(coder: str, clip: object) -> tuple[bytes, np.ndarray]:
+    t = AudioTranscoder(TrackSpec(2, Kind.AUDIO, Codec.OPUS), aac_coder=coder)
+    packets = []
+    for f in clip.frames:  # type: ignore[attr-defined]
+        packets += t.push(f.data, _ticks(f.pts_us), _ticks(f.pts_us), True)
+    packets += t.flush()
+    adts = b"".join(bytes(p) for p in packets)
+    with av.open(io.BytesIO(adts), format="aac") as c:
+        pcm = np.concatenate([f.to_ndarray().ravel() for f in c.decode(audio=0)])
+    return adts, pcm
+
+
+def test_the_aac_coder_is_the_one_asked_for() -> None:
+    clip = encode_clip(None, audio_codec="opus", duration_s=2.0)
+    fast, fast_pcm = _aac_of_opus("fast", clip)
+    twoloop, twoloop_pcm = _aac_of_opus("twoloop", clip)
+    assert fast != twoloop  # another coder: another bitstream of the same input
+    # ...of the same sound: the test clip's tone at the same level, sample-aligned
+    n = min(len(fast_pcm), len(twoloop_pcm))
+    assert n >= 2 * 48_000 - 2 * AAC_FRAME_SAMPLES
+    rms = float(np.sqrt(np.mean(twoloop_pcm[:n] ** 2)))
+    assert rms > 0.05
+    assert float(np.sqrt(np.mean((fast_pcm[:n] - twoloop_pcm[:n]) ** 2))) < 0.1 * rms
+    with pytest.raises(ValueError, match="unknown AAC coder 'anmr'"):
+        AudioTranscoder(TrackSpec(2, Kind.AUDIO, Codec.OPUS), aac_coder="anmr")
 
 
 def test_raw_aac_gets_adts_header() -> None:
