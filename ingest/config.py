@@ -18,6 +18,10 @@ class IngestSettings:
     idle_end_s: float = 3600.0  # end a session nobody has touched for this long
     wal_rotate_bytes: int = 64 * 1024 * 1024  # a new WAL file past this size
     writer_lanes: int = 0  # writer processes (ingest.lanes); 0: one per core
+    # sessions a lane takes before the next one is used (then the least busy): a lane's tick
+    # costs a round trip and an fsync however few sessions it writes, so few sessions share
+    # one lane; 1 spreads them evenly from the first
+    lane_fill: int = 16
 
 
 @dataclass(frozen=True, slots=True)

@@ -130,6 +130,7 @@ class SessionManager:
         self.pool = WriterPool(
             wal_dir,
             lanes=ingest.writer_lanes or os.cpu_count() or 1,
+            lane_fill=ingest.lane_fill,
             tick_s=ingest.tick_s,
             rotate_bytes=ingest.wal_rotate_bytes,
             log_setup=log_setup,

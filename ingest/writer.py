@@ -164,6 +164,7 @@ class WriterPool:
         wal_dir: Path,
         *,
         lanes: int,
+        lane_fill: int = 1,
         tick_s: float = DEFAULT_TICK_S,
         rotate_bytes: int = 64 * 1024 * 1024,
         log_setup: LogSetup | None = None,
@@ -173,6 +174,7 @@ class WriterPool:
         self._rotate_bytes = rotate_bytes
         self._log_setup = log_setup
         self._lane_count = max(1, lanes)
+        self._lane_fill = max(1, lane_fill)
         self.lanes: list[WriterLane] = []
         self._lane_of: dict[Writable, WriterLane] = {}
         self._home: dict[str, WriterLane] = {}  # recovered sessions → the lane holding their WAL
@@ -233,14 +235,19 @@ class WriterPool:
         return sum(not lane.lane.dead for lane in self.lanes)
 
     def register(self, rec: Writable) -> WriterLane:
-        """Place a recorder on a lane: the one holding its WAL, else the least busy running one
-        (``LaneDied`` when none runs)."""
+        """Place a recorder on a lane: the one holding its WAL; else the fullest running lane
+        that holds fewer than ``lane_fill`` sessions (few sessions share one lane's ticks);
+        else the least busy running one (``LaneDied`` when none runs)."""
         lane = self._home.get(rec.session_id)
         if lane is None:
             running = [w for w in self.lanes if not w.lane.dead]
             if not running:
                 raise LaneDied("no writer lane is running")
-            lane = min(running, key=lambda w: len(w.members))
+            filling = [w for w in running if len(w.members) < self._lane_fill]
+            if filling:  # (max and min keep the first of equals: the lowest lane number)
+                lane = max(filling, key=lambda w: len(w.members))
+            else:
+                lane = min(running, key=lambda w: len(w.members))
         lane.members.add(rec)
         self._lane_of[rec] = lane
         return lane

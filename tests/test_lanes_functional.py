@@ -53,13 +53,31 @@ async def post_event(
         return resp.status, await resp.json()
 
 
+async def test_sessions_fill_a_lane_before_the_next_is_used(server_factory: Any) -> None:
+    """Few sessions share one lane (each lane's tick costs a round trip and an fsync); past
+    ``lane_fill`` the next lane is used, then the least busy, and an ended session's place
+    is taken again."""
+    server = await server_factory(ingest={"writer_lanes": 2, "lane_fill": 2})
+    manager = server.app[SESSIONS]
+    async with aiohttp.ClientSession() as http:
+        sids = [await start_session(http, server) for _ in range(5)]
+        lanes = [manager.sessions[sid].recorder.lane for sid in sids]
+        first, second = lanes[0], lanes[2]
+        assert first is not second
+        assert lanes == [first, first, second, second, first]  # both full: the least busy
+        status, body = await post_event(http, server.url, "EVENT_TYPE_END", sids[2])
+        assert status == 200, body
+        newcomer = await start_session(http, server)
+        assert manager.sessions[newcomer].recorder.lane is second  # below its fill again
+
+
 async def test_a_crashed_lane_restarts_and_its_sessions_go_on(
     server_factory: Any, tmp_path: Path
 ) -> None:
     """A lane killed mid-recording: its session's client is closed, the lane restarts and
     replays its WAL, the client reconnects and resends from the acknowledged sequence, and
     the recording is whole; the other lane's session never noticed."""
-    server = await server_factory(ingest={"writer_lanes": 2})
+    server = await server_factory(ingest={"writer_lanes": 2, "lane_fill": 1})
     manager = server.app[SESSIONS]
     clip = encode_clip("h264", duration_s=2.0, audio_codec="opus")
     half = len(clip.frames) // 2
@@ -67,7 +85,7 @@ async def test_a_crashed_lane_restarts_and_its_sessions_go_on(
         doomed, lost = await recording_client(http, server)
         kept, alive = await recording_client(http, server)
         lanes = {sid: manager.sessions[sid].recorder.lane for sid in (doomed, kept)}
-        assert lanes[doomed] is not lanes[kept]  # the least busy lane: one each
+        assert lanes[doomed] is not lanes[kept]  # a lane fills with 1: one each
         for client in (lost, alive):
             for f in clip.frames[:half]:
                 await client.media(f)
@@ -106,7 +124,7 @@ async def test_a_crashed_lane_restarts_and_its_sessions_go_on(
 async def test_a_lane_crashing_again_at_once_is_left_down(server_factory: Any) -> None:
     """A crash loop (a lane dying again right after its restart) is not restarted again: its
     sessions say UNAVAILABLE until the server restarts, new ones go to the running lane."""
-    server = await server_factory(ingest={"writer_lanes": 2})
+    server = await server_factory(ingest={"writer_lanes": 2, "lane_fill": 1})
     manager = server.app[SESSIONS]
     clip = encode_clip("h264", duration_s=1.0, audio_codec="opus")
     async with aiohttp.ClientSession() as http:
