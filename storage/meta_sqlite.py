@@ -165,15 +165,25 @@ class SqliteMetaStore(SqliteRecordings, SqliteWebhookOutbox, SqliteCloudRecordin
             raise RuntimeError("metadata store is not open")
         db = self._db
         async with self._lock:
-            # IMMEDIATE takes the write lock up front, so a read-then-write cannot deadlock
-            await db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             try:
+                # IMMEDIATE takes the write lock up front, so a read-then-write cannot deadlock
+                await db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
                 yield db
                 await db.execute("COMMIT")
             except BaseException:
-                if db.in_transaction:  # a failed COMMIT leaves it open, too
-                    await db.execute("ROLLBACK")
+                # (a cancelled caller too: its BEGIN or COMMIT still runs in the thread)
+                await asyncio.shield(self._rollback(db))
                 raise
+
+    @staticmethod
+    async def _rollback(db: aiosqlite.Connection) -> None:
+        """End the transaction a failed or cancelled ``_tx`` left. Statements run in order in
+        the connection's thread, so this runs after whatever the caller had queued (a BEGIN or
+        COMMIT that its cancellation did not stop), before the next caller's BEGIN."""
+        try:
+            await db.execute("ROLLBACK")
+        except sqlite3.OperationalError:
+            pass  # none was open: BEGIN failed, or COMMIT went through
 
     async def schema_version(self) -> int:
         """The migration number the database is at."""

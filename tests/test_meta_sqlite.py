@@ -251,3 +251,30 @@ async def test_concurrent_writes_do_not_interleave_transactions(meta: SqliteMeta
     await asyncio.gather(*(meta.add_event("s1", f"e{i}", T0) for i in range(50)))
     await asyncio.gather(*(meta.update_session("s1", acked_seq=i) for i in range(20)))
     assert len(await meta.list_events("s1")) == 50
+
+
+@pytest.mark.parametrize("step", ["begin", "body", "commit"])
+async def test_a_cancelled_transaction_leaves_the_store_usable(
+    meta: SqliteMetaStore, step: str
+) -> None:
+    """A caller cancelled while its BEGIN, its body or its COMMIT is still queued in the
+    connection's thread (a client that went away mid-request) ends that transaction: the next
+    one neither finds it open nor waits on it, and a cancelled write is all or nothing."""
+    await meta.create_session(_session("kept"))
+    # the task runs until it awaits the step's statement in the connection's thread
+    yields = {"begin": 1, "body": 2, "commit": 3}[step]
+
+    async def write() -> None:
+        async with meta._tx() as db:
+            await db.execute("UPDATE sessions SET state = 'ended' WHERE session_id = 'kept'")
+
+    task = asyncio.create_task(write())
+    for _ in range(yields):
+        await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    row = await meta.get_session("kept")  # raised "cannot start a transaction within a ..."
+    assert row is not None and row.state in ("recording", "ended")
+    await meta.create_session(_session("after"))
+    assert await meta.get_session("after") is not None
