@@ -18,6 +18,10 @@ from mixer.errors import InvalidMedia
 from storage.durable import fsync_dir, fsync_file
 
 MP4_OPTIONS = {"movflags": "+faststart"}
+# The chain of all segments is not probed (avformat_find_stream_info): the output's streams are
+# set up from a segment already, the chain only delivers packets, and probing it again was
+# a third of an MP4's build (55 → 38 ms CPU for 30 s of 720p).
+CHAIN_OPTIONS = {"probesize": "32", "analyzeduration": "0", "fpsprobesize": "0"}
 ADTS_SYNC_MASK = 0xFFF6
 ADTS_SYNC = 0xFFF0
 
@@ -117,7 +121,7 @@ def _inputs(segments: Sequence[Path], whole: bool) -> Iterator[InputContainer]:
     if whole:
         chain = _Chain(segments)
         try:
-            container = av.open(chain, mode="r", format="mpegts")
+            container = av.open(chain, mode="r", format="mpegts", options=CHAIN_OPTIONS)
         except av.error.FFmpegError as exc:
             raise InvalidMedia(f"cannot read the segments: {exc}") from exc
         with chain, container:
