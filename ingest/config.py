@@ -22,6 +22,9 @@ class IngestSettings:
     # costs a round trip and an fsync however few sessions it writes, so few sessions share
     # one lane; 1 spreads them evenly from the first
     lane_fill: int = 16
+    # for tests only: a writer lane exits, as a crashing codec would, on a media frame whose
+    # payload starts with ``ingest.lanes.FAILPOINT_CRASH``
+    failpoints: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,9 @@ stops, after its sessions made their open segments safe) and exits when the serv
 the pipe closes, so a killed server leaves no lane behind. A lane that dies (a crash in a
 codec) fails its sessions' writes and is noticed at once (the event loop watches its exit);
 the pool restarts it on the same WAL and the session manager replays its sessions, as at a
-server start (``WriterPool.lane_died``, ``SessionManager._recover_lane``).
+server start (``WriterPool.lane_died``, ``SessionManager._recover_lane``). The frames the
+dead lane was writing are written one per request when their clients resend them, so that a
+frame it dies on again is named, and skipped by the next restart (``writer.Crash``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import os
 import pickle
 import signal
 import threading
@@ -53,6 +56,12 @@ _CONTEXT.set_forkserver_preload(["ingest.lanes"])
 
 LogSetup = tuple[Callable[..., None], tuple[Any, ...]]  # a module-level function and its args
 _START_LOCK = threading.Lock()
+# A failpoint, for tests of what a crashing codec does (``[ingest] failpoints``, off by
+# default): a lane started with failpoints exits at once, as a crash would, when it is given a
+# media frame whose payload starts with these bytes.
+FAILPOINT_CRASH = b"\xffreelhouse-failpoint:crash\xff"
+FAILPOINT_EXIT_CODE = 70
+UNTAGGED = "untagged"  # ``Lane.died_during`` of a request that named nothing
 
 
 class LaneError(RuntimeError):
@@ -63,15 +72,20 @@ class LaneDied(LaneError):
     """The lane process exited; its sessions wait for its restart."""
 
 
+def _nothing() -> None:
+    return None
+
+
 # the lane process ----------------------------------------------------------------------------
 
 
 class _LaneState:
     """A lane's writers and WAL, served one request at a time."""
 
-    def __init__(self, directory: Path, rotate_bytes: int) -> None:
+    def __init__(self, directory: Path, rotate_bytes: int, failpoints: bool = False) -> None:
         self.wal = Wal(directory, rotate_bytes)
         self.writers: dict[str, SessionWriter] = {}
+        self.failpoints = failpoints
 
     def wal_open(self) -> dict[str, list[list[Any]]]:
         return self.wal.open()
@@ -91,6 +105,11 @@ class _LaneState:
     ) -> tuple[list[Outcome | Failed], float, int]:
         out: list[Outcome | Failed] = []
         for sid, items in work:
+            if self.failpoints and any(
+                i[0] == "media" and i[7].startswith(FAILPOINT_CRASH) for i in items
+            ):
+                log.critical("failpoint: a frame of session %s crashes this lane", sid)
+                os._exit(FAILPOINT_EXIT_CODE)
             writer = self.writers.get(sid)
             if writer is None:
                 out.append(Failed(f"session {sid} is not open in this lane"))
@@ -127,13 +146,17 @@ class _LaneState:
 
 
 def lane_main(
-    conn: Connection, directory: str, rotate_bytes: int, log_setup: LogSetup | None
+    conn: Connection,
+    directory: str,
+    rotate_bytes: int,
+    log_setup: LogSetup | None,
+    failpoints: bool = False,
 ) -> None:
     """A lane process: serve requests until ``stop`` or until the server's end closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if log_setup is not None:
         log_setup[0](*log_setup[1])
-    state = _LaneState(Path(directory), rotate_bytes)
+    state = _LaneState(Path(directory), rotate_bytes, failpoints)
     while True:
         try:
             op, args = pickle.loads(conn.recv_bytes())
@@ -157,12 +180,20 @@ class Lane:
     """The server's handle on one lane process."""
 
     def __init__(
-        self, number: int, directory: Path, rotate_bytes: int, log_setup: LogSetup | None
+        self,
+        number: int,
+        directory: Path,
+        rotate_bytes: int,
+        log_setup: LogSetup | None,
+        failpoints: bool = False,
     ) -> None:
         self.number = number
         self.directory = directory
         self._rotate_bytes = rotate_bytes
         self._log_setup = log_setup
+        self._failpoints = failpoints
+        # the tag of the request the process died answering (see ``call``), if it did
+        self.died_during: Any = None
         self._conn: Connection | None = None
         self._proc: Any = None
         self._io = ThreadPoolExecutor(1, thread_name_prefix=f"reelhouse-lane-{number}")
@@ -175,7 +206,13 @@ class Lane:
         parent, child = _CONTEXT.Pipe()
         self._proc = _CONTEXT.Process(
             target=lane_main,
-            args=(child, str(self.directory), self._rotate_bytes, self._log_setup),
+            args=(
+                child,
+                str(self.directory),
+                self._rotate_bytes,
+                self._log_setup,
+                self._failpoints,
+            ),
             name=f"reelhouse-lane-{self.number}",
             daemon=True,
         )
@@ -218,20 +255,33 @@ class Lane:
         """The lane's process id (None before start)."""
         return self._proc.pid if self._proc is not None else None
 
-    async def call(self, op: str, *args: Any) -> Any:
-        """One request, answered in order after every earlier one."""
+    async def call(self, op: str, *args: Any, tag: Any = None) -> Any:
+        """One request, answered in order after every earlier one. When the process dies
+        while answering it (the request reached it, no answer came back), ``died_during``
+        holds ``tag``: what the request was working on (a tick's sessions, say)."""
         if self._dead:  # (not ``dead``: polling the process on every tick costs a syscall)
             raise LaneDied(f"writer lane {self.number} is gone")
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._io, self._roundtrip, op, args)
+        return await loop.run_in_executor(self._io, self._roundtrip, op, args, tag)
 
-    def _roundtrip(self, op: str, args: tuple[Any, ...]) -> Any:
+    async def settled(self) -> None:
+        """Wait until every request made so far has been answered or has failed (so that
+        ``died_during`` is known once the process is seen to exit)."""
+        await asyncio.get_running_loop().run_in_executor(self._io, _nothing)
+
+    def _roundtrip(self, op: str, args: tuple[Any, ...], tag: Any) -> Any:
         assert self._conn is not None
         try:
             self._conn.send_bytes(pickle.dumps((op, args), PICKLE_PROTOCOL))
+        except OSError as exc:  # gone before this request: it was not the one that killed it
+            self._dead = True
+            raise LaneDied(f"writer lane {self.number} is gone ({exc!r})") from exc
+        try:
             status, value = pickle.loads(self._conn.recv_bytes())
         except (EOFError, OSError) as exc:
             self._dead = True
+            if self.died_during is None:  # the first such request is the one it died on
+                self.died_during = UNTAGGED if tag is None else tag
             raise LaneDied(f"writer lane {self.number} is gone ({exc!r})") from exc
         if status != "ok":
             raise LaneError(value)

@@ -88,6 +88,10 @@ class SessionRecorder:
         self.acked_seq = acked_seq  # durable high-water mark (what the client may forget)
         self.received_seq = acked_seq  # highest seq queued (dedupe and gap detection)
         self.wal_from = 0  # the oldest file of its lane's WAL holding the open segment
+        # after a crash of its lane: frames up to this one are written one per lane request
+        # (``WriterPool``), and frames the lane died on are skipped (acknowledged, not written)
+        self.isolate_until = 0
+        self.skip: set[int] = set()
         self._tracks: dict[int, dict[str, Any]] = {}  # announced
         self._pending: list[tuple[Any, ...]] = []
         self._space = asyncio.Event()  # set while the queue has room
@@ -276,6 +280,9 @@ class SessionRecorder:
             if self._closed:  # ended while we waited: the writer may be finishing
                 raise ProtocolError(CloseCode.SESSION_STATE, "the session is not recording")
         self.received_seq = seq
+        if seq in self.skip:  # its lane died writing it: acknowledged, not written again
+            self._queue(("skip", seq))
+            return
         data = msg["data"]
         self.stats.frames_in += 1
         self.stats.bytes_in += len(data)
@@ -353,6 +360,13 @@ class SessionRecorder:
             self.wal_from = max(self.wal_from, outcome.recut)
         if outcome.acked > self.acked_seq:
             self.acked_seq = outcome.acked
+            if self.isolate_until and outcome.acked >= self.isolate_until:
+                log.info(
+                    "the frames its lane died on are written or skipped",
+                    extra={"session_id": self.session_id},
+                )
+                self.isolate_until = 0
+                self.skip.clear()
             self._wake_ack_waiters()
             if self.on_ack is not None:
                 await self.on_ack(outcome.acked)

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 US = 1_000_000
 SEGMENT_NAME = "index"
 KEEP_DIR = "keep"  # hard links of closed segments, for the MP4 built at END
+SKIPPED = "its writer crashed on this frame: dropped, not recorded"
 
 Cut = tuple[SegmentInfo, int]  # a closed segment and the WAL file its successor starts in
 
@@ -183,6 +184,11 @@ class SessionWriter:
                     error = error or (int(CloseCode.INVALID_MEDIA), f"seq {seq}: {exc}")
                 else:
                     wal.append([sid, MEDIA, seq, track, pts, dts, key, arrival, data])
+            elif kind == "skip":  # its lane died writing this frame: acknowledged, dropped
+                seq = item[1]
+                acked = seq
+                log.warning("seq %d: %s", seq, SKIPPED, extra={"session_id": sid})
+                error = error or (int(CloseCode.INVALID_MEDIA), f"seq {seq}: {SKIPPED}")
             elif kind == "track":
                 self._add_track(item[1])
                 wal.append([sid, TRACK, item[1]])

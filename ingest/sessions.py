@@ -131,6 +131,7 @@ class SessionManager:
             wal_dir,
             lanes=ingest.writer_lanes or os.cpu_count() or 1,
             lane_fill=ingest.lane_fill,
+            failpoints=ingest.failpoints,
             tick_s=ingest.tick_s,
             rotate_bytes=ingest.wal_rotate_bytes,
             log_setup=log_setup,
@@ -202,9 +203,12 @@ class SessionManager:
         )
 
     async def _start_recorder(
-        self, live: LiveSession, records: list[list[Any]] | None = None
+        self,
+        live: LiveSession,
+        records: list[list[Any]] | None = None,
+        recorder: SessionRecorder | None = None,
     ) -> None:
-        recorder = live.recorder
+        recorder = recorder or live.recorder
         recorder.on_ack = lambda seq: self._ack(live, seq)
         recorder.on_error = lambda err: self._recorder_error(live, err)
         await recorder.start(records)
@@ -214,6 +218,16 @@ class SessionManager:
         server start would. Their clients are closed (1011) and reconnect to find, in their
         welcome, the acknowledged sequence to resend from; nothing acknowledged is lost."""
         affected = [live for live in self.sessions.values() if live.recorder.lane is lane]
+        # the frames in flight when it died are written one at a time when they come again;
+        # the one it died on alone is skipped (``WriterPool._recover``)
+        crash = lane.crash
+        isolate: dict[str, tuple[int, set[int]]] = {}
+        for live in affected:
+            old, skip = live.recorder, set(live.recorder.skip)
+            if crash.culprit is not None and crash.culprit[0] == live.session_id:
+                skip.add(crash.culprit[1])
+            until = max(old.isolate_until, crash.suspects.get(live.session_id, 0))
+            isolate[live.session_id] = (until, skip)
         log.critical(
             "writer lane %d died: restarting it and reopening %d sessions",
             lane.lane.number,
@@ -236,13 +250,19 @@ class SessionManager:
                 if row is None or row.state not in OPEN_STATES:
                     continue
                 self.pool.place_on(live.session_id, lane)
-                live.row, live.recorder = row, self._recorder(row)
+                live.row, recorder = row, self._recorder(row)
+                recorder.isolate_until, recorder.skip = isolate[live.session_id]
                 try:
-                    await self._start_recorder(live, records.pop(live.session_id, []))
+                    # the old recorder (abandoned) stays until this one has replayed the WAL:
+                    # a client binding meanwhile is told to reconnect (1011), so that its
+                    # welcome carries the replayed acked_seq, not the metadata's older one
+                    await self._start_recorder(live, records.pop(live.session_id, []), recorder)
                 except Exception:
                     log.exception("could not reopen the session", extra=_ctx(live))
-                    await live.recorder.abandon()  # failed: END answers UNAVAILABLE, not hangs
+                    live.recorder = recorder
+                    await recorder.abandon()  # failed: END answers UNAVAILABLE, not hangs
                 else:
+                    live.recorder = recorder
                     log.info("reopened after its lane restarted", extra=_ctx(live))
         await self.pool.finish_restart(lane)
 

@@ -13,6 +13,7 @@ import logging
 import shutil
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -27,6 +28,26 @@ Observe = Callable[[float, str], None]  # (seconds, phase): the pool's timings, 
 DEFAULT_TICK_S = 0.025  # the shortest tick: bounds fsyncs per second; acks wait at most this
 RESTART_QUIET_S = 30.0  # a lane dying again sooner after its restart is left down
 LANE_DIR = "lane-{}"
+TICK = "tick"
+
+
+@dataclass(frozen=True, slots=True)
+class Crash:
+    """What a lane was writing when its process died: the last media sequence of each session
+    in the tick in flight (``suspects``), and, when that tick held one frame written on its
+    own, that frame (``culprit``: session id and sequence)."""
+
+    suspects: dict[str, int]
+    culprit: tuple[str, int] | None
+
+    @classmethod
+    def of(cls, died_during: Any) -> Crash:
+        if not (isinstance(died_during, tuple) and died_during[0] == TICK):
+            return cls({}, None)  # idle, or in another request: no frame to suspect
+        _, single, work = died_during
+        seqs = {rec.session_id: _last_media_seq(items) for rec, items in work}
+        culprit = next(iter(seqs.items())) if single else None
+        return cls(seqs, culprit)
 
 
 class Writable(Protocol):
@@ -34,6 +55,10 @@ class Writable(Protocol):
 
     session_id: str
     wal_from: int  # the oldest file of its lane's WAL this session still needs
+    # media up to this sequence is written one frame per lane request (0: none is): the
+    # session's frames were in flight when its lane crashed, and a crash among them again
+    # then names the frame (``Crash``)
+    isolate_until: int
 
     def refresh_wal(self) -> None:
         """The lane's WAL moved to a new file: re-anchor if nothing older is needed."""
@@ -64,6 +89,7 @@ class WriterLane:
         self._release_task: asyncio.Task[None] | None = None
         self.task: asyncio.Task[None] | None = None
         self.restarted_at: float | None = None  # monotonic time of the last restart
+        self.crash = Crash({}, None)  # what the process was writing when it last died
 
     def adopt(self, lane: Lane) -> None:
         """Take ``lane`` as this lane's process (at start, and after a restart): its exit,
@@ -71,23 +97,28 @@ class WriterLane:
         self.lane = lane
         lane.on_exit = lambda: self.pool.lane_died(self)
 
-    async def call(self, op: str, *args: Any) -> Any:
+    async def call(self, op: str, *args: Any, tag: Any = None) -> Any:
         """A request to the lane process (see ``ingest.lanes``)."""
-        return await self.lane.call(op, *args)
+        return await self.lane.call(op, *args, tag=tag)
 
     def start_ticking(self) -> None:
         if self.task is None:
             self.task = asyncio.create_task(self._run(), name=f"writer-lane-{self.lane.number}")
 
     async def _tick(
-        self, loop: asyncio.AbstractEventLoop, work: list[tuple[Writable, Any]]
-    ) -> None:
+        self,
+        loop: asyncio.AbstractEventLoop,
+        work: list[tuple[Writable, Any]],
+        single: bool = False,
+    ) -> bool:
+        """One tick of ``work``; false when the lane failed it. ``single``: one frame, written
+        on its own (isolated), which a crash of the lane would name."""
         pool = self.pool
         pool.ticks += 1
         began = loop.time()
         try:
             outcomes, sync_s, self.wal_index = await self.call(
-                "tick", [(rec.session_id, items) for rec, items in work]
+                TICK, [(rec.session_id, items) for rec, items in work], tag=(TICK, single, work)
             )
         except LaneError as exc:
             log.critical(
@@ -104,6 +135,25 @@ class WriterLane:
         for (rec, _), outcome in zip(work, outcomes, strict=True):
             await rec.written(outcome)
         await self.release()
+        return not any(isinstance(outcome, Failed) for outcome in outcomes)
+
+    async def _isolated(
+        self, loop: asyncio.AbstractEventLoop, rec: Writable, items: list[tuple[Any, ...]]
+    ) -> None:
+        """Write a session's items with each frame up to ``isolate_until`` in a tick of its
+        own (in order; the rest together), stopping at a failed tick."""
+        batch: list[tuple[Any, ...]] = []
+        for item in items:
+            if item[0] == "media" and item[1] <= rec.isolate_until:
+                if batch and not await self._tick(loop, [(rec, batch)]):
+                    return
+                batch = []
+                if not await self._tick(loop, [(rec, [item])], single=True):
+                    return
+            else:
+                batch.append(item)
+        if batch:
+            await self._tick(loop, [(rec, batch)])
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -116,7 +166,11 @@ class WriterLane:
             work = [(rec, items) for rec in ready if (items := rec.take())]
             if work:
                 try:
-                    await self._tick(loop, work)
+                    if together := [(rec, items) for rec, items in work if not rec.isolate_until]:
+                        await self._tick(loop, together)
+                    for rec, items in work:
+                        if rec.isolate_until:
+                            await self._isolated(loop, rec, items)
                 except Exception:  # a bug: log it loudly, but keep this lane's sessions going
                     log.exception("writer lane tick failed")
                 if pool.observe is not None:
@@ -168,8 +222,10 @@ class WriterPool:
         tick_s: float = DEFAULT_TICK_S,
         rotate_bytes: int = 64 * 1024 * 1024,
         log_setup: LogSetup | None = None,
+        failpoints: bool = False,
     ) -> None:
         self.wal_dir = wal_dir
+        self._failpoints = failpoints
         self.tick_s = tick_s
         self._rotate_bytes = rotate_bytes
         self._log_setup = log_setup
@@ -194,8 +250,7 @@ class WriterPool:
         """Start the lanes and read what their WALs hold, by session (for recovery)."""
         await asyncio.to_thread(self.wal_dir.mkdir, parents=True, exist_ok=True)
         lanes = [
-            Lane(i, self.wal_dir / LANE_DIR.format(i), self._rotate_bytes, self._log_setup)
-            for i in range(self._lane_count)
+            self._new_lane(i, self.wal_dir / LANE_DIR.format(i)) for i in range(self._lane_count)
         ]
         await asyncio.gather(*(lane.start() for lane in lanes))
         self.lanes = [WriterLane(self, lane) for lane in lanes]
@@ -285,26 +340,49 @@ class WriterPool:
         """The newest WAL file of any lane."""
         return max((lane.wal_index for lane in self.lanes), default=0)
 
+    def _new_lane(self, number: int, directory: Path) -> Lane:
+        return Lane(number, directory, self._rotate_bytes, self._log_setup, self._failpoints)
+
     def lane_died(self, lane: WriterLane) -> None:
-        """A lane's process is gone: have it restarted (once at a time, and not again if it
-        died within ``RESTART_QUIET_S`` of its last restart: that is a crash loop)."""
+        """A lane's process is gone: have it restarted (once at a time; see ``_recover``)."""
         if self.on_lane_died is None or lane in self._recoveries or lane not in self.lanes:
-            return
-        now = time.monotonic()
-        if lane.restarted_at is not None and now - lane.restarted_at < RESTART_QUIET_S:
-            log.critical(
-                "writer lane %d died again %.0f s after its restart: left down; its sessions "
-                "wait for the server to restart",
-                lane.lane.number,
-                now - lane.restarted_at,
-            )
             return
         task = asyncio.create_task(self._recover(lane), name=f"lane-{lane.lane.number}-restart")
         self._recoveries[lane] = task
 
     async def _recover(self, lane: WriterLane) -> None:
+        """Restart a dead lane, unless it died within ``RESTART_QUIET_S`` of its last restart
+        with no frame to blame (a crash loop). A frame written on its own that the lane died
+        on is to blame: the restart skips it (``Crash.culprit``), and the lane goes on."""
         assert self.on_lane_died is not None
         try:
+            await lane.lane.settled()  # the request it died on has failed: it names its tick
+            crash = Crash.of(lane.lane.died_during)
+            now = time.monotonic()
+            quiet = lane.restarted_at is None or now - lane.restarted_at >= RESTART_QUIET_S
+            if not quiet and crash.culprit is None:
+                log.critical(
+                    "writer lane %d died again %.0f s after its restart: left down; its "
+                    "sessions wait for the server to restart",
+                    lane.lane.number,
+                    now - (lane.restarted_at or now),
+                )
+                return
+            if crash.culprit is not None:
+                log.critical(
+                    "writer lane %d died writing session %s's frame %d on its own: the frame "
+                    "is dropped, the lane restarts",
+                    lane.lane.number,
+                    *crash.culprit,
+                )
+            elif crash.suspects:
+                log.critical(
+                    "writer lane %d died writing frames of %s: their frames up to then are "
+                    "written one at a time after the restart, to find the one to blame",
+                    lane.lane.number,
+                    ", ".join(sorted(crash.suspects)),
+                )
+            lane.crash = crash
             await self.on_lane_died(lane)
         except Exception:
             log.exception("restarting writer lane %d failed", lane.lane.number)
@@ -322,7 +400,7 @@ class WriterPool:
         session (replay each with ``register`` after ``place_on``, then ``finish_restart``)."""
         old = lane.lane
         await old.stop()
-        lane.adopt(Lane(old.number, old.directory, self._rotate_bytes, self._log_setup))
+        lane.adopt(self._new_lane(old.number, old.directory))
         await lane.lane.start()
         lane.restarted_at = time.monotonic()
         self.restarts += 1
@@ -357,3 +435,8 @@ def _drop_orphan(wal: Wal) -> None:
         path.unlink(missing_ok=True)
     if wal.directory.name.startswith(LANE_DIR.format("")):
         shutil.rmtree(wal.directory, ignore_errors=True)
+
+
+def _last_media_seq(items: list[tuple[Any, ...]]) -> int:
+    """The highest media sequence among a session's queued items (0: none)."""
+    return max((item[1] for item in items if item[0] == "media"), default=0)

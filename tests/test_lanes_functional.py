@@ -5,6 +5,8 @@ every frame they were acknowledged."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import os
 import signal
 from pathlib import Path
@@ -20,6 +22,8 @@ from wsclient import RawClient
 
 from api.keys import SESSIONS
 from ingest.errors import CloseCode
+from ingest.lanes import FAILPOINT_CRASH
+from ingest.recorder import SessionRecorder
 
 pytestmark = pytest.mark.slow
 
@@ -119,6 +123,133 @@ async def test_a_crashed_lane_restarts_and_its_sessions_go_on(
             _, mp4 = await fetch_recording(server, sid, tmp_path)
             video, audio = await asyncio.to_thread(count_frames, mp4)
             assert video == clip.video_frames and audio > 0, sid
+
+
+async def test_no_client_binds_while_its_session_is_replayed(
+    server_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Until a restarted lane has replayed a session, a hello for it is answered 1011: a
+    welcome then would carry the acked_seq of the metadata (older than the WAL's), and the
+    resend from there would collide with the replay."""
+    server = await server_factory(ingest={"writer_lanes": 1})
+    manager = server.app[SESSIONS]
+    clip = encode_clip("h264", duration_s=1.0, audio_codec="opus")
+    replaying, go_on = asyncio.Event(), asyncio.Event()
+    start = SessionRecorder.start
+
+    async def held_start(self: SessionRecorder, records: Any = None) -> None:
+        replaying.set()
+        await go_on.wait()
+        await start(self, records)
+
+    async with aiohttp.ClientSession() as http:
+        sid, client = await recording_client(http, server)
+        for f in clip.frames:
+            await client.media(f)
+        await client.wait_ack(len(clip.frames))
+        monkeypatch.setattr(SessionRecorder, "start", held_start)
+        recovered = asyncio.create_task(manager.pool.wait_recovered())
+        os.kill(manager.sessions[sid].recorder.lane.lane.pid, signal.SIGKILL)
+        code, _ = await client.closed()
+        assert code == CloseCode.INTERNAL_ERROR
+        await replaying.wait()
+        early = RawClient(http, server.url)
+        await early.connect()
+        with pytest.raises(ConnectionError) as refused:
+            await early.hello(server.api_key, session_id=sid)
+        assert refused.value.args[0] == CloseCode.INTERNAL_ERROR
+        go_on.set()
+        async with asyncio.timeout(RECOVERY_TIMEOUT_S):
+            await recovered
+        again = RawClient(http, server.url)
+        await again.connect()
+        welcome = await again.hello(server.api_key, session_id=sid)
+        assert welcome["acked_seq"] == len(clip.frames)  # what the WAL holds
+        await again.close()
+
+
+async def resend(
+    http: aiohttp.ClientSession, server: Any, sid: str, frames: list[Any]
+) -> tuple[int | None, str]:
+    """Reconnect to ``sid`` and send ``frames`` above the welcome's ``acked_seq``: (None, "")
+    once all are acknowledged, else the code and reason the server closed with."""
+    client = RawClient(http, server.url)
+    await client.connect()
+    welcome = await client.hello(server.api_key, session_id=sid)
+    await client.tracks()
+    client.seq = welcome["acked_seq"]
+    with contextlib.suppress(ConnectionError):  # closed while sending: its code comes next
+        for f in frames[client.seq :]:
+            await client.media(f)
+    try:
+        await client.wait_ack(len(frames))
+    except ConnectionError as exc:
+        return exc.args[0], str(exc.args[1] or "")
+    await client.close()
+    return None, ""
+
+
+async def test_a_frame_its_lane_dies_on_is_dropped_and_the_lane_goes_on(
+    server_factory: Any, tmp_path: Path
+) -> None:
+    """A frame its writer dies on (a failpoint stands in for a crashing codec): the restarted
+    lane writes the frames that were in flight one at a time, dies on that frame alone, which
+    names it: it is acknowledged and dropped (4011), the lane restarts once more instead of
+    being left down, and both sessions sharing the lane record everything else."""
+    server = await server_factory(ingest={"writer_lanes": 1, "failpoints": True})
+    manager = server.app[SESSIONS]
+    clip = encode_clip("h264", duration_s=2.0, audio_codec="opus")
+    frames = list(clip.frames)
+    half = len(frames) // 2
+    at = next(i for i in range(half + 5, len(frames)) if frames[i].kind == "audio")
+    poisoned = [
+        *frames[:at],
+        dataclasses.replace(frames[at], data=FAILPOINT_CRASH),
+        *frames[at + 1 :],
+    ]
+    async with aiohttp.ClientSession() as http:
+        doomed, lost = await recording_client(http, server)
+        kept, alive = await recording_client(http, server)
+        for client in (lost, alive):
+            for f in frames[:half]:
+                await client.media(f)
+            await client.wait_ack(half)
+
+        # 1: the lane dies on a tick holding the frame; both sessions' clients are told
+        recovered = asyncio.create_task(manager.pool.wait_recovered())
+        with contextlib.suppress(ConnectionError):
+            for f in poisoned[half:]:
+                await lost.media(f)
+        for client in (lost, alive):
+            code, reason = await client.closed()
+            assert code == CloseCode.INTERNAL_ERROR, (code, reason)
+        async with asyncio.timeout(RECOVERY_TIMEOUT_S):
+            await recovered
+        assert manager.sessions[doomed].recorder.isolate_until >= at + 1
+
+        # 2: sent again, each frame in flight then is written on its own: it dies on that one
+        recovered = asyncio.create_task(manager.pool.wait_recovered())
+        code, _ = await resend(http, server, doomed, poisoned)
+        assert code == CloseCode.INTERNAL_ERROR
+        async with asyncio.timeout(RECOVERY_TIMEOUT_S):
+            await recovered
+        assert (manager.pool.alive, manager.pool.restarts) == (1, 2)  # not left down
+        assert manager.sessions[doomed].recorder.skip == {at + 1}
+
+        # 3: sent again, that frame is acknowledged and dropped, and the client told so
+        code, reason = await resend(http, server, doomed, poisoned)
+        assert code == CloseCode.INVALID_MEDIA and f"seq {at + 1}" in reason, (code, reason)
+        assert await resend(http, server, doomed, poisoned) == (None, "")
+        assert await resend(http, server, kept, frames) == (None, "")
+        counts = {}
+        for sid in (doomed, kept):
+            status, body = await post_event(http, server.url, "EVENT_TYPE_END", sid)
+            assert status == 200, body
+            _, mp4 = await fetch_recording(server, sid, tmp_path)
+            counts[sid] = await asyncio.to_thread(count_frames, mp4)
+    assert counts[kept][0] == counts[doomed][0] == clip.video_frames
+    # one 20 ms Opus frame fewer: one 1024-sample AAC frame fewer
+    assert counts[doomed][1] == counts[kept][1] - 1, counts
 
 
 async def test_a_lane_crashing_again_at_once_is_left_down(server_factory: Any) -> None:
