@@ -28,6 +28,7 @@ from storage.durable import fsync_dir
 log = logging.getLogger(__name__)
 
 WAL_ROTATE_BYTES = 64 * 1024 * 1024
+WAL_BUFFER_BYTES = 1024 * 1024
 READ_CHUNK_BYTES = 1024 * 1024
 MAX_RECORD_BYTES = 64 * 1024 * 1024
 
@@ -115,7 +116,9 @@ class Wal:
 
     def _start_file(self) -> None:
         self.index += 1
-        self._file = open(self.directory / f"wal-{self.index:06d}.bin", "ab")
+        # a tick's records go to the file in a few large writes (``sync`` flushes them): with
+        # the default 8 KB buffer, every video frame was a write of its own
+        self._file = open(self.directory / f"wal-{self.index:06d}.bin", "ab", WAL_BUFFER_BYTES)
         self._size = 0
         fsync_dir(self.directory)
 

@@ -23,14 +23,22 @@ Admit = Callable[[str, str, str | None, str], Awaitable[str]]
 
 BYE_DRAIN_TIMEOUT_S = 30.0  # how long `bye` waits for the last frames to be made safe
 CLOSE_HANDSHAKE_TIMEOUT_S = 5.0  # a close started by another task (replace, shutdown) ends by then
+# an ack waits for a sender task (instead of going at once) while this much is unsent
+ACK_BACKLOG_BYTES = 16 * 1024
 
 
 class WsConnection:
     """A recording app's WebSocket, as the session registry sees it."""
 
-    def __init__(self, ws: web.WebSocketResponse, ids: dict[str, str]) -> None:
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        ids: dict[str, str],
+        transport: asyncio.Transport | None = None,
+    ) -> None:
         self.ws = ws
         self.ids = ids
+        self._transport = transport  # the socket's, to see a client that does not read
         self.session: LiveSession | None = None
         self._send_lock = asyncio.Lock()
         self._closing = False  # a close of ours has started
@@ -62,18 +70,32 @@ class WsConnection:
         )
 
     async def send_ack(self, seq: int) -> None:
-        """Cumulative ack; returns at once (the writer's tick calls it for every session), a
-        sender task per connection sends the newest, so a slow client delays only itself."""
+        """Cumulative ack; never waits (the writer's tick calls it for every session). A socket
+        that is free takes it at once; otherwise a sender task sends the newest when the
+        socket is free again, so a slow client delays only itself."""
         self._ack_seq = seq
+        if self._ack_task is not None:  # a sender is catching up: it sends the newest
+            self._ack_wanted.set()
+            return
+        if self.ws.closed:
+            return
+        transport = self._transport
+        if not self._send_lock.locked() and (
+            transport is None or transport.get_write_buffer_size() < ACK_BACKLOG_BYTES
+        ):
+            # written at once: aiohttp only waits on a send when the socket's buffer is full
+            await self.send({"t": "ack", "seq": seq})
+            return
         self._ack_wanted.set()
-        if self._ack_task is None:
-            self._ack_task = asyncio.create_task(self._send_acks(), name="ws-acks")
+        self._ack_task = asyncio.create_task(self._send_acks(), name="ws-acks")
 
     async def _send_acks(self) -> None:
-        while not self.ws.closed:
-            await self._ack_wanted.wait()
-            self._ack_wanted.clear()
-            await self.send({"t": "ack", "seq": self._ack_seq})
+        try:
+            while not self.ws.closed and self._ack_wanted.is_set():
+                self._ack_wanted.clear()
+                await self.send({"t": "ack", "seq": self._ack_seq})
+        finally:
+            self._ack_task = None
 
     async def close(self, code: CloseCode, reason: str) -> None:
         """Close with a protocol close code and reason (from any task)."""
@@ -129,7 +151,7 @@ class IngestHandler:
             compress=False,
         )
         await ws.prepare(request)
-        conn = WsConnection(ws, {})
+        conn = WsConnection(ws, {}, request.transport)
         self.connections.add(conn)
         try:
             await self._run(conn)
