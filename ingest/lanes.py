@@ -26,6 +26,7 @@ frame it dies on again is named, and skipped by the next restart (``writer.Crash
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -263,6 +264,12 @@ class Lane:
             raise LaneDied(f"writer lane {self.number} is gone")
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._io, self._roundtrip, op, args, tag)
+
+    def kill(self) -> None:
+        """End the process at once (SIGKILL); its exit is then handled as a crash's."""
+        if self._proc is not None and self._proc.pid is not None and not self._dead:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._proc.pid, signal.SIGKILL)
 
     async def settled(self) -> None:
         """Wait until every request made so far has been answered or has failed (so that

@@ -171,8 +171,14 @@ class WriterLane:
                     for rec, items in work:
                         if rec.isolate_until:
                             await self._isolated(loop, rec, items)
-                except Exception:  # a bug: log it loudly, but keep this lane's sessions going
-                    log.exception("writer lane tick failed")
+                except Exception:
+                    # a bug on our side: what this tick took may not be written, and a later
+                    # tick's cumulative ack would cover it; restart the lane instead, as if it
+                    # had crashed: its sessions replay the WAL, their clients resend the rest
+                    log.exception(
+                        "writer lane %d tick failed: restarting the lane", self.lane.number
+                    )
+                    self.lane.kill()
                 if pool.observe is not None:
                     pool.observe(loop.time() - started, "tick")
             rest = pool.tick_s - (loop.time() - started)

@@ -24,6 +24,7 @@ from api.keys import SESSIONS
 from ingest.errors import CloseCode
 from ingest.lanes import FAILPOINT_CRASH
 from ingest.recorder import SessionRecorder
+from ingest.writer import WriterLane
 
 pytestmark = pytest.mark.slow
 
@@ -123,6 +124,49 @@ async def test_a_crashed_lane_restarts_and_its_sessions_go_on(
             _, mp4 = await fetch_recording(server, sid, tmp_path)
             video, audio = await asyncio.to_thread(count_frames, mp4)
             assert video == clip.video_frames and audio > 0, sid
+
+
+async def test_a_failed_tick_restarts_its_lane_rather_than_lose_frames(
+    server_factory: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tick that fails on the server's side (a bug: here, once, before the lane writes)
+    must not leave its frames unwritten under a later cumulative ack: the lane restarts as
+    after a crash, the client resends from the WAL's acked_seq, and the recording is whole."""
+    server = await server_factory(ingest={"writer_lanes": 1})
+    manager = server.app[SESSIONS]
+    clip = encode_clip("h264", duration_s=2.0, audio_codec="opus")
+    frames = list(clip.frames)
+    half = len(frames) // 2
+    call = WriterLane.call
+    failed = asyncio.Event()
+
+    async def buggy_call(self: WriterLane, op: str, *args: Any, tag: Any = None) -> Any:
+        if op == "tick" and not failed.is_set():
+            failed.set()
+            raise RuntimeError("a bug in the tick")
+        return await call(self, op, *args, tag=tag)
+
+    async with aiohttp.ClientSession() as http:
+        sid, client = await recording_client(http, server)
+        for f in frames[:half]:
+            await client.media(f)
+        await client.wait_ack(half)
+        monkeypatch.setattr(WriterLane, "call", buggy_call)
+        recovered = asyncio.create_task(manager.pool.wait_recovered())
+        with contextlib.suppress(ConnectionError):
+            for f in frames[half:]:
+                await client.media(f)
+        code, _ = await client.closed()
+        assert failed.is_set() and code == CloseCode.INTERNAL_ERROR
+        async with asyncio.timeout(RECOVERY_TIMEOUT_S):
+            await recovered
+        assert manager.pool.restarts == 1
+        assert await resend(http, server, sid, frames) == (None, "")
+        status, body = await post_event(http, server.url, "EVENT_TYPE_END", sid)
+        assert status == 200, body
+        _, mp4 = await fetch_recording(server, sid, tmp_path)
+        video, audio = await asyncio.to_thread(count_frames, mp4)
+    assert video == clip.video_frames and audio > 0
 
 
 async def test_no_client_binds_while_its_session_is_replayed(
