@@ -218,16 +218,6 @@ class SessionManager:
         server start would. Their clients are closed (1011) and reconnect to find, in their
         welcome, the acknowledged sequence to resend from; nothing acknowledged is lost."""
         affected = [live for live in self.sessions.values() if live.recorder.lane is lane]
-        # the frames in flight when it died are written one at a time when they come again;
-        # the one it died on alone is skipped (``WriterPool._recover``)
-        crash = lane.crash
-        isolate: dict[str, tuple[int, set[int]]] = {}
-        for live in affected:
-            old, skip = live.recorder, set(live.recorder.skip)
-            if crash.culprit is not None and crash.culprit[0] == live.session_id:
-                skip.add(crash.culprit[1])
-            until = max(old.isolate_until, crash.suspects.get(live.session_id, 0))
-            isolate[live.session_id] = (until, skip)
         log.critical(
             "writer lane %d died: restarting it and reopening %d sessions",
             lane.lane.number,
@@ -251,7 +241,11 @@ class SessionManager:
                     continue
                 self.pool.place_on(live.session_id, lane)
                 live.row, recorder = row, self._recorder(row)
-                recorder.isolate_until, recorder.skip = isolate[live.session_id]
+                # the frames in flight when it died are written one at a time when they come
+                # again; the one it died on alone is skipped (``WriterPool._recover``)
+                old, sid = live.recorder, live.session_id
+                recorder.isolate_until = max(old.isolate_until, lane.crash.suspects.get(sid, 0))
+                recorder.skip = old.skip | lane.crash.blamed(sid)
                 try:
                     # the old recorder (abandoned) stays until this one has replayed the WAL:
                     # a client binding meanwhile is told to reconnect (1011), so that its

@@ -49,6 +49,12 @@ class Crash:
         culprit = next(iter(seqs.items())) if single else None
         return cls(seqs, culprit)
 
+    def blamed(self, session_id: str) -> set[int]:
+        """The frame of ``session_id`` the lane died on, if it was one of its."""
+        if self.culprit is not None and self.culprit[0] == session_id:
+            return {self.culprit[1]}
+        return set()
+
 
 class Writable(Protocol):
     """What the pool needs of a recorder."""
