@@ -8,10 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import av
 import pytest
 from media import Clip, encode_clip, encode_webm, ffprobe
-from recording import count_frames, event, fetch_recording, start_session
+from recording import count_frames, event, fetch_recording, recording_client, start_session
 from wsclient import RawClient
+
+from mixer.tracks import Codec, Kind, TrackSpec
+from mixer.transcode import AAC_CODERS, ADTS_HEADER_BYTES, AudioTranscoder
 
 SEGMENT_S = 1.0  # short segments keep the clips short
 DURATION_TOLERANCE_S = (
@@ -206,3 +210,35 @@ async def test_webm_chunks_over_the_socket(server_factory: Any, tmp_path: Path) 
     video, audio = await asyncio.to_thread(count_frames, mp4)
     assert abs(video - video_frames) <= 1  # transcoded: the encoder may hold the last frame
     assert audio > 0
+
+
+def _aac_payloads(packets: list[Any]) -> list[bytes]:
+    return [bytes(p)[ADTS_HEADER_BYTES:] for p in packets]
+
+
+@pytest.mark.parametrize("coder", ["fast", "twoloop"])
+async def test_the_recording_uses_the_aac_coder_of_the_settings(
+    server_factory: Any, tmp_path: Path, coder: str
+) -> None:
+    """``[recorder] aac_coder`` reaches the writer: the MP4's AAC frames are, byte for byte,
+    the ones that coder makes of the Opus that was sent (and not the other coder's)."""
+    server = await server_factory(recorder={"segment_target_s": SEGMENT_S, "aac_coder": coder})
+    clip = encode_clip("h264", duration_s=2.0, audio_codec="opus")
+    expected = {}
+    for name in AAC_CODERS:
+        transcoder = AudioTranscoder(TrackSpec(1, Kind.AUDIO, Codec.OPUS), aac_coder=name)
+        packets = []
+        for f in clip.frames:
+            if f.kind == "audio":
+                ticks = f.pts_us * 9 // 100
+                packets += transcoder.push(f.data, ticks, ticks, True)
+        expected[name] = _aac_payloads([*packets, *transcoder.flush()])
+    assert expected["fast"] != expected["twoloop"]
+    async with aiohttp.ClientSession() as http:
+        sid, client = await recording_client(http, server)
+        await publish_frames(client, list(clip.frames))
+        await event(http, server, "EVENT_TYPE_END", sid)
+    _, mp4 = await fetch_recording(server, sid, tmp_path)
+    with av.open(str(mp4)) as container:
+        recorded = [bytes(p) for p in container.demux(audio=0) if p.size]
+    assert recorded == expected[coder]
