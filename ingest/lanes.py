@@ -8,10 +8,13 @@ one core. A lane process has its own interpreter: the event loop only moves byte
 lane writes its share of the sessions on a core of its own.
 
 A lane owns its WAL directory (``wal/lane-<n>``, group-committed once per tick) and the
-``SessionWriter`` of each session placed on it. The server talks to it over a pipe, one request
-at a time, each answered in order (``Lane.call``): ``open``, ``tick``, ``finish``, ``close``,
-``release``, ``wal_open``, ``finish_recovery``, ``stop``. The pipe is served by one thread per
-lane in the server, so pickling and waiting never run on the event loop.
+``SessionWriter`` of each session placed on it. The server talks to it over a pipe (a Unix
+socket pair), requests answered one at a time, in order (``Lane.call``): ``open``, ``tick``,
+``finish``, ``close``, ``release``, ``wal_open``, ``finish_recovery``, ``stop``. The server's
+end is a protocol on the event loop: a tick's request is a pickle of byte strings (a copy),
+and handing it to a thread cost more than the copy (a thread wake-up and a GIL hand-over each
+way, per tick and lane). Only a large reply (a WAL's records at recovery) is unpickled in a
+thread.
 
 A lane ignores SIGINT (Ctrl-C reaches the whole process group; the server decides when a lane
 stops, after its sessions made their open segments safe) and exits when the server's end of
@@ -32,10 +35,12 @@ import multiprocessing
 import os
 import pickle
 import signal
+import socket
+import struct
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -63,6 +68,11 @@ _START_LOCK = threading.Lock()
 FAILPOINT_CRASH = b"\xffreelhouse-failpoint:crash\xff"
 FAILPOINT_EXIT_CODE = 70
 UNTAGGED = "untagged"  # ``Lane.died_during`` of a request that named nothing
+_SIZE = struct.Struct("!i")  # ``multiprocessing.Connection``'s framing
+_BIG_SIZE = struct.Struct("!Q")
+# a reply larger than this is unpickled in a thread (the WAL's records at recovery, say), and
+# a request this large is written without a copy joining it to its header
+_INLINE_BYTES = 1 << 20
 
 
 class LaneError(RuntimeError):
@@ -71,10 +81,6 @@ class LaneError(RuntimeError):
 
 class LaneDied(LaneError):
     """The lane process exited; its sessions wait for its restart."""
-
-
-def _nothing() -> None:
-    return None
 
 
 # the lane process ----------------------------------------------------------------------------
@@ -177,6 +183,45 @@ def lane_main(
 # the server's side ----------------------------------------------------------------------------
 
 
+class _Replies(asyncio.Protocol):
+    """The server's end of a lane's pipe, on the event loop: requests go out framed as
+    ``multiprocessing.Connection`` frames them (the lane reads them with ``recv_bytes``) and
+    replies come back in the order the requests went out."""
+
+    def __init__(self, lane: Lane) -> None:
+        self._lane = lane
+        self._buf = bytearray()
+        self.transport: asyncio.Transport | None = None
+        # (reply, tag) of each request sent and not answered yet, oldest first
+        self.waiting: deque[tuple[asyncio.Future[bytes], Any]] = deque()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        buf = self._buf
+        buf += data
+        while len(buf) >= 4:
+            (size,) = _SIZE.unpack_from(buf)
+            head = 4
+            if size == -1:  # (multiprocessing's framing of a message over 2 GiB)
+                if len(buf) < 12:
+                    return
+                (size,) = _BIG_SIZE.unpack_from(buf, 4)
+                head = 12
+            if len(buf) < head + size:
+                return
+            reply = bytes(buf[head : head + size])
+            del buf[: head + size]
+            if self.waiting:
+                fut, _ = self.waiting.popleft()
+                if not fut.done():
+                    fut.set_result(reply)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lane._gone(self, exc)
+
+
 class Lane:
     """The server's handle on one lane process."""
 
@@ -195,16 +240,16 @@ class Lane:
         self._failpoints = failpoints
         # the tag of the request the process died answering (see ``call``), if it did
         self.died_during: Any = None
-        self._conn: Connection | None = None
+        self._pipe: _Replies | None = None
         self._proc: Any = None
-        self._io = ThreadPoolExecutor(1, thread_name_prefix=f"reelhouse-lane-{number}")
         self._dead = False
         self.on_exit: Callable[[], None] | None = None  # told when the process exits unasked
         self._watched: int | None = None  # the process sentinel the event loop watches
 
     async def start(self) -> None:
-        """Start the process (blocking parts in a thread)."""
-        parent, child = _CONTEXT.Pipe()
+        """Start the process (blocking parts in a thread) and connect to its pipe."""
+        ours, theirs = socket.socketpair()
+        child = Connection(theirs.detach())
         self._proc = _CONTEXT.Process(
             target=lane_main,
             args=(
@@ -217,13 +262,18 @@ class Lane:
             name=f"reelhouse-lane-{self.number}",
             daemon=True,
         )
-        await asyncio.to_thread(self._start_process)
-        child.close()
-        self._conn = parent
+        loop = asyncio.get_running_loop()
+        try:
+            await asyncio.to_thread(self._start_process)
+        finally:
+            child.close()
+        pipe = _Replies(self)
+        await loop.connect_accepted_socket(lambda: pipe, ours)
+        self._pipe = pipe
         # the sentinel turns readable when the process exits: a crash is noticed at once,
         # even in a lane with no session writing (nothing else would ask it anything)
         self._watched = self._proc.sentinel
-        asyncio.get_running_loop().add_reader(self._watched, self._exited)
+        loop.add_reader(self._watched, self._exited)
 
     def _start_process(self) -> None:
         # one at a time: Process.start polls every other child of this process, and one
@@ -243,11 +293,24 @@ class Lane:
             asyncio.get_running_loop().remove_reader(self._watched)
             self._watched = None
 
+    def _gone(self, pipe: _Replies, exc: Exception | None) -> None:
+        """The pipe closed: the process is gone (or going). The oldest request not answered
+        is the one it died on; it and every later one fail."""
+        self._dead = True
+        first = True
+        while pipe.waiting:
+            fut, tag = pipe.waiting.popleft()
+            if first and self.died_during is None:
+                self.died_during = UNTAGGED if tag is None else tag
+            first = False
+            if not fut.done():
+                fut.set_exception(LaneDied(f"writer lane {self.number} is gone ({exc!r})"))
+
     @property
     def dead(self) -> bool:
         """The process has exited (or never answered): it takes no more requests. (One still
         starting is not polled: an unstarted process reads as not alive.)"""
-        if not self._dead and self._conn is not None and not self._proc.is_alive():
+        if not self._dead and self._pipe is not None and not self._proc.is_alive():
             self._dead = True  # (is_alive polls the exit without waiting)
         return self._dead
 
@@ -260,10 +323,28 @@ class Lane:
         """One request, answered in order after every earlier one. When the process dies
         while answering it (the request reached it, no answer came back), ``died_during``
         holds ``tag``: what the request was working on (a tick's sessions, say)."""
-        if self._dead:  # (not ``dead``: polling the process on every tick costs a syscall)
+        pipe = self._pipe
+        if self._dead or pipe is None or pipe.transport is None or pipe.transport.is_closing():
+            # (not ``dead``: polling the process on every tick costs a syscall)
             raise LaneDied(f"writer lane {self.number} is gone")
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._io, self._roundtrip, op, args, tag)
+        request = pickle.dumps((op, args), PICKLE_PROTOCOL)
+        size = len(request)
+        head = _SIZE.pack(size) if size <= 0x7FFFFFFF else _SIZE.pack(-1) + _BIG_SIZE.pack(size)
+        reply: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        pipe.waiting.append((reply, tag))
+        if size > _INLINE_BYTES:
+            pipe.transport.write(head)
+            pipe.transport.write(request)
+        else:
+            pipe.transport.write(head + request)
+        data = await reply
+        if len(data) > _INLINE_BYTES:  # a WAL's records at recovery: not on the event loop
+            status, value = await asyncio.to_thread(pickle.loads, data)
+        else:
+            status, value = pickle.loads(data)
+        if status != "ok":
+            raise LaneError(value)
+        return value
 
     def kill(self) -> None:
         """End the process at once (SIGKILL); its exit is then handled as a crash's."""
@@ -274,25 +355,9 @@ class Lane:
     async def settled(self) -> None:
         """Wait until every request made so far has been answered or has failed (so that
         ``died_during`` is known once the process is seen to exit)."""
-        await asyncio.get_running_loop().run_in_executor(self._io, _nothing)
-
-    def _roundtrip(self, op: str, args: tuple[Any, ...], tag: Any) -> Any:
-        assert self._conn is not None
-        try:
-            self._conn.send_bytes(pickle.dumps((op, args), PICKLE_PROTOCOL))
-        except OSError as exc:  # gone before this request: it was not the one that killed it
-            self._dead = True
-            raise LaneDied(f"writer lane {self.number} is gone ({exc!r})") from exc
-        try:
-            status, value = pickle.loads(self._conn.recv_bytes())
-        except (EOFError, OSError) as exc:
-            self._dead = True
-            if self.died_during is None:  # the first such request is the one it died on
-                self.died_during = UNTAGGED if tag is None else tag
-            raise LaneDied(f"writer lane {self.number} is gone ({exc!r})") from exc
-        if status != "ok":
-            raise LaneError(value)
-        return value
+        pipe = self._pipe
+        if pipe is not None and pipe.waiting:
+            await asyncio.wait([fut for fut, _ in pipe.waiting])
 
     async def stop(self) -> None:
         """Ask the lane to close its WAL and exit; kill it if it does not."""
@@ -306,9 +371,8 @@ class Lane:
                 log.error("writer lane %d did not stop cleanly: %s", self.number, exc)
         await asyncio.to_thread(self._join)
         self._dead = True
-        if self._conn is not None:
-            self._conn.close()
-        self._io.shutdown(wait=False)
+        if self._pipe is not None and self._pipe.transport is not None:
+            self._pipe.transport.close()
 
     def _join(self) -> None:
         self._proc.join(STOP_TIMEOUT_S)
