@@ -46,6 +46,8 @@ class WsConnection:
         self._ack_seq = 0
         self._ack_wanted = asyncio.Event()
         self._ack_task: asyncio.Task[None] | None = None
+        self.heard = True  # something came from the client since the keepalive last looked
+        self.silent_checks = 0  # keepalive checks in a row that found nothing heard
 
     async def send(self, message: Any) -> None:
         """Send one message; a closed socket drops it (the client resends what it needs)."""
@@ -141,18 +143,24 @@ class IngestHandler:
         self._channels = channels
         self._admit = admit
         self.connections: set[WsConnection] = set()
+        self._keepalive: asyncio.Task[None] | None = None
+        self._closing: set[asyncio.Task[None]] = set()  # closes the keepalive started
 
     async def __call__(self, request: web.Request) -> web.StreamResponse:
         """Run one connection to its end."""
         ws = web.WebSocketResponse(
             protocols=(SUBPROTOCOL,),
-            heartbeat=self._settings.keepalive_s,
+            # no aiohttp heartbeat: it re-arms a timer on every read; ``_keep_alive`` checks
+            # all connections at once instead. Pings and pongs come to ``_receive``.
+            autoping=False,
             max_msg_size=self._settings.max_frame_bytes,
             compress=False,
         )
         await ws.prepare(request)
         conn = WsConnection(ws, {}, request.transport)
         self.connections.add(conn)
+        if self._keepalive is None and self._settings.keepalive_s > 0:
+            self._keepalive = asyncio.create_task(self._keep_alive(), name="ws-keepalive")
         try:
             await self._run(conn)
         except ProtocolError as exc:
@@ -166,10 +174,44 @@ class IngestHandler:
             await conn.stop_acks()
         return ws
 
+    async def _keep_alive(self) -> None:
+        """Every ``keepalive_s``: ping each connection nothing came from since the last look,
+        and close with 4010 one that stayed silent a second time (a pong counts)."""
+        period = self._settings.keepalive_s
+        while True:
+            await asyncio.sleep(period)
+            for conn in list(self.connections):
+                if conn.heard:
+                    conn.heard = False
+                    conn.silent_checks = 0
+                    continue
+                conn.silent_checks += 1
+                if conn.silent_checks == 1:
+                    with contextlib.suppress(ConnectionError, RuntimeError):
+                        await conn.ws.ping()
+                elif conn.silent_checks == 2:
+                    log.info("closing ws: nothing received", extra=_ctx(conn))
+                    closing = asyncio.create_task(
+                        conn.close(
+                            CloseCode.KEEPALIVE_TIMEOUT,
+                            f"nothing received within {2 * period:g} s",
+                        )
+                    )
+                    self._closing.add(closing)
+                    closing.add_done_callback(self._closing.discard)
+
     async def _receive(
         self, conn: WsConnection, timeout: float | None = None
     ) -> dict[str, Any] | None:
-        msg = await conn.ws.receive(timeout=timeout)
+        while True:
+            msg = await conn.ws.receive(timeout=timeout)
+            conn.heard = True
+            if msg.type == WSMsgType.PING:
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    await conn.ws.pong(msg.data)
+                continue
+            if msg.type != WSMsgType.PONG:
+                break
         if msg.type == WSMsgType.BINARY:
             return decode_client(msg.data, self._settings.max_frame_bytes)  # type: ignore[return-value]
         if msg.type == WSMsgType.TEXT:
@@ -335,6 +377,11 @@ class IngestHandler:
 
     async def aclose(self) -> None:
         """Close every connection with GOING_AWAY."""
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._keepalive
+            self._keepalive = None
         for conn in list(self.connections):
             await conn.close(CloseCode.GOING_AWAY, "server shutting down")
 

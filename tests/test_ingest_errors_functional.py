@@ -3,9 +3,11 @@ recording beside it is not harmed."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import aiohttp
+import msgpack
 import pytest
 from conftest import Server
 from media import encode_clip
@@ -136,6 +138,43 @@ async def test_hello_timeout(server_factory: Any) -> None:
     async with aiohttp.ClientSession() as http:
         client = await connect(http, server)
         assert (await client.closed())[0] == 4008
+
+
+async def test_keepalive_closes_a_silent_client_with_4010_not_one_answering_pings(
+    server_factory: Any,
+) -> None:
+    """The server pings a connection nothing came from for ``keepalive_s``; one that stays
+    silent a second time, not even answering the ping, is closed with 4010."""
+    server = await server_factory(ingest={"keepalive_s": 0.2})
+    url = server.url.replace("http://", "ws://") + "/v1/ingest"
+    hello = {"t": "hello", "v": 1, "token": server.api_key, "platform_call_id": "call-k"}
+    async with aiohttp.ClientSession() as http:
+        # neither client answers pings by itself: each decides below
+        answering = await http.ws_connect(url, autoping=False)
+        silent = await http.ws_connect(url, autoping=False)
+        for ws in (answering, silent):
+            await ws.send_bytes(msgpack.packb(hello))
+            welcome = msgpack.unpackb((await ws.receive(timeout=5)).data)
+            assert welcome["t"] == "welcome" and welcome["keepalive_s"] == 0.2
+
+        async def stay_silent() -> tuple[int, str]:
+            ping = await silent.receive(timeout=5)
+            assert ping.type is aiohttp.WSMsgType.PING
+            close = await silent.receive(timeout=5)
+            assert close.type is aiohttp.WSMsgType.CLOSE
+            return close.data, close.extra
+
+        async def answer_pings() -> None:  # three of them span six silent periods
+            for _ in range(3):
+                msg = await answering.receive(timeout=5)
+                assert msg.type is aiohttp.WSMsgType.PING
+                await answering.pong(msg.data)
+
+        closed, _ = await asyncio.gather(stay_silent(), answer_pings())
+        assert closed == (4010, "nothing received within 0.4 s")
+        await answering.send_bytes(msgpack.packb({"t": "ping", "ts": 7}))
+        assert msgpack.unpackb((await answering.receive(timeout=5)).data) == {"t": "pong", "ts": 7}
+        await answering.close()
 
 
 async def test_recording_app_waits_for_start_and_acks_events(server: Server) -> None:
