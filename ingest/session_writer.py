@@ -68,6 +68,11 @@ class Outcome:
     recut: int | None = None  # an idle session's fresh cut: the WAL file it now needs
     first_arrival: float | None = None  # wall time the batch's oldest frame was received
 
+    def __reduce__(self) -> tuple[type[Outcome], tuple[Any, ...]]:
+        # one per session per tick crosses the pipe: a frozen slots dataclass otherwise
+        # pickles through ``dataclasses.fields`` (about 4 us each way instead of 1)
+        return Outcome, (self.acked, self.done, self.error, self.recut, self.first_arrival)
+
 
 @dataclass(frozen=True, slots=True)
 class Failed:

@@ -25,6 +25,7 @@ BYE_DRAIN_TIMEOUT_S = 30.0  # how long `bye` waits for the last frames to be mad
 CLOSE_HANDSHAKE_TIMEOUT_S = 5.0  # a close started by another task (replace, shutdown) ends by then
 # an ack waits for a sender task (instead of going at once) while this much is unsent
 ACK_BACKLOG_BYTES = 16 * 1024
+_BINARY_FRAME = b"\x82"  # FIN and the binary opcode; an ack's length (< 126) follows
 
 
 class WsConnection:
@@ -82,11 +83,19 @@ class WsConnection:
         if self.ws.closed:
             return
         transport = self._transport
-        if not self._send_lock.locked() and (
-            transport is None or transport.get_write_buffer_size() < ACK_BACKLOG_BYTES
-        ):
-            # written at once: aiohttp only waits on a send when the socket's buffer is full
+        if transport is None:
             await self.send({"t": "ack", "seq": seq})
+            return
+        if (
+            not self._send_lock.locked()
+            and not transport.is_closing()
+            and transport.get_write_buffer_size() < ACK_BACKLOG_BYTES
+        ):
+            # written at once, as a whole frame (what aiohttp's writer does for an unmasked,
+            # uncompressed message), without its layers of coroutines: one ack per session
+            # per tick is most of what the server sends
+            payload = encode({"t": "ack", "seq": seq})
+            transport.write(_BINARY_FRAME + bytes((len(payload),)) + payload)
             return
         self._ack_wanted.set()
         self._ack_task = asyncio.create_task(self._send_acks(), name="ws-acks")
