@@ -7,7 +7,7 @@ import dataclasses
 import json
 import re
 import sqlite3
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -185,6 +185,22 @@ class SqliteMetaStore(SqliteRecordings, SqliteWebhookOutbox, SqliteCloudRecordin
         except sqlite3.OperationalError:
             pass  # none was open: BEGIN failed, or COMMIT went through
 
+    async def _one(self, sql: str, params: Sequence[Any] = ()) -> aiosqlite.Cursor:
+        """One statement on its own: SQLite makes it a transaction of its own (autocommit),
+        one trip to the connection's thread instead of three (BEGIN, it, COMMIT). Taken under
+        the lock, so it never runs inside another caller's open transaction."""
+        if self._db is None:
+            raise RuntimeError("metadata store is not open")
+        async with self._lock:
+            return await self._db.execute(sql, params)
+
+    async def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        """The rows of one query (its own read transaction: one snapshot)."""
+        if self._db is None:
+            raise RuntimeError("metadata store is not open")
+        async with self._lock:
+            return list(await self._db.execute_fetchall(sql, params))
+
     async def schema_version(self) -> int:
         """The migration number the database is at."""
         async with self._tx(write=False) as db:
@@ -197,25 +213,17 @@ class SqliteMetaStore(SqliteRecordings, SqliteWebhookOutbox, SqliteCloudRecordin
         values = [_session_value(name, getattr(row, name)) for name in _SESSION_COLUMNS]
         marks = ", ".join("?" * len(values))
         try:
-            async with self._tx() as db:
-                await db.execute(
-                    f"INSERT INTO sessions ({', '.join(_SESSION_COLUMNS)}) VALUES ({marks})", values
-                )
+            await self._one(
+                f"INSERT INTO sessions ({', '.join(_SESSION_COLUMNS)}) VALUES ({marks})", values
+            )
         except sqlite3.IntegrityError as exc:
             raise MetaConflict(f"session {row.session_id} already exists") from exc
 
     async def get_session(self, session_id: str) -> SessionRow | None:
         """The session, or ``None``."""
-        async with self._tx(write=False) as db:
-            return await self._get_session(db, session_id)
-
-    @staticmethod
-    async def _get_session(db: aiosqlite.Connection, session_id: str) -> SessionRow | None:
-        rows = list(
-            await db.execute_fetchall(
-                f"SELECT {', '.join(_SESSION_COLUMNS)} FROM sessions WHERE session_id = ?",
-                (session_id,),
-            )
+        rows = await self._rows(
+            f"SELECT {', '.join(_SESSION_COLUMNS)} FROM sessions WHERE session_id = ?",
+            (session_id,),
         )
         return _session_from(rows[0]) if rows else None
 
@@ -231,15 +239,14 @@ class SqliteMetaStore(SqliteRecordings, SqliteWebhookOutbox, SqliteCloudRecordin
         names = sorted(changes)  # only validated field names are spliced into the SQL
         values = [_session_value(name, changes[name]) for name in names]
         assignments = ", ".join(f"{name} = ?" for name in names)
-        async with self._tx() as db:
-            cursor = await db.execute(
-                f"UPDATE sessions SET {assignments} WHERE session_id = ?", [*values, session_id]
-            )
-            if cursor.rowcount == 0:
-                raise KeyError(session_id)
-            row = await self._get_session(db, session_id)
-        assert row is not None  # updated inside the same transaction
-        return row
+        rows = await self._rows(
+            f"UPDATE sessions SET {assignments} WHERE session_id = ?"
+            f" RETURNING {', '.join(_SESSION_COLUMNS)}",
+            [*values, session_id],
+        )
+        if not rows:
+            raise KeyError(session_id)
+        return _session_from(rows[0])
 
     async def list_sessions(self, states: tuple[str, ...] | None = None) -> list[SessionRow]:
         """Sessions, optionally only those in ``states``, oldest first."""
@@ -250,8 +257,7 @@ class SqliteMetaStore(SqliteRecordings, SqliteWebhookOutbox, SqliteCloudRecordin
                 return []
             sql += f" WHERE state IN ({', '.join('?' * len(states))})"
             params = states
-        async with self._tx(write=False) as db:
-            rows = await db.execute_fetchall(sql + " ORDER BY created_at, session_id", params)
+        rows = await self._rows(sql + " ORDER BY created_at, session_id", params)
         return [_session_from(row) for row in rows]
 
     # events ------------------------------------------------------------------------------
@@ -259,13 +265,11 @@ class SqliteMetaStore(SqliteRecordings, SqliteWebhookOutbox, SqliteCloudRecordin
     async def add_event(self, session_id: str, event_type: str, at: datetime) -> SessionEventRow:
         """Record a processed event; ``KeyError`` when the session is unknown."""
         try:
-            async with self._tx() as db:
-                cursor = await db.execute(
-                    "INSERT INTO session_events (session_id, event_type, created_at)"
-                    " VALUES (?, ?, ?)",
-                    (session_id, event_type, _to_text(at)),
-                )
-                event_id = cursor.lastrowid
+            cursor = await self._one(
+                "INSERT INTO session_events (session_id, event_type, created_at) VALUES (?, ?, ?)",
+                (session_id, event_type, _to_text(at)),
+            )
+            event_id = cursor.lastrowid
         except sqlite3.IntegrityError as exc:
             raise KeyError(session_id) from exc
         assert event_id is not None  # set by every successful INSERT
@@ -273,22 +277,18 @@ class SqliteMetaStore(SqliteRecordings, SqliteWebhookOutbox, SqliteCloudRecordin
 
     async def ack_event(self, event_id: int, at: datetime) -> None:
         """Mark an event acked by the recording app; ``KeyError`` when there is no such event."""
-        async with self._tx() as db:
-            cursor = await db.execute(
-                "UPDATE session_events SET acked_at = ? WHERE event_id = ?",
-                (_to_text(at), event_id),
-            )
-            if cursor.rowcount == 0:
-                raise KeyError(event_id)
+        cursor = await self._one(
+            "UPDATE session_events SET acked_at = ? WHERE event_id = ?", (_to_text(at), event_id)
+        )
+        if cursor.rowcount == 0:
+            raise KeyError(event_id)
 
     async def list_events(self, session_id: str) -> list[SessionEventRow]:
         """A session's events in order."""
-        async with self._tx(write=False) as db:
-            rows = await db.execute_fetchall(
-                f"SELECT {_EVENT_COLUMNS} FROM session_events"
-                " WHERE session_id = ? ORDER BY event_id",
-                (session_id,),
-            )
+        rows = await self._rows(
+            f"SELECT {_EVENT_COLUMNS} FROM session_events WHERE session_id = ? ORDER BY event_id",
+            (session_id,),
+        )
         return [_event_from(row) for row in rows]
 
     # files -------------------------------------------------------------------------------
@@ -313,20 +313,18 @@ class SqliteMetaStore(SqliteRecordings, SqliteWebhookOutbox, SqliteCloudRecordin
         ]
         updates = ", ".join(f"{name} = excluded.{name}" for name in _FILE_COLUMNS if name != "key")
         try:
-            async with self._tx() as db:
-                await db.execute(
-                    f"INSERT INTO files ({', '.join(_FILE_COLUMNS)})"
-                    f" VALUES ({', '.join('?' * len(values))})"
-                    f" ON CONFLICT (key) DO UPDATE SET {updates}",
-                    values,
-                )
+            await self._one(
+                f"INSERT INTO files ({', '.join(_FILE_COLUMNS)})"
+                f" VALUES ({', '.join('?' * len(values))})"
+                f" ON CONFLICT (key) DO UPDATE SET {updates}",
+                values,
+            )
         except sqlite3.IntegrityError as exc:
             raise KeyError(row.session_id) from exc
 
     async def mark_uploaded(self, key: str, at: datetime) -> None:
         """Record that the object store confirmed ``key``; a key with no file row is ignored."""
-        async with self._tx() as db:
-            await db.execute("UPDATE files SET uploaded_at = ? WHERE key = ?", (_to_text(at), key))
+        await self._one("UPDATE files SET uploaded_at = ? WHERE key = ?", (_to_text(at), key))
 
     async def list_files(self, session_id: str, kind: str | None = None) -> list[FileRow]:
         """A session's files ordered by kind then seq."""
@@ -335,8 +333,7 @@ class SqliteMetaStore(SqliteRecordings, SqliteWebhookOutbox, SqliteCloudRecordin
         if kind is not None:
             sql += " AND kind = ?"
             params = (session_id, kind)
-        async with self._tx(write=False) as db:
-            rows = await db.execute_fetchall(sql + " ORDER BY kind, seq, key", params)
+        rows = await self._rows(sql + " ORDER BY kind, seq, key", params)
         return [_file_from(row) for row in rows]
 
     # API keys ----------------------------------------------------------------------------
@@ -344,23 +341,18 @@ class SqliteMetaStore(SqliteRecordings, SqliteWebhookOutbox, SqliteCloudRecordin
     async def add_api_key(self, row: ApiKeyRow) -> None:
         """Store a key hash; ``MetaConflict`` when the hash is already stored."""
         try:
-            async with self._tx() as db:
-                await db.execute(
-                    f"INSERT INTO api_keys ({', '.join(_API_KEY_COLUMNS)}) VALUES (?, ?, ?, ?, ?)",
-                    (row.key_hash, row.name, row.tenant_id, row.user_id, _to_text(row.created_at)),
-                )
+            await self._one(
+                f"INSERT INTO api_keys ({', '.join(_API_KEY_COLUMNS)}) VALUES (?, ?, ?, ?, ?)",
+                (row.key_hash, row.name, row.tenant_id, row.user_id, _to_text(row.created_at)),
+            )
         except sqlite3.IntegrityError as exc:
             raise MetaConflict("API key already stored") from exc
 
     async def find_api_key(self, key_hash: str) -> ApiKeyRow | None:
         """The key with this hash, or ``None``."""
-        async with self._tx(write=False) as db:
-            rows = list(
-                await db.execute_fetchall(
-                    f"SELECT {', '.join(_API_KEY_COLUMNS)} FROM api_keys WHERE key_hash = ?",
-                    (key_hash,),
-                )
-            )
+        rows = await self._rows(
+            f"SELECT {', '.join(_API_KEY_COLUMNS)} FROM api_keys WHERE key_hash = ?", (key_hash,)
+        )
         if not rows:
             return None
         key_hash, name, tenant_id, user_id, created_at = rows[0]
@@ -371,32 +363,28 @@ class SqliteMetaStore(SqliteRecordings, SqliteWebhookOutbox, SqliteCloudRecordin
     async def add_app(self, row: AppRow) -> None:
         """Store an app; ``MetaConflict`` when the appid is taken."""
         try:
-            async with self._tx() as db:
-                await db.execute(
-                    "INSERT INTO apps (appid, certificate, token_required, created_at,"
-                    " webhook_url, webhook_secret) VALUES (?, ?, ?, ?, ?, ?)",
-                    (
-                        row.appid,
-                        row.certificate,
-                        int(row.token_required),
-                        _to_text(row.created_at),
-                        row.webhook_url,
-                        row.webhook_secret,
-                    ),
-                )
+            await self._one(
+                "INSERT INTO apps (appid, certificate, token_required, created_at,"
+                " webhook_url, webhook_secret) VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    row.appid,
+                    row.certificate,
+                    int(row.token_required),
+                    _to_text(row.created_at),
+                    row.webhook_url,
+                    row.webhook_secret,
+                ),
+            )
         except sqlite3.IntegrityError as exc:
             raise MetaConflict(f"app {row.appid} already exists") from exc
 
     async def get_app(self, appid: str) -> AppRow | None:
         """The app, or ``None``."""
-        async with self._tx(write=False) as db:
-            rows = list(
-                await db.execute_fetchall(
-                    "SELECT appid, certificate, token_required, created_at, webhook_url,"
-                    " webhook_secret FROM apps WHERE appid = ?",
-                    (appid,),
-                )
-            )
+        rows = await self._rows(
+            "SELECT appid, certificate, token_required, created_at, webhook_url,"
+            " webhook_secret FROM apps WHERE appid = ?",
+            (appid,),
+        )
         if not rows:
             return None
         appid, certificate, token_required, created_at, url, secret = rows[0]
@@ -407,24 +395,19 @@ class SqliteMetaStore(SqliteRecordings, SqliteWebhookOutbox, SqliteCloudRecordin
     async def add_customer(self, row: CustomerRow) -> None:
         """Store a customer; ``MetaConflict`` when the id is taken."""
         try:
-            async with self._tx() as db:
-                await db.execute(
-                    "INSERT INTO customers (customer_id, secret_hash, created_at) VALUES (?, ?, ?)",
-                    (row.customer_id, row.secret_hash, _to_text(row.created_at)),
-                )
+            await self._one(
+                "INSERT INTO customers (customer_id, secret_hash, created_at) VALUES (?, ?, ?)",
+                (row.customer_id, row.secret_hash, _to_text(row.created_at)),
+            )
         except sqlite3.IntegrityError as exc:
             raise MetaConflict(f"customer {row.customer_id} already exists") from exc
 
     async def get_customer(self, customer_id: str) -> CustomerRow | None:
         """The customer, or ``None``."""
-        async with self._tx(write=False) as db:
-            rows = list(
-                await db.execute_fetchall(
-                    "SELECT customer_id, secret_hash, created_at FROM customers"
-                    " WHERE customer_id = ?",
-                    (customer_id,),
-                )
-            )
+        rows = await self._rows(
+            "SELECT customer_id, secret_hash, created_at FROM customers WHERE customer_id = ?",
+            (customer_id,),
+        )
         if not rows:
             return None
         customer_id, secret_hash, created_at = rows[0]
