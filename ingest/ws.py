@@ -48,6 +48,9 @@ class WsConnection:
         self._ack_wanted = asyncio.Event()
         self._ack_task: asyncio.Task[None] | None = None
         self.heard = True  # something came from the client since the keepalive last looked
+        # the handler waits for the client's next message (otherwise it is busy with one, or
+        # waits for room in the session's queue: the silence is not the client's)
+        self.receiving = False
         self.silent_checks = 0  # keepalive checks in a row that found nothing heard
 
     async def send(self, message: Any) -> None:
@@ -184,13 +187,15 @@ class IngestHandler:
         return ws
 
     async def _keep_alive(self) -> None:
-        """Every ``keepalive_s``: ping each connection nothing came from since the last look,
-        and close with 4010 one that stayed silent a second time (a pong counts)."""
+        """Every ``keepalive_s``: ping each connection nothing came from since the last look
+        while its handler waited for it, and close with 4010 one that stayed silent a second
+        time (a pong counts). A handler held up on our side (a full queue, a ``bye`` waiting
+        for the writer) is not the client's silence."""
         period = self._settings.keepalive_s
         while True:
             await asyncio.sleep(period)
             for conn in list(self.connections):
-                if conn.heard:
+                if conn.heard or not conn.receiving:
                     conn.heard = False
                     conn.silent_checks = 0
                     continue
@@ -213,7 +218,11 @@ class IngestHandler:
         self, conn: WsConnection, timeout: float | None = None
     ) -> dict[str, Any] | None:
         while True:
-            msg = await conn.ws.receive(timeout=timeout)
+            conn.receiving = True
+            try:
+                msg = await conn.ws.receive(timeout=timeout)
+            finally:
+                conn.receiving = False
             conn.heard = True
             if msg.type == WSMsgType.PING:
                 with contextlib.suppress(ConnectionError, RuntimeError):

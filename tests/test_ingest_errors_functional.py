@@ -177,6 +177,25 @@ async def test_keepalive_closes_a_silent_client_with_4010_not_one_answering_ping
         await answering.close()
 
 
+async def test_keepalive_spares_a_client_whose_frames_wait_for_room(
+    server_factory: Any,
+) -> None:
+    """A handler held up on the server's side (a full session queue: the writer ticks slowly
+    here) reads nothing for several keepalive periods; its client is not silent and is not
+    closed: every frame is acknowledged."""
+    server = await server_factory(ingest={"keepalive_s": 0.1, "queue_frames": 2, "tick_s": 0.7})
+    clip = encode_clip("h264", duration_s=1.0, audio_codec="opus")
+    async with aiohttp.ClientSession() as http:
+        sid = await start_session(http, server)
+        client = await connect(http, server)
+        await client.hello(server.api_key, session_id=sid)
+        await client.tracks()
+        for f in clip.frames[:7]:  # two waits of a tick (0.7 s, 7 keepalive periods) each
+            last = await client.media(f)
+        await client.wait_ack(last)  # a 4010 close raises ConnectionError here
+        assert client.acked == 7
+
+
 async def test_recording_app_waits_for_start_and_acks_events(server: Server) -> None:
     """A recording app connected with platform ids gets the START pushed and acks it."""
     async with aiohttp.ClientSession() as http:
