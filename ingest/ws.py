@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -156,7 +156,7 @@ class IngestHandler:
         self._admit = admit
         self.connections: set[WsConnection] = set()
         self._keepalive: asyncio.Task[None] | None = None
-        self._closing: set[asyncio.Task[None]] = set()  # closes the keepalive started
+        self._keepalive_tasks: set[asyncio.Task[None]] = set()  # its pings and closes
 
     async def __call__(self, request: web.Request) -> web.StreamResponse:
         """Run one connection to its end."""
@@ -200,19 +200,17 @@ class IngestHandler:
                     conn.silent_checks = 0
                     continue
                 conn.silent_checks += 1
-                if conn.silent_checks == 1:
-                    with contextlib.suppress(ConnectionError, RuntimeError):
-                        await conn.ws.ping()
+                if conn.silent_checks == 1:  # (in a task: a backed-up socket waits alone)
+                    self._spawn(_ping(conn))
                 elif conn.silent_checks == 2:
                     log.info("closing ws: nothing received", extra=_ctx(conn))
-                    closing = asyncio.create_task(
-                        conn.close(
-                            CloseCode.KEEPALIVE_TIMEOUT,
-                            f"nothing received within {2 * period:g} s",
-                        )
-                    )
-                    self._closing.add(closing)
-                    closing.add_done_callback(self._closing.discard)
+                    reason = f"nothing received within {2 * period:g} s"
+                    self._spawn(conn.close(CloseCode.KEEPALIVE_TIMEOUT, reason))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._keepalive_tasks.add(task)
+        task.add_done_callback(self._keepalive_tasks.discard)
 
     async def _receive(
         self, conn: WsConnection, timeout: float | None = None
@@ -402,6 +400,11 @@ class IngestHandler:
             self._keepalive = None
         for conn in list(self.connections):
             await conn.close(CloseCode.GOING_AWAY, "server shutting down")
+
+
+async def _ping(conn: WsConnection) -> None:
+    with contextlib.suppress(ConnectionError, RuntimeError):
+        await conn.ws.ping()
 
 
 def _ctx(conn: WsConnection) -> dict[str, str]:
