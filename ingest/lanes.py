@@ -297,12 +297,11 @@ class Lane:
         """The pipe closed: the process is gone (or going). The oldest request not answered
         is the one it died on; it and every later one fail."""
         self._dead = True
-        first = True
+        if pipe.waiting and self.died_during is None:
+            tag = pipe.waiting[0][1]
+            self.died_during = UNTAGGED if tag is None else tag
         while pipe.waiting:
-            fut, tag = pipe.waiting.popleft()
-            if first and self.died_during is None:
-                self.died_during = UNTAGGED if tag is None else tag
-            first = False
+            fut, _ = pipe.waiting.popleft()
             if not fut.done():
                 fut.set_exception(LaneDied(f"writer lane {self.number} is gone ({exc!r})"))
 

@@ -32,10 +32,7 @@ class WsConnection:
     """A recording app's WebSocket, as the session registry sees it."""
 
     def __init__(
-        self,
-        ws: web.WebSocketResponse,
-        ids: dict[str, str],
-        transport: asyncio.Transport | None = None,
+        self, ws: web.WebSocketResponse, ids: dict[str, str], transport: asyncio.Transport
     ) -> None:
         self.ws = ws
         self.ids = ids
@@ -86,9 +83,6 @@ class WsConnection:
         if self.ws.closed:
             return
         transport = self._transport
-        if transport is None:
-            await self.send({"t": "ack", "seq": seq})
-            return
         if (
             not self._send_lock.locked()
             and not transport.is_closing()
@@ -169,6 +163,7 @@ class IngestHandler:
             compress=False,
         )
         await ws.prepare(request)
+        assert request.transport is not None  # (prepared: the connection is open)
         conn = WsConnection(ws, {}, request.transport)
         self.connections.add(conn)
         if self._keepalive is None and self._settings.keepalive_s > 0:
@@ -400,6 +395,7 @@ class IngestHandler:
             self._keepalive = None
         for conn in list(self.connections):
             await conn.close(CloseCode.GOING_AWAY, "server shutting down")
+        await asyncio.gather(*self._keepalive_tasks, return_exceptions=True)
 
 
 async def _ping(conn: WsConnection) -> None:

@@ -159,11 +159,14 @@ class SqliteMetaStore(SqliteRecordings, SqliteWebhookOutbox, SqliteCloudRecordin
         if db is not None:
             await db.close()
 
-    @asynccontextmanager
-    async def _tx(self, *, write: bool = True) -> AsyncIterator[aiosqlite.Connection]:
+    def _open_db(self) -> aiosqlite.Connection:
         if self._db is None:
             raise RuntimeError("metadata store is not open")
-        db = self._db
+        return self._db
+
+    @asynccontextmanager
+    async def _tx(self, *, write: bool = True) -> AsyncIterator[aiosqlite.Connection]:
+        db = self._open_db()
         async with self._lock:
             try:
                 # IMMEDIATE takes the write lock up front, so a read-then-write cannot deadlock
@@ -189,17 +192,16 @@ class SqliteMetaStore(SqliteRecordings, SqliteWebhookOutbox, SqliteCloudRecordin
         """One statement on its own: SQLite makes it a transaction of its own (autocommit),
         one trip to the connection's thread instead of three (BEGIN, it, COMMIT). Taken under
         the lock, so it never runs inside another caller's open transaction."""
-        if self._db is None:
-            raise RuntimeError("metadata store is not open")
+        db = self._open_db()
         async with self._lock:
-            return await self._db.execute(sql, params)
+            return await db.execute(sql, params)
 
     async def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        """The rows of one query (its own read transaction: one snapshot)."""
-        if self._db is None:
-            raise RuntimeError("metadata store is not open")
+        """The rows of one statement (a query, or a write ``RETURNING`` them), as ``_one``
+        runs it: a transaction of its own, one snapshot."""
+        db = self._open_db()
         async with self._lock:
-            return list(await self._db.execute_fetchall(sql, params))
+            return list(await db.execute_fetchall(sql, params))
 
     async def schema_version(self) -> int:
         """The migration number the database is at."""

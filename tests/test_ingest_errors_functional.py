@@ -11,7 +11,7 @@ import msgpack
 import pytest
 from conftest import Server
 from media import encode_clip
-from recording import event, start_session
+from recording import event, recording_client, start_session
 from wsclient import RawClient
 
 
@@ -186,10 +186,7 @@ async def test_keepalive_spares_a_client_whose_frames_wait_for_room(
     server = await server_factory(ingest={"keepalive_s": 0.1, "queue_frames": 2, "tick_s": 0.7})
     clip = encode_clip("h264", duration_s=1.0, audio_codec="opus")
     async with aiohttp.ClientSession() as http:
-        sid = await start_session(http, server)
-        client = await connect(http, server)
-        await client.hello(server.api_key, session_id=sid)
-        await client.tracks()
+        _, client = await recording_client(http, server)
         for f in clip.frames[:7]:  # two waits of a tick (0.7 s, 7 keepalive periods) each
             last = await client.media(f)
         await client.wait_ack(last)  # a 4010 close raises ConnectionError here
