@@ -143,6 +143,7 @@ class CloudRecordingService:
     ) -> Resource:
         """A new resource for one session of ``cname``; stored before it is handed out."""
         self._expire()
+        await self._release_stores()  # keys of recordings whose files went up since
         resource = Resource(new_resource_id(self.node), appid, cname, uid, self._clock(), request)
         self.resources[resource.resource_id] = resource
         if self._writer is not None:
@@ -312,6 +313,7 @@ class CloudRecordingService:
         if self._writer is not None:
             self._writer.forget([session.sid], [])  # a segment row it may have left
         await asyncio.to_thread(shutil.rmtree, session.directory, True)
+        await self._release_stores()
 
     async def _event(self, session: CloudSession, event_type: int, details: dict[str, Any]) -> None:
         if not session.announced and event_type not in (40, 30):
@@ -680,6 +682,34 @@ class CloudRecordingService:
             session.layout_request = dict(request)
             await self._saved(session)
 
+    async def renew_storage(self, session: CloudSession, storage: StorageConfig) -> None:
+        """update with a ``storageConfig``: the same bucket with fresh credentials (the seed
+        renews an STS token this way every hour). The bucket is checked with them first (a
+        refusal answers as at start, and changes nothing); then every file of the recording
+        still to upload goes with them, those waiting in the spool included, and a restart
+        uses them. The old credentials leave the disk once nothing needs them."""
+        self.check_running(session)
+        store_id = await self.stores.register(storage)  # StorageError: the route says why
+        old, session.store_id = session.store_id, store_id
+        if store_id == old:
+            return
+        # the waiting files first: a crash before the row is saved leaves the recording on the
+        # old keys, and the next renewal moves what they hold
+        moved = await self.spool.retarget(session.sid, old, store_id)
+        await self._saved(session)
+        log.info("cloud recording %s: storage credentials renewed (%d waiting files moved)",
+                 session.sid, moved)  # fmt: skip
+        await self._release_stores()
+
+    async def _release_stores(self) -> None:
+        """Forget the storage configs (their keys leave the disk) that no recording that may
+        still upload needs, nor any file waiting in the spool."""
+        ended = (Status.EXITED, Status.EXITED_ABNORMALLY)
+        needed = self.spool.store_ids()
+        needed.update(s.store_id for s in self.sessions.values() if s.status not in ended)
+        for store_id in self.stores.registered() - needed:
+            await self.stores.forget(store_id)
+
     async def update_subscriptions(
         self, session: CloudSession, audio: UidSelector, video: UidSelector
     ) -> None:
@@ -810,6 +840,7 @@ class CloudRecordingService:
             )  # fmt: skip
         await self._event(session, 11, {"msgName": "session_exit", "exitStatus": exit_status})
         await self._saved(session)
+        await self._release_stores()
 
     async def _fail(self, session: CloudSession, code: ErrorCode, message: str) -> None:
         """The recording cannot go on: error 1 (fatal), status 20, what was recorded is
@@ -929,6 +960,7 @@ class CloudRecordingService:
         for session in running:
             await self._load_segments(session)
             await self._resume(session)
+        await self._release_stores()
 
     async def _resume(self, session: CloudSession) -> None:
         """A recording the restart interrupted goes on: same sid, same playlists (after a

@@ -89,7 +89,7 @@ async def cloud_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     except (CloudFailure, CloudError) as exc:
         return error(int(exc.code), exc.reason, exc.http_status)
-    except StorageError as exc:  # the user's bucket, checked at start
+    except StorageError as exc:  # the user's bucket, checked at start and at a renewal
         return error(2, f"storageConfig: {exc}")
     except web.HTTPException as exc:
         if exc.status == 404:
@@ -225,6 +225,8 @@ async def update(request: web.Request) -> web.Response:
     if session.config is None:  # started without its request (not through this API)
         raise CloudFailure(2, "update: the start request of this session was not kept")
     config = req.apply_to(session.config)
+    if req.storage is not None:  # renewed credentials, checked first: a refusal changes nothing
+        await request.app[CLOUD].renew_storage(session, req.storage)
     session.config = config
     await request.app[CLOUD].update_subscriptions(
         session,

@@ -45,6 +45,8 @@ class StoreRegistry:
         self._tuning = dict(tuning or {})  # S3Config timeouts and part sizes for user stores
         self._configs: dict[str, StorageConfig] = {}
         self._stores: dict[str, S3ObjectStore] = {}
+        self._registering: dict[str, int] = {}  # ids a register() is under way for
+        self._files = asyncio.Lock()  # a config's file is written or removed by one at a time
 
     async def start(self) -> None:
         """Load the configs registered before a restart."""
@@ -71,20 +73,33 @@ class StoreRegistry:
         ``StoreUnavailable`` (the endpoint cannot be reached) and registers nothing.
         """
         store_id = store_id_for(config)
-        store = self._stores.get(store_id) or S3ObjectStore(config.to_s3(**self._tuning))
-        if check:
-            try:
-                await store.check()
-            except BaseException:
-                if store_id not in self._stores:
-                    await store.aclose()
-                raise
-        if store_id not in self._configs:
-            data = json.dumps(config.to_json()).encode()
-            await asyncio.to_thread(write_atomic, self.directory / f"{store_id}.json", data, 0o600)
-            self._configs[store_id] = config
-        self._stores.setdefault(store_id, store)
-        return store_id
+        self._registering[store_id] = self._registering.get(store_id, 0) + 1  # see forget()
+        try:
+            store = self._stores.get(store_id) or S3ObjectStore(config.to_s3(**self._tuning))
+            if check:
+                try:
+                    await store.check()
+                except BaseException:
+                    if self._stores.get(store_id) is not store:
+                        await store.aclose()
+                    raise
+            async with self._files:
+                if store_id not in self._configs:
+                    data = json.dumps(config.to_json()).encode()
+                    path = self.directory / f"{store_id}.json"
+                    await asyncio.to_thread(write_atomic, path, data, 0o600)
+                    self._configs[store_id] = config
+            if self._stores.setdefault(store_id, store) is not store:
+                await store.aclose()  # another registration of the same config won
+            return store_id
+        finally:
+            self._registering[store_id] -= 1
+            if not self._registering[store_id]:
+                del self._registering[store_id]
+
+    def registered(self) -> set[str]:
+        """The ids of every config kept (the default store's is not one)."""
+        return set(self._configs)
 
     def config(self, store_id: str) -> StorageConfig | None:
         """The config behind a registered id (``None`` for the default or an unknown id)."""
@@ -103,12 +118,16 @@ class StoreRegistry:
         return store
 
     async def forget(self, store_id: str) -> None:
-        """Drop a config nothing waits for any more (its keys leave the disk)."""
-        self._configs.pop(store_id, None)
-        store = self._stores.pop(store_id, None)
+        """Drop a config nothing waits for any more (its keys leave the disk); one that a
+        ``register`` is under way for is kept."""
+        async with self._files:
+            if store_id in self._registering:
+                return
+            self._configs.pop(store_id, None)
+            store = self._stores.pop(store_id, None)
+            await asyncio.to_thread(remove_quietly, self.directory / f"{store_id}.json")
         if store is not None:
             await store.aclose()
-        await asyncio.to_thread(remove_quietly, self.directory / f"{store_id}.json")
 
     async def aclose(self) -> None:
         """Close every store's connections, the default's included."""

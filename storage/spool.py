@@ -96,6 +96,8 @@ class Spool:
         self._changed = asyncio.Condition()  # notified whenever an item leaves or arrives
         self._closing = asyncio.Event()
         self._next_id = 1
+        # (group, old store id) → new: a group's files retargeted while some were being added
+        self._retargeted: dict[tuple[str, str], str] = {}
         self._pending = 0  # items added (or being added) and not yet confirmed
         self._bytes = 0
         self._full_logged = False
@@ -302,9 +304,14 @@ class Spool:
                 self._changed.notify_all()  # waiters watching ``full`` see the refusal
             raise SpoolFull(f"spool holds {self._bytes} bytes; {key} ({size} bytes) does not fit")
         self._bytes += size  # reserved before the await, so concurrent adds cannot overshoot
+        store_id = self._retargeted.get((group, store_id), store_id)
         item = SpoolItem(item_id, key, store_id, group, content_type, size, datetime.now(UTC))
         try:
             await asyncio.to_thread(self._write_sync, item, src, data, move)
+            if (moved := self._retargeted.get((group, store_id))) is not None:
+                # retargeted while its manifest was being written: written again
+                item = dataclasses.replace(item, store_id=moved)
+                await asyncio.to_thread(self._write_manifest, item)
         except BaseException:
             self._release(group, item_id, size)
             raise
@@ -326,6 +333,14 @@ class Spool:
             place_atomic(src, data_path, move=move, sync_dir=False)
         else:
             write_atomic(data_path, data, sync_dir=False)
+        try:
+            self._write_manifest(item)
+        except BaseException:
+            remove_quietly(data_path)  # without a manifest the data would be dropped anyway
+            raise
+
+    def _write_manifest(self, item: SpoolItem) -> None:
+        """Write (or replace, atomically) an item's manifest, fsync'd with its directory."""
         manifest = {
             "item_id": item.item_id,
             "key": item.key,
@@ -335,11 +350,36 @@ class Spool:
             "size": item.size,
             "added_at": item.added_at.isoformat(),
         }
-        try:
-            write_atomic(self.directory / (stem + MANIFEST_SUFFIX), json.dumps(manifest).encode())
-        except BaseException:
-            remove_quietly(data_path)  # without a manifest the data would be dropped anyway
-            raise
+        write_atomic(
+            self.directory / (_stem(item.item_id) + MANIFEST_SUFFIX), json.dumps(manifest).encode()
+        )
+
+    # retargeting -------------------------------------------------------------------------
+
+    async def retarget(self, group: str, old: str, new: str) -> int:
+        """Send ``group``'s files that wait for store ``old`` to store ``new`` instead (the same
+        bucket with renewed credentials); returns how many moved. Their manifests are written
+        again first, so a restart keeps the change; an add of the group still under way with
+        ``old`` gets ``new`` too. An upload attempt in flight ends with the store it began
+        with; the next attempt uses ``new``."""
+        state = self._groups.get(group)
+        if old == new or state is None:  # (an add under way has its group already)
+            return 0
+        self._retargeted[(group, old)] = new
+        moving = [item for _, item in state.queue if item.store_id == old]
+        moved = [dataclasses.replace(item, store_id=new) for item in moving]
+        for item in moved:
+            await asyncio.to_thread(self._write_manifest, item)
+        by_id = {item.item_id: item for item in moved}
+        state = self._groups.get(group)  # (uploads may have confirmed some meanwhile)
+        if state is not None:
+            # same ids in the same places: still a heap
+            state.queue = [(i, by_id.get(i, item)) for i, item in state.queue]
+        return len(moved)
+
+    def store_ids(self) -> set[str]:
+        """The stores that files queued here are for (an add under way is its caller's)."""
+        return {item.store_id for state in self._groups.values() for _, item in state.queue}
 
     # scheduling --------------------------------------------------------------------------
 
@@ -356,6 +396,8 @@ class Spool:
         if not state.queue:
             if not state.adding:
                 del self._groups[group]
+                for moved in [k for k in self._retargeted if k[0] == group]:
+                    del self._retargeted[moved]  # nothing of the group is left to move
             return
         head_id = state.queue[0][0]
         if state.adding and min(state.adding) < head_id:
@@ -378,7 +420,8 @@ class Spool:
         state = self._groups[group]
         _, item = state.queue[0]
         while True:
-            item = dataclasses.replace(item, attempts=item.attempts + 1)
+            # the head as it is now: a retarget may have changed its store since the last try
+            item = dataclasses.replace(state.queue[0][1], attempts=item.attempts + 1)
             try:
                 store = self._resolve_store(item.store_id)
                 path = self.directory / (_stem(item.item_id) + DATA_SUFFIX)

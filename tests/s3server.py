@@ -26,6 +26,10 @@ GRPC_OFFSET = 10_000
 READY_TIMEOUT_S = 60.0
 ACCESS_KEY = "reelhouse-test"
 SECRET_KEY = "reelhouse-test-secret-0123456789"
+# keys that may list and read every bucket but write none: a recorder's expired or wrong keys
+# that still pass a listing check
+READ_ONLY_ACCESS_KEY = "reelhouse-test-readonly"
+READ_ONLY_SECRET_KEY = "reelhouse-test-readonly-secret-0123"
 ALREADY = ("BucketAlreadyExists", "BucketAlreadyOwnedByYou")
 
 
@@ -97,7 +101,14 @@ class SeaweedS3:
                     "name": "reelhouse",
                     "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
                     "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-                }
+                },
+                {
+                    "name": "read-only",
+                    "credentials": [
+                        {"accessKey": READ_ONLY_ACCESS_KEY, "secretKey": READ_ONLY_SECRET_KEY}
+                    ],
+                    "actions": ["Read", "List"],
+                },
             ]
         }
         config = self.directory / "s3.json"

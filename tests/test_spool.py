@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import json
 import logging
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -353,6 +354,54 @@ async def test_store_id_routes_to_its_store(tmp_path: Path) -> None:
         assert (stores["a"].uploaded, stores["b"].uploaded) == (["x.ts"], ["y.ts"])
     finally:
         await spool.aclose()
+
+
+async def test_retarget_sends_waiting_files_to_the_new_store(tmp_path: Path) -> None:
+    """Renewed credentials: a group's files waiting for a store that refuses them go to the new
+    one, in order; another group waiting for the old store stays; a restart keeps the move."""
+    old, new = FlakyStore(tmp_path / "old"), FlakyStore(tmp_path / "new")
+    old.down = old.refuse = True
+    stores = {"old": old, "new": new}
+    first = Spool(tmp_path / "spool", stores.__getitem__, **FAST_RETRY)  # type: ignore[arg-type]
+    await first.start()
+    for i in range(3):
+        await first.add_bytes(f"g/{i}.ts", b"g%d" % i, group="g", store_id="old")
+    await first.add_bytes("h/0.ts", b"h", group="h", store_id="old")
+    await old.wait_failures(2)
+    assert await first.retarget("g", "old", "new") == 3
+    assert await first.wait_group("g", WAIT_S)
+    assert new.uploaded == ["g/0.ts", "g/1.ts", "g/2.ts"]
+    assert await new.get_bytes("g/2.ts") == b"g2"
+    assert first.store_ids() == {"old"}  # h still waits for the old store
+    assert await first.retarget("nothing", "old", "new") == 0
+
+    new.down = True  # moved, then the server stops before they went up
+    await first.add_bytes("k/0.ts", b"k", group="k", store_id="old")
+    assert await first.retarget("k", "old", "new") == 1
+    await first.aclose(drain_timeout=0)
+    new.down = False
+    second = Spool(tmp_path / "spool", stores.__getitem__, **FAST_RETRY)  # type: ignore[arg-type]
+    await second.start()
+    try:
+        assert await second.wait_group("k", WAIT_S)
+        assert new.uploaded[-1] == "k/0.ts" and old.uploaded == []
+        assert second.store_ids() == {"old"}
+    finally:
+        await second.aclose(drain_timeout=0)
+
+
+async def test_retarget_reaches_an_add_under_way(
+    tmp_path: Path, store: FlakyStore, make_spool: MakeSpool
+) -> None:
+    spool = make_spool(store)
+    await spool.start()
+    adding = asyncio.ensure_future(spool.add_bytes("g/0.ts", b"0", group="g", store_id="old"))
+    await asyncio.sleep(0)  # one turn of the loop: the add is writing, as "old"
+    assert await spool.retarget("g", "old", "new") == 0  # nothing queued yet
+    item = await adding
+    assert item.store_id == "new"
+    manifest = tmp_path / "spool" / f"{item.item_id:020d}.json"
+    assert json.loads(manifest.read_text())["store_id"] == "new"
 
 
 async def test_move_across_filesystems_copies_then_removes_source(

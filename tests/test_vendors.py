@@ -189,3 +189,30 @@ async def test_registry_checks_persists_and_resolves_after_restart(
     await again.forget(store_id)
     assert not saved.exists()
     await again.aclose()
+
+
+async def test_a_config_being_registered_again_is_not_forgotten(
+    s3: SeaweedS3, s3_bucket: str, tmp_path: Path
+) -> None:
+    """A recording ends (its config forgotten) while another start registers the same config:
+    the start keeps it, on disk and open."""
+    good = parse_storage_config(
+        cfg(vendor=11, bucket=s3_bucket, accessKey=ACCESS_KEY, secretKey=SECRET_KEY,
+            extensionParams={"endpoint": s3.endpoint})
+    )  # fmt: skip
+    registry = StoreRegistry(tmp_path / "stores", LocalObjectStore(tmp_path / "objects"))
+    await registry.start()
+    try:
+        store_id = await registry.register(good)
+        again = asyncio.ensure_future(registry.register(good))
+        await asyncio.sleep(0)  # one turn of the loop: the second register is checking
+        await registry.forget(store_id)
+        assert await again == store_id
+        assert registry.registered() == {store_id}
+        assert (tmp_path / "stores" / f"{store_id}.json").exists()
+        await registry.resolve(store_id).put_bytes("k.txt", b"still open")
+        await registry.forget(store_id)  # now nothing registers it: gone
+        assert registry.registered() == set()
+        assert not (tmp_path / "stores" / f"{store_id}.json").exists()
+    finally:
+        await registry.aclose()
