@@ -336,6 +336,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     cloud = CloudRecordingService(
         channels, stores, spool, data / "cloud", notify=notify, store=meta
     )
+    cloud.segment_s = settings.recorder.segment_target_s  # (each session keeps its own)
     await cloud.open()  # recordings a restart interrupted go on
     app[cloud_recording_routes.CLOUD] = cloud
     app[cloud_recording_routes.CUSTOMERS] = CustomerAuth(meta)

@@ -40,6 +40,7 @@ from ingest.individual import UidRecorder
 from mixer.layout import LayoutSpec
 from mixer.member_writer import MemberOutputs, OutputKind
 from mixer.mix import FileType, MixConfig, MixStyle
+from mixer.mp4 import build_mp4
 from mixer.playlist import PlaylistSegment
 from mixer.segmenter import SegmentInfo
 from storage.errors import SpoolFull
@@ -48,6 +49,7 @@ from storage.registry import DEFAULT_STORE_ID, StoreRegistry
 from storage.spool import Spool
 from storage.vendors import StorageConfig
 
+from .cloud_recording_mp4 import lost_parts, mark_all_covered, mark_covered
 from .cloud_recording_notices import ErrorCode, ErrorLevel, NoticeModule, WarnCode
 from .cloud_recording_session import (
     DEFAULT_MAX_IDLE_S,
@@ -976,6 +978,8 @@ class CloudRecordingService:
                     session.request, session.kept_lists, storage, session.mode
                 )
                 mix = session.config.mix
+            if self._builds_mp4s(session):
+                await self._recover_mp4s(session)
             await self._launch(session, mix)
             if session.layout_request is not None and session.mix is not None:
                 layout, style = await rebuild_layout(session.layout_request, res.cname, res.uid)
@@ -989,6 +993,38 @@ class CloudRecordingService:
         ended = max(session.discontinued_ms.values(), default=0)
         await self._warn(session, NoticeModule.RECORDER, WarnCode.RESUMED,
                          discontinueUtcMs=ended)  # fmt: skip
+
+    @staticmethod
+    def _builds_mp4s(session: CloudSession) -> bool:
+        return session.mode == "mix" and FileType.MP4 in session.file_types
+
+    async def _recover_mp4s(self, session: CloudSession) -> None:
+        """A crash cut the mix's last run short before it built its MP4s: build them now from
+        its segments (those the playlist lists), numbered on (``cloud_recording_mp4``)."""
+        name = f"{session.sid}_{session.resource.cname}"
+        listed = session.listed.get(f"{name}.m3u8", [])
+        parts = await asyncio.to_thread(lost_parts, session.directory, listed)
+        for part in parts:
+            key = f"{name}_{len(session.mp4s):03d}.mp4"
+            path = session.directory / f"recovered-{key}"
+            try:
+                await asyncio.to_thread(build_mp4, part, path)
+            except Exception as exc:  # the playlist still has them: the recording goes on
+                log.exception("cloud recording %s: the MP4 of %d segments a crash left could "
+                              "not be built", session.sid, len(part))  # fmt: skip
+                await self._error(session, NoticeModule.RECORDER, ErrorCode.FILE_NOT_SPOOLED,
+                                  f"{key} could not be built after a restart: {exc}",
+                                  ErrorLevel.MAJOR, fileName=key)  # fmt: skip
+                continue
+            if await self._spool_file(session, path, key):
+                session.mp4s.append(
+                    FileEntry(key, "audio_and_video", "0", True, session.started_ms)
+                )
+                await asyncio.to_thread(mark_covered, session.directory, [p.name for p in part])
+                log.info("cloud recording %s: %s built from the %d segments a crash left",
+                         session.sid, key, len(part))  # fmt: skip
+        if parts:
+            await self._saved(session)
 
     async def _finish_stop(self, session: CloudSession) -> None:
         """A stop the restart interrupted: the playlists ended with what reached the spool,
@@ -1026,6 +1062,8 @@ class CloudRecordingService:
             try:
                 mp4s = await self._halt(session)
                 await self._upload_finals(session, mp4s, end=False)
+                if self._builds_mp4s(session):  # every segment here is in an MP4 now
+                    await asyncio.to_thread(mark_all_covered, session.directory)
                 await self._saved(session)
                 log.info("cloud recording %s suspended until the restart", session.sid)
             except Exception:
