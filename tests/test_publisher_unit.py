@@ -7,14 +7,8 @@ import random
 
 import pytest
 
-from ingest.publisher import (
-    FINAL_CLOSE_CODES,
-    RETRYABLE_CLOSE_CODES,
-    Pacer,
-    ResendBuffer,
-    backoff_delays,
-    ws_url,
-)
+from ingest.publisher import FINAL_CLOSE_CODES, RETRYABLE_CLOSE_CODES
+from ingest.publisher_parts import Pacer, ResendBuffer, backoff_delays, ws_url
 
 
 def test_resend_buffer_acks_cumulatively_and_reports_latency() -> None:
