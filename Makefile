@@ -53,7 +53,9 @@ test: $(TEST_STAMP) system-deps lint typecheck
 
 bench: $(TEST_STAMP) system-deps  # upload.py starts SeaweedFS, a test extra
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/writer.py
 	$(BIN)/python bench/upload.py
+	$(BIN)/python bench/recordings.py
 	$(BIN)/python bench/mix.py
 	$(BIN)/python bench/whip.py
 	$(BIN)/python bench/member.py

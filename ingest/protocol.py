@@ -22,7 +22,7 @@ MAX_EXTRADATA_BYTES = 64 * 1024
 
 VIDEO_CODECS = frozenset({"h264", "vp8", "vp9", "webm"})
 AUDIO_CODECS = frozenset({"opus", "aac"})
-CONTROL_ACTIONS = frozenset({"start", "pause", "resume", "stop"})
+CONTROL_ACTIONS = frozenset({"start", "pause", "resume", "stop", "reconnect"})
 
 
 # client → server
