@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import secrets
 import shutil
@@ -49,7 +50,7 @@ from storage.registry import DEFAULT_STORE_ID, StoreRegistry
 from storage.spool import Spool
 from storage.vendors import StorageConfig
 
-from .cloud_recording_mp4 import lost_parts, mark_all_covered, mark_covered
+from .cloud_recording_mp4 import lost_parts, mark_covered, read_note, write_note
 from .cloud_recording_notices import ErrorCode, ErrorLevel, NoticeModule, WarnCode
 from .cloud_recording_session import (
     DEFAULT_MAX_IDLE_S,
@@ -135,6 +136,7 @@ class CloudRecordingService:
         self._store = store
         self._writer = CloudStateWriter(store) if store is not None else None
         self._tasks: set[asyncio.Task[None]] = set()  # sessions ending on their own
+        self._keep: set[str] = set()  # storage configs a failed save left a row naming
         self.resources: dict[str, Resource] = {}
         self.sessions: dict[str, CloudSession] = {}
 
@@ -591,9 +593,11 @@ class CloudRecordingService:
         *,
         prefix: str = "",
         group: str | None = None,
+        over_cap: bool = False,
     ) -> bool:
         """Hand a file to the spool, linked not read (an MP4 may be gigabytes); it stays
-        where it is (the MP4 is built from the segments). False when it could not be."""
+        where it is (the MP4 is built from the segments). False when it could not be.
+        ``over_cap``: taken by a full spool too (a file already on the disk)."""
         name = prefix + (key or path.name)
         return await self._hand_over(
             session,
@@ -604,6 +608,7 @@ class CloudRecordingService:
                 group=group or session.sid,
                 store_id=session.store_id if group is None else DEFAULT_STORE_ID,
                 move=False,
+                over_cap=over_cap,
             ),
         )
 
@@ -698,19 +703,31 @@ class CloudRecordingService:
         # the waiting files first: a crash before the row is saved leaves the recording on the
         # old keys, and the next renewal moves what they hold
         moved = await self.spool.retarget(session.sid, old, store_id)
-        await self._saved(session)
         log.info("cloud recording %s: storage credentials renewed (%d waiting files moved)",
                  session.sid, moved)  # fmt: skip
+        saved = self._save(session)
+        if saved is not None:
+            try:
+                await asyncio.shield(saved)
+            except Exception:  # the row still names the old keys: a restart needs them
+                self._keep.add(old)
+                return
         await self._release_stores()
 
+    def _needed_stores(self) -> set[str]:
+        """Storage configs something still needs: a recording not finished, a file in the
+        spool, or a stored row that may name them (a save that failed)."""
+        needed = self.spool.store_ids() | self._keep
+        needed.update(s.store_id for s in self.sessions.values() if not s.finished)
+        return needed
+
     async def _release_stores(self) -> None:
-        """Forget the storage configs (their keys leave the disk) that no recording that may
-        still upload needs, nor any file waiting in the spool."""
-        ended = (Status.EXITED, Status.EXITED_ABNORMALLY)
-        needed = self.spool.store_ids()
-        needed.update(s.store_id for s in self.sessions.values() if s.status not in ended)
-        for store_id in self.stores.registered() - needed:
-            await self.stores.forget(store_id)
+        """Forget the storage configs (their keys leave the disk) that nothing needs."""
+        for store_id in self.stores.registered() - self._needed_stores():
+            await self.stores.forget(store_id, functools.partial(self._needs, store_id))
+
+    def _needs(self, store_id: str) -> bool:
+        return store_id in self._needed_stores()
 
     async def update_subscriptions(
         self, session: CloudSession, audio: UidSelector, video: UidSelector
@@ -751,13 +768,13 @@ class CloudRecordingService:
                 self._mix_failed(session, exc)
                 mixed = None
             if mixed is not None and FileType.MP4 in session.file_types:
-                earlier = len(session.mp4s)  # after a restart, numbering goes on
-                for i, (path, _) in enumerate(mixed.mp4s):
-                    key = f"{path.name.rsplit('_', 1)[0]}_{earlier + i:03d}.mp4"
+                for path, _ in mixed.mp4s:  # after a restart, numbering goes on
+                    key = self._next_mp4(session)
                     mp4s.append((path, key))
                     session.mp4s.append(
                         FileEntry(key, "audio_and_video", "0", True, session.started_ms)
                     )
+                session.run_segments = [seg.path.name for seg in mixed.segments]
         for uid, recorder in list(session.members.items()):
             try:
                 await recorder.stop()
@@ -806,6 +823,8 @@ class CloudRecordingService:
             await self._event(session, 11, {"msgName": "session_exit", "exitStatus": EXIT_NORMAL})
             await self._saved(session)
             await asyncio.to_thread(shutil.rmtree, session.directory, True)
+            session.finished = True
+            await self._release_stores()
             raise CloudFailure(435, "no file was recorded: nobody published in the channel")
         await self._upload_finals(session, mp4s, end=True)
         session.status = Status.STOPPED
@@ -842,6 +861,7 @@ class CloudRecordingService:
             )  # fmt: skip
         await self._event(session, 11, {"msgName": "session_exit", "exitStatus": exit_status})
         await self._saved(session)
+        session.finished = True
         await self._release_stores()
 
     async def _fail(self, session: CloudSession, code: ErrorCode, message: str) -> None:
@@ -889,7 +909,9 @@ class CloudRecordingService:
         prefix = f"backup/{session.resource.appid}/{session.sid}/"
         for path in files:
             await self._spool_file(session, path, prefix=prefix, group=group)
-        for path, key in mp4s:
+        built = [(session.directory / f"recovered-{e.name}", e.name) for e in session.mp4s]
+        recovered = await asyncio.to_thread(lambda: [(p, k) for p, k in built if p.is_file()])
+        for path, key in mp4s + recovered:
             await self._spool_file(session, path, key, prefix=prefix, group=group)
         for name in session.listed:
             data = session.render(name, True)
@@ -998,33 +1020,55 @@ class CloudRecordingService:
     def _builds_mp4s(session: CloudSession) -> bool:
         return session.mode == "mix" and FileType.MP4 in session.file_types
 
+    @staticmethod
+    def _next_mp4(session: CloudSession) -> str:
+        """The next MP4's name: one past the highest listed (a failed one leaves a gap)."""
+        numbers = [int(e.name.rsplit("_", 1)[1].removesuffix(".mp4")) for e in session.mp4s]
+        return f"{session.sid}_{session.resource.cname}_{max(numbers, default=-1) + 1:03d}.mp4"
+
     async def _recover_mp4s(self, session: CloudSession) -> None:
-        """A crash cut the mix's last run short before it built its MP4s: build them now from
-        its segments (those the playlist lists), numbered on (``cloud_recording_mp4``)."""
-        name = f"{session.sid}_{session.resource.cname}"
-        listed = session.listed.get(f"{name}.m3u8", [])
-        parts = await asyncio.to_thread(lost_parts, session.directory, listed)
+        """A crash cut the mix's last run short before it built its MP4s: plan them from its
+        segments (those the playlist lists), numbered on, list them, and build them in the
+        background (a stop or a suspend waits for it; ``cloud_recording_mp4``)."""
+        folder = session.directory
+        note = await asyncio.to_thread(read_note, folder)
+        listed_keys = {e.name for e in session.mp4s}
+        # a plan the row does not list was cut short before it was saved: planned again
+        note.planned = {k: v for k, v in note.planned.items() if k in listed_keys}
+        playlist = session.listed.get(f"{session.sid}_{session.resource.cname}.m3u8", [])
+        parts = await asyncio.to_thread(lost_parts, folder, playlist, note, bool(session.mp4s))
         for part in parts:
-            key = f"{name}_{len(session.mp4s):03d}.mp4"
-            path = session.directory / f"recovered-{key}"
+            key = self._next_mp4(session)
+            note.planned[key] = [p.name for p in part]
+            session.mp4s.append(FileEntry(key, "audio_and_video", "0", True, session.started_ms))
+        await asyncio.to_thread(write_note, folder, note)  # the plan, then the row
+        if parts:
+            await self._saved(session)
+        if note.planned:
+            self._spawn(session, self._build_planned(session, note.planned))
+
+    async def _build_planned(self, session: CloudSession, planned: dict[str, list[str]]) -> None:
+        folder = session.directory
+        for key, names in planned.items():
+            segments = [folder / name for name in names]
+            path = folder / f"recovered-{key}"
             try:
-                await asyncio.to_thread(build_mp4, part, path)
+                await asyncio.to_thread(build_mp4, segments, path)
+                handed = await self._spool_file(session, path, key, over_cap=True)
             except Exception as exc:  # the playlist still has them: the recording goes on
-                log.exception("cloud recording %s: the MP4 of %d segments a crash left could "
-                              "not be built", session.sid, len(part))  # fmt: skip
+                log.exception("cloud recording %s: %s, of %d segments a crash left, could not "
+                              "be built", session.sid, key, len(names))  # fmt: skip
                 await self._error(session, NoticeModule.RECORDER, ErrorCode.FILE_NOT_SPOOLED,
                                   f"{key} could not be built after a restart: {exc}",
                                   ErrorLevel.MAJOR, fileName=key)  # fmt: skip
+                handed = False
+            if not handed:  # not in the fileList; its segments are tried at the next restart
+                session.mp4s = [e for e in session.mp4s if e.name != key]
+                self._save(session)
                 continue
-            if await self._spool_file(session, path, key):
-                session.mp4s.append(
-                    FileEntry(key, "audio_and_video", "0", True, session.started_ms)
-                )
-                await asyncio.to_thread(mark_covered, session.directory, [p.name for p in part])
-                log.info("cloud recording %s: %s built from the %d segments a crash left",
-                         session.sid, key, len(part))  # fmt: skip
-        if parts:
-            await self._saved(session)
+            await asyncio.to_thread(mark_covered, folder, names, key)
+            log.info("cloud recording %s: %s built from the %d segments a crash left",
+                     session.sid, key, len(names))  # fmt: skip
 
     async def _finish_stop(self, session: CloudSession) -> None:
         """A stop the restart interrupted: the playlists ended with what reached the spool,
@@ -1062,8 +1106,8 @@ class CloudRecordingService:
             try:
                 mp4s = await self._halt(session)
                 await self._upload_finals(session, mp4s, end=False)
-                if self._builds_mp4s(session):  # every segment here is in an MP4 now
-                    await asyncio.to_thread(mark_all_covered, session.directory)
+                if self._builds_mp4s(session):  # the run's segments are in its MP4s now
+                    await asyncio.to_thread(mark_covered, session.directory, session.run_segments)
                 await self._saved(session)
                 log.info("cloud recording %s suspended until the restart", session.sid)
             except Exception:

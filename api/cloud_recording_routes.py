@@ -224,9 +224,10 @@ async def update(request: web.Request) -> web.Response:
     request.app[CLOUD].check_running(session)
     if session.config is None:  # started without its request (not through this API)
         raise CloudFailure(2, "update: the start request of this session was not kept")
-    config = req.apply_to(session.config)
+    config = req.apply_to(session.config)  # refused (code 2) before anything changes
     if req.storage is not None:  # renewed credentials, checked first: a refusal changes nothing
         await request.app[CLOUD].renew_storage(session, req.storage)
+        config = req.apply_to(session.config)  # onto an update that ended meanwhile
     session.config = config
     await request.app[CLOUD].update_subscriptions(
         session,

@@ -117,6 +117,7 @@ class CloudSession:
     video_uids: UidSelector = EVERYONE
     playlists: dict[str, FileEntry] = field(default_factory=dict)  # name → entry
     mp4s: list[FileEntry] = field(default_factory=list)
+    run_segments: list[str] = field(default_factory=list)  # a stopped mix run's, in its MP4s
     upload_tail: asyncio.Task[None] | None = None  # the last of the chained segment uploads
     side_tasks: set[asyncio.Task[None]] = field(default_factory=set)  # notifications
     watcher: asyncio.Task[None] | None = None
@@ -145,6 +146,9 @@ class CloudSession:
     mix_failed: bool = False
     # notices raised while starting wait until 40 and 30 have told the app it started
     announced: bool = False
+    # its last files are handed to the spool and 11 is raised (its storage config is needed
+    # no more, but for the files still in the spool)
+    finished: bool = False
     held: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
 
     def file_list(self) -> tuple[str, list[dict[str, Any]] | str]:

@@ -48,6 +48,7 @@ from .cloud_recording_session import (
     CloudSession,
     FileEntry,
     Resource,
+    Status,
 )
 
 log = logging.getLogger(__name__)
@@ -242,6 +243,8 @@ def session_from(row: CloudSessionRow, res: Resource, directory: Path) -> CloudS
         uploading_status=row.uploading_status,
         leave_told=bool(state.get("leave_told", False)),
         announced=True,  # 40 and 30 went out before it was first kept
+        # ended before the restart: a failure cut short is not finished again
+        finished=row.status in (Status.EXITED, Status.EXITED_ABNORMALLY),
     )
 
 

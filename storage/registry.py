@@ -12,7 +12,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -117,11 +117,12 @@ class StoreRegistry:
             store = self._stores[store_id] = S3ObjectStore(config.to_s3(**self._tuning))
         return store
 
-    async def forget(self, store_id: str) -> None:
-        """Drop a config nothing waits for any more (its keys leave the disk); one that a
-        ``register`` is under way for is kept."""
+    async def forget(self, store_id: str, still_needed: Callable[[], bool] | None = None) -> None:
+        """Drop a config nothing waits for any more (its keys leave the disk). Kept: one that a
+        ``register`` is under way for, and one for which ``still_needed()`` (asked at the last
+        moment, with nothing awaited until the config is gone) says so."""
         async with self._files:
-            if store_id in self._registering:
+            if store_id in self._registering or (still_needed is not None and still_needed()):
                 return
             self._configs.pop(store_id, None)
             store = self._stores.pop(store_id, None)

@@ -98,6 +98,8 @@ class Spool:
         self._next_id = 1
         # (group, old store id) → new: a group's files retargeted while some were being added
         self._retargeted: dict[tuple[str, str], str] = {}
+        self._writing: dict[int, str] = {}  # adds under way: item id → store id
+        self._attempting: dict[str, str] = {}  # uploads under way: group → store id
         self._pending = 0  # items added (or being added) and not yet confirmed
         self._bytes = 0
         self._full_logged = False
@@ -306,15 +308,19 @@ class Spool:
         self._bytes += size  # reserved before the await, so concurrent adds cannot overshoot
         store_id = self._retargeted.get((group, store_id), store_id)
         item = SpoolItem(item_id, key, store_id, group, content_type, size, datetime.now(UTC))
+        self._writing[item_id] = store_id  # (its store is needed from now on: store_ids)
         try:
             await asyncio.to_thread(self._write_sync, item, src, data, move)
             if (moved := self._retargeted.get((group, store_id))) is not None:
                 # retargeted while its manifest was being written: written again
                 item = dataclasses.replace(item, store_id=moved)
+                self._writing[item_id] = moved
                 await asyncio.to_thread(self._write_manifest, item)
         except BaseException:
             self._release(group, item_id, size)
             raise
+        finally:
+            del self._writing[item_id]
         self._full_logged = False
         self._groups[group].adding.discard(item_id)
         self._enqueue(item)
@@ -365,6 +371,12 @@ class Spool:
         state = self._groups.get(group)
         if old == new or state is None:  # (an add under way has its group already)
             return 0
+        # every earlier id of the group now leads to ``new`` in one step (A → B, then B → A:
+        # no cycle)
+        for earlier, target in list(self._retargeted.items()):
+            if earlier[0] == group and target == old:
+                self._retargeted[earlier] = new
+        self._retargeted.pop((group, new), None)
         self._retargeted[(group, old)] = new
         moving = [item for _, item in state.queue if item.store_id == old]
         moved = [dataclasses.replace(item, store_id=new) for item in moving]
@@ -378,8 +390,9 @@ class Spool:
         return len(moved)
 
     def store_ids(self) -> set[str]:
-        """The stores that files queued here are for (an add under way is its caller's)."""
-        return {item.store_id for state in self._groups.values() for _, item in state.queue}
+        """The stores that files here are for: queued, being added or being uploaded."""
+        queued = {item.store_id for state in self._groups.values() for _, item in state.queue}
+        return queued | set(self._writing.values()) | set(self._attempting.values())
 
     # scheduling --------------------------------------------------------------------------
 
@@ -422,6 +435,7 @@ class Spool:
         while True:
             # the head as it is now: a retarget may have changed its store since the last try
             item = dataclasses.replace(state.queue[0][1], attempts=item.attempts + 1)
+            self._attempting[group] = item.store_id
             try:
                 store = self._resolve_store(item.store_id)
                 path = self.directory / (_stem(item.item_id) + DATA_SUFFIX)
@@ -444,6 +458,8 @@ class Spool:
                 )
                 async with self._changed:
                     self._changed.notify_all()  # waiters watching failures see this one
+            finally:
+                del self._attempting[group]
             if await self._backoff(item.attempts):
                 state.busy = False  # closing: leave the item on disk for the next start
                 return

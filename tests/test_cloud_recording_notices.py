@@ -37,7 +37,7 @@ from api.cloud_recording import CloudFailure, Status
 from api.cloud_recording_notices import ErrorCode, ErrorLevel, NoticeModule, WarnCode
 from api.cloud_recording_routes import CLOUD, start_options
 from api.cloud_recording_schema import parse_start
-from api.keys import STORE
+from api.keys import SPOOL, STORE
 from mixer.playlist import Playlist
 
 pytestmark = pytest.mark.slow
@@ -203,6 +203,7 @@ async def test_a_failing_mix_ends_the_session_abnormally(
     (exit_,) = details(notices, 11)
     assert (leave["leaveCode"], exit_["exitStatus"]) == (4, 1)
     # what was recorded before the failure is in the bucket, its playlist ended
+    assert await server.app[SPOOL].wait_group(sid, 10)
     assert queried["fileListMode"] == "string"
     playlist = await fetched(s3, s3_bucket, queried["fileList"], tmp_path)
     parsed = Playlist.parse(playlist.read_text())

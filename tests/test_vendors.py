@@ -211,6 +211,9 @@ async def test_a_config_being_registered_again_is_not_forgotten(
         assert registry.registered() == {store_id}
         assert (tmp_path / "stores" / f"{store_id}.json").exists()
         await registry.resolve(store_id).put_bytes("k.txt", b"still open")
+        # a session started with it while the caller was deciding: asked at the last moment
+        await registry.forget(store_id, still_needed=lambda: True)
+        assert registry.registered() == {store_id}
         await registry.forget(store_id)  # now nothing registers it: gone
         assert registry.registered() == set()
         assert not (tmp_path / "stores" / f"{store_id}.json").exists()
