@@ -112,6 +112,9 @@ class HlsWriter:
         self._resume_ticks = self._start_ticks
         self._end_ticks = self._start_ticks
         self._segment: TsSegment | None = None
+        # continuity counters go on from segment to segment (a writer's first starts at 0:
+        # a restarted one begins with a discontinuity)
+        self._counters: dict[int, int] = {}
         self._seg_start = 0
         self._seg_date = datetime.now(UTC)
         self._seg_discontinuity = discontinuity_first
@@ -329,7 +332,7 @@ class HlsWriter:
     def _close(self, end: int) -> SegmentInfo:
         assert self._segment is not None  # only called with a segment open.
         segment, self._segment = self._segment, None
-        size = segment.close(sync=self._durable)
+        size, self._counters = segment.close(sync=self._durable, counters=self._counters)
         info = SegmentInfo(
             index=self._index,
             path=segment.path,

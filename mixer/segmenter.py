@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 import av
 import av.error
+import numpy as np
 from av.container import OutputContainer
 
 from mixer.errors import InvalidMedia
@@ -20,6 +22,49 @@ TS_FORMAT = "mpegts"
 # each), and libavformat must not shift a segment that starts with AAC priming below zero, or
 # that one segment would drift from the others.
 TS_OPTIONS = {"avoid_negative_ts": "disabled"}
+TS_PACKET = 188
+NULL_PID = 0x1FFF
+
+# (PID → the continuity counter its next packet with a payload carries)
+Counters = Mapping[int, int]
+
+
+def continue_counters(path: Path, start: Counters) -> dict[int, int]:
+    """Shift the continuity counters of the closed segment ``path`` so that each PID goes on
+    from ``start`` (where the segment before left it); returns where this one leaves them.
+
+    The muxer starts every PID at 0 in every file. A player that reads the segments back to
+    back through one demuxer (FFmpeg's HLS demuxer does) would otherwise see a counter break
+    at every boundary and flag the packet before it corrupt. Packets without a payload keep
+    the counter of the packet before them, so one shift per PID keeps every relation."""
+    size = path.stat().st_size
+    if size == 0 or size % TS_PACKET:
+        return dict(start)  # not plain 188-byte packets: left as the muxer wrote it
+    data = np.memmap(path, dtype=np.uint8, mode="r+" if start else "r")
+    try:
+        packets = data.reshape(-1, TS_PACKET)
+        if not (packets[:, 0] == 0x47).all():
+            return dict(start)
+        pids = ((packets[:, 1].astype(np.int32) & 0x1F) << 8) | packets[:, 2]
+        flags = packets[:, 3]
+        shift = np.zeros(NULL_PID + 1, dtype=np.uint8)
+        for pid, counter in start.items():
+            shift[pid] = counter
+        counters = ((flags & 0x0F) + shift[pids]) & 0x0F
+        if start:
+            packets[:, 3] = (flags & 0xF0) | counters
+            data.flush()
+        ends = dict(start)
+        with_payload = np.nonzero(flags & 0x10)[0]
+        # the last packet with a payload of each PID: the first of each in reverse order
+        reverse = with_payload[::-1]
+        found, first = np.unique(pids[reverse], return_index=True)
+        for pid, at in zip(found.tolist(), reverse[first].tolist(), strict=True):
+            if pid != NULL_PID:
+                ends[pid] = (int(counters[at]) + 1) & 0x0F
+        return ends
+    finally:
+        del data
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,9 +118,14 @@ class TsSegment:
         except av.error.FFmpegError as exc:
             raise InvalidMedia(f"muxer refused a packet: {exc}") from exc
 
-    def close(self, sync: bool = True) -> int:
-        """Write the trailer, fsync the file (unless told not to), and return its size in bytes."""
+    def close(
+        self, sync: bool = True, counters: Counters | None = None
+    ) -> tuple[int, dict[int, int]]:
+        """Write the trailer, go on from ``counters`` (``continue_counters``), fsync the file
+        (unless told not to); its size in bytes and the counters the next segment goes on
+        from."""
         self._container.close()
+        ends = continue_counters(self.path, counters or {})
         if sync:
             fsync_file(self.path)
-        return self.path.stat().st_size
+        return self.path.stat().st_size, ends

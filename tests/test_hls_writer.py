@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -163,3 +164,38 @@ def test_h264_garbage_and_backwards_frames(tmp_path: Path) -> None:
     assert writer.write(VIDEO, clip.frames[0].data, BASE_US, keyframe=True) == []
     writer.finish()
     assert decode_counts(tmp_path / "rec.m3u8")["video"] == clip.video_frames
+
+
+def _counters_in_order(paths: list[Path]) -> dict[int, list[int]]:
+    """Each PID's continuity counters over the segments read back to back (packets with a
+    payload only: the others repeat the counter before them)."""
+    out: dict[int, list[int]] = {}
+    for path in paths:
+        data = path.read_bytes()
+        assert len(data) % 188 == 0
+        for at in range(0, len(data), 188):
+            head = data[at : at + 4]
+            assert head[0] == 0x47
+            if head[3] & 0x10:
+                out.setdefault(((head[1] & 0x1F) << 8) | head[2], []).append(head[3] & 0x0F)
+    return out
+
+
+def test_continuity_counters_go_on_across_segments(tmp_path: Path) -> None:
+    """A demuxer reading the segments back to back (FFmpeg's HLS demuxer does) sees no counter
+    break, so it flags no packet corrupt at the boundaries."""
+    clip = encode_clip("h264", duration_s=4.0, audio_codec="opus")
+    writer = _writer(tmp_path, Codec.H264, Codec.OPUS, clip)
+    segments = _feed(writer, clip) + writer.finish()
+    assert len(segments) >= 3
+    counters = _counters_in_order([s.path for s in segments])
+    assert len(counters) >= 4  # PAT, PMT, video, audio (and SDT)
+    for pid, seen in counters.items():
+        assert seen == [(seen[0] + i) % 16 for i in range(len(seen))], pid
+    report = subprocess.run(
+        ["ffmpeg", "-v", "debug", "-i", str(tmp_path / "rec.m3u8"), "-c", "copy", "-f", "null",
+         "-"],
+        capture_output=True, text=True, check=True,
+    ).stderr  # fmt: skip
+    assert "Continuity check failed" not in report and "corrupt" not in report.lower()
+    assert decode_counts(tmp_path / "rec.m3u8")["video"] == len(clip.of("video"))
