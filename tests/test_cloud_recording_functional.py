@@ -250,7 +250,7 @@ async def test_webhooks_tell_the_app(
 ) -> None:
     from aiohttp import web
 
-    from api.webhooks import verify_signature
+    from api.webhooks_wire import verify_signature
 
     received: list[dict[str, Any]] = []
     exited = asyncio.Event()

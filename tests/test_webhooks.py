@@ -15,12 +15,11 @@ import aiohttp
 import pytest
 from webhook_receiver import WAIT_S, Receiver
 
-from api.webhooks import (
+from api.webhooks import Notifier, NotifierClosedError
+from api.webhooks_wire import (
     NOTICE_ID_HEADER,
     SIGNATURE_HEADER,
     NotificationEvent,
-    Notifier,
-    NotifierClosedError,
     WebhookTarget,
     sign,
     verify_signature,

@@ -17,12 +17,11 @@ import pytest
 from webhook_receiver import WAIT_S, DownReceiver
 
 import api.webhooks
-from api.webhooks import (
+from api.webhooks import Notifier, NotifierStoreError
+from api.webhooks_wire import (
     NOTICE_ID_HEADER,
     SIGNATURE_HEADER,
     NotificationEvent,
-    Notifier,
-    NotifierStoreError,
     WebhookTarget,
     verify_signature,
 )

@@ -20,7 +20,7 @@ from api.apps import create_app_row
 from api.customers import create_customer
 from api.keys import META, NOTIFIER
 from api.settings import load_settings
-from api.webhooks import SIGNATURE_HEADER, verify_signature
+from api.webhooks_wire import SIGNATURE_HEADER, verify_signature
 from storage.meta import NoticeState
 from storage.meta_sqlite import SqliteMetaStore
 
