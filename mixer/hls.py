@@ -112,8 +112,8 @@ class HlsWriter:
         self._resume_ticks = self._start_ticks
         self._end_ticks = self._start_ticks
         self._segment: TsSegment | None = None
-        # continuity counters go on from segment to segment (a writer's first starts at 0:
-        # a restarted one begins with a discontinuity)
+        # continuity counters go on from segment to segment; a writer's first segment starts
+        # them at 0, with the discontinuity indicator set when it restarts a playlist
         self._counters: dict[int, int] = {}
         self._seg_start = 0
         self._seg_date = datetime.now(UTC)
@@ -320,7 +320,9 @@ class HlsWriter:
                 path = self._dir / f"{self._name}_{stamp}{self._index:05d}.ts"
         else:
             path = self._dir / f"{self._name}_{self._index:05d}.ts"
-        self._segment = TsSegment(path, list(self._slots))
+        # a restarted writer (it starts with a discontinuity) starts the counters again
+        restart = self._next_discontinuity and not self._counters
+        self._segment = TsSegment(path, list(self._slots), restart=restart)
         self._seg_start = start
         self._seg_discontinuity = self._next_discontinuity
         self._next_discontinuity = False

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,6 +17,8 @@ from av.container import OutputContainer
 from mixer.errors import InvalidMedia
 from mixer.tracks import Kind
 from storage.durable import fsync_file
+
+log = logging.getLogger(__name__)
 
 DEFAULT_SEGMENT_TARGET_S = 4.0
 TS_FORMAT = "mpegts"
@@ -36,35 +40,38 @@ def continue_counters(path: Path, start: Counters) -> dict[int, int]:
     The muxer starts every PID at 0 in every file. A player that reads the segments back to
     back through one demuxer (FFmpeg's HLS demuxer does) would otherwise see a counter break
     at every boundary and flag the packet before it corrupt. Packets without a payload keep
-    the counter of the packet before them, so one shift per PID keeps every relation."""
-    size = path.stat().st_size
-    if size == 0 or size % TS_PACKET:
-        return dict(start)  # not plain 188-byte packets: left as the muxer wrote it
-    data = np.memmap(path, dtype=np.uint8, mode="r+" if start else "r")
+    the counter of the packet before them, so one shift per PID keeps every relation. The
+    counters are cosmetic next to the media: a file that cannot be read or rewritten is left
+    as it is (logged), never lost."""
     try:
-        packets = data.reshape(-1, TS_PACKET)
-        if not (packets[:, 0] == 0x47).all():
-            return dict(start)
-        pids = ((packets[:, 1].astype(np.int32) & 0x1F) << 8) | packets[:, 2]
-        flags = packets[:, 3]
-        shift = np.zeros(NULL_PID + 1, dtype=np.uint8)
-        for pid, counter in start.items():
-            shift[pid] = counter
-        counters = ((flags & 0x0F) + shift[pids]) & 0x0F
-        if start:
-            packets[:, 3] = (flags & 0xF0) | counters
-            data.flush()
-        ends = dict(start)
-        with_payload = np.nonzero(flags & 0x10)[0]
-        # the last packet with a payload of each PID: the first of each in reverse order
-        reverse = with_payload[::-1]
-        found, first = np.unique(pids[reverse], return_index=True)
-        for pid, at in zip(found.tolist(), reverse[first].tolist(), strict=True):
-            if pid != NULL_PID:
-                ends[pid] = (int(counters[at]) + 1) & 0x0F
-        return ends
-    finally:
-        del data
+        with open(path, "r+b") as f:
+            buf = bytearray(os.fstat(f.fileno()).st_size)
+            if not buf or len(buf) % TS_PACKET or f.readinto(buf) != len(buf):
+                return dict(start)  # not plain 188-byte packets: left as the muxer wrote it
+            packets = np.frombuffer(buf, dtype=np.uint8).reshape(-1, TS_PACKET)
+            if not (packets[:, 0] == 0x47).all():
+                return dict(start)
+            pids = ((packets[:, 1].astype(np.int32) & 0x1F) << 8) | packets[:, 2]
+            flags = packets[:, 3].copy()
+            shift = np.zeros(NULL_PID + 1, dtype=np.uint8)
+            for pid, counter in start.items():
+                shift[pid] = counter
+            shift[NULL_PID] = 0
+            counters = ((flags & 0x0F) + shift[pids]) & 0x0F
+            if start:
+                packets[:, 3] = (flags & 0xF0) | counters
+                os.pwrite(f.fileno(), buf, 0)  # (the page cache: the caller fsyncs, or the spool)
+    except OSError as exc:
+        log.warning("continuity counters of %s left as written: %s", path.name, exc)
+        return dict(start)
+    ends = dict(start)
+    # the last packet with a payload of each PID: the first of each in reverse order
+    reverse = np.flatnonzero(flags & 0x10)[::-1]
+    found, first = np.unique(pids[reverse], return_index=True)
+    for pid, at in zip(found.tolist(), reverse[first].tolist(), strict=True):
+        if pid != NULL_PID:
+            ends[pid] = (int(counters[at]) + 1) & 0x0F
+    return ends
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,11 +102,15 @@ class StreamSlot:
 class TsSegment:
     """One open `.ts` segment; its streams are fixed when it opens."""
 
-    def __init__(self, path: Path, slots: list[StreamSlot]) -> None:
+    def __init__(self, path: Path, slots: list[StreamSlot], *, restart: bool = False) -> None:
+        """``restart``: the counters start again here, after others went before (a restarted
+        writer's first segment): its first packets carry the discontinuity indicator, which
+        tells a demuxer reading on from the segment before that the break is meant."""
         self.path = path
         self.slot_count = len(slots)
+        options = {**TS_OPTIONS, "mpegts_flags": "initial_discontinuity"} if restart else TS_OPTIONS
         self._container: OutputContainer = av.open(
-            str(path), mode="w", format=TS_FORMAT, options=TS_OPTIONS
+            str(path), mode="w", format=TS_FORMAT, options=options
         )
         # Mux-only streams: packets are already encoded, so no codec is opened per segment.
         self._streams = [

@@ -199,3 +199,33 @@ def test_continuity_counters_go_on_across_segments(tmp_path: Path) -> None:
     ).stderr  # fmt: skip
     assert "Continuity check failed" not in report and "corrupt" not in report.lower()
     assert decode_counts(tmp_path / "rec.m3u8")["video"] == len(clip.of("video"))
+
+
+def test_a_restarted_writer_marks_where_its_counters_start_again(tmp_path: Path) -> None:
+    """A writer that goes on with a playlist after a restart starts its counters at 0: its
+    first packets carry the discontinuity indicator, so reading on from the segment before is
+    no continuity failure either."""
+    clip = encode_clip("h264", duration_s=3.0, audio_codec="aac")
+    first = _writer(tmp_path, Codec.H264, Codec.AAC, clip)
+    before = _feed(first, clip) + first.finish()
+    second = HlsWriter(
+        tmp_path, target_segment_s=TARGET_S, name="rec", start_index=len(before),
+        discontinuity_first=True,
+    )  # fmt: skip
+    second.add_track(TrackSpec(VIDEO, Kind.VIDEO, Codec.H264, 320, 240))
+    second.add_track(TrackSpec(AUDIO, Kind.AUDIO, Codec.AAC, extradata=b""))
+    after = _feed(second, clip, offset_us=BASE_US + 3_000_000) + second.finish()
+    assert after[0].discontinuity and after[0].index == len(before)
+    head = after[0].path.read_bytes()[: 188 * 8]
+    # the first packet of a PES stream has an adaptation field with the indicator (0x80)
+    assert any(
+        head[at + 3] & 0x20 and head[at + 4] and head[at + 5] & 0x80
+        for at in range(0, len(head), 188)
+    )
+    report = subprocess.run(
+        ["ffmpeg", "-v", "debug", "-i", str(tmp_path / "rec.m3u8"), "-c", "copy", "-f", "null",
+         "-"],
+        capture_output=True, text=True, check=True,
+    ).stderr  # fmt: skip
+    assert "Continuity check failed" not in report and "corrupt" not in report.lower()
+    assert decode_counts(tmp_path / "rec.m3u8")["video"] == 2 * len(clip.of("video"))
