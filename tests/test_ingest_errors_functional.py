@@ -12,7 +12,9 @@ import pytest
 from conftest import Server
 from media import encode_clip
 from recording import event, recording_client, start_session
-from wsclient import RawClient
+from wsclient import RECEIVE_TIMEOUT_S, RawClient
+
+from api.keys import INGEST
 
 
 def media(seq: int, data: bytes = b"\x00\x00\x00\x01\x09\xf0", track: int = 0) -> dict[str, Any]:
@@ -191,6 +193,34 @@ async def test_keepalive_spares_a_client_whose_frames_wait_for_room(
             last = await client.media(f)
         await client.wait_ack(last)  # a 4010 close raises ConnectionError here
         assert client.acked == 7
+
+
+async def test_acks_wait_for_a_busy_socket_without_holding_up_the_lane(server: Server) -> None:
+    """While another message holds a connection's socket, its session's acks wait in a sender
+    task of their own (the writer's tick does not wait, so another session on the same lane
+    is acknowledged meanwhile); once the socket is free the client gets one ack, the newest,
+    covering everything made safe in between."""
+    clip = encode_clip("h264", duration_s=1.0, audio_codec="opus")
+    async with aiohttp.ClientSession() as http:
+        sid, held = await recording_client(http, server)
+        _, other = await recording_client(http, server)
+        (conn,) = [
+            c for c in server.app[INGEST].connections
+            if c.session is not None and c.session.session_id == sid
+        ]  # fmt: skip
+        assert conn.session is not None
+        async with conn._send_lock:  # a control message being written, say
+            for f in clip.frames:
+                last = await held.media(f)
+            await conn.session.recorder.wait_acked(last, RECEIVE_TIMEOUT_S)  # safe, not told
+            for f in clip.frames:
+                other_last = await other.media(f)
+            await other.wait_ack(other_last)  # the lane ticks on for the other session
+        acks = []
+        while held.acked < last:
+            message = await held.recv()
+            acks += [message["seq"]] if message["t"] == "ack" else []
+        assert acks == [last]
 
 
 async def test_recording_app_waits_for_start_and_acks_events(server: Server) -> None:
