@@ -25,7 +25,7 @@ class CloseCode(IntEnum):
     REPLACED = 4009  # a newer connection took over this session
     KEEPALIVE_TIMEOUT = 4010  # nothing heard from the client in time
     INVALID_MEDIA = 4011  # payload did not decode as the announced codec
-    BACKPRESSURE = 4012  # the server could not store media fast enough: resend later
+    BACKPRESSURE = 4012  # reserved, never sent: a writer that falls behind holds the socket back
 
 
 class ProtocolError(Exception):
