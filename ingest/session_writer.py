@@ -81,6 +81,10 @@ class Failed:
     reason: str
 
 
+# a track's pts going back this far is a clock that began again, not B-frame reordering
+CLOCK_RESTART_US = 1_000_000
+
+
 def track_spec(fields: dict[str, Any]) -> TrackSpec:
     """A ``mixer`` track description from a protocol ``track`` message."""
     return TrackSpec(
@@ -240,8 +244,12 @@ class SessionWriter:
     ) -> None:
         assert self._writer is not None
         last = self._last_pts.get(track)
-        if last is not None and pts - last > self.params.gap_s * US:
-            self._break()  # the client was away: do not record the hole
+        if last is not None and (
+            pts - last > self.params.gap_s * US or last - pts > CLOCK_RESTART_US
+        ):
+            # the client was away (do not record the hole), or its clock began again (a new
+            # publisher process): a new discontinuity, rather than frames dropped as late
+            self._break()
         self._last_pts[track] = pts
         self._cut(self._writer.write(track, data, pts, keyframe=key, dts_us=dts, arrival=arrival))
 

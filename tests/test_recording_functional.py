@@ -180,6 +180,27 @@ async def test_reconnect_loses_no_frame(server_factory: Any, tmp_path: Path) -> 
     assert int(metrics["reelhouse_segments_written_total"]) == segments
 
 
+async def test_a_publisher_whose_clock_starts_again_loses_nothing(
+    server_factory: Any, tmp_path: Path
+) -> None:
+    """A second publisher process in the same session starts its timestamps at 0 again: the
+    recording goes on after a discontinuity, every acknowledged frame in it."""
+    server = await server_factory(recorder={"segment_target_s": SEGMENT_S})
+    clip = encode_clip("h264", duration_s=2.0, audio_codec="opus")
+    async with aiohttp.ClientSession() as http:
+        sid, client = await recording_client(http, server)
+        for f in clip.frames:
+            await client.media(f)
+        for f in clip.frames:  # the same times again, sequence numbers going on
+            last = await client.media(f)
+        await client.wait_ack(last)
+        await event(http, server, "EVENT_TYPE_END", sid)
+        playlist, mp4 = await fetch_recording(server, sid, tmp_path)
+    assert playlist.read_text().count("#EXT-X-DISCONTINUITY\n") == 1
+    video, _ = await asyncio.to_thread(count_frames, mp4)
+    assert video == 2 * clip.video_frames
+
+
 async def test_webm_chunks_over_the_socket(server_factory: Any, tmp_path: Path) -> None:
     """MediaRecorder-style WebM chunks (VP8 + Opus) become H.264 + AAC HLS and an MP4."""
     server = await server_factory(recorder={"segment_target_s": SEGMENT_S})
