@@ -56,7 +56,6 @@ def continue_counters(path: Path, start: Counters) -> dict[int, int]:
             shift = np.zeros(NULL_PID + 1, dtype=np.uint8)
             for pid, counter in start.items():
                 shift[pid] = counter
-            shift[NULL_PID] = 0
             counters = ((flags & 0x0F) + shift[pids]) & 0x0F
             if start:
                 packets[:, 3] = (flags & 0xF0) | counters

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 from media import Clip, decode_counts, encode_clip, ffprobe
@@ -23,8 +24,10 @@ SEGMENT_SLACK_S = 1.0
 AUDIO_TAIL_S = 0.1
 
 
-def _writer(tmp_path: Path, video: Codec | None, audio: Codec | None, clip: Clip) -> HlsWriter:
-    writer = HlsWriter(tmp_path, target_segment_s=TARGET_S, name="rec")
+def _writer(
+    tmp_path: Path, video: Codec | None, audio: Codec | None, clip: Clip, **options: Any
+) -> HlsWriter:
+    writer = HlsWriter(tmp_path, target_segment_s=TARGET_S, name="rec", **options)
     if video:
         writer.add_track(TrackSpec(VIDEO, Kind.VIDEO, video, 320, 240))
     if audio:
@@ -181,6 +184,16 @@ def _counters_in_order(paths: list[Path]) -> dict[int, list[int]]:
     return out
 
 
+def _assert_ffmpeg_reads_cleanly(playlist: Path) -> None:
+    """FFmpeg's HLS demuxer reads the segments back to back: no continuity failure, no packet
+    flagged corrupt."""
+    report = subprocess.run(
+        ["ffmpeg", "-v", "debug", "-i", str(playlist), "-c", "copy", "-f", "null", "-"],
+        capture_output=True, text=True, check=True,
+    ).stderr  # fmt: skip
+    assert "Continuity check failed" not in report and "corrupt" not in report.lower()
+
+
 def test_continuity_counters_go_on_across_segments(tmp_path: Path) -> None:
     """A demuxer reading the segments back to back (FFmpeg's HLS demuxer does) sees no counter
     break, so it flags no packet corrupt at the boundaries."""
@@ -192,12 +205,7 @@ def test_continuity_counters_go_on_across_segments(tmp_path: Path) -> None:
     assert len(counters) >= 4  # PAT, PMT, video, audio (and SDT)
     for pid, seen in counters.items():
         assert seen == [(seen[0] + i) % 16 for i in range(len(seen))], pid
-    report = subprocess.run(
-        ["ffmpeg", "-v", "debug", "-i", str(tmp_path / "rec.m3u8"), "-c", "copy", "-f", "null",
-         "-"],
-        capture_output=True, text=True, check=True,
-    ).stderr  # fmt: skip
-    assert "Continuity check failed" not in report and "corrupt" not in report.lower()
+    _assert_ffmpeg_reads_cleanly(tmp_path / "rec.m3u8")
     assert decode_counts(tmp_path / "rec.m3u8")["video"] == len(clip.of("video"))
 
 
@@ -208,12 +216,9 @@ def test_a_restarted_writer_marks_where_its_counters_start_again(tmp_path: Path)
     clip = encode_clip("h264", duration_s=3.0, audio_codec="aac")
     first = _writer(tmp_path, Codec.H264, Codec.AAC, clip)
     before = _feed(first, clip) + first.finish()
-    second = HlsWriter(
-        tmp_path, target_segment_s=TARGET_S, name="rec", start_index=len(before),
-        discontinuity_first=True,
-    )  # fmt: skip
-    second.add_track(TrackSpec(VIDEO, Kind.VIDEO, Codec.H264, 320, 240))
-    second.add_track(TrackSpec(AUDIO, Kind.AUDIO, Codec.AAC, extradata=b""))
+    second = _writer(
+        tmp_path, Codec.H264, Codec.AAC, clip, start_index=len(before), discontinuity_first=True
+    )
     after = _feed(second, clip, offset_us=BASE_US + 3_000_000) + second.finish()
     assert after[0].discontinuity and after[0].index == len(before)
     head = after[0].path.read_bytes()[: 188 * 8]
@@ -222,10 +227,5 @@ def test_a_restarted_writer_marks_where_its_counters_start_again(tmp_path: Path)
         head[at + 3] & 0x20 and head[at + 4] and head[at + 5] & 0x80
         for at in range(0, len(head), 188)
     )
-    report = subprocess.run(
-        ["ffmpeg", "-v", "debug", "-i", str(tmp_path / "rec.m3u8"), "-c", "copy", "-f", "null",
-         "-"],
-        capture_output=True, text=True, check=True,
-    ).stderr  # fmt: skip
-    assert "Continuity check failed" not in report and "corrupt" not in report.lower()
+    _assert_ffmpeg_reads_cleanly(tmp_path / "rec.m3u8")
     assert decode_counts(tmp_path / "rec.m3u8")["video"] == 2 * len(clip.of("video"))
