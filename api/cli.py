@@ -78,6 +78,8 @@ async def _serve(args: argparse.Namespace) -> int:
 
 
 async def _publish(args: argparse.Namespace) -> int:
+    import av
+
     from ingest.publisher import publish
 
     def on_event(name: str, info: dict[str, Any]) -> None:
@@ -95,19 +97,31 @@ async def _publish(args: argparse.Namespace) -> int:
             flush=True,
         )
 
-    result = await publish(
-        args.source,
-        server=args.server,
-        api_key=args.api_key,
-        session_id=args.session,
-        platform_call_id=args.platform_call_id,
-        agent_platform_id=args.agent_platform_id,
-        user_id=args.user_id,
-        duration_s=args.duration,
-        codec=args.codec,
-        realtime=not args.fast,
-        on_event=on_event,
-    )
+    if args.duration is None:
+        print(
+            "publishing until the session ends (END or stop) or Ctrl-C; --duration S stops sooner",
+            file=sys.stderr,
+            flush=True,
+        )
+    try:
+        result = await publish(
+            args.source,
+            server=args.server,
+            api_key=args.api_key,
+            session_id=args.session,
+            platform_call_id=args.platform_call_id,
+            agent_platform_id=args.agent_platform_id,
+            user_id=args.user_id,
+            duration_s=args.duration,
+            codec=args.codec,
+            realtime=not args.fast,
+            on_event=on_event,
+        )
+    except (OSError, av.FFmpegError) as exc:
+        # refused (PublishError), the server stayed away, or the source cannot be read: one
+        # line that says which, not a traceback
+        print(f"reelhouse: publish: {exc}", file=sys.stderr, flush=True)
+        return 2
     print(
         json.dumps(
             {
@@ -148,16 +162,28 @@ async def _apikey(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _open_meta(args: argparse.Namespace) -> Any:
+async def _open_meta(args: argparse.Namespace, *, must_exist: bool = False) -> Any:
+    """The metadata file of ``--data-dir``; ``must_exist`` refuses to make a new, empty one
+    (a command that only reads, given the wrong folder, would otherwise answer "not found")."""
     from storage.meta_sqlite import SqliteMetaStore
 
     from .app import META_FILE
 
     overrides = {} if args.data_dir is None else {"data_dir": args.data_dir}
     settings = load_settings(getattr(args, "config", None), overrides=overrides)
-    meta = SqliteMetaStore(settings.data_dir / META_FILE)
+    path = settings.data_dir / META_FILE
+    if must_exist and not path.exists():
+        raise _NoData(
+            f"no server data in {settings.data_dir.resolve()} (no {META_FILE}): "
+            "give --data-dir the server's data directory"
+        )
+    meta = SqliteMetaStore(path)
     await meta.open()
     return meta
+
+
+class _NoData(Exception):
+    """``--data-dir`` names a folder no server has used."""
 
 
 async def _app(args: argparse.Namespace) -> int:
@@ -185,13 +211,21 @@ async def _token(args: argparse.Namespace) -> int:
     """``token``: a channel token for a uid, signed with the app's certificate."""
     from ingest.tokens import Role, TokenError, mint
 
-    meta = await _open_meta(args)
+    try:
+        meta = await _open_meta(args, must_exist=True)
+    except _NoData as exc:
+        print(f"reelhouse: {exc}", file=sys.stderr, flush=True)
+        return 2
     try:
         row = await meta.get_app(args.appid)
     finally:
         await meta.aclose()
     if row is None:
-        print(f"reelhouse: app {args.appid} not found", file=sys.stderr, flush=True)
+        print(
+            f"reelhouse: app {args.appid} not found in {meta.path.parent.resolve()}",
+            file=sys.stderr,
+            flush=True,
+        )
         return 2
     try:
         token = mint(row.certificate, row.appid, args.cname, args.uid, Role(args.role), args.ttl)
@@ -235,12 +269,21 @@ def _parser() -> argparse.ArgumentParser:
         "source", help="a media file, or 'testsrc' for a 1280x720 15 fps pattern with a tone"
     )
     pub.add_argument("--server", required=True, help="server base URL, e.g. http://127.0.0.1:8080")
-    pub.add_argument("--api-key", required=True)
+    pub.add_argument("--api-key", required=True, help="the server's API key (Bearer credential)")
     pub.add_argument("--session", help="an existing session id to publish into")
-    pub.add_argument("--platform-call-id", help="wait for a START event with this platformCallId")
-    pub.add_argument("--agent-platform-id")
-    pub.add_argument("--user-id")
-    pub.add_argument("--duration", type=float, help="stop after this many seconds of media")
+    pub.add_argument(
+        "--platform-call-id",
+        help="join the open session with this platformCallId, or wait for a START that names it",
+    )
+    pub.add_argument(
+        "--agent-platform-id", help="as --platform-call-id, for the event's agentPlatformId"
+    )
+    pub.add_argument("--user-id", help="as --platform-call-id, for the event's userId")
+    pub.add_argument(
+        "--duration",
+        type=float,
+        help="stop after this many seconds of media (default: until END, stop or Ctrl-C)",
+    )
     pub.add_argument(
         "--codec", choices=("h264", "vp8"), default="h264", help="video codec for testsrc"
     )

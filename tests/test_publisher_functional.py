@@ -106,6 +106,41 @@ async def test_publish_command(server: Server, tmp_path: Path) -> None:
     assert audio > 0
 
 
+@pytest.mark.parametrize(
+    ("source", "key", "session", "says"),
+    [
+        ("testsrc", "wrong", "sid", "4002 invalid token"),
+        ("testsrc", "right", "no-such-session", "4003 session no-such-session not found"),
+        ("missing.mp4", "right", "sid", "No such file or directory"),
+    ],
+)
+async def test_publish_command_fails_in_one_line(
+    server: Server, tmp_path: Path, source: str, key: str, session: str, says: str
+) -> None:
+    """A refusal or an unreadable source ends ``reelhouse publish`` with exit status 2 and one
+    line on stderr that says why, not a traceback; the session it was given records on."""
+    async with aiohttp.ClientSession() as http:
+        sid = await start_session(http, server)
+        source = source if source == "testsrc" else str(tmp_path / source)
+        key = server.api_key if key == "right" else key
+        session = sid if session == "sid" else session
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "api.cli", "publish", source, "--server", server.url,
+            "--api-key", key, "--session", session, "--duration", "1",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(proc.communicate(), CLI_TIMEOUT_S)
+        assert proc.returncode == 2
+        assert err.decode().splitlines() == [err.decode().strip()]  # one line
+        assert err.decode().startswith("reelhouse: publish: ") and says in err.decode()
+        assert b"Traceback" not in out + err
+        async with http.get(
+            f"{server.url}/v1/customers/acme/profiles/support/screenRecordingSessions/{sid}",
+            headers=server.auth,
+        ) as resp:
+            assert (await resp.json())["state"] == "RECORDING"
+
+
 async def test_readme_example_runs(server: Server) -> None:
     """examples/record_session.py, as README shows it, against a real server."""
     example = Path(__file__).parent.parent / "examples" / "record_session.py"

@@ -158,3 +158,16 @@ def test_cli_makes_an_app_and_a_token(tmp_path: Path) -> None:
     assert grant.role is Role.PUBLISHER
     no_token = cli("app", "create", "--no-token")
     assert "tokens: not required" in no_token
+
+
+def test_cli_token_with_the_wrong_data_dir_says_so(tmp_path: Path) -> None:
+    """``reelhouse token`` only reads: a folder no server used is named, and left as it was."""
+    wrong = tmp_path / "not-the-data-dir"
+    done = subprocess.run(
+        [sys.executable, "-m", "api.cli", "token", "--appid", "a", "--cname", "c", "--uid", "1",
+         "--data-dir", str(wrong)],
+        capture_output=True, text=True, timeout=60, cwd=Path(__file__).parent.parent,
+    )  # fmt: skip
+    assert done.returncode == 2 and not done.stdout
+    assert str(wrong) in done.stderr and "data directory" in done.stderr
+    assert not wrong.exists()
