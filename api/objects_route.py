@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 import uuid
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from aiohttp import web
 
 from ingest.errors import RpcCode
 from storage.errors import ObjectNotFound
+from storage.objects import ObjectStore
 
 from .errors import rpc_error
 from .keys import SETTINGS, SIGNER, STORE
@@ -43,10 +45,48 @@ def _verify(request: web.Request, method: str) -> str:
     return key
 
 
+PLAYLIST_TYPE = "application/vnd.apple.mpegurl"
+
+
+def absolute_url(request: web.Request, url: str) -> str:
+    """``url`` as clients reach it: a relative one gets the public URL or the request's origin."""
+    if "://" in url:
+        return url
+    base = request.config_dict[SETTINGS].http.public_url.rstrip("/")
+    return (base or str(request.url.origin())) + url
+
+
+async def presigned_playlist(
+    request: web.Request, store: ObjectStore, key: str, text: str, expires_s: int
+) -> str:
+    """``text``, the HLS playlist stored at ``key``, with every relative segment URI made a
+    presigned GET URL of that object for ``expires_s``: a player then needs no credential and no
+    signature of its own. (reelhouse's playlists name MPEG-TS segments only, no ``URI=`` tags.)"""
+    folder = key.rsplit("/", 1)[0] + "/" if "/" in key else ""
+    out = []
+    for line in text.splitlines():
+        if line and not line.startswith("#") and "://" not in line:
+            url = await store.presigned_url(folder + line.strip(), "GET", expires_s)
+            line = line if url is None else absolute_url(request, url)
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
 async def get_object(request: web.Request) -> web.StreamResponse:
-    """Stream an object to a holder of a valid presigned URL."""
+    """Stream an object to a holder of a valid presigned URL. An HLS playlist comes with its
+    segments as presigned URLs valid as long as the playlist's own, so the link plays."""
     key = _verify(request, "GET")
     store = request.app[STORE]
+    if key.endswith(".m3u8"):
+        try:
+            text = (await store.get_bytes(key)).decode()
+        except ObjectNotFound:
+            raise rpc_error(RpcCode.NOT_FOUND, f"object {key} not found") from None
+        expires_s = max(1, int(request.query["expires"]) - int(time.time()))
+        body = await presigned_playlist(request, store, key, text, expires_s)
+        return web.Response(
+            text=body, content_type=PLAYLIST_TYPE, headers={"Cache-Control": "no-store"}
+        )
     info = await store.head(key)
     if info is None:
         raise rpc_error(RpcCode.NOT_FOUND, f"object {key} not found")

@@ -26,7 +26,8 @@ from storage.objects import ObjectStore
 from storage.recordings import RecordingRow, RecordingStatus
 
 from .auth import Principal
-from .keys import API_KEYS, META, SETTINGS, STORE
+from .keys import API_KEYS, META, STORE
+from .objects_route import PLAYLIST_TYPE, absolute_url, presigned_playlist
 from .recordings_events import EVENTS_CONTENT_TYPE, BodyError, decompress_stream, parse_upload
 from .recordings_jobs import VideoProcessor
 from .recordings_schema import (
@@ -111,13 +112,6 @@ async def recordings_middleware(request: web.Request, handler: Handler) -> web.S
 def _principal(request: web.Request) -> Principal:
     principal: Principal = request[_PRINCIPAL]
     return principal
-
-
-def _absolute(request: web.Request, url: str) -> str:
-    if "://" in url:
-        return url
-    base = request.config_dict[SETTINGS].http.public_url.rstrip("/")
-    return (base or str(request.url.origin())) + url
 
 
 async def _load(request: web.Request) -> RecordingRow:
@@ -216,7 +210,7 @@ async def _upload_url(request: web.Request, store: ObjectStore, row: RecordingRo
         return None
     expiry = request.config_dict[RECORDINGS].upload_expiry_s
     url = await store.presigned_url(row.video_key, "PUT", expiry)
-    return None if url is None else _absolute(request, url)
+    return None if url is None else absolute_url(request, url)
 
 
 async def list_recordings(request: web.Request) -> web.Response:
@@ -249,8 +243,8 @@ async def get_recording(request: web.Request) -> web.Response:
         links = {"video_url": row.video_key, "thumbnail_url": prefix + "thumbnail.jpg"}
         for name, key in links.items():
             url = await store.presigned_url(key or "", "GET", VIDEO_UPLOAD_EXPIRY_S)
-            body[name] = None if url is None else _absolute(request, url)
-        body["hls_url"] = _absolute(request, f"{PREFIX}/{row.recording_id}/video/index.m3u8")
+            body[name] = None if url is None else absolute_url(request, url)
+        body["hls_url"] = absolute_url(request, f"{PREFIX}/{row.recording_id}/video/index.m3u8")
         body["video_duration_ms"] = row.video_duration_ms
     return web.json_response(body)
 
@@ -283,14 +277,10 @@ async def hls_playlist(request: web.Request) -> web.Response:
         raise RecordingsError(409, "not_ready", f"recording video is {row.status}, not ready")
     store = request.config_dict[STORE]
     prefix = object_prefix(row.tenant_id, row.recording_id) + "hls/"
-    text = (await store.get_bytes(prefix + "index.m3u8")).decode()
-    lines = []
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            url = await store.presigned_url(prefix + line, "GET", VIDEO_UPLOAD_EXPIRY_S)
-            line = _absolute(request, url or "")
-        lines.append(line)
-    return web.Response(text="\n".join(lines) + "\n", content_type="application/vnd.apple.mpegurl")
+    key = prefix + "index.m3u8"
+    text = (await store.get_bytes(key)).decode()
+    body = await presigned_playlist(request, store, key, text, VIDEO_UPLOAD_EXPIRY_S)
+    return web.Response(text=body, content_type=PLAYLIST_TYPE)
 
 
 async def confirm_video(request: web.Request) -> web.Response:

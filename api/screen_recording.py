@@ -13,7 +13,8 @@ from ingest.events import parse_event
 from storage.meta import FileRow, SessionEventRow, SessionRow
 
 from .errors import rpc_error
-from .keys import SESSIONS, SETTINGS, STORE
+from .keys import SESSIONS, SIGNER, STORE
+from .objects_route import absolute_url
 
 MAX_BODY_BYTES = 64 * 1024
 DOWNLOAD_URL_EXPIRY_S = 3600
@@ -78,14 +79,6 @@ def session_json(
     return out
 
 
-def absolute_url(request: web.Request, url: str) -> str:
-    """``url`` as clients reach it: a relative one gets the public URL or the request's origin."""
-    if "://" in url:
-        return url
-    base = request.app[SETTINGS].http.public_url.rstrip("/") or str(request.url.origin())
-    return base + url
-
-
 async def _json_body(request: web.Request) -> Any:
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         raise rpc_error(
@@ -125,10 +118,16 @@ async def get_session(request: web.Request) -> web.Response:
         request.match_info["session_id"],
     )
     body = session_json(row, events, files)
-    store = request.app[STORE]
+    store, signer = request.app[STORE], request.app[SIGNER]
     for entry in body["files"]:
-        if entry["uploaded"]:  # a link that works without credentials, for an hour
+        if not entry["uploaded"]:
+            continue
+        # a link that works without credentials, for an hour; a playlist's is served by this
+        # server whatever the store, with its segments signed in it, so that it plays
+        if entry["kind"] == "playlist":
+            url: str | None = signer.sign(entry["key"], "GET", DOWNLOAD_URL_EXPIRY_S)
+        else:
             url = await store.presigned_url(entry["key"], "GET", DOWNLOAD_URL_EXPIRY_S)
-            if url is not None:
-                entry["url"] = absolute_url(request, url)
+        if url is not None:
+            entry["url"] = absolute_url(request, url)
     return web.json_response(body)

@@ -74,8 +74,8 @@ async def fetch_recording(server: Any, sid: str, dest: Path) -> tuple[Path, Path
     return dest / "index.m3u8", dest / f"{sid}.mp4"
 
 
-def count_frames(path: Path) -> tuple[int, int]:
-    """Decoded video frames and decoded audio frames of a media file."""
+def count_frames(path: Path | str) -> tuple[int, int]:
+    """Decoded video frames and decoded audio frames of a media file (or a URL FFmpeg reads)."""
     video = audio = 0
     with av.open(str(path)) as container:
         for frame in container.decode(*container.streams):

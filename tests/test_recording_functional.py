@@ -130,6 +130,10 @@ async def test_start_pause_resume_end(
         assert await resp.read() == await asyncio.to_thread(mp4.read_bytes)
     async with aiohttp.ClientSession() as http, http.get(mp4_entry["url"] + "0") as resp:
         assert resp.status == 403  # a changed signature
+    # the playlist's link plays as it is: FFmpeg follows it to every segment, no credential
+    playlist_url = next(f["url"] for f in session["files"] if f["kind"] == "playlist")
+    played = await asyncio.to_thread(count_frames, playlist_url)
+    assert played == await asyncio.to_thread(count_frames, playlist) and played[0] == video
     acked = {e["eventType"]: e["acked"] for e in session["events"]}
     assert acked["EVENT_TYPE_START"] and acked["EVENT_TYPE_PAUSE"]
 

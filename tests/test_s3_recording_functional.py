@@ -116,11 +116,16 @@ async def test_recording_lands_in_the_bucket(
         async with http.get(mp4_entry["url"]) as resp:  # presigned by S3 itself
             assert resp.status == 200
             via_url = await resp.read()
+        # the playlist's link is the server's, and names each segment by S3's presigned URL
+        playlist_url = next(f["url"] for f in session["files"] if f["kind"] == "playlist")
+        assert playlist_url.startswith(server.url + "/v1/objects/")
+        played = await asyncio.to_thread(count_frames, playlist_url)
         async with http.get(f"{server.url}/metrics") as resp:
             metrics = await resp.text()
     types = await download_all(s3, s3_bucket, f"{PREFIX}/{sid}/", tmp_path)
     check_recording(tmp_path, sid, types, clip.video_frames)
     assert via_url == (tmp_path / f"{sid}.mp4").read_bytes()
+    assert played == count_frames(tmp_path / "index.m3u8") and played[0] == clip.video_frames
     # one latency observation per confirmed upload, by kind: each segment and the MP4 once
     segments = sum(1 for name in types if name.endswith(".ts"))
     count = "reelhouse_upload_latency_seconds_count"
