@@ -317,7 +317,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     apps = AppDirectory(meta)
     app[CHANNELS], app[APPS] = channels, apps
     app[INGEST] = IngestHandler(manager, settings.ingest, keys.check, channels, apps.admit)
-    app[WHIP] = WhipServer(channels, settings.webrtc)
+    app[WHIP] = WhipServer(channels, settings.webrtc, settings.http.host)
     webhook_http = aiohttp.ClientSession()
     notifier = Notifier(webhook_http, store=meta)
     await notifier.start()  # notices a restart interrupted go out again

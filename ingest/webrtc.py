@@ -8,13 +8,16 @@ same uid joins again (the newer connection wins).
 
 ICE is configuration (:class:`WebRtcSettings`): STUN/TURN servers given to aiortc and advertised
 to clients, and the host addresses announced in candidates. aioice leaves loopback out of its
-host candidates; naming ``127.0.0.1`` in ``host_addresses`` puts it back (tests, one-box use).
+host candidates; naming ``127.0.0.1`` in ``host_addresses`` puts it back (tests, one-box use),
+and a server whose HTTP side listens on a loopback address only announces that address when
+``host_addresses`` is empty: its clients are on the same box, and its media stays there too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import re
 import secrets
@@ -75,9 +78,24 @@ class TrickleError(ValueError):
         self.restart = restart
 
 
+_AIOICE_HOST_ADDRESSES = aioice.ice.get_host_addresses
+
+
+def loopback_hosts(bind_host: str) -> list[str]:
+    """``[bind_host]`` when the HTTP side listens on a loopback address only, else ``[]``."""
+    if bind_host == "localhost":
+        return ["127.0.0.1"]
+    try:
+        return [bind_host] if ipaddress.ip_address(bind_host).is_loopback else []
+    except ValueError:  # a host name or an empty string: every interface
+        return []
+
+
 def announce_hosts(addresses: list[str]) -> None:
-    """Make aioice announce exactly ``addresses`` as host candidates (process-wide)."""
+    """Make aioice announce exactly ``addresses`` as host candidates (process-wide); with none,
+    aioice's own choice (every interface but loopback)."""
     if not addresses:
+        aioice.ice.get_host_addresses = _AIOICE_HOST_ADDRESSES
         return
     chosen = list(addresses)
 
@@ -136,13 +154,15 @@ class WhipSession:
 class WhipServer:
     """Every WHIP resource of this server."""
 
-    def __init__(self, registry: ChannelRegistry, settings: WebRtcSettings) -> None:
+    def __init__(
+        self, registry: ChannelRegistry, settings: WebRtcSettings, bind_host: str = ""
+    ) -> None:
         self.registry = registry
         self.settings = settings
         self.sessions: dict[str, WhipSession] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.frames_in = {"audio": 0, "video": 0}  # decoded frames received, for /metrics
-        announce_hosts(settings.hosts())
+        announce_hosts(settings.hosts() or loopback_hosts(bind_host))
 
     def _configuration(self) -> RTCConfiguration:
         servers = [

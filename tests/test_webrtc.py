@@ -4,6 +4,7 @@ channel subscriber receives the decoded frames; bad offers are refused with thei
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
 
 import av
@@ -33,6 +34,27 @@ async def frames_of(sub, kind: str, count: int) -> list[object]:  # type: ignore
             if frame.kind == kind:
                 got.append(frame.data)
     return got
+
+
+@pytest.mark.parametrize(("bind_host", "loopback"), [("127.0.0.1", True), ("0.0.0.0", False)])
+async def test_candidates_stay_on_loopback_when_the_server_does(
+    bind_host: str, loopback: bool
+) -> None:
+    """With ``host_addresses`` empty, a server listening on loopback announces loopback host
+    candidates only; one listening on every interface announces aioice's choice (never
+    loopback)."""
+    whip = WhipServer(ChannelRegistry(), WebRtcSettings(), bind_host)
+    pc = await make_offer("vp8")
+    try:
+        _, answer = await whip.publish("app", "room", "alice", pc.localDescription.sdp)
+    finally:
+        await pc.close()
+        await whip.aclose()
+    addresses = {line.split()[4] for line in re.findall(r"^a=candidate:(.+)$", answer, re.M)}
+    if loopback:
+        assert addresses == {"127.0.0.1"}
+    else:
+        assert "127.0.0.1" not in addresses
 
 
 @pytest.mark.parametrize("codec", ["vp8", "h264"])
