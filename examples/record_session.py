@@ -15,6 +15,8 @@ import aiohttp
 from ingest.publisher import publish
 
 PROFILE = "customers/acme/profiles/support"
+UPLOAD_POLL_S = 0.2
+UPLOAD_POLLS = 150  # 30 s
 
 
 async def main(server: str, api_key: str, seconds: float) -> dict[str, object]:
@@ -33,8 +35,16 @@ async def main(server: str, api_key: str, seconds: float) -> dict[str, object]:
         end = {"sessionEvent": {"eventType": "EVENT_TYPE_END", "sessionId": session_id}}
         async with http.post(events, json=end) as resp:
             resp.raise_for_status()
-        async with http.get(f"{server}/v1/{PROFILE}/screenRecordingSessions/{session_id}") as resp:
-            session = await resp.json()
+        # the files go to the object store in the background: a file has its download `url`
+        # once the store has confirmed it
+        url = f"{server}/v1/{PROFILE}/screenRecordingSessions/{session_id}"
+        for _ in range(UPLOAD_POLLS):
+            async with http.get(url) as resp:
+                resp.raise_for_status()
+                session = await resp.json()
+            if all(f["uploaded"] for f in session["files"]):
+                break
+            await asyncio.sleep(UPLOAD_POLL_S)
     return {
         "sessionId": session_id,
         "framesSent": result.frames_sent,

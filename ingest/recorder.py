@@ -41,6 +41,9 @@ PLAYLIST_NAME = "index.m3u8"
 SPOOL_FULL_RETRY_MIN_S = 0.5
 SPOOL_FULL_RETRY_MAX_S = 10.0
 ABANDON_SPOOL_WAIT_S = 5.0  # a crashed lane's sessions: how long spooling may finish first
+# PAUSE answers once the segment it closes is counted (recordedDuration), or after this long
+# (a writer behind a full spool or a restarting lane): the pause itself is queued either way
+PAUSE_SETTLE_S = 2.0
 
 
 class _LeftToWal(Exception):
@@ -324,8 +327,11 @@ class SessionRecorder:
             self._queue(("recut",))
 
     async def pause(self) -> None:
-        """Stop recording: close the current segment; frames that arrive are acked, not kept."""
+        """Stop recording: close the current segment; frames that arrive are acked, not kept.
+        Returns once the closed segment is in the session's row (or after ``PAUSE_SETTLE_S``)."""
         self._queue(("pause",))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._drain()), PAUSE_SETTLE_S)
 
     async def resume(self) -> None:
         """Record again; the next segment starts with a discontinuity."""

@@ -154,3 +154,4 @@ async def test_readme_example_runs(server: Server) -> None:
     assert summary["framesSent"] == summary["framesAcked"] > 0
     assert float(summary["recordedDuration"].rstrip("s")) == pytest.approx(2.0, abs=0.2)
     assert set(summary["files"]) == {"playlist", "mp4"}
+    assert all(url.startswith(server.url + "/v1/objects/") for url in summary["files"].values())

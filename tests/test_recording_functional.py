@@ -63,7 +63,7 @@ async def test_start_pause_resume_end(
         await client.tracks(video_codec, "opus")
         await publish_frames(client, split(clip, 0, 2.0))
 
-        await event(http, server, "EVENT_TYPE_PAUSE", sid)
+        paused = await event(http, server, "EVENT_TYPE_PAUSE", sid)
         pause = await client.wait_control("pause")
         await client.send({"t": "ack", "id": pause["id"]})
         await publish_frames(client, split(clip, 2.0, 3.0))  # acked, not recorded
@@ -98,6 +98,8 @@ async def test_start_pause_resume_end(
         if line.startswith("#EXTINF")
     )
     assert before_s == pytest.approx(2.0, abs=0.15)
+    # PAUSE answers with what was recorded up to it: the segments before the discontinuity
+    assert float(paused["session"]["recordedDuration"].rstrip("s")) == pytest.approx(before_s)
     recorded_s = 2.0 + 3.0  # 6 s of media minus the 1 s sent while paused
     assert sum(durations) == pytest.approx(recorded_s, abs=DURATION_TOLERANCE_S)
 
