@@ -779,6 +779,7 @@ class CloudRecordingService(CloudFiles):
         """Server shutdown. With a store, every recording is suspended: its files finished
         and in the spool, its playlists uploaded without an end, and it goes on after the
         restart (:meth:`open`). Without one, every recording is stopped."""
+        await self._stop_releasing()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         for session in list(self.sessions.values()):

@@ -65,6 +65,8 @@ class CloudFiles:
         self.stop_upload_timeout_s = STOP_UPLOAD_TIMEOUT_S
         self.sessions: dict[str, CloudSession] = {}
         self._keep: set[str] = set()  # storage configs a failed save left a row naming
+        self._releaser: asyncio.Task[None] | None = None  # see _release_when_sent
+        self._closing = False
 
     async def _event(self, session: CloudSession, event_type: int, details: dict[str, Any]) -> None:
         if not session.announced and event_type not in (40, 30):
@@ -296,9 +298,41 @@ class CloudFiles:
         return needed
 
     async def _release_stores(self) -> None:
-        """Forget the storage configs (their keys leave the disk) that nothing needs."""
+        """Forget the storage configs (their keys leave the disk) that nothing needs; those
+        that only files still in the spool need go once the spool has sent them."""
         for store_id in self.stores.registered() - self._needed_stores():
             await self.stores.forget(store_id, functools.partial(self._needs, store_id))
+        idle = self._releaser is None or self._releaser.done()
+        if idle and not self._closing and self._spooled_only():
+            self._releaser = asyncio.create_task(self._release_when_sent())
+
+    def _spooled_only(self) -> set[str]:
+        """Configs kept for nothing but files in the spool (their recordings are finished)."""
+        recording = {s.store_id for s in self.sessions.values() if not s.finished}
+        return (self.stores.registered() - recording - self._keep) & self.spool.store_ids()
+
+    async def _release_when_sent(self) -> None:
+        """Whenever the configs only the spool needs change (their last file went up, or a
+        recording took them up again), release what nothing needs. A store that stays down
+        keeps its keys, and the task waits; the spool closing ends it (the next start releases
+        what is left)."""
+        while waiting := self._spooled_only():
+            if not await self.spool.wait_until(lambda: self._spooled_only() != waiting):
+                return
+            await self._release_stores()
+
+    async def wait_released(self) -> None:
+        """Until no storage config is waiting for the spool to send its files (tests)."""
+        if self._releaser is not None:
+            await asyncio.shield(self._releaser)
+
+    async def _stop_releasing(self) -> None:
+        """Shutdown: the spool's waiters are not woken before it closes, so cancel ours."""
+        self._closing = True
+        if self._releaser is not None:
+            self._releaser.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._releaser
 
     def _needs(self, store_id: str) -> bool:
         return store_id in self._needed_stores()

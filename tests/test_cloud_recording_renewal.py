@@ -37,6 +37,7 @@ from s3server import (
 )
 from test_cloud_recording_functional import AUD, packets_of
 
+from api.cloud_recording_routes import CLOUD
 from api.keys import SPOOL
 
 pytestmark = pytest.mark.slow
@@ -115,3 +116,37 @@ async def test_an_update_renews_the_credentials_of_waiting_and_later_files(
     video = await fetched(s3, s3_bucket, video_name, tmp_path)
     packets = await asyncio.to_thread(packets_of, s3.client(), s3_bucket, video, "video")
     assert [p.removeprefix(AUD) for p in packets] == [f.data for f in clip.of("video")] * 2
+
+
+async def test_keys_leave_the_disk_once_a_finished_recordings_files_are_sent(
+    aiohttp_server: Any, s3: SeaweedS3, s3_bucket: str, tmp_path: Path
+) -> None:
+    """An async stop hands the files to the spool and ends: its keys stay only as long as
+    files wait for them, and leave the disk when the last one is in the bucket, with no other
+    call to the server."""
+    data = tmp_path / "data"
+    receiver = await receiver_up(aiohttp_server)
+    server = await serve(aiohttp_server, data)
+    app = await cloud_app(server, receiver.url)
+    cname = "drained"
+    clip = encode_clip("h264", duration_s=CLIP_S, audio_codec="aac")
+    async with aiohttp.ClientSession(headers=app.headers) as http:
+        member = await publisher(http, app, cname, "123")
+        rid = await acquire(http, app, cname)
+        sid = await start(http, app, rid, "individual", start_body(s3, s3_bucket, cname))
+        # the bucket goes away after the start's check: every upload fails, and waits
+        await asyncio.to_thread(s3.client().delete_bucket, Bucket=s3_bucket)
+        await member.send(clip)
+        body = stop_body(cname)
+        body["clientRequest"]["async_stop"] = True
+        session_url = app.session_url(rid, sid, "individual")
+        stopped = await call(http, "POST", f"{session_url}/stop", body)
+        await member.close()
+    assert stopped["serverResponse"]["uploadingStatus"] == "unknown"
+    spool = server.app[SPOOL]
+    assert spool.depth > 0 and kept_keys(data) == [ACCESS_KEY]  # the waiting files need them
+    await asyncio.to_thread(s3.client().create_bucket, Bucket=s3_bucket)
+    assert await spool.wait_group(sid, WAIT_S * 3)  # sent, at the spool's next attempts
+    await asyncio.wait_for(server.app[CLOUD].wait_released(), WAIT_S)
+    assert kept_keys(data) == []
+    assert any(key.endswith(".m3u8") for key in await asyncio.to_thread(bucket_keys, s3, s3_bucket))
