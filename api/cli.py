@@ -80,7 +80,7 @@ async def _serve(args: argparse.Namespace) -> int:
 async def _publish(args: argparse.Namespace) -> int:
     import av
 
-    from ingest.publisher import publish
+    from ingest.publisher import Channel, publish
 
     def on_event(name: str, info: dict[str, Any]) -> None:
         print(
@@ -99,15 +99,19 @@ async def _publish(args: argparse.Namespace) -> int:
 
     if args.duration is None:
         print(
-            "publishing until the session ends (END or stop) or Ctrl-C; --duration S stops sooner",
+            "publishing until the source ends, Ctrl-C, or (a session) END or stop; "
+            "--duration S stops sooner",
             file=sys.stderr,
             flush=True,
         )
+    channel = None
+    if args.appid:
+        channel = Channel(args.appid, args.cname, args.uid, args.token or "")
     try:
         result = await publish(
             args.source,
             server=args.server,
-            api_key=args.api_key,
+            api_key=args.api_key or "",
             session_id=args.session,
             platform_call_id=args.platform_call_id,
             agent_platform_id=args.agent_platform_id,
@@ -116,6 +120,7 @@ async def _publish(args: argparse.Namespace) -> int:
             codec=args.codec,
             realtime=not args.fast,
             on_event=on_event,
+            channel=channel,
         )
     except (OSError, av.FFmpegError) as exc:
         # refused (PublishError), the server stayed away, or the source cannot be read: one
@@ -269,7 +274,7 @@ def _parser() -> argparse.ArgumentParser:
         "source", help="a media file, or 'testsrc' for a 1280x720 15 fps pattern with a tone"
     )
     pub.add_argument("--server", required=True, help="server base URL, e.g. http://127.0.0.1:8080")
-    pub.add_argument("--api-key", required=True, help="the server's API key (Bearer credential)")
+    pub.add_argument("--api-key", help="the server's API key (Bearer credential) for a session")
     pub.add_argument("--session", help="an existing session id to publish into")
     pub.add_argument(
         "--platform-call-id",
@@ -283,6 +288,14 @@ def _parser() -> argparse.ArgumentParser:
         "--duration",
         type=float,
         help="stop after this many seconds of media (default: until END, stop or Ctrl-C)",
+    )
+    pub.add_argument(
+        "--appid", help="publish into a channel of this app instead of a session (with --cname)"
+    )
+    pub.add_argument("--cname", help="the channel's name")
+    pub.add_argument("--uid", help="the publisher's uid in the channel (default: one is given)")
+    pub.add_argument(
+        "--token", help="a channel token for the uid (reelhouse token); none for a --no-token app"
     )
     pub.add_argument(
         "--codec", choices=("h264", "vp8"), default="h264", help="video codec for testsrc"
@@ -330,15 +343,30 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _check_publish(args: argparse.Namespace) -> None:
+    session = args.session or args.platform_call_id or args.agent_platform_id or args.user_id
+    if args.appid or args.cname:
+        if not (args.appid and args.cname):
+            _parser().error("publishing into a channel needs both --appid and --cname")
+        if session:
+            _parser().error("publish goes into a channel (--appid) or a session, not both")
+        return
+    if args.uid or args.token:
+        _parser().error("--uid and --token are for a channel (--appid, --cname)")
+    if not session:
+        _parser().error(
+            "publish needs --session, one of --platform-call-id/--agent-platform-id/--user-id, "
+            "or a channel (--appid and --cname)"
+        )
+    if not args.api_key:
+        _parser().error("publishing into a session needs --api-key")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``reelhouse`` console script."""
     args = _parser().parse_args(argv)
-    if args.command == "publish" and not (
-        args.session or args.platform_call_id or args.agent_platform_id or args.user_id
-    ):
-        _parser().error(
-            "publish needs --session or one of --platform-call-id/--agent-platform-id/--user-id"
-        )
+    if args.command == "publish":
+        _check_publish(args)
     runners = {
         "serve": _serve,
         "publish": _publish,

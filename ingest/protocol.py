@@ -105,6 +105,7 @@ class Welcome(TypedDict):
     acked_seq: int
     max_frame: int
     keepalive_s: float
+    uid: NotRequired[str]  # a channel publisher's admitted uid
 
 
 class Ack(TypedDict):

@@ -4,6 +4,11 @@ One :class:`Publisher` runs one session's media: it keeps every unacknowledged f
 bounded resend buffer, paces frames in real time, obeys ``control`` messages, and after a
 dropped connection reconnects with backoff and resends what the server does not hold.
 Reading and encoding the source runs in worker threads; the event loop only does I/O.
+
+With a :class:`Channel` instead of a session it publishes into an app's channel (for its
+recorders: the cloud recording API, docs/protocol.md "Publishing into a channel"): nothing is
+stored on that path, so after a reconnect it goes on live, numbering from 1 again, and what
+was not acknowledged before the drop is counted lost, not resent.
 """
 
 from __future__ import annotations
@@ -63,6 +68,17 @@ TRACK_IDS = {"video": 0, "audio": 1}
 EventCallback = Callable[[str, dict[str, Any]], None]
 
 
+@dataclass(frozen=True)
+class Channel:
+    """Where a channel publisher goes: ``token`` is a channel token (``reelhouse token``), or
+    empty for an app made with ``--no-token``, whose publishers may name their ``uid``."""
+
+    appid: str
+    cname: str
+    uid: str | None = None
+    token: str = ""
+
+
 class PublishError(ConnectionError):
     """Publishing failed for good: a client fault, bad credentials, or the server stayed away."""
 
@@ -116,9 +132,11 @@ class Publisher:
         reconnect: bool = True,
         resend_max_media_s: float = RESEND_MAX_MEDIA_S,
         resend_max_bytes: int = RESEND_MAX_BYTES,
+        channel: Channel | None = None,
     ) -> None:
-        if not (session_id or platform_call_id or agent_platform_id or user_id):
-            raise ValueError("publish needs a session_id or a platform id to wait for")
+        if not (session_id or platform_call_id or agent_platform_id or user_id or channel):
+            raise ValueError("publish needs a session_id, a platform id to wait for, or a channel")
+        self.channel = channel
         self._source_spec = source
         self.url = ws_url(server)
         self._api_key = api_key
@@ -159,6 +177,7 @@ class Publisher:
         self._seq = 0
         self._frames_sent = 0
         self._frames_acked = 0
+        self._frames_lost = 0  # channel publishing: unacknowledged when a connection dropped
         self._bytes_sent = 0
         self._reconnects = 0
         self._latencies_ms: list[float] = []
@@ -389,7 +408,9 @@ class Publisher:
 
     async def _converse(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         hello: Hello = {"t": "hello", "v": PROTOCOL_VERSION, "token": self._api_key}
-        if self.session_id:
+        if self.channel is not None:
+            hello.update(self._channel_hello(self.channel))  # type: ignore[typeddict-item]
+        elif self.session_id:
             hello["session_id"] = self.session_id
         else:
             hello.update(self._ids)  # type: ignore[typeddict-item]
@@ -419,7 +440,33 @@ class Publisher:
                 task.cancel()
             await asyncio.gather(receiver, sender, return_exceptions=True)
 
+    @staticmethod
+    def _channel_hello(channel: Channel) -> dict[str, str]:
+        fields = {"appid": channel.appid, "cname": channel.cname, "token": channel.token}
+        if channel.uid:
+            fields["uid"] = channel.uid
+        return fields
+
+    def _go_live(self) -> None:
+        """A channel connection, new or again: numbering starts at 1, nothing is resent (what
+        a dropped connection left unacknowledged is lost), and video starts on a keyframe."""
+        self._frames_lost += len(self._buffer)
+        self._buffer = ResendBuffer(self._buffer.max_media_us / US_PER_S, self._buffer.max_bytes)
+        self._seq = 0
+        self._need_key = True
+        if self._source is not None:
+            self._source.force_keyframe()
+        self._count_acked()
+
     async def _on_welcome(self, welcome: Welcome) -> None:
+        if self.channel is not None:
+            self._go_live()
+            self._started.set()
+            self._resumed.set()
+            self._keepalive_s = float(welcome.get("keepalive_s") or 0)
+            self._max_frame = int(welcome.get("max_frame") or 0)
+            self._emit("welcome", state=welcome["state"], uid=welcome.get("uid"))
+            return
         self._on_ack(welcome["acked_seq"])  # frames the server got before the drop are safe
         if welcome["session_id"]:
             self.session_id = welcome["session_id"]
@@ -483,7 +530,7 @@ class Publisher:
         self._acked.set()
 
     def _count_acked(self) -> None:
-        self._frames_acked = self._frames_sent - len(self._buffer)
+        self._frames_acked = self._frames_sent - self._frames_lost - len(self._buffer)
 
     async def _on_control(self, ws: aiohttp.ClientWebSocketResponse, control: Control) -> None:
         action = control["action"]
@@ -608,12 +655,14 @@ async def publish(
     on_event: EventCallback | None = None,
     session: aiohttp.ClientSession | None = None,
     reconnect: bool = True,
+    channel: Channel | None = None,
 ) -> PublishResult:
     """Stream a file, or ``"testsrc"`` (a live pattern with a tone), to a reelhouse server.
 
     With ``session_id`` the media goes to that session; with platform ids only, the client
-    waits for a START event that matches them. Raises :class:`PublishError` on a client
-    fault, bad credentials, or when reconnecting fails for :data:`RECONNECT_GIVE_UP_S`.
+    waits for a START event that matches them; with ``channel`` (``api_key`` unused) it goes
+    into that channel. Raises :class:`PublishError` on a client fault, bad credentials, or
+    when reconnecting fails for :data:`RECONNECT_GIVE_UP_S`.
     """
     publisher = Publisher(
         source,
@@ -629,5 +678,6 @@ async def publish(
         on_event=on_event,
         session=session,
         reconnect=reconnect,
+        channel=channel,
     )
     return await publisher.publish()

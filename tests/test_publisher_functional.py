@@ -15,7 +15,10 @@ import pytest
 from conftest import Server
 from recording import count_frames, event, fetch_recording, start_session
 
-from ingest.publisher import Publisher
+from api.apps import create_app_row
+from api.keys import CHANNELS, META
+from ingest.publisher import Channel, Publisher
+from ingest.tokens import mint
 from mixer.sources import EncodedFrame, SourceInfo, TestPattern
 
 DROP_AFTER_FRAMES = 40
@@ -83,6 +86,41 @@ async def test_publisher_waits_for_start_survives_a_drop_and_loses_nothing(
     assert video == source.video_frames
     assert audio > 0
     assert events.count("reconnect") == 1
+
+
+async def test_publisher_into_a_channel_goes_on_live_after_a_drop(server: Server) -> None:
+    """The reference client publishes into a channel with a token: the channel's subscriber
+    gets every frame it acknowledged; after a dropped socket it joins again, numbers from 1,
+    resends nothing, and the media goes on to the end of the source."""
+    app = await create_app_row(server.app[META])
+    token = mint(app.certificate, app.appid, "room1", "agent-7")
+    watch = server.app[CHANNELS].subscribe(app.appid, "room1")
+    received: list[Any] = []
+
+    async def consume() -> None:
+        while (media := await watch.next_media()) is not None:
+            received.append(media)
+
+    consumer = asyncio.create_task(consume())
+    source = Tapped(TestPattern(width=320, height=240, duration_s=3.0), asyncio.get_running_loop())
+    events: list[dict[str, Any]] = []
+    publisher = Publisher(
+        source, server=server.url, api_key="", on_event=lambda n, i: events.append({"n": n, **i}),
+        channel=Channel(app.appid, "room1", "agent-7", token),
+    )  # fmt: skip
+    task = asyncio.create_task(publisher.publish())
+    await source.passed.wait()
+    await publisher.drop_connection()
+    result = await task
+    watch.close()
+    await consumer
+    welcomes = [e for e in events if e["n"] == "welcome"]
+    assert [(e["state"], e["uid"]) for e in welcomes] == [("PUBLISHING", "agent-7")] * 2
+    assert result.reconnects == 1 and result.last_seq < result.frames_sent  # numbered from 1
+    assert {m.uid for m in received} == {"agent-7"}
+    assert result.frames_acked <= len(received) <= result.frames_sent  # what was acked arrived
+    video = [m for m in received if m.kind == "video"]
+    assert video[0].keyframe and video[-1].pts_us >= video[0].pts_us + 2_500_000  # to the end
 
 
 async def test_publish_command(server: Server, tmp_path: Path) -> None:
