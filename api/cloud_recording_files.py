@@ -292,7 +292,10 @@ class CloudFiles:
 
     def _needed_stores(self) -> set[str]:
         """Storage configs something still needs: a recording not finished, a file in the
-        spool, or a stored row that may name them (a save that failed)."""
+        spool, or a stored row that may name them (a save that failed). A spool item whose
+        manifest did not parse may be for any of them: then every one is kept."""
+        if self.spool.unreadable:
+            return self.stores.registered()
         needed = self.spool.store_ids() | self._keep
         needed.update(s.store_id for s in self.sessions.values() if not s.finished)
         return needed

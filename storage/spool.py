@@ -107,6 +107,7 @@ class Spool:
         self.uploaded_total = 0
         self.uploaded_bytes_total = 0
         self.upload_failures_total = 0
+        self.unreadable = 0  # items kept for a person: their manifest did not parse
 
     @property
     def depth(self) -> int:
@@ -193,6 +194,7 @@ class Spool:
             except (ValueError, KeyError, TypeError) as exc:
                 # written atomically, so this is corruption: keep the files for a human
                 log.error("spool manifest %s unreadable, left in place: %s", manifest, exc)
+                self.unreadable += 1
         return items
 
     async def aclose(self, drain_timeout: float = DEFAULT_DRAIN_TIMEOUT_S) -> None:

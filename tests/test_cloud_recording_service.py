@@ -23,7 +23,7 @@ from mixer.mix import FileType, MixConfig
 from mixer.playlist import Playlist
 from storage.objects_local import LocalObjectStore
 from storage.registry import StoreRegistry
-from storage.spool import Spool
+from storage.spool import DATA_SUFFIX, MANIFEST_SUFFIX, Spool
 from storage.vendors import parse_storage_config
 
 pytestmark = pytest.mark.slow
@@ -392,3 +392,28 @@ async def test_a_failing_bucket_is_backed_up_then_caught_up(rig: Any, tmp_path: 
         assert b"#EXT-X-ENDLIST" in obj["Body"].read()
     finally:
         await asyncio.to_thread(own.kill)
+
+
+async def test_an_unreadable_spool_manifest_keeps_every_storage_config(
+    tmp_path: Path, s3: SeaweedS3, s3_bucket: str
+) -> None:
+    """A spool item whose manifest does not parse is left for a person, and may be for any
+    bucket: no storage config (no keys) is forgotten while it is there."""
+    stores = StoreRegistry(tmp_path / "stores", LocalObjectStore(tmp_path / "objects"))
+    await stores.start()
+    store_id = await stores.register(storage_config(s3, s3_bucket))
+    (tmp_path / "spool").mkdir()
+    (tmp_path / "spool" / f"{1:020d}{DATA_SUFFIX}").write_bytes(b"a segment")
+    (tmp_path / "spool" / f"{1:020d}{MANIFEST_SUFFIX}").write_text('{"key": "cut sh')
+    spool = Spool(tmp_path / "spool", stores.resolve)
+    await spool.start()
+    service = CloudRecordingService(ChannelRegistry(), stores, spool, tmp_path / "work")
+    try:
+        assert spool.unreadable == 1
+        await service.acquire("app", "room", "527841")  # looks for keys nothing needs
+        assert stores.registered() == {store_id}
+        assert (tmp_path / "stores" / f"{store_id}.json").exists()
+    finally:
+        await service.aclose()
+        await spool.aclose()
+        await stores.aclose()
