@@ -238,8 +238,11 @@ class CloudFiles:
 
     async def _back_up(self, session: CloudSession, mp4s: list[tuple[Path, str]]) -> bool:
         """The user's bucket did not take the files in time: put a copy of every file in the
-        server's own store (``backup/<appid>/<sid>/``). The spool keeps retrying the user's
-        bucket, so the files reach it when it works again; true when the copies are stored."""
+        server's own store (``backup/<appid>/<sid>/``): those of the session's folder, and
+        every other file the spool still holds for the bucket (the segments and MP4s of runs
+        before a restart). The spool keeps retrying the user's bucket, so the files reach it
+        when it works again; true when the copies are stored. The copies are links to files
+        on this disk already, so a full spool takes them too."""
         files = await asyncio.to_thread(
             lambda: sorted(
                 p
@@ -250,11 +253,26 @@ class CloudFiles:
         group = f"{session.sid}-backup"
         prefix = f"backup/{session.resource.appid}/{session.sid}/"
         for path in files:
-            await self._spool_file(session, path, prefix=prefix, group=group)
+            await self._spool_file(session, path, prefix=prefix, group=group, over_cap=True)
         built = [(session.directory / f"recovered-{e.name}", e.name) for e in session.mp4s]
         recovered = await asyncio.to_thread(lambda: [(p, k) for p, k in built if p.is_file()])
         for path, key in mp4s + recovered:
-            await self._spool_file(session, path, key, prefix=prefix, group=group)
+            await self._spool_file(session, path, key, prefix=prefix, group=group, over_cap=True)
+        taken = {p.name for p in files} | {k for _, k in mp4s + recovered} | set(session.listed)
+        for key, path in self.spool.pending(session.sid):
+            name = key.rsplit("/", 1)[-1]
+            if name in taken:
+                continue
+            taken.add(name)
+            with contextlib.suppress(FileNotFoundError):  # confirmed by the bucket meanwhile
+                await self.spool.add(
+                    prefix + name,
+                    path,
+                    group=group,
+                    store_id=DEFAULT_STORE_ID,
+                    move=False,
+                    over_cap=True,
+                )
         for name in session.listed:
             data = session.render(name, True)
             await self._spool_bytes(session, name, data, prefix=prefix, group=group)

@@ -391,6 +391,18 @@ class Spool:
             state.queue = [(i, by_id.get(i, item)) for i, item in state.queue]
         return len(moved)
 
+    def pending(self, group: str) -> list[tuple[str, Path]]:
+        """The key and data file of each of ``group``'s queued items, oldest first: what its
+        stores have not confirmed yet. A file may be gone by the time it is read (its upload
+        was confirmed meanwhile)."""
+        state = self._groups.get(group)
+        if state is None:
+            return []
+        return [
+            (item.key, self.directory / (_stem(item.item_id) + DATA_SUFFIX))
+            for _, item in sorted(state.queue)
+        ]
+
     def store_ids(self) -> set[str]:
         """The stores that files here are for: queued, being added or being uploaded."""
         queued = {item.store_id for state in self._groups.values() for _, item in state.queue}

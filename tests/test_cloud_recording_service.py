@@ -374,6 +374,13 @@ async def test_a_failing_bucket_is_backed_up_then_caught_up(rig: Any, tmp_path: 
         try:
             await wait_frames(whip, {"red"}, 45)
             await asyncio.to_thread(own.kill)  # the user's bucket goes away before stop
+            # a file waiting in the spool that the session's folder no longer has (a segment
+            # of a run before a restart, say) is backed up too
+            earlier = f"{session.sid}_room_earlier.ts"
+            await service.spool.add_bytes(
+                earlier, b"an earlier run", group=session.sid,
+                store_id=session.store_id,
+            )  # fmt: skip
             status = await service.stop(session)
         finally:
             await pc.close()
@@ -382,7 +389,9 @@ async def test_a_failing_bucket_is_backed_up_then_caught_up(rig: Any, tmp_path: 
         backup = [i.key async for i in store.list(f"backup/app/{session.sid}/")]
         playlist = f"{session.sid}_room.m3u8"
         assert f"backup/app/{session.sid}/{playlist}" in backup
-        assert sum(k.endswith(".ts") for k in backup) >= 2
+        assert sum(k.endswith(".ts") for k in backup) >= 3
+        earlier_copy = await store.get_bytes(f"backup/app/{session.sid}/{earlier}")
+        assert earlier_copy == b"an earlier run"
 
         await asyncio.to_thread(own.start)  # the bucket is back: the spool catches up
         assert await service.spool.wait_group(session.sid, WAIT_S)
@@ -390,6 +399,10 @@ async def test_a_failing_bucket_is_backed_up_then_caught_up(rig: Any, tmp_path: 
             own.client().get_object, Bucket=bucket, Key=f"directory1/directory2/{playlist}"
         )
         assert b"#EXT-X-ENDLIST" in obj["Body"].read()
+        obj = await asyncio.to_thread(
+            own.client().get_object, Bucket=bucket, Key=f"directory1/directory2/{earlier}"
+        )
+        assert obj["Body"].read() == b"an earlier run"
     finally:
         await asyncio.to_thread(own.kill)
 
