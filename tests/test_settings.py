@@ -294,13 +294,20 @@ def test_publish_flags_with_platform_call_id() -> None:
         ["publish", "testsrc", "--api-key", "k", "--session", "s"],  # no --server
         ["publish", "testsrc", "--server", "http://x", "--session", "s"],  # no --api-key
         ["publish", "testsrc", "--server", "http://x", "--api-key", "k", "--codec", "av1"],
+        ["publish", "testsrc", "--server", "http://x", "--api-key", "k"],  # into nothing
+        ["publish", "testsrc", "--server", "http://x", "--appid", "a"],  # no --cname
+        ["publish", "testsrc", "--server", "http://x", "--appid", "a", "--cname", "c",
+         "--api-key", "k", "--session", "s"],  # a channel and a session
+        ["publish", "testsrc", "--server", "http://x", "--api-key", "k", "--session", "s",
+         "--uid", "7"],  # a channel's flag for a session
     ],
-)
+)  # fmt: skip
 def test_publish_rejects_bad_flags(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """Refused before anything is sent, with argparse's exit status 2 and usage."""
     with pytest.raises(SystemExit) as exc:
-        _parser().parse_args(argv)
+        main(argv)
     assert exc.value.code == 2
-    capsys.readouterr()
+    assert "usage:" in capsys.readouterr().err
 
 
 def test_publish_without_a_session_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
