@@ -131,7 +131,7 @@ async def _publish(args: argparse.Namespace) -> int:
         json.dumps(
             {
                 "event": "done",
-                "session_id": result.session_id,
+                **({"uid": result.uid} if channel else {"session_id": result.session_id}),
                 "frames_sent": result.frames_sent,
                 "frames_acked": result.frames_acked,
                 "reconnects": result.reconnects,

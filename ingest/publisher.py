@@ -100,6 +100,7 @@ class PublishResult:
     ack_latencies_ms: list[float] = field(default_factory=list)
     close_code: int | None = None
     close_reason: str = ""
+    uid: str | None = None  # publishing into a channel: the uid the server admitted
 
 
 class _SessionOver(Exception):
@@ -178,6 +179,7 @@ class Publisher:
         self._frames_sent = 0
         self._frames_acked = 0
         self._frames_lost = 0  # channel publishing: unacknowledged when a connection dropped
+        self._uid: str | None = None  # channel publishing: as the welcome names it
         self._bytes_sent = 0
         self._reconnects = 0
         self._latencies_ms: list[float] = []
@@ -235,6 +237,7 @@ class Publisher:
             ack_latencies_ms=self._latencies_ms,
             close_code=self._close_code,
             close_reason=self._close_reason,
+            uid=self._uid,
         )
 
     # ---- source ---------------------------------------------------------------------------
@@ -465,7 +468,8 @@ class Publisher:
             self._resumed.set()
             self._keepalive_s = float(welcome.get("keepalive_s") or 0)
             self._max_frame = int(welcome.get("max_frame") or 0)
-            self._emit("welcome", state=welcome["state"], uid=welcome.get("uid"))
+            self._uid = welcome.get("uid")
+            self._emit("welcome", state=welcome["state"], uid=self._uid)
             return
         self._on_ack(welcome["acked_seq"])  # frames the server got before the drop are safe
         if welcome["session_id"]:

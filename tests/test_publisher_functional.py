@@ -117,6 +117,7 @@ async def test_publisher_into_a_channel_goes_on_live_after_a_drop(server: Server
     welcomes = [e for e in events if e["n"] == "welcome"]
     assert [(e["state"], e["uid"]) for e in welcomes] == [("PUBLISHING", "agent-7")] * 2
     assert result.reconnects == 1 and result.last_seq < result.frames_sent  # numbered from 1
+    assert result.uid == "agent-7"
     assert {m.uid for m in received} == {"agent-7"}
     assert result.frames_acked <= len(received) <= result.frames_sent  # what was acked arrived
     video = [m for m in received if m.kind == "video"]
