@@ -461,6 +461,18 @@ class Publisher:
             self._source.force_keyframe()
         self._count_acked()
 
+    def _number_on(self, acked_seq: int) -> None:
+        """The session already holds media numbered past ours: another publisher sent it (this
+        is a new process, say, after the app restarted). Number on from there, or the server
+        would take our frames for ones it has and drop them; any we hold unacknowledged carry
+        numbers it has used, so they are counted lost."""
+        log.info("the session holds frames up to seq %d: numbering on from there", acked_seq)
+        self._frames_lost += len(self._buffer)
+        self._buffer = ResendBuffer(self._buffer.max_media_us / US_PER_S, self._buffer.max_bytes)
+        self._buffer.acked_seq = acked_seq
+        self._seq = acked_seq
+        self._count_acked()
+
     async def _on_welcome(self, welcome: Welcome) -> None:
         if self.channel is not None:
             self._go_live()
@@ -471,6 +483,8 @@ class Publisher:
             self._uid = welcome.get("uid")
             self._emit("welcome", state=welcome["state"], uid=self._uid)
             return
+        if welcome["acked_seq"] > self._seq:
+            self._number_on(welcome["acked_seq"])
         self._on_ack(welcome["acked_seq"])  # frames the server got before the drop are safe
         if welcome["session_id"]:
             self.session_id = welcome["session_id"]

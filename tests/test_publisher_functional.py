@@ -145,6 +145,32 @@ async def test_publish_command(server: Server, tmp_path: Path) -> None:
     assert audio > 0
 
 
+async def test_a_second_publisher_process_numbers_on_and_loses_nothing(
+    server: Server, tmp_path: Path
+) -> None:
+    """Two ``reelhouse publish`` runs, one after the other, into one session (an app that
+    restarted): the second numbers on from the welcome's acked_seq, so its frames are
+    recorded, not taken for resent ones; both runs are in the MP4, a discontinuity between."""
+    async with aiohttp.ClientSession() as http:
+        sid = await start_session(http, server)
+        results = []
+        for _ in range(2):
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "api.cli", "publish", "testsrc", "--server", server.url,
+                "--api-key", server.api_key, "--session", sid, "--duration", "2", "--fast",
+                stdout=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            out, _ = await asyncio.wait_for(proc.communicate(), CLI_TIMEOUT_S)
+            assert proc.returncode == 0
+            results.append(json.loads(out.decode().splitlines()[-1]))
+        await event(http, server, "EVENT_TYPE_END", sessionId=sid)
+        playlist, mp4 = await fetch_recording(server, sid, tmp_path)
+    assert results[0]["frames_sent"] == results[1]["frames_sent"] > 0
+    video, _ = await asyncio.to_thread(count_frames, mp4)
+    assert video == 2 * 30  # 2 s of the 15 fps pattern, twice
+    assert playlist.read_text().count("#EXT-X-DISCONTINUITY") == 1
+
+
 @pytest.mark.parametrize(
     ("source", "key", "session", "says"),
     [
