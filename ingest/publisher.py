@@ -420,12 +420,14 @@ class Publisher:
         await ws.send_bytes(encode(hello))
         msg = await ws.receive(timeout=WELCOME_TIMEOUT_S)
         if msg.type != aiohttp.WSMsgType.BINARY:
-            await self._closed(ws, msg)
+            # refused at the first hello: even the session having ended means nothing went
+            # out (after a drop, it ended while we were away: that is the end of it)
+            await self._closed(ws, msg, refused=not self._welcomed_once)
         welcome = decode_server(msg.data)
         if welcome["t"] != "welcome":
             raise PublishError(f"expected welcome, got {welcome['t']}")
         await self._on_welcome(welcome)
-        self._welcomed_this_time = True
+        self._welcomed_this_time = self._welcomed_once = True
         receiver = asyncio.create_task(self._receive(ws), name="publisher-receive")
         sender = asyncio.create_task(self._send(ws), name="publisher-send")
         try:
@@ -505,8 +507,12 @@ class Publisher:
             acked_seq=welcome["acked_seq"],
         )
 
-    async def _closed(self, ws: aiohttp.ClientWebSocketResponse, msg: aiohttp.WSMessage) -> None:
-        """The socket closed (or failed): decide between stopping, failing and reconnecting."""
+    async def _closed(
+        self, ws: aiohttp.ClientWebSocketResponse, msg: aiohttp.WSMessage, refused: bool = False
+    ) -> None:
+        """The socket closed (or failed): decide between stopping, failing and reconnecting.
+        ``refused``: closed instead of the first welcome, so even a final code (the session
+        has ended) is a failure."""
         if msg.type == aiohttp.WSMsgType.CLOSE:
             code, reason = int(msg.data), str(msg.extra or "")
         else:
@@ -516,7 +522,7 @@ class Publisher:
             log.info("server ended the session: %s", reason)
         self._close_code, self._close_reason = code, reason
         self._emit("close", code=code, reason=reason)
-        if code in FINAL_CLOSE_CODES:
+        if code in FINAL_CLOSE_CODES and not refused:
             raise _SessionOver
         if code in RETRYABLE_CLOSE_CODES:
             raise _Drop(f"closed {code} {reason}")
@@ -654,6 +660,7 @@ class Publisher:
                 await ws.send_bytes(encode({"t": "ping", "ts": int(time.time() * 1000)}))
 
     _welcomed_this_time = False
+    _welcomed_once = False
     _keepalive_s = 0.0
     _max_frame = 0
 

@@ -177,17 +177,22 @@ async def test_a_second_publisher_process_numbers_on_and_loses_nothing(
         ("testsrc", "wrong", "sid", "4002 invalid token"),
         ("testsrc", "right", "no-such-session", "4003 session no-such-session not found"),
         ("missing.mp4", "right", "sid", "No such file or directory"),
+        ("testsrc", "right", "ended", "has ended"),
     ],
 )
 async def test_publish_command_fails_in_one_line(
     server: Server, tmp_path: Path, source: str, key: str, session: str, says: str
 ) -> None:
-    """A refusal or an unreadable source ends ``reelhouse publish`` with exit status 2 and one
-    line on stderr that says why, not a traceback; the session it was given records on."""
+    """A refusal (a wrong key, an unknown or ended session) or an unreadable source ends
+    ``reelhouse publish`` with exit status 2 and one line on stderr that says why, not a
+    traceback; the session it was given records on."""
     async with aiohttp.ClientSession() as http:
         sid = await start_session(http, server)
         source = source if source == "testsrc" else str(tmp_path / source)
         key = server.api_key if key == "right" else key
+        if session == "ended":
+            session = await start_session(http, server)
+            await event(http, server, "EVENT_TYPE_END", sessionId=session)
         session = sid if session == "sid" else session
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "api.cli", "publish", source, "--server", server.url,
