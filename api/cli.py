@@ -153,6 +153,7 @@ async def _apikey(args: argparse.Namespace) -> int:
 
     overrides = {} if args.data_dir is None else {"data_dir": args.data_dir}
     settings = load_settings(args.config, overrides=overrides)
+    existed = (settings.data_dir / META_FILE).exists()
     meta = SqliteMetaStore(settings.data_dir / META_FILE)
     await meta.open()
     try:
@@ -164,7 +165,20 @@ async def _apikey(args: argparse.Namespace) -> int:
         await meta.aclose()
     print(key, flush=True)  # stdout holds the key alone, for scripts
     print(f"tenant {who.tenant_id} user {who.user_id}", file=sys.stderr, flush=True)
+    _note_new_data(settings.data_dir, existed)
     return 0
+
+
+def _note_new_data(data_dir: Path, existed: bool) -> None:
+    """Say so when a command made the metadata file: a mistyped ``--data-dir`` (or a command
+    run from another folder) would otherwise give credentials no running server knows."""
+    if not existed:
+        print(
+            f"reelhouse: note: {data_dir.resolve()} held no server data; it was made there, and "
+            f"only a server started with --data-dir {data_dir} knows what this made",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 async def _open_meta(args: argparse.Namespace, *, must_exist: bool = False) -> Any:
@@ -177,11 +191,13 @@ async def _open_meta(args: argparse.Namespace, *, must_exist: bool = False) -> A
     overrides = {} if args.data_dir is None else {"data_dir": args.data_dir}
     settings = load_settings(getattr(args, "config", None), overrides=overrides)
     path = settings.data_dir / META_FILE
-    if must_exist and not path.exists():
-        raise _NoData(
-            f"no server data in {settings.data_dir.resolve()} (no {META_FILE}): "
-            "give --data-dir the server's data directory"
-        )
+    if not path.exists():
+        if must_exist:
+            raise _NoData(
+                f"no server data in {settings.data_dir.resolve()} (no {META_FILE}): "
+                "give --data-dir the server's data directory"
+            )
+        _note_new_data(settings.data_dir, existed=False)
     meta = SqliteMetaStore(path)
     await meta.open()
     return meta

@@ -50,3 +50,10 @@ def test_cli_creates_a_customer(tmp_path: Path) -> None:
     )
     lines = dict(line.split(": ", 1) for line in done.stdout.splitlines())
     assert len(lines["customer id"]) == 32 and len(lines["customer secret"]) == 32
+    # the folder held no server data: the note names it, so a mistyped --data-dir shows
+    assert f"{tmp_path} held no server data" in done.stderr
+    again = subprocess.run(
+        [sys.executable, "-m", "api.cli", "customer", "create", "--data-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=60, check=True, cwd=Path(__file__).parent.parent,
+    )  # fmt: skip
+    assert again.stderr == ""  # the folder has a server's data now
