@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import av
@@ -117,6 +117,10 @@ class HlsWriter:
         self._counters: dict[int, int] = {}
         self._seg_start = 0
         self._seg_date = datetime.now(UTC)
+        # a segment that goes on from the one before starts when that one ended, on the media's
+        # clock (as the playlist, which dates only discontinuities, says): not when its first
+        # packet arrived, which after a reconnect's resend is seconds late
+        self._next_date: datetime | None = None
         self._seg_discontinuity = discontinuity_first
         self._next_discontinuity = discontinuity_first
         self._pending: list[tuple[int, av.Packet, float | None]] = []
@@ -309,7 +313,12 @@ class HlsWriter:
             del self._pending[0]
 
     def _open(self, start: int, arrival: float | None) -> None:
-        self._seg_date = datetime.fromtimestamp(time.time() if arrival is None else arrival, UTC)
+        if self._next_date is not None and not self._next_discontinuity:
+            self._seg_date = self._next_date
+        else:
+            self._seg_date = datetime.fromtimestamp(
+                time.time() if arrival is None else arrival, UTC
+            )
         if self._utc_names:  # <name>_<UTC YYYYMMDDhhmmssSSS>.ts, as cloud recordings name them
             stamp = (
                 self._seg_date.strftime("%Y%m%d%H%M%S")
@@ -346,6 +355,7 @@ class HlsWriter:
             size=size,
         )
         self._index += 1
+        self._next_date = self._seg_date + timedelta(seconds=info.duration_s)
         self._playlist.append(
             PlaylistSegment(info.uri, info.duration_s, info.program_date_time, info.discontinuity)
         )

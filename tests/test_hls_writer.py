@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,33 @@ def test_discontinuity_rebases_time(tmp_path: Path) -> None:
     assert text[tag + 3] == resumed.uri
     assert sum(s.duration_s for s in segments) == pytest.approx(writer.duration_s)
     assert decode_counts(tmp_path / "rec.m3u8")["video"] == 2 * clip.video_frames
+
+
+def test_segment_dates_follow_the_media_not_a_resends_arrival(tmp_path: Path) -> None:
+    """Frames that arrive in a burst (resent after a reconnect, all within 0.1 s): each
+    segment that goes on from the one before is dated when that one ended, as the playlist
+    says; only the first and a discontinuity's are dated by arrival."""
+    clip = encode_clip("h264", duration_s=3.0)
+    writer = _writer(tmp_path, Codec.H264, None, clip)
+    burst = 1_795_000_000.0  # the unix time the resend arrived
+    segments: list[SegmentInfo] = []
+    for n, f in enumerate(clip.of("video")):
+        segments += writer.write(VIDEO, f.data, f.pts_us + BASE_US, keyframe=f.keyframe,
+                                 arrival=burst + n / 1000)  # fmt: skip
+    segments += writer.discontinuity()
+    late = burst + 600.0
+    for f in clip.of("video"):
+        segments += writer.write(VIDEO, f.data, f.pts_us + BASE_US + 3_600_000_000,
+                                 keyframe=f.keyframe, arrival=late)  # fmt: skip
+    segments += writer.finish()
+    assert len(segments) >= 4
+    for before, after in itertools.pairwise(segments):
+        if after.discontinuity:
+            assert after.program_date_time.timestamp() == pytest.approx(late, abs=1e-3)
+        else:
+            expected = before.program_date_time.timestamp() + before.duration_s
+            assert after.program_date_time.timestamp() == pytest.approx(expected, abs=1e-3)
+    assert segments[0].program_date_time.timestamp() == pytest.approx(burst, abs=1e-3)
 
 
 def test_audio_only_and_video_only(tmp_path: Path) -> None:
