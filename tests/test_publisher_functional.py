@@ -124,18 +124,24 @@ async def test_publisher_into_a_channel_goes_on_live_after_a_drop(server: Server
     assert video[0].keyframe and video[-1].pts_us >= video[0].pts_us + 2_500_000  # to the end
 
 
+async def publish_testsrc(server: Server, sid: str) -> dict[str, Any]:
+    """``reelhouse publish testsrc --duration 2 --fast`` into ``sid``: its last (done) line,
+    after checking it exited 0."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "api.cli", "publish", "testsrc", "--server", server.url,
+        "--api-key", server.api_key, "--session", sid, "--duration", "2", "--fast",
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(proc.communicate(), CLI_TIMEOUT_S)
+    assert proc.returncode == 0
+    done: dict[str, Any] = json.loads(out.decode().splitlines()[-1])
+    return done
+
+
 async def test_publish_command(server: Server, tmp_path: Path) -> None:
     async with aiohttp.ClientSession() as http:
         sid = await start_session(http, server)
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "api.cli", "publish", "testsrc", "--server", server.url,
-            "--api-key", server.api_key, "--session", sid, "--duration", "2", "--fast",
-            stdout=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        out, _ = await asyncio.wait_for(proc.communicate(), CLI_TIMEOUT_S)
-        assert proc.returncode == 0
-        lines = [json.loads(line) for line in out.decode().splitlines()]
-        done = lines[-1]
+        done = await publish_testsrc(server, sid)
         assert done["event"] == "done" and done["session_id"] == sid
         assert done["frames_sent"] == done["frames_acked"] > 0
         await event(http, server, "EVENT_TYPE_END", sessionId=sid)
@@ -155,14 +161,7 @@ async def test_a_second_publisher_process_numbers_on_and_loses_nothing(
         sid = await start_session(http, server)
         results = []
         for _ in range(2):
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "api.cli", "publish", "testsrc", "--server", server.url,
-                "--api-key", server.api_key, "--session", sid, "--duration", "2", "--fast",
-                stdout=asyncio.subprocess.PIPE,
-            )  # fmt: skip
-            out, _ = await asyncio.wait_for(proc.communicate(), CLI_TIMEOUT_S)
-            assert proc.returncode == 0
-            results.append(json.loads(out.decode().splitlines()[-1]))
+            results.append(await publish_testsrc(server, sid))
         await event(http, server, "EVENT_TYPE_END", sessionId=sid)
         playlist, mp4 = await fetch_recording(server, sid, tmp_path)
     assert results[0]["frames_sent"] == results[1]["frames_sent"] > 0
