@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mixer.mix import FileType
-from mixer.mp4 import build_mp4
+from mixer.mp4 import build_mp4_queued
 from storage.errors import SpoolFull
 from storage.meta import CloudRecordingStore, CloudSegmentRow
 from storage.registry import DEFAULT_STORE_ID, StoreRegistry
@@ -395,7 +395,7 @@ class CloudFiles:
             segments = [folder / name for name in names]
             path = folder / f"recovered-{key}"
             try:
-                await asyncio.to_thread(build_mp4, segments, path)
+                await build_mp4_queued(segments, path)
                 handed = await self._spool_file(session, path, key, over_cap=True)
             except Exception as exc:  # the playlist still has them: the recording goes on
                 log.exception("cloud recording %s: %s, of %d segments a crash left, could not "

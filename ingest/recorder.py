@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from mixer.hls import SegmentInfo
-from mixer.mp4 import build_mp4
+from mixer.mp4 import build_mp4_queued
 from mixer.playlist import Playlist, PlaylistSegment
 from storage.errors import SpoolFull
 from storage.meta import FileRow, MetaStore
@@ -488,7 +488,7 @@ class SessionRecorder:
         keep = await asyncio.to_thread(lambda: sorted((self.live_dir / KEEP_DIR).glob("*.ts")))
         if keep:
             mp4 = self.live_dir / f"{self.session_id}.mp4"
-            info = await asyncio.to_thread(build_mp4, keep, mp4)
+            info = await build_mp4_queued(keep, mp4)
             await self._meta.add_file(
                 FileRow(
                     session_id=self.session_id,

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
+import av
 import pytest
 from media import decode_counts, encode_clip, ffprobe
 
 from mixer.errors import InvalidMedia
 from mixer.hls import HlsWriter
-from mixer.mp4 import build_mp4
+from mixer.mp4 import QUICK_PROBE, build_mp4
 from mixer.tracks import Codec, Kind, TrackSpec
 
 BASE_US = 1_000_000
@@ -85,3 +87,23 @@ def test_mp4_with_a_track_that_joined_later(tmp_path: Path) -> None:
     counts = decode_counts(tmp_path / "session.mp4")
     assert counts["video"] == info.video_frames == clip.video_frames
     assert info.audio_frames > 0 and counts["audio"] >= info.audio_frames - 1
+
+
+def test_mp4_probes_a_segment_in_full_when_a_quick_look_misses_a_stream(tmp_path: Path) -> None:
+    """The first segment is probed for 0.1 s of media; here the video starts 1.5 s in (a
+    segment FFmpeg made, not ours), so the quick look finds no picture size and the segment
+    is probed again in full: the MP4 has the video, whole."""
+    late = tmp_path / "late.ts"
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "sine=f=440:d=3", "-itsoffset", "1.5",
+         "-f", "lavfi", "-i", "testsrc=d=1:s=320x240:r=15", "-c:v", "libx264", "-g", "15",
+         "-c:a", "aac", "-f", "mpegts", str(late)],
+        check=True,
+    )  # fmt: skip
+    with av.open(str(late), options=QUICK_PROBE) as quick:
+        assert quick.streams.video[0].codec_context.width == 0  # what the quick look sees
+    info = build_mp4([late], tmp_path / "session.mp4")
+    probe = ffprobe(tmp_path / "session.mp4", "-show_entries", "stream=codec_name,width,height")
+    video = [s for s in probe["streams"] if s["codec_name"] == "h264"]
+    assert [(s["width"], s["height"]) for s in video] == [(320, 240)]
+    assert decode_counts(tmp_path / "session.mp4")["video"] == info.video_frames == 15
