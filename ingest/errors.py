@@ -10,7 +10,9 @@ class CloseCode(IntEnum):
 
     NORMAL = 1000  # session ended
     GOING_AWAY = 1001  # server shutting down: reconnect later
+    PROTOCOL_ERROR = 1002  # broken WebSocket framing (RFC 6455)
     UNSUPPORTED_DATA = 1003  # a text frame: v1 is binary msgpack only
+    INVALID_PAYLOAD = 1007  # a close reason that is not UTF-8 (RFC 6455)
     MESSAGE_TOO_BIG = 1009  # frame larger than the announced max_frame
     INTERNAL_ERROR = 1011  # the server failed; reconnect and resend
     BAD_MESSAGE = 4000  # not msgpack, or not a map with a known "t"

@@ -251,7 +251,7 @@ _CHECKS = {
 }
 
 
-def decode_client(frame: bytes, max_frame: int = MAX_FRAME_BYTES) -> ClientMessage:
+def decode_client(frame: bytes | bytearray, max_frame: int = MAX_FRAME_BYTES) -> ClientMessage:
     """Parse and validate one client frame; raises :class:`ProtocolError` with a close code."""
     if len(frame) > max_frame:
         raise _fail(CloseCode.MESSAGE_TOO_BIG, f"frame of {len(frame)} bytes exceeds {max_frame}")

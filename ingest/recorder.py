@@ -282,6 +282,23 @@ class SessionRecorder:
             await self._space.wait()
             if self._closed:  # ended while we waited: the writer may be finishing
                 raise ProtocolError(CloseCode.SESSION_STATE, "the session is not recording")
+        self._accept(msg)
+
+    def take_now(self, msg: dict[str, Any]) -> bool:
+        """``submit`` without waiting, for the WebSocket's fast path: false, with nothing
+        changed, when the frame needs ``submit`` (to raise its error, or to wait for room)."""
+        if self._failed is not None or self._closed or not self._space.is_set():
+            return False
+        seq = msg["seq"]
+        if seq <= self.received_seq:
+            return True  # a resend of what we already hold
+        if seq != self.received_seq + 1 or msg["track"] not in self._tracks:
+            return False
+        self._accept(msg)
+        return True
+
+    def _accept(self, msg: dict[str, Any]) -> None:
+        seq = msg["seq"]
         self.received_seq = seq
         if seq in self.skip:  # its lane died writing it: acknowledged, not written again
             self._queue(("skip", seq))
@@ -290,7 +307,8 @@ class SessionRecorder:
         self.stats.frames_in += 1
         self.stats.bytes_in += len(data)
         pts = msg["pts"]
-        self._queue(("media", seq, track, pts, msg.get("dts", pts), msg["key"], time.time(), data))
+        item = ("media", seq, msg["track"], pts, msg.get("dts", pts), msg["key"], time.time(), data)
+        self._queue(item)
         if len(self._pending) >= self._ingest.queue_frames:
             self._space.clear()
 

@@ -8,13 +8,15 @@ import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import web
 
 from .channels import ChannelRegistry, MediaFrame, TrackInfo, Transport
 from .config import IngestSettings
 from .errors import CloseCode, ProtocolError
 from .protocol import PROTOCOL_VERSION, SUBPROTOCOL, decode_client, encode
 from .sessions import PLATFORM_FIELDS, LiveSession, SessionManager
+from .wsconn import WsStream, take_over
+from .wsframe import OP_BINARY
 
 log = logging.getLogger(__name__)
 
@@ -22,41 +24,41 @@ log = logging.getLogger(__name__)
 Admit = Callable[[str, str, str | None, str], Awaitable[str]]
 
 BYE_DRAIN_TIMEOUT_S = 30.0  # how long `bye` waits for the last frames to be made safe
-CLOSE_HANDSHAKE_TIMEOUT_S = 5.0  # a close started by another task (replace, shutdown) ends by then
-# an ack waits for a sender task (instead of going at once) while this much is unsent
+# acks are held back (the newest goes when the socket drains) while this much is unsent
 ACK_BACKLOG_BYTES = 16 * 1024
-_BINARY_FRAME = b"\x82"  # FIN and the binary opcode; an ack's length (< 126) follows
 
 
 class WsConnection:
     """A recording app's WebSocket, as the session registry sees it."""
 
-    def __init__(
-        self, ws: web.WebSocketResponse, ids: dict[str, str], transport: asyncio.Transport
-    ) -> None:
-        self.ws = ws
+    def __init__(self, stream: WsStream, ids: dict[str, str]) -> None:
+        self.stream = stream
         self.ids = ids
-        self._transport = transport  # the socket's, to see a client that does not read
         self.session: LiveSession | None = None
-        self._send_lock = asyncio.Lock()
-        self._closing = False  # a close of ours has started
-        self._closed = asyncio.Event()  # ...and finished
-        self._ack_seq = 0
-        self._ack_wanted = asyncio.Event()
-        self._ack_task: asyncio.Task[None] | None = None
-        self.heard = True  # something came from the client since the keepalive last looked
-        # the handler waits for the client's next message (otherwise it is busy with one, or
-        # waits for room in the session's queue: the silence is not the client's)
-        self.receiving = False
+        self._ack_seq = 0  # an ack held back while the client's socket is backed up
+        stream.on_drained = self._flush_ack
+        if stream.transport is not None:
+            stream.transport.set_write_buffer_limits(high=ACK_BACKLOG_BYTES)
         self.silent_checks = 0  # keepalive checks in a row that found nothing heard
+
+    @property
+    def heard(self) -> bool:
+        """Something came from the client since the keepalive last looked."""
+        return self.stream.heard
+
+    @heard.setter
+    def heard(self, value: bool) -> None:
+        self.stream.heard = value
+
+    @property
+    def receiving(self) -> bool:
+        """The handler waits for the client's next message (otherwise it is busy with one, or
+        waits for room in the session's queue: the silence is not the client's)."""
+        return not self.stream.busy
 
     async def send(self, message: Any) -> None:
         """Send one message; a closed socket drops it (the client resends what it needs)."""
-        if self.ws.closed:
-            return
-        async with self._send_lock:
-            with contextlib.suppress(ConnectionError, RuntimeError):
-                await self.ws.send_bytes(encode(message))
+        self.stream.send(encode(message))
 
     async def send_control(
         self, event_id: int, action: str, session_id: str, event: dict[str, str]
@@ -73,63 +75,27 @@ class WsConnection:
         )
 
     async def send_ack(self, seq: int) -> None:
-        """Cumulative ack; never waits (the writer's tick calls it for every session). A socket
-        that is free takes it at once; otherwise a sender task sends the newest when the
-        socket is free again, so a slow client delays only itself."""
-        self._ack_seq = seq
-        if self._ack_task is not None:  # a sender is catching up: it sends the newest
-            self._ack_wanted.set()
+        """Cumulative ack; never waits (the writer's tick calls it for every session). While
+        the client's socket is backed up the newest ack waits and goes when it drains, so a
+        slow client delays only itself."""
+        if self.stream.writing_paused:
+            self._ack_seq = seq
             return
-        if self.ws.closed:
-            return
-        transport = self._transport
-        if (
-            not self._send_lock.locked()
-            and not transport.is_closing()
-            and transport.get_write_buffer_size() < ACK_BACKLOG_BYTES
-        ):
-            # written at once, as a whole frame (what aiohttp's writer does for an unmasked,
-            # uncompressed message), without its layers of coroutines: one ack per session
-            # per tick is most of what the server sends
-            payload = encode({"t": "ack", "seq": seq})
-            transport.write(_BINARY_FRAME + bytes((len(payload),)) + payload)
-            return
-        self._ack_wanted.set()
-        self._ack_task = asyncio.create_task(self._send_acks(), name="ws-acks")
+        self._ack_seq = 0
+        self.stream.send(encode({"t": "ack", "seq": seq}))
 
-    async def _send_acks(self) -> None:
-        try:
-            while not self.ws.closed and self._ack_wanted.is_set():
-                self._ack_wanted.clear()
-                await self.send({"t": "ack", "seq": self._ack_seq})
-        finally:
-            self._ack_task = None
+    def _flush_ack(self) -> None:
+        if self._ack_seq:
+            seq, self._ack_seq = self._ack_seq, 0
+            self.stream.send(encode({"t": "ack", "seq": seq}))
 
     async def close(self, code: CloseCode, reason: str) -> None:
-        """Close with a protocol close code and reason (from any task)."""
-        if self.ws.closed:
-            return
-        self._closing = True
-        try:
-            with contextlib.suppress(ConnectionError, RuntimeError):
-                await self.ws.close(code=int(code), message=reason.encode()[:120])
-        finally:
-            self._closed.set()
-
-    async def stop_acks(self) -> None:
-        """End the ack sender (the connection is over)."""
-        task, self._ack_task = self._ack_task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        """Close with a protocol close code and reason (from any task; never waits)."""
+        await self.stream.close(int(code), reason)
 
     async def wait_closed(self) -> None:
-        """Wait until a close we started (in any task) has finished its handshake; a close
-        the peer started needs no wait."""
-        if self._closing:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closed.wait(), CLOSE_HANDSHAKE_TIMEOUT_S)
+        """Wait until the connection is gone (a close handshake ends within seconds)."""
+        await self.stream.wait_closed()
 
 
 class IngestHandler:
@@ -151,35 +117,38 @@ class IngestHandler:
         self.connections: set[WsConnection] = set()
         self._keepalive: asyncio.Task[None] | None = None
         self._keepalive_tasks: set[asyncio.Task[None]] = set()  # its pings and closes
+        self._serving: set[asyncio.Task[None]] = set()  # one per connection
 
     async def __call__(self, request: web.Request) -> web.StreamResponse:
         """Run one connection to its end."""
-        ws = web.WebSocketResponse(
-            protocols=(SUBPROTOCOL,),
-            # no aiohttp heartbeat: it re-arms a timer on every read; ``_keep_alive`` checks
-            # all connections at once instead. Pings and pongs come to ``_receive``.
-            autoping=False,
-            max_msg_size=self._settings.max_frame_bytes,
-            compress=False,
-        )
-        await ws.prepare(request)
-        assert request.transport is not None  # (prepared: the connection is open)
-        conn = WsConnection(ws, {}, request.transport)
+        # (no aiohttp heartbeat or autoping: the socket is ours once the upgrade is answered)
+        ws = web.WebSocketResponse(protocols=(SUBPROTOCOL,), autoping=False, compress=False)
+        stream = WsStream(self._settings.max_frame_bytes)
+        if not await take_over(request, ws, stream):
+            return ws
+        conn = WsConnection(stream, {})
         self.connections.add(conn)
         if self._keepalive is None and self._settings.keepalive_s > 0:
             self._keepalive = asyncio.create_task(self._keep_alive(), name="ws-keepalive")
+        # the connection is ours now, not the request's: aiohttp may cancel its handler once
+        # its transport is gone (``handler_cancellation``), and the connection goes on
+        serving = asyncio.create_task(self._serve(conn), name="ingest-ws")
+        self._serving.add(serving)
+        serving.add_done_callback(self._serving.discard)
+        await asyncio.shield(serving)
+        return ws
+
+    async def _serve(self, conn: WsConnection) -> None:
         try:
             await self._run(conn)
         except ProtocolError as exc:
             log.info("closing ws: %s (%d)", exc.reason, exc.code, extra=_ctx(conn))
             await conn.close(exc.code, exc.reason)
         finally:
+            conn.stream.fast = None
             self._manager.detach(conn)
             self.connections.discard(conn)
             await conn.close(CloseCode.NORMAL, "")
-            await conn.wait_closed()
-            await conn.stop_acks()
-        return ws
 
     async def _keep_alive(self) -> None:
         """Every ``keepalive_s``: ping each connection nothing came from since the last look
@@ -195,8 +164,8 @@ class IngestHandler:
                     conn.silent_checks = 0
                     continue
                 conn.silent_checks += 1
-                if conn.silent_checks == 1:  # (in a task: a backed-up socket waits alone)
-                    self._spawn(_ping(conn))
+                if conn.silent_checks == 1:
+                    conn.stream.ping()
                 elif conn.silent_checks == 2:
                     log.info("closing ws: nothing received", extra=_ctx(conn))
                     reason = f"nothing received within {2 * period:g} s"
@@ -210,34 +179,33 @@ class IngestHandler:
     async def _receive(
         self, conn: WsConnection, timeout: float | None = None
     ) -> dict[str, Any] | None:
-        while True:
-            conn.receiving = True
-            try:
-                msg = await conn.ws.receive(timeout=timeout)
-            finally:
-                conn.receiving = False
-            conn.heard = True
-            if msg.type == WSMsgType.PING:
-                with contextlib.suppress(ConnectionError, RuntimeError):
-                    await conn.ws.pong(msg.data)
-                continue
-            if msg.type != WSMsgType.PONG:
-                break
-        if msg.type == WSMsgType.BINARY:
-            return decode_client(msg.data, self._settings.max_frame_bytes)  # type: ignore[return-value]
-        if msg.type == WSMsgType.TEXT:
+        msg = await conn.stream.receive(timeout)
+        if msg is None:
+            return None  # closed or closing
+        op, payload = msg
+        if op != OP_BINARY:
             raise ProtocolError(
                 CloseCode.UNSUPPORTED_DATA, "text frames are not part of protocol v1"
             )
-        if msg.type == WSMsgType.ERROR:
-            exc = conn.ws.exception()
-            if "too big" in str(exc).lower() or "message size" in str(exc).lower():
-                raise ProtocolError(
-                    CloseCode.MESSAGE_TOO_BIG,
-                    f"message exceeds {self._settings.max_frame_bytes} bytes",
-                )
-            log.info("ws error: %s", exc, extra=_ctx(conn))
-        return None  # closed, closing or error
+        return decode_client(payload, self._settings.max_frame_bytes)  # type: ignore[return-value]
+
+    def _fast(self, conn: WsConnection) -> Callable[[int, bytearray], bool]:
+        """The connection's fast path: a media frame the session's recorder can take at once
+        is queued in ``data_received``; anything else (another message, a frame that breaks
+        a rule, a full queue) goes to the handler, which decodes it again and acts."""
+        max_frame = self._settings.max_frame_bytes
+
+        def fast(op: int, payload: bytearray) -> bool:
+            live = conn.session
+            if op != OP_BINARY or live is None:
+                return False
+            try:
+                msg = decode_client(payload, max_frame)
+            except ProtocolError:
+                return False
+            return msg["t"] == "media" and live.recorder.take_now(msg)  # type: ignore[arg-type]
+
+        return fast
 
     async def _run(self, conn: WsConnection) -> None:
         try:
@@ -269,6 +237,7 @@ class IngestHandler:
         if live is not None:
             for event_id, action, event in await self._manager.pending_controls(live):
                 await conn.send_control(event_id, action, live.session_id, event)
+        conn.stream.fast = self._fast(conn)
         while True:
             msg = await self._receive(conn)
             if msg is None:
@@ -393,14 +362,11 @@ class IngestHandler:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._keepalive
             self._keepalive = None
+        streams = [conn.stream for conn in self.connections]
         for conn in list(self.connections):
             await conn.close(CloseCode.GOING_AWAY, "server shutting down")
-        await asyncio.gather(*self._keepalive_tasks, return_exceptions=True)
-
-
-async def _ping(conn: WsConnection) -> None:
-    with contextlib.suppress(ConnectionError, RuntimeError):
-        await conn.ws.ping()
+        await asyncio.gather(*self._keepalive_tasks, *self._serving, return_exceptions=True)
+        await asyncio.gather(*(stream.wait_closed() for stream in streams))
 
 
 def _ctx(conn: WsConnection) -> dict[str, str]:

@@ -34,6 +34,15 @@ async def connect(http: aiohttp.ClientSession, server: Server) -> RawClient:
     return client
 
 
+class Wire(bytes):
+    """Bytes written to the socket as they are, not as a WebSocket message."""
+
+
+def _masked(op: int, payload: bytes, *, first: int = 0x80) -> bytes:
+    """A client frame (short payload), masked with a zero key: the payload reads as is."""
+    return bytes((first | op, 0x80 | len(payload))) + b"\x00\x00\x00\x00" + payload
+
+
 BAD_AFTER_HELLO: list[tuple[str, list[Any], int, str]] = [
     ("garbage frame", [b"\xc1\xc1 not msgpack"], 4000, "not a msgpack"),
     ("unknown type", [{"t": "launch"}], 4000, "unknown message type"),
@@ -54,6 +63,10 @@ BAD_AFTER_HELLO: list[tuple[str, list[Any], int, str]] = [
     ),
     ("text frame", ["hello"], 1003, "text frames"),
     ("oversized frame", [b"\x00" * (256 * 1024 + 1)], 1009, ""),
+    ("unmasked frame", [Wire(b"\x82\x02hi")], 1002, "masked"),
+    ("reserved bits", [Wire(_masked(0x2, b"hi", first=0xC0))], 1002, "reserved"),
+    ("unknown opcode", [Wire(_masked(0x3, b"hi"))], 1002, "opcode 3"),
+    ("close reason not UTF-8", [Wire(_masked(0x8, b"\x03\xe8\xff"))], 1007, "UTF-8"),
 ]
 
 
@@ -79,7 +92,9 @@ async def test_bad_input_closes_with_its_code_and_spares_other_sessions(
         await client.hello(server.api_key, session_id=bad_sid)
         for frame in frames:
             assert client.ws is not None
-            if isinstance(frame, bytes):
+            if isinstance(frame, Wire):
+                client.ws._writer.transport.write(frame)  # what no aiohttp client would send
+            elif isinstance(frame, bytes):
                 await client.ws.send_bytes(frame)
             elif isinstance(frame, str):
                 await client.ws.send_str(frame)
@@ -195,11 +210,14 @@ async def test_keepalive_spares_a_client_whose_frames_wait_for_room(
         assert client.acked == 7
 
 
-async def test_acks_wait_for_a_busy_socket_without_holding_up_the_lane(server: Server) -> None:
-    """While another message holds a connection's socket, its session's acks wait in a sender
-    task of their own (the writer's tick does not wait, so another session on the same lane
-    is acknowledged meanwhile); once the socket is free the client gets one ack, the newest,
-    covering everything made safe in between."""
+async def test_acks_wait_for_a_backed_up_socket_without_holding_up_the_lane(
+    server: Server,
+) -> None:
+    """While a connection's socket is backed up (its transport asked to pause writing: more
+    than ``ACK_BACKLOG_BYTES`` unsent), its session's acks are held back (the writer's tick
+    does not wait, so another session on the same lane is acknowledged meanwhile); once the
+    socket drains the client gets one ack, the newest, covering everything made safe in
+    between."""
     clip = encode_clip("h264", duration_s=1.0, audio_codec="opus")
     async with aiohttp.ClientSession() as http:
         sid, held = await recording_client(http, server)
@@ -209,13 +227,14 @@ async def test_acks_wait_for_a_busy_socket_without_holding_up_the_lane(server: S
             if c.session is not None and c.session.session_id == sid
         ]  # fmt: skip
         assert conn.session is not None
-        async with conn._send_lock:  # a control message being written, say
-            for f in clip.frames:
-                last = await held.media(f)
-            await conn.session.recorder.wait_acked(last, RECEIVE_TIMEOUT_S)  # safe, not told
-            for f in clip.frames:
-                other_last = await other.media(f)
-            await other.wait_ack(other_last)  # the lane ticks on for the other session
+        conn.stream.pause_writing()  # as its transport does when the buffer passes the mark
+        for f in clip.frames:
+            last = await held.media(f)
+        await conn.session.recorder.wait_acked(last, RECEIVE_TIMEOUT_S)  # safe, not told
+        for f in clip.frames:
+            other_last = await other.media(f)
+        await other.wait_ack(other_last)  # the lane ticks on for the other session
+        conn.stream.resume_writing()  # drained
         acks = []
         while held.acked < last:
             message = await held.recv()
@@ -267,3 +286,32 @@ async def test_newer_connection_replaces_older(server: Server) -> None:
         await second.hello(server.api_key, session_id=sid)
         code, reason = await first.closed()
         assert code == 4009 and "replaced" in reason
+
+
+async def test_a_frame_sent_before_the_upgrade_is_answered_closes_with_1002(
+    server: Server,
+) -> None:
+    """A client that sends its first frame in the same write as the upgrade request (without
+    waiting for the answer) gets the upgrade, then a close frame with 1002."""
+    host, port = server.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    hello = msgpack.packb({"t": "hello", "v": 1, "token": server.api_key}, use_bin_type=True)
+    writer.write(
+        b"GET /v1/ingest HTTP/1.1\r\n"
+        + f"Host: {host}:{port}\r\n".encode()
+        + b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+        b"Sec-WebSocket-Protocol: reelhouse.v1\r\n\r\n" + _masked(0x2, hello)
+    )
+    try:
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), RECEIVE_TIMEOUT_S)
+        assert head.startswith(b"HTTP/1.1 101")
+        first, size = await asyncio.wait_for(reader.readexactly(2), RECEIVE_TIMEOUT_S)
+        body = await asyncio.wait_for(reader.readexactly(size), RECEIVE_TIMEOUT_S)
+        writer.write(_masked(0x8, body[:2]))  # the close handshake's answer
+        assert await asyncio.wait_for(reader.read(), RECEIVE_TIMEOUT_S) == b""  # then the end
+    finally:
+        writer.close()
+    assert first == 0x88  # a close frame, whole
+    code = int.from_bytes(body[:2], "big")
+    assert (code, b"before the upgrade" in body) == (1002, True), body

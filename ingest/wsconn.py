@@ -1,0 +1,244 @@
+"""An ingest WebSocket on a transport of its own, once aiohttp has answered the upgrade.
+
+aiohttp's WebSocket layer costs several event-loop callbacks per message (a future and a
+task wake-up per ``receive``, its reader's queue, a message object) and keeps its parser's
+state to itself. ``WsStream`` parses with ``ingest.wsframe`` straight in ``data_received``
+and offers each data message first to ``fast``, a callback that takes a media frame there
+and then (no task wakes up: at one message per frame, this is most of what the server's
+event loop does); what it declines queues in an inbox the handler reads, in order, and
+reading pauses while the inbox is full. Frames go out as one ``write`` each. ``take_over``
+moves a freshly upgraded request's socket from aiohttp to a ``WsStream``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections import deque
+from collections.abc import Callable
+
+from aiohttp import web
+
+from .errors import CloseCode, ProtocolError
+from .wsframe import (
+    NO_STATUS,
+    OP_BINARY,
+    OP_CLOSE,
+    OP_PING,
+    OP_PONG,
+    FrameError,
+    FrameParser,
+    Message,
+    close_frame,
+    frame,
+    parse_close,
+)
+
+CLOSE_HANDSHAKE_TIMEOUT_S = 5.0  # a close handshake the peer leaves hanging ends then
+INBOX_HIGH = 64  # messages queued unread: stop reading the socket...
+INBOX_LOW = 16  # ...and read again once the handler has taken the inbox down to this
+
+
+class WsStream(asyncio.Protocol):
+    """One WebSocket connection, the server's end."""
+
+    def __init__(self, max_message: int) -> None:
+        self._parser = FrameParser(max_message)
+        self.transport: asyncio.Transport | None = None
+        self._inbox: deque[Message] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._error: FrameError | None = None  # the peer broke the framing
+        self._eof = False  # the peer closed, or the connection is gone
+        self._paused = False  # reading paused: the inbox is full
+        self._lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.heard = True  # bytes came since the keepalive last looked
+        self.close_sent = False
+        self.peer_close: tuple[int, str] | None = None
+        self.writing_paused = False
+        self.on_drained: Callable[[], None] | None = None  # the write buffer emptied
+        self._linger: asyncio.TimerHandle | None = None  # ends a close handshake that hangs
+        # takes a data message at once, when nothing before it is unhandled (the inbox is
+        # empty and the handler holds none); False leaves it to the inbox, and the handler
+        self.fast: Callable[[int, bytearray], bool] | None = None
+        self.busy = False  # the handler holds a message (between two ``receive`` calls)
+
+    # asyncio.Protocol ----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.heard = True
+        parser = self._parser
+        messages = parser.feed(data)
+        inbox = self._inbox
+        fast = self.fast
+        for op, payload in messages:
+            if op < OP_CLOSE:  # text or binary
+                if self.close_sent:  # data after our close frame is dropped
+                    continue
+                if fast is not None and not inbox and not self.busy and fast(op, payload):
+                    continue
+                inbox.append((op, payload))
+            elif op == OP_PING:
+                self._write(frame(OP_PONG, payload))
+            elif op == OP_CLOSE:
+                self._peer_closed(payload)
+                break
+            # (a pong only shows the peer is there: ``heard``)
+        if parser.error is not None and self._error is None:
+            self._error = parser.error
+        if inbox or self._error is not None:
+            self._wake()
+        if len(inbox) >= INBOX_HIGH and not self._paused and self.transport is not None:
+            self._paused = True
+            self.transport.pause_reading()
+
+    def eof_received(self) -> bool | None:
+        self._eof = True  # (after our close frame: the peer's answer, or its going away)
+        self._wake()
+        return None  # close the transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._linger is not None:
+            self._linger.cancel()
+        self._eof = True
+        self._wake()
+        if not self._lost.done():
+            self._lost.set_result(None)
+
+    def pause_writing(self) -> None:
+        self.writing_paused = True
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        if self.on_drained is not None:
+            self.on_drained()
+
+    # the handler's side -------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        """A close has started (either side) or the connection is gone."""
+        return self.close_sent or self._eof or self.transport is None
+
+    @property
+    def write_buffer_size(self) -> int:
+        return self.transport.get_write_buffer_size() if self.transport is not None else 0
+
+    async def receive(self, timeout: float | None = None) -> Message | None:
+        """The next data message; None once the connection is closing or gone. A broken
+        framing raises ``ProtocolError`` (after the messages before it). The handler holds
+        the message it gets (``busy``) until it asks for the next."""
+        self.busy = False
+        while not self._inbox:
+            if self._error is not None:
+                raise ProtocolError(CloseCode(self._error.code), self._error.reason)
+            if self._eof or self.close_sent:
+                return None
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await asyncio.wait_for(self._waiter, timeout)
+            finally:
+                self._waiter = None
+        msg = self._inbox.popleft()
+        self.busy = True
+        if self._paused and len(self._inbox) <= INBOX_LOW and self.transport is not None:
+            self._paused = False
+            self.transport.resume_reading()
+        return msg
+
+    def send(self, payload: bytes) -> None:
+        """One binary message (dropped once closing: the client resends what it needs)."""
+        if not self.close_sent:
+            self._write(frame(OP_BINARY, payload))
+
+    def ping(self) -> None:
+        if not self.close_sent:
+            self._write(frame(OP_PING))
+
+    async def close(self, code: int, reason: str) -> None:
+        """Start the close handshake (it never waits): send a close frame and the end of
+        our side; the connection ends when the peer's close frame (or its end) comes, or
+        after ``CLOSE_HANDSHAKE_TIMEOUT_S``. Data the peer sends meanwhile is dropped."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if not self.close_sent:
+            self._write(close_frame(code, reason))
+            self.close_sent = True
+            self._inbox.clear()
+            if transport.can_write_eof():
+                transport.write_eof()  # the peer reads our close frame, then the end
+            if self._paused:  # the peer's close frame must be read
+                self._paused = False
+                transport.resume_reading()
+            self._linger = asyncio.get_running_loop().call_later(
+                CLOSE_HANDSHAKE_TIMEOUT_S, transport.abort
+            )
+            self._wake()
+        if self._eof:
+            transport.close()
+
+    async def wait_closed(self) -> None:
+        """Wait until the connection is gone (a close handshake ends within seconds)."""
+        if self.transport is not None:
+            await asyncio.shield(self._lost)
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    # --------------------------------------------------------------------------------------
+
+    def _write(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is not None and not self.close_sent and not transport.is_closing():
+            transport.write(data)
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _peer_closed(self, payload: bytearray) -> None:
+        try:
+            code, reason = parse_close(payload)
+        except FrameError as exc:
+            self._error = exc
+            return
+        self.peer_close = (code, reason)
+        self._eof = True
+        if not self.close_sent:  # answer with its code, as RFC 6455 5.5.1 asks
+            self._write(close_frame(CloseCode.NORMAL if code == NO_STATUS else code))
+            self.close_sent = True
+        if self.transport is not None:
+            self.transport.close()  # the server closes the TCP connection first
+
+
+async def take_over(request: web.Request, ws: web.WebSocketResponse, stream: WsStream) -> bool:
+    """Answer the upgrade with aiohttp's ``ws`` and move the socket to ``stream``: aiohttp's
+    transport lets go of it (its copy of the descriptor is closed, which sends nothing) and
+    ``stream`` reads it from the first frame on. False when aiohttp read a frame already (a
+    client that did not wait for the upgrade's answer): it is closed with 1002."""
+    transport = request.transport
+    assert transport is not None
+    transport.pause_reading()  # nothing after the upgrade request reaches aiohttp's parser
+    await ws.prepare(request)
+    early = getattr(getattr(ws, "_reader", None), "_buffer", None)
+    if early or transport.get_write_buffer_size():
+        transport.resume_reading()  # aiohttp's close waits for the peer's answer: read it
+        await ws.close(code=1002, message=b"data sent before the upgrade was answered")
+        return False
+    sock = transport.get_extra_info("socket")
+    own = socket.socket(fileno=os.dup(sock.fileno()))
+    try:
+        await asyncio.get_running_loop().connect_accepted_socket(lambda: stream, own)
+    except BaseException:
+        own.close()
+        raise
+    # last, with nothing awaited after it: aiohttp may cancel the request's handler once its
+    # transport is gone
+    transport.abort()
+    return True
