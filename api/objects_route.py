@@ -61,11 +61,12 @@ async def presigned_playlist(
 ) -> str:
     """``text``, the HLS playlist stored at ``key``, with every relative segment URI made a
     presigned GET URL of that object for ``expires_s``: a player then needs no credential and no
-    signature of its own. (reelhouse's playlists name MPEG-TS segments only, no ``URI=`` tags.)"""
+    signature of its own. (reelhouse's playlists name MPEG-TS segments beside them only, no
+    ``URI=`` tags: a line with a path or a URL is left as it is.)"""
     folder = key.rsplit("/", 1)[0] + "/" if "/" in key else ""
     out = []
     for line in text.splitlines():
-        if line and not line.startswith("#") and "://" not in line:
+        if line and not line.startswith("#") and "/" not in line and line not in (".", ".."):
             url = await store.presigned_url(folder + line.strip(), "GET", expires_s)
             line = line if url is None else absolute_url(request, url)
         out.append(line)
