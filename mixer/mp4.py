@@ -9,6 +9,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,13 @@ def _adts_to_raw(data: bytes) -> tuple[bytes, bytes]:
         ((object_type << 3) | (rate_index >> 1), ((rate_index & 1) << 7) | (channels << 3))
     )
     return config, data[header:]
+
+
+def _adts_payload(data: bytes) -> bytes:
+    """One ADTS frame's raw payload (``_adts_to_raw`` without the config)."""
+    if len(data) < 7 or (int.from_bytes(data[:2], "big") & ADTS_SYNC_MASK) != ADTS_SYNC:
+        raise InvalidMedia("AAC in a segment is not ADTS")
+    return data[7 if data[1] & 1 else 9 :]
 
 
 def _open(path: Path, options: dict[str, str] | None = None) -> InputContainer:
@@ -181,23 +189,29 @@ def build_mp4(segments: Sequence[Path], out: Path) -> Mp4Info:
         streams, whole = _add_streams(output, segments)
         for container in _inputs(segments, whole):
             inputs = [s for s in container.streams if s.type in streams]
+            # looked up once per stream, not per packet (a 30 s session has ~1900 packets)
+            per: dict[int, tuple[str, Stream, Fraction, float]] = {}
+            for s in inputs:
+                assert s.time_base is not None  # a demuxed stream has its time base
+                per[s.index] = (s.type, streams[s.type], s.time_base, float(s.time_base))
             for packet in container.demux(inputs):
-                if packet.dts is None or packet.pts is None or packet.size == 0:
+                pts, dts = packet.pts, packet.dts
+                if dts is None or pts is None or packet.size == 0:
                     continue
-                kind = packet.stream.type
+                kind, stream, tb, unit = per[packet.stream_index]
                 counts[kind] += 1
-                tb = packet.time_base
-                assert tb is not None  # Demuxed packets carry their stream's time base.
-                num, den = tb.numerator, tb.denominator  # (float(pts * tb) costs a Fraction)
-                start = packet.pts * num / den
-                first_ts = start if first_ts is None else min(first_ts, start)
-                last_end = max(last_end, start + (packet.duration or 0) * num / den)
+                start = pts * unit
+                if first_ts is None or start < first_ts:
+                    first_ts = start
+                end = start + (packet.duration or 0) * unit
+                if end > last_end:
+                    last_end = end
                 if kind == "audio":
-                    copy = av.Packet(_adts_to_raw(bytes(packet))[1])
-                    copy.pts, copy.dts, copy.duration = packet.pts, packet.dts, packet.duration
+                    copy = av.Packet(_adts_payload(bytes(packet)))
+                    copy.pts, copy.dts, copy.duration = pts, dts, packet.duration
                     copy.time_base, copy.is_keyframe = tb, packet.is_keyframe
                     packet = copy
-                packet.stream = streams[kind]
+                packet.stream = stream
                 output.mux(packet)
     fsync_file(tmp)
     os.replace(tmp, out)
