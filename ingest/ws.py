@@ -144,6 +144,9 @@ class IngestHandler:
         except ProtocolError as exc:
             log.info("closing ws: %s (%d)", exc.reason, exc.code, extra=_ctx(conn))
             await conn.close(exc.code, exc.reason)
+        except Exception:  # a bug of ours: the client reconnects and resends (not 1000: stop)
+            log.exception("ingest connection failed", extra=_ctx(conn))
+            await conn.close(CloseCode.INTERNAL_ERROR, "server error")
         finally:
             conn.stream.fast = None
             self._manager.detach(conn)

@@ -54,7 +54,6 @@ class WsStream(asyncio.Protocol):
         self._lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.heard = True  # bytes came since the keepalive last looked
         self.close_sent = False
-        self.peer_close: tuple[int, str] | None = None
         self.writing_paused = False
         self.on_drained: Callable[[], None] | None = None  # the write buffer emptied
         self._linger: asyncio.TimerHandle | None = None  # ends a close handshake that hangs
@@ -118,15 +117,6 @@ class WsStream(asyncio.Protocol):
 
     # the handler's side -------------------------------------------------------------------
 
-    @property
-    def closed(self) -> bool:
-        """A close has started (either side) or the connection is gone."""
-        return self.close_sent or self._eof or self.transport is None
-
-    @property
-    def write_buffer_size(self) -> int:
-        return self.transport.get_write_buffer_size() if self.transport is not None else 0
-
     async def receive(self, timeout: float | None = None) -> Message | None:
         """The next data message; None once the connection is closing or gone. A broken
         framing raises ``ProtocolError`` (after the messages before it). The handler holds
@@ -186,10 +176,6 @@ class WsStream(asyncio.Protocol):
         if self.transport is not None:
             await asyncio.shield(self._lost)
 
-    def abort(self) -> None:
-        if self.transport is not None:
-            self.transport.abort()
-
     # --------------------------------------------------------------------------------------
 
     def _write(self, data: bytes) -> None:
@@ -204,11 +190,10 @@ class WsStream(asyncio.Protocol):
 
     def _peer_closed(self, payload: bytearray) -> None:
         try:
-            code, reason = parse_close(payload)
+            code, _ = parse_close(payload)  # (the reason is checked: UTF-8)
         except FrameError as exc:
             self._error = exc
             return
-        self.peer_close = (code, reason)
         self._eof = True
         if not self.close_sent:  # answer with its code, as RFC 6455 5.5.1 asks
             self._write(close_frame(CloseCode.NORMAL if code == NO_STATUS else code))

@@ -315,3 +315,20 @@ async def test_a_frame_sent_before_the_upgrade_is_answered_closes_with_1002(
     assert first == 0x88  # a close frame, whole
     code = int.from_bytes(body[:2], "big")
     assert (code, b"before the upgrade" in body) == (1002, True), body
+
+
+async def test_a_server_bug_closes_with_1011_not_1000(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An exception the handler did not expect (a bug of ours, made here by breaking the
+    control-ack path) closes with 1011, which tells the client to reconnect and resend;
+    not 1000, which would tell it the session is over."""
+
+    async def broken(*_: Any) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(server.app[INGEST]._manager, "control_acked", broken)
+    async with aiohttp.ClientSession() as http:
+        _, client = await recording_client(http, server)
+        await client.send({"t": "ack", "id": 1})
+        assert await client.closed() == (1011, "server error")
