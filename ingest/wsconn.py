@@ -36,8 +36,12 @@ from .wsframe import (
 )
 
 CLOSE_HANDSHAKE_TIMEOUT_S = 5.0  # a close handshake the peer leaves hanging ends then
-INBOX_HIGH = 64  # messages queued unread: stop reading the socket...
-INBOX_LOW = 16  # ...and read again once the handler has taken the inbox down to this
+# messages queued unread, or their bytes: stop reading the socket at either high mark...
+INBOX_HIGH = 64
+INBOX_HIGH_BYTES = 1024 * 1024
+# ...and read again once the handler has taken the inbox down to both low marks
+INBOX_LOW = 16
+INBOX_LOW_BYTES = 256 * 1024
 
 
 class WsStream(asyncio.Protocol):
@@ -47,6 +51,7 @@ class WsStream(asyncio.Protocol):
         self._parser = FrameParser(max_message)
         self.transport: asyncio.Transport | None = None
         self._inbox: deque[Message] = deque()
+        self._inbox_bytes = 0
         self._waiter: asyncio.Future[None] | None = None
         self._error: FrameError | None = None  # the peer broke the framing
         self._eof = False  # the peer closed, or the connection is gone
@@ -80,6 +85,7 @@ class WsStream(asyncio.Protocol):
                 if fast is not None and not inbox and not self.busy and fast(op, payload):
                     continue
                 inbox.append((op, payload))
+                self._inbox_bytes += len(payload)
             elif op == OP_PING:
                 self._write(frame(OP_PONG, payload))
             elif op == OP_CLOSE:
@@ -90,7 +96,8 @@ class WsStream(asyncio.Protocol):
             self._error = parser.error
         if inbox or self._error is not None:
             self._wake()
-        if len(inbox) >= INBOX_HIGH and not self._paused and self.transport is not None:
+        full = len(inbox) >= INBOX_HIGH or self._inbox_bytes >= INBOX_HIGH_BYTES
+        if full and not self._paused and self.transport is not None:
             self._paused = True
             self.transport.pause_reading()
 
@@ -133,8 +140,10 @@ class WsStream(asyncio.Protocol):
             finally:
                 self._waiter = None
         msg = self._inbox.popleft()
+        self._inbox_bytes -= len(msg[1])
         self.busy = True
-        if self._paused and len(self._inbox) <= INBOX_LOW and self.transport is not None:
+        low = len(self._inbox) <= INBOX_LOW and self._inbox_bytes <= INBOX_LOW_BYTES
+        if self._paused and low and self.transport is not None:
             self._paused = False
             self.transport.resume_reading()
         return msg
@@ -159,6 +168,7 @@ class WsStream(asyncio.Protocol):
             self._write(close_frame(code, reason))
             self.close_sent = True
             self._inbox.clear()
+            self._inbox_bytes = 0
             if transport.can_write_eof():
                 transport.write_eof()  # the peer reads our close frame, then the end
             if self._paused:  # the peer's close frame must be read
