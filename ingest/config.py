@@ -13,6 +13,7 @@ class IngestSettings:
     hello_timeout_s: float = 10.0
     keepalive_s: float = 15.0
     queue_frames: int = 256  # per-session bound (~4 s of 720p15 + Opus): the socket read waits
+    queue_bytes: int = 32 * 1024 * 1024  # ...and in bytes (256 frames could be 1 GiB of 4 MiB)
     tick_s: float = 0.025  # shortest write tick: one WAL fsync per tick per lane; acks wait
     gap_s: float = 3.0  # a pts jump larger than this starts a new discontinuity
     idle_end_s: float = 3600.0  # end a session nobody has touched for this long

@@ -97,6 +97,7 @@ class SessionRecorder:
         self.skip: set[int] = set()
         self._tracks: dict[int, dict[str, Any]] = {}  # announced
         self._pending: list[tuple[Any, ...]] = []
+        self._pending_bytes = 0  # media bytes queued
         self._space = asyncio.Event()  # set while the queue has room
         self._space.set()
         self._idle = asyncio.Event()  # set while nothing is queued or being written
@@ -309,12 +310,15 @@ class SessionRecorder:
         pts = msg["pts"]
         item = ("media", seq, msg["track"], pts, msg.get("dts", pts), msg["key"], time.time(), data)
         self._queue(item)
-        if len(self._pending) >= self._ingest.queue_frames:
+        self._pending_bytes += len(data)
+        ingest = self._ingest
+        if len(self._pending) >= ingest.queue_frames or self._pending_bytes >= ingest.queue_bytes:
             self._space.clear()
 
     def take(self) -> list[tuple[Any, ...]]:
         """Hand the queued items to the writer pool."""
         items, self._pending = self._pending, []
+        self._pending_bytes = 0
         self._space.set()
         return items
 

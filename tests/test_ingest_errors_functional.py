@@ -4,6 +4,7 @@ recording beside it is not harmed."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Any
 
 import aiohttp
@@ -208,6 +209,39 @@ async def test_keepalive_spares_a_client_whose_frames_wait_for_room(
             last = await client.media(f)
         await client.wait_ack(last)  # a 4010 close raises ConnectionError here
         assert client.acked == 7
+
+
+async def test_a_session_queue_is_bounded_in_bytes_too(
+    server_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Frames of 40 kB against a 100 kB queue (the frame count far from its bound, the writer
+    ticking slowly): the writer never takes more than the byte bound plus the frame that
+    crossed it, and every frame is acknowledged."""
+    server = await server_factory(
+        ingest={"queue_frames": 1000, "queue_bytes": 100_000, "tick_s": 0.3}
+    )
+    taken: list[int] = []
+    async with aiohttp.ClientSession() as http:
+        sid, client = await recording_client(http, server)
+        (conn,) = [c for c in server.app[INGEST].connections if c.session is not None]
+        assert conn.session is not None and conn.session.session_id == sid
+        recorder = conn.session.recorder
+        take = recorder.take
+
+        def counted() -> list[tuple[Any, ...]]:
+            items = take()
+            taken.append(sum(len(i[7]) for i in items if i[0] == "media"))
+            return items
+
+        monkeypatch.setattr(recorder, "take", counted)
+        clip = encode_clip("h264", duration_s=0.8, audio_codec=None)
+        # (zero bytes after a NAL unit are allowed trailing bytes in H.264's byte stream)
+        frames = [dataclasses.replace(f, data=f.data + bytes(40_000)) for f in clip.frames]
+        for f in frames:  # 12 frames, ~480 kB, sent at once
+            last = await client.media(f)
+        await client.wait_ack(last)
+    assert client.acked == len(frames) == 12
+    assert max(taken) <= 100_000 + max(len(f.data) for f in frames), taken
 
 
 async def test_acks_wait_for_a_backed_up_socket_without_holding_up_the_lane(
