@@ -213,15 +213,29 @@ def build_mp4(segments: Sequence[Path], out: Path) -> Mp4Info:
                     packet = copy
                 packet.stream = stream
                 output.mux(packet)
+    span = max(0.0, last_end - (first_ts or 0.0))
+    duration_s = _played_s(tmp, span)
     fsync_file(tmp)
     os.replace(tmp, out)
     fsync_dir(out.parent)
     return Mp4Info(
-        duration_s=max(0.0, last_end - (first_ts or 0.0)),
+        duration_s=duration_s,
         size=out.stat().st_size,
         video_frames=counts["video"],
         audio_frames=counts["audio"],
     )
+
+
+def _played_s(path: Path, span_s: float) -> float:
+    """The MP4's length as players and ``ffprobe`` read it (its header, edit lists applied:
+    the AAC encoder's priming frame, ~21 ms before the first sample, is not played), ~1 ms;
+    ``span_s``, the packets' own span, when the header has none."""
+    try:
+        with av.open(str(path), mode="r", options=CHAIN_OPTIONS) as container:
+            duration = container.duration
+    except av.error.FFmpegError:
+        return span_s
+    return span_s if duration is None else duration / av.time_base
 
 
 async def build_mp4_queued(segments: Sequence[Path], out: Path) -> Mp4Info:
