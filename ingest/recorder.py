@@ -265,38 +265,39 @@ class SessionRecorder:
 
     async def submit(self, msg: dict[str, Any]) -> None:
         """Queue one media frame in order; waits while the session's queue is full."""
-        if self._failed is not None:
-            raise ProtocolError(CloseCode.INTERNAL_ERROR, "recorder failed; reconnect later")
-        if self._closed:
-            raise ProtocolError(CloseCode.SESSION_STATE, "the session is not recording")
-        seq = msg["seq"]
-        if seq <= self.received_seq:
-            return  # a resend of what we already hold
-        if seq != self.received_seq + 1:
-            raise ProtocolError(
-                CloseCode.SEQUENCE, f"expected seq {self.received_seq + 1}, got {seq}"
-            )
-        track = msg["track"]
-        if track not in self._tracks:
-            raise ProtocolError(CloseCode.UNKNOWN_TRACK, f"media for unannounced track {track}")
-        if not self._space.is_set():
+        while not self.take_now(msg):
+            self._refuse(msg)  # a rule broken: raised; otherwise the queue is full
             await self._space.wait()
-            if self._closed:  # ended while we waited: the writer may be finishing
-                raise ProtocolError(CloseCode.SESSION_STATE, "the session is not recording")
-        self._accept(msg)
 
     def take_now(self, msg: dict[str, Any]) -> bool:
-        """``submit`` without waiting, for the WebSocket's fast path: false, with nothing
-        changed, when the frame needs ``submit`` (to raise its error, or to wait for room)."""
-        if self._failed is not None or self._closed or not self._space.is_set():
+        """Queue one media frame if it may go now (a resend of what we hold is taken as
+        done); false, with nothing changed, when it breaks a rule (``_refuse`` says which) or
+        the queue is full. The WebSocket's fast path calls it straight from the socket."""
+        if self._failed is not None or self._closed:
             return False
         seq = msg["seq"]
         if seq <= self.received_seq:
             return True  # a resend of what we already hold
         if seq != self.received_seq + 1 or msg["track"] not in self._tracks:
             return False
+        if not self._space.is_set():
+            return False
         self._accept(msg)
         return True
+
+    def _refuse(self, msg: dict[str, Any]) -> None:
+        """Raise the error of a frame ``take_now`` declined, unless only room was lacking."""
+        if self._failed is not None:
+            raise ProtocolError(CloseCode.INTERNAL_ERROR, "recorder failed; reconnect later")
+        if self._closed:  # (also a session that ended while the frame waited for room)
+            raise ProtocolError(CloseCode.SESSION_STATE, "the session is not recording")
+        seq, track = msg["seq"], msg["track"]
+        if seq != self.received_seq + 1:
+            raise ProtocolError(
+                CloseCode.SEQUENCE, f"expected seq {self.received_seq + 1}, got {seq}"
+            )
+        if track not in self._tracks:
+            raise ProtocolError(CloseCode.UNKNOWN_TRACK, f"media for unannounced track {track}")
 
     def _accept(self, msg: dict[str, Any]) -> None:
         seq = msg["seq"]

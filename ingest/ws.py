@@ -41,21 +41,6 @@ class WsConnection:
             stream.transport.set_write_buffer_limits(high=ACK_BACKLOG_BYTES)
         self.silent_checks = 0  # keepalive checks in a row that found nothing heard
 
-    @property
-    def heard(self) -> bool:
-        """Something came from the client since the keepalive last looked."""
-        return self.stream.heard
-
-    @heard.setter
-    def heard(self, value: bool) -> None:
-        self.stream.heard = value
-
-    @property
-    def receiving(self) -> bool:
-        """The handler waits for the client's next message (otherwise it is busy with one, or
-        waits for room in the session's queue: the silence is not the client's)."""
-        return not self.stream.busy
-
     async def send(self, message: Any) -> None:
         """Send one message; a closed socket drops it (the client resends what it needs)."""
         self.stream.send(encode(message))
@@ -78,11 +63,9 @@ class WsConnection:
         """Cumulative ack; never waits (the writer's tick calls it for every session). While
         the client's socket is backed up the newest ack waits and goes when it drains, so a
         slow client delays only itself."""
-        if self.stream.writing_paused:
-            self._ack_seq = seq
-            return
-        self._ack_seq = 0
-        self.stream.send(encode({"t": "ack", "seq": seq}))
+        self._ack_seq = seq
+        if not self.stream.writing_paused:
+            self._flush_ack()
 
     def _flush_ack(self) -> None:
         if self._ack_seq:
@@ -92,10 +75,6 @@ class WsConnection:
     async def close(self, code: CloseCode, reason: str) -> None:
         """Close with a protocol close code and reason (from any task; never waits)."""
         await self.stream.close(int(code), reason)
-
-    async def wait_closed(self) -> None:
-        """Wait until the connection is gone (a close handshake ends within seconds)."""
-        await self.stream.wait_closed()
 
 
 class IngestHandler:
@@ -116,7 +95,7 @@ class IngestHandler:
         self._admit = admit
         self.connections: set[WsConnection] = set()
         self._keepalive: asyncio.Task[None] | None = None
-        self._keepalive_tasks: set[asyncio.Task[None]] = set()  # its pings and closes
+        self._keepalive_tasks: set[asyncio.Task[None]] = set()  # the closes it started
         self._serving: set[asyncio.Task[None]] = set()  # one per connection
 
     async def __call__(self, request: web.Request) -> web.StreamResponse:
@@ -162,13 +141,16 @@ class IngestHandler:
         while True:
             await asyncio.sleep(period)
             for conn in list(self.connections):
-                if conn.heard or not conn.receiving:
-                    conn.heard = False
+                # (a handler that holds a message is busy, or waits for room in the session's
+                # queue: the silence is not the client's)
+                stream = conn.stream
+                if stream.heard or stream.busy:
+                    stream.heard = False
                     conn.silent_checks = 0
                     continue
                 conn.silent_checks += 1
                 if conn.silent_checks == 1:
-                    conn.stream.ping()
+                    stream.ping()
                 elif conn.silent_checks == 2:
                     log.info("closing ws: nothing received", extra=_ctx(conn))
                     reason = f"nothing received within {2 * period:g} s"

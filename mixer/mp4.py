@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import io
 import os
-import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -40,8 +39,8 @@ ADTS_SYNC = 0xFFF0
 # builds of one process queue for one thread: builds side by side in threads contend for
 # the GIL (30 s of 720p: ~45 ms of CPU built alone, ~85 ms each with six at once, as when
 # many sessions end together), and two cores gain nothing from more than one
-_builder: ThreadPoolExecutor | None = None
-_builder_lock = threading.Lock()
+# (its thread starts with the first build)
+_BUILDER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mp4-build")
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,27 +53,24 @@ class Mp4Info:
     audio_frames: int
 
 
-def _adts_to_raw(data: bytes) -> tuple[bytes, bytes]:
-    """Split one ADTS frame into (AudioSpecificConfig, raw payload)."""
-    # Done here rather than with `aac_adtstoasc`: that filter hands the config over as packet
-    # side data after the first packet, but the MP4 stream needs it before the header.
+def _adts_header_bytes(data: bytes) -> int:
+    """The length of one ADTS frame's header; raises ``InvalidMedia`` when it is not ADTS."""
     if len(data) < 7 or (int.from_bytes(data[:2], "big") & ADTS_SYNC_MASK) != ADTS_SYNC:
         raise InvalidMedia("AAC in a segment is not ADTS")
+    return 7 if data[1] & 1 else 9  # protection_absent=0 adds a 2-byte CRC.
+
+
+def _adts_config(data: bytes) -> bytes:
+    """The AudioSpecificConfig that one ADTS frame's header describes."""
+    # Done here rather than with `aac_adtstoasc`: that filter hands the config over as packet
+    # side data after the first packet, but the MP4 stream needs it before the header.
+    _adts_header_bytes(data)
     object_type = (data[2] >> 6) + 1
     rate_index = (data[2] >> 2) & 0x0F
     channels = ((data[2] & 1) << 2) | (data[3] >> 6)
-    header = 7 if data[1] & 1 else 9  # protection_absent=0 adds a 2-byte CRC.
-    config = bytes(
+    return bytes(
         ((object_type << 3) | (rate_index >> 1), ((rate_index & 1) << 7) | (channels << 3))
     )
-    return config, data[header:]
-
-
-def _adts_payload(data: bytes) -> bytes:
-    """One ADTS frame's raw payload (``_adts_to_raw`` without the config)."""
-    if len(data) < 7 or (int.from_bytes(data[:2], "big") & ADTS_SYNC_MASK) != ADTS_SYNC:
-        raise InvalidMedia("AAC in a segment is not ADTS")
-    return data[7 if data[1] & 1 else 9 :]
 
 
 def _open(path: Path, options: dict[str, str] | None = None) -> InputContainer:
@@ -120,7 +116,7 @@ def _add_streams(
                 if stream.type == "audio":
                     for packet in container.demux(stream):
                         if packet.size:
-                            added.codec_context.extradata = _adts_to_raw(bytes(packet))[0]
+                            added.codec_context.extradata = _adts_config(bytes(packet))
                             break
                 streams[stream.type] = added
         if path == segments[0]:
@@ -207,7 +203,8 @@ def build_mp4(segments: Sequence[Path], out: Path) -> Mp4Info:
                 if end > last_end:
                     last_end = end
                 if kind == "audio":
-                    copy = av.Packet(_adts_payload(bytes(packet)))
+                    data = bytes(packet)
+                    copy = av.Packet(data[_adts_header_bytes(data) :])
                     copy.pts, copy.dts, copy.duration = pts, dts, packet.duration
                     copy.time_base, copy.is_keyframe = tb, packet.is_keyframe
                     packet = copy
@@ -240,8 +237,4 @@ def _played_s(path: Path, span_s: float) -> float:
 
 async def build_mp4_queued(segments: Sequence[Path], out: Path) -> Mp4Info:
     """``build_mp4`` off the event loop, in this process's one MP4 thread (in turn)."""
-    global _builder
-    with _builder_lock:
-        if _builder is None:
-            _builder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mp4-build")
-    return await asyncio.get_running_loop().run_in_executor(_builder, build_mp4, segments, out)
+    return await asyncio.get_running_loop().run_in_executor(_BUILDER, build_mp4, segments, out)
