@@ -10,7 +10,16 @@ lane writes its share of the sessions on a core of its own.
 A lane owns its WAL directory (``wal/lane-<n>``, group-committed once per tick) and the
 ``SessionWriter`` of each session placed on it. The server talks to it over a pipe (a Unix
 socket pair), requests answered one at a time, in order (``Lane.call``): ``open``, ``tick``,
-``finish``, ``close``, ``release``, ``wal_open``, ``finish_recovery``, ``stop``. The server's
+``flush``, ``finish``, ``close``, ``release``, ``wal_open``, ``finish_recovery``, ``stop``.
+
+A tick only logs: its frames are appended to the WAL, fsync'd and acknowledged at once, and
+written into HLS when the lane has nothing to answer and the oldest of them has waited
+``WRITE_DELAY_S`` (a few ticks' frames at a time: the codecs and muxers run with warm caches,
+and an acknowledgement never waits for a codec). A tick writes first when its lane's backlog
+has grown past ``BACKLOG_MAX_S`` or ``BACKLOG_MAX_BYTES`` (the lane cannot keep up: the
+acknowledgements slow down instead of memory growing). What a written batch produces (closed
+segments, a frame that did not decode) rides on the next reply (``Outcome``; ``flush`` when no
+tick comes). The server's
 end is a protocol on the event loop: a tick's request is a pickle of byte strings (a copy),
 and handing it to a thread cost more than the copy (a thread wake-up and a GIL hand-over each
 way, per tick and lane). Only a large reply (a WAL's records at recovery) is unpickled in a
@@ -21,9 +30,10 @@ stops, after its sessions made their open segments safe) and exits when the serv
 the pipe closes, so a killed server leaves no lane behind. A lane that dies (a crash in a
 codec) fails its sessions' writes and is noticed at once (the event loop watches its exit);
 the pool restarts it on the same WAL and the session manager replays its sessions, as at a
-server start (``WriterPool.lane_died``, ``SessionManager._recover_lane``). The frames the
-dead lane was writing are written one per request when their clients resend them, so that a
-frame it dies on again is named, and skipped by the next restart (``writer.Crash``).
+server start (``WriterPool.lane_died``, ``SessionManager._recover_lane``). Before writing each
+frame into HLS a lane notes which (``MARK_FILE``, a shared memory page that outlives the
+process): a lane that dies twice on the same frame (writing it, then replaying it) has it
+skipped by the next restart, acknowledged and not recorded, and goes on.
 """
 
 from __future__ import annotations
@@ -31,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import mmap
 import multiprocessing
 import os
 import pickle
@@ -67,12 +78,19 @@ _START_LOCK = threading.Lock()
 # media frame whose payload starts with these bytes.
 FAILPOINT_CRASH = b"\xffreelhouse-failpoint:crash\xff"
 FAILPOINT_EXIT_CODE = 70
-UNTAGGED = "untagged"  # ``Lane.died_during`` of a request that named nothing
 _SIZE = struct.Struct("!i")  # ``multiprocessing.Connection``'s framing
 _BIG_SIZE = struct.Struct("!Q")
 # a reply larger than this is unpickled in a thread (the WAL's records at recovery, say), and
 # a request this large is written without a copy joining it to its header
 _INLINE_BYTES = 1 << 20
+# logged frames are written into HLS once the oldest has waited this long (or at once when a
+# control item, END or a flush needs them); a tick writes first past either bound
+WRITE_DELAY_S = 0.1
+BACKLOG_MAX_S = 1.0
+BACKLOG_MAX_BYTES = 32 * 1024 * 1024
+MARK_FILE = "writing"  # in the lane's WAL directory: the frame being written, if one is
+_MARK = struct.Struct("!QH")  # sequence (0: none), then the session id's length and bytes
+_MARK_BYTES = 4096
 
 
 class LaneError(RuntimeError):
@@ -86,13 +104,55 @@ class LaneDied(LaneError):
 # the lane process ----------------------------------------------------------------------------
 
 
+class _Marker:
+    """The frame a lane is writing into HLS, noted in ``MARK_FILE`` (a shared mapping: what is
+    noted survives the process) for the server to read when the lane dies (``read_mark``)."""
+
+    def __init__(self, directory: Path, failpoints: bool) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(directory / MARK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            os.ftruncate(fd, _MARK_BYTES)
+            self._map = mmap.mmap(fd, _MARK_BYTES)
+        finally:
+            os.close(fd)
+        self._failpoints = failpoints
+        self.clear()
+
+    def __call__(self, sid: str, seq: int, data: bytes) -> None:
+        raw = sid.encode()
+        self._map[: _MARK.size + len(raw)] = _MARK.pack(seq, len(raw)) + raw
+        if self._failpoints and data.startswith(FAILPOINT_CRASH):
+            log.critical("failpoint: frame %d of session %s crashes this lane", seq, sid)
+            os._exit(FAILPOINT_EXIT_CODE)
+
+    def clear(self) -> None:
+        self._map[: _MARK.size] = _MARK.pack(0, 0)
+
+
+def read_mark(directory: Path) -> tuple[str, int] | None:
+    """The frame (session id, sequence) a dead lane was writing into HLS, if it was."""
+    try:
+        with open(directory / MARK_FILE, "rb") as f:
+            head = f.read(_MARK_BYTES)
+    except FileNotFoundError:
+        return None
+    if len(head) < _MARK.size:
+        return None
+    seq, size = _MARK.unpack_from(head)
+    if not seq:
+        return None
+    return head[_MARK.size : _MARK.size + size].decode(errors="replace"), seq
+
+
 class _LaneState:
     """A lane's writers and WAL, served one request at a time."""
 
     def __init__(self, directory: Path, rotate_bytes: int, failpoints: bool = False) -> None:
         self.wal = Wal(directory, rotate_bytes)
+        self.mark = _Marker(directory, failpoints)
         self.writers: dict[str, SessionWriter] = {}
-        self.failpoints = failpoints
+        self.failed: dict[str, Failed] = {}  # writers that raised while writing a backlog
 
     def wal_open(self) -> dict[str, list[list[Any]]]:
         return self.wal.open()
@@ -102,40 +162,97 @@ class _LaneState:
         return self.wal.index
 
     def open(self, params: WriterParams, records: list[list[Any]]) -> Any:
-        writer = SessionWriter(params, self.wal)
+        writer = SessionWriter(params, self.wal, self.mark)
         opened = writer.open(records)
+        self.mark.clear()
         self.writers[params.session_id] = writer
+        self.failed.pop(params.session_id, None)
         return opened
 
-    def tick(
-        self, work: list[tuple[str, list[tuple[Any, ...]]]]
-    ) -> tuple[list[Outcome | Failed], float, int]:
+    def tick(self, work: list[tuple[str, list[tuple[Any, ...]]]]) -> tuple[Any, ...]:
+        """Log each session's items (``SessionWriter.process``) and fsync: (an outcome per
+        session, news of the others, the fsync's seconds, the WAL file, a backlog is left)."""
+        if self._overdue():  # the lane cannot keep up: acknowledge more slowly, writing the
+            # oldest backlogs until it is back within bounds (first: what they close is
+            # reported with this tick)
+            self.write_backlogs(lambda: not self._overdue())
         out: list[Outcome | Failed] = []
         for sid, items in work:
-            if self.failpoints and any(
-                i[0] == "media" and i[7].startswith(FAILPOINT_CRASH) for i in items
-            ):
-                log.critical("failpoint: a frame of session %s crashes this lane", sid)
-                os._exit(FAILPOINT_EXIT_CODE)
             writer = self.writers.get(sid)
             if writer is None:
-                out.append(Failed(f"session {sid} is not open in this lane"))
+                out.append(self.failed.get(sid) or Failed(f"session {sid} is not open here"))
                 continue
             try:
                 out.append(writer.process(items))
             except Exception as exc:  # one session's failure is that session's alone
-                log.exception("writing failed", extra={"session_id": sid})
-                out.append(Failed(f"{type(exc).__name__}: {exc}"))
+                out.append(self._broken(sid, exc))
+        self.mark.clear()
         began = time.monotonic()
         try:
             self.wal.sync()
         except OSError as exc:  # the disk failed: nothing of this tick may be acknowledged
             log.critical("WAL sync failed: %s", exc)
             out = [Failed(f"WAL sync failed: {exc}")] * len(work)
-        return out, time.monotonic() - began, self.wal.index
+        sync_s = time.monotonic() - began
+        news = self._news({sid for sid, _ in work})
+        return out, news, sync_s, self.wal.index, self.due() is not None
+
+    def flush(self) -> tuple[list[tuple[str, Outcome | Failed]], int]:
+        """Write every backlog and report what came of it: (news, the WAL file)."""
+        self.write_backlogs()
+        self.wal.sync()  # the cuts reported must be durable before their WAL files go
+        return self._news(set()), self.wal.index
+
+    def due(self) -> float | None:
+        """When the oldest backlog is to be written (monotonic time; None: nothing waits)."""
+        since = [w.backlog_since for w in self.writers.values() if w.backlog_since is not None]
+        return min(since) + WRITE_DELAY_S if since else None
+
+    def _overdue(self) -> bool:
+        due = self.due()
+        if due is None:
+            return False
+        held = sum(w.backlog_bytes for w in self.writers.values())
+        return held > BACKLOG_MAX_BYTES or time.monotonic() > due - WRITE_DELAY_S + BACKLOG_MAX_S
+
+    def write_backlogs(self, enough: Callable[[], bool] | None = None) -> None:
+        """Write the sessions' logged frames into HLS, oldest backlog first; stop early, between
+        sessions, once ``enough`` says so (a request waits, the lane is within bounds)."""
+        waiting = sorted(
+            (w for w in self.writers.values() if w.backlog_since is not None),
+            key=lambda w: w.backlog_since or 0.0,
+        )
+        for writer in waiting:
+            try:
+                writer.write_backlog()
+            except Exception as exc:
+                self._broken(writer.session_id, exc)
+            if enough is not None and enough():
+                break
+        self.mark.clear()
+
+    def _broken(self, sid: str, exc: Exception) -> Failed:
+        """A session's writer raised (a bug): it fails from now on, the lane goes on."""
+        log.exception("writing failed", extra={"session_id": sid})
+        failed = self.failed[sid] = Failed(f"{type(exc).__name__}: {exc}")
+        self.writers.pop(sid, None)
+        return failed
+
+    def _news(self, told: set[str]) -> list[tuple[str, Outcome | Failed]]:
+        """The closed segments and refused frames of sessions not in ``told``, and failures."""
+        news: list[tuple[str, Outcome | Failed]] = []
+        for sid in [sid for sid in self.failed if sid not in told]:
+            news.append((sid, self.failed.pop(sid)))  # told once; its ticks fail from now on
+        for sid, writer in self.writers.items():
+            if sid not in told and (outcome := writer.news()) is not None:
+                news.append((sid, outcome))
+        return news
 
     def finish(self, sid: str) -> Any:
-        return self.writers.pop(sid).finish()
+        cuts = self.writers.pop(sid).finish()
+        self.mark.clear()
+        self.wal.sync()  # the cuts reported must be durable before their WAL files go
+        return cuts
 
     def close(self, sid: str) -> None:
         writer = self.writers.pop(sid, None)
@@ -165,6 +282,10 @@ def lane_main(
         log_setup[0](*log_setup[1])
     state = _LaneState(Path(directory), rotate_bytes, failpoints)
     while True:
+        due = state.due()
+        if due is not None and not conn.poll(max(0.0, due - time.monotonic())):
+            state.write_backlogs(conn.poll)  # (requests first: acknowledgements wait less)
+            continue
         try:
             op, args = pickle.loads(conn.recv_bytes())
         except (EOFError, OSError):  # the server is gone: make what we hold durable and go
@@ -192,8 +313,8 @@ class _Replies(asyncio.Protocol):
         self._lane = lane
         self._buf = bytearray()
         self.transport: asyncio.Transport | None = None
-        # (reply, tag) of each request sent and not answered yet, oldest first
-        self.waiting: deque[tuple[asyncio.Future[bytes], Any]] = deque()
+        # the reply of each request sent and not answered yet, oldest first
+        self.waiting: deque[asyncio.Future[bytes]] = deque()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -214,7 +335,7 @@ class _Replies(asyncio.Protocol):
             reply = bytes(buf[head : head + size])
             del buf[: head + size]
             if self.waiting:
-                fut, _ = self.waiting.popleft()
+                fut = self.waiting.popleft()
                 if not fut.done():
                     fut.set_result(reply)
 
@@ -238,8 +359,6 @@ class Lane:
         self._rotate_bytes = rotate_bytes
         self._log_setup = log_setup
         self._failpoints = failpoints
-        # the tag of the request the process died answering (see ``call``), if it did
-        self.died_during: Any = None
         self._pipe: _Replies | None = None
         self._proc: Any = None
         self._dead = False
@@ -294,14 +413,10 @@ class Lane:
             self._watched = None
 
     def _gone(self, pipe: _Replies, exc: Exception | None) -> None:
-        """The pipe closed: the process is gone (or going). The oldest request not answered
-        is the one it died on; it and every later one fail."""
+        """The pipe closed: the process is gone (or going); every request not answered fails."""
         self._dead = True
-        if pipe.waiting and self.died_during is None:
-            tag = pipe.waiting[0][1]
-            self.died_during = UNTAGGED if tag is None else tag
         while pipe.waiting:
-            fut, _ = pipe.waiting.popleft()
+            fut = pipe.waiting.popleft()
             if not fut.done():
                 fut.set_exception(LaneDied(f"writer lane {self.number} is gone ({exc!r})"))
 
@@ -318,10 +433,8 @@ class Lane:
         """The lane's process id (None before start)."""
         return self._proc.pid if self._proc is not None else None
 
-    async def call(self, op: str, *args: Any, tag: Any = None) -> Any:
-        """One request, answered in order after every earlier one. When the process dies
-        while answering it (the request reached it, no answer came back), ``died_during``
-        holds ``tag``: what the request was working on (a tick's sessions, say)."""
+    async def call(self, op: str, *args: Any) -> Any:
+        """One request, answered in order after every earlier one."""
         pipe = self._pipe
         if self._dead or pipe is None or pipe.transport is None or pipe.transport.is_closing():
             # (not ``dead``: polling the process on every tick costs a syscall)
@@ -330,7 +443,7 @@ class Lane:
         size = len(request)
         head = _SIZE.pack(size) if size <= 0x7FFFFFFF else _SIZE.pack(-1) + _BIG_SIZE.pack(size)
         reply: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        pipe.waiting.append((reply, tag))
+        pipe.waiting.append(reply)
         if size > _INLINE_BYTES:
             pipe.transport.write(head)
             pipe.transport.write(request)
@@ -352,11 +465,10 @@ class Lane:
                 os.kill(self._proc.pid, signal.SIGKILL)
 
     async def settled(self) -> None:
-        """Wait until every request made so far has been answered or has failed (so that
-        ``died_during`` is known once the process is seen to exit)."""
+        """Wait until every request made so far has been answered or has failed."""
         pipe = self._pipe
         if pipe is not None and pipe.waiting:
-            await asyncio.wait([fut for fut, _ in pipe.waiting])
+            await asyncio.wait(list(pipe.waiting))
 
     async def stop(self) -> None:
         """Ask the lane to close its WAL and exit; kill it if it does not."""

@@ -91,10 +91,9 @@ class SessionRecorder:
         self.acked_seq = acked_seq  # durable high-water mark (what the client may forget)
         self.received_seq = acked_seq  # highest seq queued (dedupe and gap detection)
         self.wal_from = 0  # the oldest file of its lane's WAL holding the open segment
-        # after a crash of its lane: frames up to this one are written one per lane request
-        # (``WriterPool``), and frames the lane died on are skipped (acknowledged, not written)
-        self.isolate_until = 0
+        # frames its lane died on twice (``WriterPool._recover``): acknowledged, not recorded
         self.skip: set[int] = set()
+        self._notice: ProtocolError | None = None  # for the next client: a frame was dropped
         self._tracks: dict[int, dict[str, Any]] = {}  # announced
         self._pending: list[tuple[Any, ...]] = []
         self._pending_bytes = 0  # media bytes queued
@@ -144,6 +143,11 @@ class SessionRecorder:
                 with contextlib.suppress(asyncio.CancelledError, _LeftToWal):
                     await spooler
 
+    def take_notice(self) -> ProtocolError | None:
+        """What the replay has to tell the client (once): an acknowledged frame it dropped."""
+        notice, self._notice = self._notice, None
+        return notice
+
     @property
     def key_playlist(self) -> str:
         """Object key of the session's playlist."""
@@ -182,6 +186,7 @@ class SessionRecorder:
             start_s=self._playlist.duration_s,
             resumed=bool(rows),
             aac_coder=self._settings.aac_coder,
+            skip=frozenset(self.skip),
         )
         lane = self._pool.register(self)
         try:
@@ -194,6 +199,8 @@ class SessionRecorder:
         self.wal_from = opened.wal_from
         self._tracks.update(opened.tracks)  # a client may go on without re-announcing
         self._queue_segments(opened.cuts)  # closed while replaying
+        if opened.refused is not None:
+            self._notice = ProtocolError(CloseCode(opened.refused[0]), opened.refused[1])
 
     async def _respool_lost(self, rows: list[FileRow]) -> None:
         """Spool again a closed segment whose row was written but whose spooling a crash cut
@@ -229,11 +236,19 @@ class SessionRecorder:
         self._closed = True
         self._closing.set()
         self._retry.set()
+        self._flush_logged()
         await self._drain()
         self._pool.unregister(self)
         if self._lane is not None:
             with contextlib.suppress(LaneError):  # a lane that is gone has its WAL on disk
                 await self._lane.call("close", self.session_id)  # the WAL has it all
+
+    def _flush_logged(self) -> None:
+        """Have the lane write the frames it logged (it writes them a little later: see
+        ``ingest.lanes``), so that the segments they close are reported, in order, before
+        END's last one, or spooled before the server stops."""
+        if self._lane is not None and self._failed is None and not self.writer_lost:
+            self._queue(("flush",))
 
     async def _drain(self) -> None:
         """Wait until everything queued is written and closed segments are spooled."""
@@ -368,6 +383,7 @@ class SessionRecorder:
         self._closed = True
         self._ending = True
         self._retry.set()
+        self._flush_logged()
         await self._drain()
         self._pool.unregister(self)
         if self._lane is not None:
@@ -389,13 +405,6 @@ class SessionRecorder:
             self.wal_from = max(self.wal_from, outcome.recut)
         if outcome.acked > self.acked_seq:
             self.acked_seq = outcome.acked
-            if self.isolate_until and outcome.acked >= self.isolate_until:
-                log.info(
-                    "the frames its lane died on are written or skipped",
-                    extra={"session_id": self.session_id},
-                )
-                self.isolate_until = 0
-                self.skip.clear()
             self._wake_ack_waiters()
             if self.on_ack is not None:
                 await self.on_ack(outcome.acked)

@@ -1,15 +1,27 @@
-"""The writing half of a session recorder: HLS muxing and WAL appends, run in a writer lane.
+"""The writing half of a session recorder: WAL appends and HLS muxing, run in a writer lane.
 
 A ``SessionWriter`` lives in a lane process (``ingest.lanes``) beside the lane's WAL; the
 ``SessionRecorder`` in the server process queues frames, ships them here in ticks and gets back
 an ``Outcome`` per tick: the highest sequence now safe (once the lane has fsync'd its WAL), the
 segments that closed, and a media error to tell the client about. Everything that crosses the
 pipe is plain data (dataclasses of ints, strings, paths), so it pickles cheaply and safely.
+
+WAL first: a tick only appends its frames to the WAL (``process``); they are acknowledged once
+the lane's fsync returns, and written into HLS later, in batches (``write_backlog``, when the
+lane has a moment: ``ingest.lanes``). A segment that closes in such a batch, or a frame that
+turns out not to decode, is reported with the session's next outcome. Control items (a track,
+a pause, a resume) act in order: the frames before them are written first.
+
+A cut's WAL record names the first frame of the new segment (``from_seq``) and the tracks it
+needs, since that frame may have been logged before the cut was known; a replay starts there
+(``replay_from``).
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +41,13 @@ KEEP_DIR = "keep"  # hard links of closed segments, for the MP4 built at END
 SKIPPED = "its writer crashed on this frame: dropped, not recorded"
 
 Cut = tuple[SegmentInfo, int]  # a closed segment and the WAL file its successor starts in
+# told (session id, sequence, payload) before each frame is written into HLS, so that a lane
+# dying in a codec can name the frame (``ingest.lanes``)
+Mark = Callable[[str, int, bytes], None]
+
+
+def _unmarked(sid: str, seq: int, data: bytes) -> None:
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +64,8 @@ class WriterParams:
     start_s: float  # media time already in the playlist
     resumed: bool  # segments were spooled before: the next one starts with a discontinuity
     aac_coder: str  # FFmpeg's coder for Opus transcoded to AAC
+    # frames its lane died writing, twice: the replay drops them (acknowledged, not recorded)
+    skip: frozenset[int] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +77,7 @@ class Opened:
     acked_seq: int
     tracks: dict[int, dict[str, Any]]
     wal_from: int
+    refused: tuple[int, str] | None = None  # (close code, reason): a frame the replay dropped
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,12 +122,23 @@ def track_spec(fields: dict[str, Any]) -> TrackSpec:
 
 
 def replay_from(records: list[list[Any]], next_index: int) -> list[list[Any]]:
-    """The records of the open segment: those after the cut that started ``next_index``."""
-    start = 0
+    """The records of the open segment (one session's, in WAL order), led by the tracks it
+    needs: from the last cut at or before segment ``next_index`` on. A cut made while a batch
+    of logged frames was written (``from_seq`` set) starts at that frame's record, which came
+    before the cut's own; one made in order (``from_seq`` 0, and the older three-item records
+    that TRACK records follow) starts right after the cut's record."""
+    start, from_seq, tracks = 0, 0, list[Any]()
     for i, rec in enumerate(records):
         if rec[1] == CUT and rec[2] <= next_index:
             start = i + 1
-    return records[start:]
+            from_seq = rec[3] if len(rec) > 3 else 0
+            tracks = rec[4] if len(rec) > 4 else []
+    if from_seq:
+        start = next(
+            (i for i, rec in enumerate(records) if rec[1] == MEDIA and rec[2] >= from_seq), start
+        )
+    leading = [[rec[0], TRACK, fields] for rec in records[:1] for fields in tracks]
+    return leading + records[start:]
 
 
 def _segment_index(path: Path) -> int:
@@ -115,15 +148,22 @@ def _segment_index(path: Path) -> int:
 class SessionWriter:
     """Writes one session's frames to HLS and its lane's WAL (blocking; one lane's thread)."""
 
-    def __init__(self, params: WriterParams, wal: Wal) -> None:
+    def __init__(self, params: WriterParams, wal: Wal, mark: Mark = _unmarked) -> None:
         self.params = params
         self.session_id = params.session_id
         self._wal = wal
+        self._mark = mark
         self.paused = params.paused
         self._tracks: dict[int, dict[str, Any]] = {}
         self._last_pts: dict[int, int] = {}
-        self._cuts: list[Cut] = []
         self._writer: HlsWriter | None = None
+        # frames logged and acknowledged, not yet written: (the WAL file of each, its item)
+        self._backlog: list[tuple[int, tuple[Any, ...]]] = []
+        self.backlog_since: float | None = None  # monotonic time the oldest of them came
+        self.backlog_bytes = 0
+        # what the next outcome reports: segments closed, the first frame refused
+        self._cuts: list[Cut] = []
+        self._error: tuple[int, str] | None = None
 
     def open(self, records: list[list[Any]]) -> Opened:
         """Open the HLS writer, replaying what the WAL held of the open segment."""
@@ -145,7 +185,7 @@ class SessionWriter:
             aac_coder=p.aac_coder,
         )
         sid = self.session_id
-        wal_from = self._wal.append([sid, CUT, p.next_index])
+        wal_from = self._wal.append([sid, CUT, p.next_index, 0, []])
         self._cuts = []
         acked = p.acked_seq
         last_seq = 0
@@ -156,49 +196,51 @@ class SessionWriter:
             elif tag == BREAK:
                 self._break()
             elif tag == MEDIA and rec[2] > last_seq:
-                last_seq = rec[2]
-                acked = max(acked, last_seq)
+                last_seq = seq = rec[2]
+                acked = max(acked, seq)
+                if seq in p.skip:
+                    self._refuse(seq, SKIPPED)
+                    continue
+                self._mark(sid, seq, rec[8])
                 try:
                     self._media(*rec[2:])
                 except MediaError as exc:  # one bad frame must not keep the session down
-                    log.warning("replay: seq %d: %s", last_seq, exc, extra={"session_id": sid})
+                    log.warning("replay: seq %d: %s", seq, exc, extra={"session_id": sid})
                     continue
             else:
                 continue  # cuts (the writer makes its own) and resent duplicates
             self._wal.append(rec)
-        return Opened(self._cuts, acked, dict(self._tracks), wal_from)
+        cuts, self._cuts = self._cuts, []
+        refused, self._error = self._error, None
+        return Opened(cuts, acked, dict(self._tracks), wal_from, refused)
 
     def process(self, batch: list[tuple[Any, ...]]) -> Outcome:
-        """Write a batch and append it to the WAL (the lane fsyncs it after the tick)."""
-        self._cuts = []
+        """Append a batch to the WAL (the lane fsyncs it after the tick); its frames join the
+        backlog, written later (``write_backlog``), and control items act in order."""
         acked = 0
-        error: tuple[int, str] | None = None
         recut: int | None = None
         first_arrival: float | None = None
         wal, sid = self._wal, self.session_id
         for item in batch:
             kind = item[0]
             if kind == "media":
-                _, seq, track, pts, dts, key, arrival, data = item
-                acked = seq
+                acked = item[1]
                 if first_arrival is None:
-                    first_arrival = arrival
+                    first_arrival = item[6]
                 if self.paused:
                     continue
-                try:
-                    self._media(seq, track, pts, dts, key, arrival, data)
-                except MediaError as exc:
-                    # discarded and acknowledged, so a resend cannot loop; the client is told
-                    log.warning("seq %d: %s", seq, exc, extra={"session_id": sid})
-                    error = error or (int(CloseCode.INVALID_MEDIA), f"seq {seq}: {exc}")
-                else:
-                    wal.append([sid, MEDIA, seq, track, pts, dts, key, arrival, data])
+                if not self._backlog:
+                    self.backlog_since = time.monotonic()
+                self._backlog.append((wal.append([sid, MEDIA, *item[1:]]), item))
+                self.backlog_bytes += len(item[7])
+                continue
             elif kind == "skip":  # its lane died writing this frame: acknowledged, dropped
-                seq = item[1]
-                acked = seq
-                log.warning("seq %d: %s", seq, SKIPPED, extra={"session_id": sid})
-                error = error or (int(CloseCode.INVALID_MEDIA), f"seq {seq}: {SKIPPED}")
-            elif kind == "track":
+                acked = item[1]
+                self._refuse(acked, SKIPPED)
+                continue
+            self.write_backlog()  # what follows acts after the frames before it ("flush":
+            # only that, for END and a server stop: their segments are reported in order)
+            if kind == "track":
                 self._add_track(item[1])
                 wal.append([sid, TRACK, item[1]])
             elif kind == "pause":
@@ -211,17 +253,50 @@ class SessionWriter:
             elif kind == "recut" and self._writer is not None and self._writer.idle:
                 # nothing of the open segment is in the WAL yet: start it again in the newest
                 # file, so an idle or paused session does not hold older files forever
-                recut = wal.append([sid, CUT, self._writer.next_index])
-                for fields in self._tracks.values():
-                    wal.append([sid, TRACK, fields])
-        return Outcome(acked, self._cuts, error, recut, first_arrival)
+                recut = wal.append([sid, CUT, self._writer.next_index, 0, self._track_list()])
+        return self._outcome(acked, recut, first_arrival)
+
+    def write_backlog(self) -> None:
+        """Write the frames logged so far into HLS. One that does not decode is dropped (it
+        was acknowledged: a resend cannot loop) and the client is told with the next outcome."""
+        if not self._backlog:
+            return
+        backlog, self._backlog = self._backlog, []
+        self.backlog_since, self.backlog_bytes = None, 0
+        mark, sid = self._mark, self.session_id
+        for wal_file, (_, seq, track, pts, dts, key, arrival, data) in backlog:
+            mark(sid, seq, data)
+            try:
+                self._media(seq, track, pts, dts, key, arrival, data, wal_file)
+            except MediaError as exc:
+                self._refuse(seq, str(exc))
+
+    def _refuse(self, seq: int, reason: str) -> None:
+        """A frame acknowledged and not recorded: the next outcome tells the client (the
+        first such frame of the outcome)."""
+        log.warning("seq %d: %s", seq, reason, extra={"session_id": self.session_id})
+        self._error = self._error or (int(CloseCode.INVALID_MEDIA), f"seq {seq}: {reason}")
+
+    def news(self) -> Outcome | None:
+        """What the next outcome would report besides acknowledgements, taken now (None: no
+        segment closed, no frame refused)."""
+        if not self._cuts and self._error is None:
+            return None
+        return self._outcome(0, None, None)
+
+    def _outcome(self, acked: int, recut: int | None, first_arrival: float | None) -> Outcome:
+        cuts, self._cuts = self._cuts, []
+        error, self._error = self._error, None
+        return Outcome(acked, cuts, error, recut, first_arrival)
 
     def finish(self) -> list[Cut]:
-        """END: close the last segment."""
+        """END: write the backlog and close the last segment; every closed segment not yet
+        reported."""
         assert self._writer is not None
-        self._cuts = []
+        self.write_backlog()
         self._cut(self._writer.finish())
-        return self._cuts
+        cuts, self._cuts = self._cuts, []
+        return cuts
 
     def close(self) -> None:
         """Release the open segment's files without closing it: the WAL rebuilds it."""
@@ -234,14 +309,24 @@ class SessionWriter:
             self._tracks[fields["id"]] = fields
             self._writer.add_track(track_spec(fields))
 
-    def _break(self) -> None:
+    def _break(self, from_seq: int = 0, wal_file: int | None = None) -> None:
         assert self._writer is not None
-        self._cut(self._writer.discontinuity())
+        self._cut(self._writer.discontinuity(), from_seq, wal_file)
         self._last_pts.clear()
 
     def _media(
-        self, seq: int, track: int, pts: int, dts: int, key: bool, arrival: float, data: bytes
+        self,
+        seq: int,
+        track: int,
+        pts: int,
+        dts: int,
+        key: bool,
+        arrival: float,
+        data: bytes,
+        wal_file: int | None = None,
     ) -> None:
+        """Write one frame; ``wal_file``: the WAL file its record went to, when it was logged
+        before (a backlog's frame: a segment it starts starts there)."""
         assert self._writer is not None
         last = self._last_pts.get(track)
         if last is not None and (
@@ -249,15 +334,23 @@ class SessionWriter:
         ):
             # the client was away (do not record the hole), or its clock began again (a new
             # publisher process): a new discontinuity, rather than frames dropped as late
-            self._break()
+            self._break(seq, wal_file)
         self._last_pts[track] = pts
-        self._cut(self._writer.write(track, data, pts, keyframe=key, dts_us=dts, arrival=arrival))
+        done = self._writer.write(track, data, pts, keyframe=key, dts_us=dts, arrival=arrival)
+        self._cut(done, seq, wal_file)
 
-    def _cut(self, done: list[SegmentInfo]) -> None:
-        """Mark in the WAL where the next segment starts, with the tracks it needs to replay."""
+    def _track_list(self) -> list[dict[str, Any]]:
+        return list(self._tracks.values())
+
+    def _cut(self, done: list[SegmentInfo], from_seq: int = 0, wal_file: int | None = None) -> None:
+        """Mark in the WAL where the next segment starts (at frame ``from_seq``, logged in
+        ``wal_file``; 0: at the next frame logged), with the tracks it needs to replay."""
         if not done:
             return
-        wal_file = self._wal.append([self.session_id, CUT, done[-1].index + 1])
-        for fields in self._tracks.values():
-            self._wal.append([self.session_id, TRACK, fields])
-        self._cuts.extend((seg, wal_file) for seg in done)
+        if wal_file is None:
+            from_seq = 0
+        cut_file = self._wal.append(
+            [self.session_id, CUT, done[-1].index + 1, from_seq, self._track_list()]
+        )
+        start = cut_file if wal_file is None else min(wal_file, cut_file)
+        self._cuts.extend((seg, start) for seg in done)

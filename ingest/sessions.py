@@ -217,7 +217,12 @@ class SessionManager:
         """A writer lane's process died: restart it and reopen its sessions from its WAL, as a
         server start would. Their clients are closed (1011) and reconnect to find, in their
         welcome, the acknowledged sequence to resend from; nothing acknowledged is lost."""
-        affected = [live for live in self.sessions.values() if live.recorder.lane is lane]
+        affected = [
+            live
+            for live in self.sessions.values()
+            # (or placed on it by a restart that it died in, replaying the sessions)
+            if live.recorder.lane is lane or self.pool.home_of(live.session_id) is lane
+        ]
         log.critical(
             "writer lane %d died: restarting it and reopening %d sessions",
             lane.lane.number,
@@ -241,11 +246,8 @@ class SessionManager:
                     continue
                 self.pool.place_on(live.session_id, lane)
                 live.row, recorder = row, self._recorder(row)
-                # the frames in flight when it died are written one at a time when they come
-                # again; the one it died on alone is skipped (``WriterPool._recover``)
-                old, sid = live.recorder, live.session_id
-                recorder.isolate_until = max(old.isolate_until, lane.crash.suspects.get(sid, 0))
-                recorder.skip = old.skip | lane.crash.blamed(sid)
+                # a frame the lane died on twice is skipped (``WriterPool._recover``)
+                recorder.skip = live.recorder.skip | lane.blamed(live.session_id)
                 try:
                     # the old recorder (abandoned) stays until this one has replayed the WAL:
                     # a client binding meanwhile is told to reconnect (1011), so that its

@@ -36,7 +36,11 @@ MAX_RECORD_BYTES = 64 * 1024 * 1024
 TRACK = "t"  # [sid, "t", {track fields}]
 MEDIA = "m"  # [sid, "m", seq, track, pts_us, dts_us, key, arrival, data]
 BREAK = "d"  # [sid, "d"]: a pause or a gap: the writer starts a discontinuity here
-CUT = "c"  # [sid, "c", segment index]: the frames of that segment start here
+# [sid, "c", segment index, first seq, [track fields]]: that segment starts with frame ``first
+# seq``, logged before this record (the cut was made when the frame was written), or with the
+# next frame logged after it (first seq 0); older versions wrote [sid, "c", index] followed by
+# a TRACK record per track
+CUT = "c"
 RECOVERING = "recovering"  # ["", "recovering", [old file indices]]: first record of a recovery
 RECOVERED = "recovered"  # ["", "recovered"]: the recovery finished; the old files are redundant
 

@@ -1,9 +1,10 @@
 """The writer pool: every open session's queued frames are written in ticks, in writer lanes
 (``ingest.lanes``: one child process each). Each session is placed on one lane for as long as
 it is open; a lane's tick takes what its sessions queued, ships it to the lane process, which
-writes it (decode, mux, WAL append), fsyncs its WAL once, and answers; the pool then hands each
-session its outcome (acknowledge, spool closed segments). Lanes tick side by side. Per-frame
-cost on the event loop is a list append; per tick, one round trip and one fsync per lane."""
+appends it to its WAL, fsyncs once and answers (and writes the frames into HLS a little later);
+the pool then hands each session its outcome (acknowledge, spool closed segments). Lanes tick
+side by side. Per-frame cost on the event loop is a list append; per tick, one round trip and
+one fsync per lane."""
 
 from __future__ import annotations
 
@@ -13,12 +14,11 @@ import logging
 import shutil
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from .lanes import Lane, LaneDied, LaneError, LogSetup
-from .session_writer import Failed
+from .lanes import WRITE_DELAY_S, Lane, LaneDied, LaneError, LogSetup, read_mark
+from .session_writer import Failed, Outcome
 from .wal import Wal
 
 log = logging.getLogger(__name__)
@@ -28,32 +28,9 @@ Observe = Callable[[float, str], None]  # (seconds, phase): the pool's timings, 
 DEFAULT_TICK_S = 0.025  # the shortest tick: bounds fsyncs per second; acks wait at most this
 RESTART_QUIET_S = 30.0  # a lane dying again sooner after its restart is left down
 LANE_DIR = "lane-{}"
-TICK = "tick"
-
-
-@dataclass(frozen=True, slots=True)
-class Crash:
-    """What a lane was writing when its process died: the last media sequence of each session
-    in the tick in flight (``suspects``), and, when that tick held one frame written on its
-    own, that frame (``culprit``: session id and sequence)."""
-
-    suspects: dict[str, int]
-    culprit: tuple[str, int] | None
-
-    @classmethod
-    def of(cls, died_during: Any) -> Crash:
-        if not (isinstance(died_during, tuple) and died_during[0] == TICK):
-            return cls({}, None)  # idle, or in another request: no frame to suspect
-        _, single, work = died_during
-        seqs = {rec.session_id: _last_media_seq(items) for rec, items in work}
-        culprit = next(iter(seqs.items())) if single else None
-        return cls(seqs, culprit)
-
-    def blamed(self, session_id: str) -> set[int]:
-        """The frame of ``session_id`` the lane died on, if it was one of its."""
-        if self.culprit is not None and self.culprit[0] == session_id:
-            return {self.culprit[1]}
-        return set()
+# a lane that said it holds frames not yet written (or news of them) is asked for its news
+# this long after its last tick, when no tick came meanwhile
+COLLECT_S = 2 * WRITE_DELAY_S
 
 
 class Writable(Protocol):
@@ -61,10 +38,6 @@ class Writable(Protocol):
 
     session_id: str
     wal_from: int  # the oldest file of its lane's WAL this session still needs
-    # media up to this sequence is written one frame per lane request (0: none is): the
-    # session's frames were in flight when its lane crashed, and a crash among them again
-    # then names the frame (``Crash``)
-    isolate_until: int
 
     def refresh_wal(self) -> None:
         """The lane's WAL moved to a new file: re-anchor if nothing older is needed."""
@@ -95,7 +68,11 @@ class WriterLane:
         self._release_task: asyncio.Task[None] | None = None
         self.task: asyncio.Task[None] | None = None
         self.restarted_at: float | None = None  # monotonic time of the last restart
-        self.crash = Crash({}, None)  # what the process was writing when it last died
+        # the frame (session id, sequence) the process was writing when it last died, and
+        # those it died on twice: the restarts skip them
+        self.suspect: tuple[str, int] | None = None
+        self.culprits: set[tuple[str, int]] = set()
+        self.pending = False  # the process holds frames not yet written, or their news
 
     def adopt(self, lane: Lane) -> None:
         """Take ``lane`` as this lane's process (at start, and after a restart): its exit,
@@ -103,28 +80,29 @@ class WriterLane:
         self.lane = lane
         lane.on_exit = lambda: self.pool.lane_died(self)
 
-    async def call(self, op: str, *args: Any, tag: Any = None) -> Any:
+    async def call(self, op: str, *args: Any) -> Any:
         """A request to the lane process (see ``ingest.lanes``)."""
-        return await self.lane.call(op, *args, tag=tag)
+        return await self.lane.call(op, *args)
+
+    def blamed(self, session_id: str) -> set[int]:
+        """The frames of ``session_id`` the lane died on twice (skipped when replayed)."""
+        return {seq for sid, seq in self.culprits if sid == session_id}
 
     def start_ticking(self) -> None:
         if self.task is None:
             self.task = asyncio.create_task(self._run(), name=f"writer-lane-{self.lane.number}")
 
     async def _tick(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        work: list[tuple[Writable, Any]],
-        single: bool = False,
-    ) -> bool:
-        """One tick of ``work``; false when the lane failed it. ``single``: one frame, written
-        on its own (isolated), which a crash of the lane would name."""
+        self, loop: asyncio.AbstractEventLoop, work: list[tuple[Writable, Any]]
+    ) -> None:
+        """One tick of ``work``."""
         pool = self.pool
         pool.ticks += 1
         began = loop.time()
+        news: list[tuple[str, Outcome | Failed]] = []
         try:
-            outcomes, sync_s, self.wal_index = await self.call(
-                TICK, [(rec.session_id, items) for rec, items in work], tag=(TICK, single, work)
+            outcomes, news, sync_s, self.wal_index, self.pending = await self.call(
+                "tick", [(rec.session_id, items) for rec, items in work]
             )
         except LaneError as exc:
             log.critical(
@@ -140,53 +118,60 @@ class WriterLane:
             pool.observe(sync_s, "sync")
         for (rec, _), outcome in zip(work, outcomes, strict=True):
             await rec.written(outcome)
+        await self._hand_out(news)
         await self.release()
-        return not any(isinstance(outcome, Failed) for outcome in outcomes)
 
-    async def _isolated(
-        self, loop: asyncio.AbstractEventLoop, rec: Writable, items: list[tuple[Any, ...]]
-    ) -> None:
-        """Write a session's items with each frame up to ``isolate_until`` in a tick of its
-        own (in order; the rest together), stopping at a failed tick."""
-        batch: list[tuple[Any, ...]] = []
-        for item in items:
-            if item[0] == "media" and item[1] <= rec.isolate_until:
-                if batch and not await self._tick(loop, [(rec, batch)]):
-                    return
-                batch = []
-                if not await self._tick(loop, [(rec, [item])], single=True):
-                    return
-            else:
-                batch.append(item)
-        if batch:
-            await self._tick(loop, [(rec, batch)])
+    async def _collect(self) -> None:
+        """No tick came since the lane said it holds frames not yet written: have it write
+        them, and hand out what came of it."""
+        self.pending = False
+        try:
+            news, self.wal_index = await self.call("flush")
+        except LaneError as exc:  # (its sessions hear of it from their next tick)
+            log.error("writer lane %d: flush failed: %s", self.lane.number, exc)
+            return
+        await self._hand_out(news)
+        await self.release()
+
+    async def _hand_out(self, news: list[tuple[str, Outcome | Failed]]) -> None:
+        """Give sessions the segments their frames closed, or the errors they met, after
+        their tick (written later than logged: ``ingest.lanes``)."""
+        if news:
+            by_id = {rec.session_id: rec for rec in self.members}
+            for sid, outcome in news:
+                if (rec := by_id.get(sid)) is not None:
+                    await rec.written(outcome)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         pool = self.pool
         while True:
-            await self.wake.wait()
+            quiet = False
+            if self.pending:
+                try:
+                    await asyncio.wait_for(self.wake.wait(), COLLECT_S)
+                except TimeoutError:
+                    quiet = True
+            else:
+                await self.wake.wait()
             self.wake.clear()
             started = loop.time()
             ready, self.ready = self.ready, {}
             work = [(rec, items) for rec in ready if (items := rec.take())]
-            if work:
-                try:
-                    if together := [(rec, items) for rec, items in work if not rec.isolate_until]:
-                        await self._tick(loop, together)
-                    for rec, items in work:
-                        if rec.isolate_until:
-                            await self._isolated(loop, rec, items)
-                except Exception:
-                    # a bug on our side: what this tick took may not be written, and a later
-                    # tick's cumulative ack would cover it; restart the lane instead, as if it
-                    # had crashed: its sessions replay the WAL, their clients resend the rest
-                    log.exception(
-                        "writer lane %d tick failed: restarting the lane", self.lane.number
-                    )
-                    self.lane.kill()
-                if pool.observe is not None:
-                    pool.observe(loop.time() - started, "tick")
+            if not work:
+                if quiet:
+                    await self._collect()
+                continue
+            try:
+                await self._tick(loop, work)
+            except Exception:
+                # a bug on our side: what this tick took may not be written, and a later
+                # tick's cumulative ack would cover it; restart the lane instead, as if it
+                # had crashed: its sessions replay the WAL, their clients resend the rest
+                log.exception("writer lane %d tick failed: restarting the lane", self.lane.number)
+                self.lane.kill()
+            if pool.observe is not None:
+                pool.observe(loop.time() - started, "tick")
             rest = pool.tick_s - (loop.time() - started)
             if rest > 0:
                 await asyncio.sleep(rest)  # group more frames per fsync
@@ -363,41 +348,49 @@ class WriterPool:
         self._recoveries[lane] = task
 
     async def _recover(self, lane: WriterLane) -> None:
-        """Restart a dead lane, unless it died within ``RESTART_QUIET_S`` of its last restart
-        with no frame to blame (a crash loop). A frame written on its own that the lane died
-        on is to blame: the restart skips it (``Crash.culprit``), and the lane goes on."""
+        """Restart a dead lane (again, if it dies while its sessions are replayed), unless it
+        died within ``RESTART_QUIET_S`` of its last restart with no frame to blame (a crash
+        loop). A frame the lane died writing twice (``read_mark``: writing it, then replaying
+        it) is to blame: the restart skips it, and the lane goes on."""
         assert self.on_lane_died is not None
         try:
-            await lane.lane.settled()  # the request it died on has failed: it names its tick
-            crash = Crash.of(lane.lane.died_during)
-            now = time.monotonic()
-            quiet = lane.restarted_at is None or now - lane.restarted_at >= RESTART_QUIET_S
-            if not quiet and crash.culprit is None:
-                log.critical(
-                    "writer lane %d died again %.0f s after its restart: left down; its "
-                    "sessions wait for the server to restart",
-                    lane.lane.number,
-                    now - (lane.restarted_at or now),
-                )
-                return
-            if crash.culprit is not None:
-                log.critical(
-                    "writer lane %d died writing session %s's frame %d on its own: the frame "
-                    "is dropped, the lane restarts",
-                    lane.lane.number,
-                    *crash.culprit,
-                )
-            elif crash.suspects:
-                log.critical(
-                    "writer lane %d died writing frames of %s: their frames up to then are "
-                    "written one at a time after the restart, to find the one to blame",
-                    lane.lane.number,
-                    ", ".join(sorted(crash.suspects)),
-                )
-            lane.crash = crash
-            await self.on_lane_died(lane)
-        except Exception:
-            log.exception("restarting writer lane %d failed", lane.lane.number)
+            while True:
+                await lane.lane.settled()
+                suspect = await asyncio.to_thread(read_mark, lane.lane.directory)
+                culprit = suspect is not None and suspect == lane.suspect
+                lane.suspect = suspect
+                now = time.monotonic()
+                quiet = lane.restarted_at is None or now - lane.restarted_at >= RESTART_QUIET_S
+                if not quiet and not culprit:
+                    log.critical(
+                        "writer lane %d died again %.0f s after its restart: left down; its "
+                        "sessions wait for the server to restart",
+                        lane.lane.number,
+                        now - (lane.restarted_at or now),
+                    )
+                    return
+                if culprit:
+                    assert suspect is not None
+                    lane.culprits.add(suspect)
+                    log.critical(
+                        "writer lane %d died twice writing session %s's frame %d: the frame "
+                        "is dropped, the lane restarts",
+                        lane.lane.number,
+                        *suspect,
+                    )
+                elif suspect is not None:
+                    log.critical(
+                        "writer lane %d died writing session %s's frame %d: restarting; "
+                        "should it die on that frame again, the frame is dropped",
+                        lane.lane.number,
+                        *suspect,
+                    )
+                try:
+                    await self.on_lane_died(lane)
+                except Exception:
+                    log.exception("restarting writer lane %d failed", lane.lane.number)
+                if not lane.lane.dead:
+                    return
         finally:
             del self._recoveries[lane]
             self._recovered.set()
@@ -418,6 +411,10 @@ class WriterPool:
         self.restarts += 1
         records: dict[str, list[list[Any]]] = await lane.call("wal_open")
         return records
+
+    def home_of(self, session_id: str) -> WriterLane | None:
+        """The lane a session is to be replayed on (its WAL is there), if it is waiting to be."""
+        return self._home.get(session_id)
 
     def place_on(self, session_id: str, lane: WriterLane) -> None:
         """The next ``register`` of ``session_id`` goes to ``lane`` (its WAL is there)."""
@@ -447,8 +444,3 @@ def _drop_orphan(wal: Wal) -> None:
         path.unlink(missing_ok=True)
     if wal.directory.name.startswith(LANE_DIR.format("")):
         shutil.rmtree(wal.directory, ignore_errors=True)
-
-
-def _last_media_seq(items: list[tuple[Any, ...]]) -> int:
-    """The highest media sequence among a session's queued items (0: none)."""
-    return max((item[1] for item in items if item[0] == "media"), default=0)

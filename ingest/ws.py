@@ -222,6 +222,8 @@ class IngestHandler:
         if live is not None:
             for event_id, action, event in await self._manager.pending_controls(live):
                 await conn.send_control(event_id, action, live.session_id, event)
+            if (notice := live.recorder.take_notice()) is not None:
+                raise notice  # (after the welcome: the client knows where to go on from)
         conn.stream.fast = self._fast(conn)
         while True:
             msg = await self._receive(conn)

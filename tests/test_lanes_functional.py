@@ -140,11 +140,11 @@ async def test_a_failed_tick_restarts_its_lane_rather_than_lose_frames(
     call = WriterLane.call
     failed = asyncio.Event()
 
-    async def buggy_call(self: WriterLane, op: str, *args: Any, tag: Any = None) -> Any:
+    async def buggy_call(self: WriterLane, op: str, *args: Any) -> Any:
         if op == "tick" and not failed.is_set():
             failed.set()
             raise RuntimeError("a bug in the tick")
-        return await call(self, op, *args, tag=tag)
+        return await call(self, op, *args)
 
     async with aiohttp.ClientSession() as http:
         sid, client = await recording_client(http, server)
@@ -236,10 +236,10 @@ async def resend(
 async def test_a_frame_its_lane_dies_on_is_dropped_and_the_lane_goes_on(
     server_factory: Any, tmp_path: Path
 ) -> None:
-    """A frame its writer dies on (a failpoint stands in for a crashing codec): the restarted
-    lane writes the frames that were in flight one at a time, dies on that frame alone, which
-    names it: it is acknowledged and dropped (4011), the lane restarts once more instead of
-    being left down, and both sessions sharing the lane record everything else."""
+    """A frame its writer dies on (a failpoint stands in for a crashing codec) after it was
+    acknowledged: the restarted lane dies again replaying it, which names it; the next restart
+    skips it, instead of leaving the lane down, and the client is told (4011) when it comes
+    back. Both sessions sharing the lane record everything else."""
     server = await server_factory(ingest={"writer_lanes": 1, "failpoints": True})
     manager = server.app[SESSIONS]
     clip = encode_clip("h264", duration_s=2.0, audio_codec="opus")
@@ -259,7 +259,8 @@ async def test_a_frame_its_lane_dies_on_is_dropped_and_the_lane_goes_on(
                 await client.media(f)
             await client.wait_ack(half)
 
-        # 1: the lane dies on a tick holding the frame; both sessions' clients are told
+        # 1: the lane dies writing the frame, and again replaying it: both sessions' clients
+        # are told to come back, and the lane restarts twice instead of being left down
         recovered = asyncio.create_task(manager.pool.wait_recovered())
         with contextlib.suppress(ConnectionError):
             for f in poisoned[half:]:
@@ -269,19 +270,15 @@ async def test_a_frame_its_lane_dies_on_is_dropped_and_the_lane_goes_on(
             assert code == CloseCode.INTERNAL_ERROR, (code, reason)
         async with asyncio.timeout(RECOVERY_TIMEOUT_S):
             await recovered
-        assert manager.sessions[doomed].recorder.isolate_until >= at + 1
-
-        # 2: sent again, each frame in flight then is written on its own: it dies on that one
-        recovered = asyncio.create_task(manager.pool.wait_recovered())
-        code, _ = await resend(http, server, doomed, poisoned)
-        assert code == CloseCode.INTERNAL_ERROR
-        async with asyncio.timeout(RECOVERY_TIMEOUT_S):
-            await recovered
-        assert (manager.pool.alive, manager.pool.restarts) == (1, 2)  # not left down
+        assert (manager.pool.alive, manager.pool.restarts) == (1, 2)
         assert manager.sessions[doomed].recorder.skip == {at + 1}
 
-        # 3: sent again, that frame is acknowledged and dropped, and the client told so
-        code, reason = await resend(http, server, doomed, poisoned)
+        # 2: the frame was acknowledged and is dropped: the client is told so on its return
+        client = RawClient(http, server.url)
+        await client.connect()
+        welcome = await client.hello(server.api_key, session_id=doomed)
+        assert welcome["acked_seq"] >= at + 1
+        code, reason = await client.closed()
         assert code == CloseCode.INVALID_MEDIA and f"seq {at + 1}" in reason, (code, reason)
         assert await resend(http, server, doomed, poisoned) == (None, "")
         assert await resend(http, server, kept, frames) == (None, "")
@@ -417,3 +414,36 @@ async def process_exit(pidfd: int) -> None:
     finally:
         loop.remove_reader(pidfd)
         os.close(pidfd)
+
+
+async def test_segments_closed_after_their_ack_are_reported_without_another_frame(
+    server_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lane writes frames into HLS a little after it acknowledged them: the segments they
+    close reach the session all the same when no further frame (no tick) brings the news."""
+    server = await server_factory(ingest={"writer_lanes": 1}, recorder={"segment_target_s": 1.0})
+    clip = encode_clip("h264", duration_s=3.0, audio_codec="opus")
+    reported: list[int] = []
+    arrived = asyncio.Event()
+    queue = SessionRecorder._queue_segments
+
+    def spy(self: SessionRecorder, done: list[Any]) -> None:
+        if done:
+            reported.extend(seg.index for seg, _ in done)
+            arrived.set()
+        queue(self, done)
+
+    monkeypatch.setattr(SessionRecorder, "_queue_segments", spy)
+    async with aiohttp.ClientSession() as http:
+        _, client = await recording_client(http, server)
+        for f in clip.frames:
+            await client.media(f)
+        await client.wait_ack(len(clip.frames))
+        told = len(reported)
+        arrived.clear()
+        async with asyncio.timeout(RECOVERY_TIMEOUT_S):
+            while len(reported) < 2:  # 3 s in 1 s segments: the first two close before END
+                await arrived.wait()
+                arrived.clear()
+        await client.close()
+    assert told < 2 and reported[:2] == [0, 1], (told, reported)

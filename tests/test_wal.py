@@ -89,3 +89,23 @@ def test_replay_starts_at_the_open_segment() -> None:
     assert replay_from(recs, 0) == recs[1:]  # nothing spooled: all of it
     assert replay_from(recs, 2) == [media("s", 3)]
     assert replay_from(recs, 1)[0] == ["s", TRACK, {"id": 0}]
+
+
+def test_replay_starts_at_the_frame_a_cut_written_later_names() -> None:
+    """Frames are logged before they are written: a cut made while writing frame 2, after
+    frame 3 was logged, names frame 2 and the tracks; the replay starts there, not after the
+    cut's own record, and knows the tracks before any frame."""
+    track = {"id": 0}
+    recs = [
+        ["s", CUT, 0, 0, []],
+        ["s", TRACK, track],
+        media("s", 1),
+        media("s", 2),
+        media("s", 3),
+        ["s", CUT, 1, 2, [track]],
+        media("s", 4),
+        ["s", CUT, 2, 4, [track]],
+    ]
+    assert replay_from(recs, 0) == recs[1:]
+    assert replay_from(recs, 1) == [["s", TRACK, track], *recs[3:]]
+    assert replay_from(recs, 2) == [["s", TRACK, track], *recs[6:]]

@@ -1,0 +1,101 @@
+"""A session's writer logs frames to the WAL first and writes them into HLS later: a crash
+between the two loses nothing, and the replay puts each frame in its segment once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from media import Frame, decode_counts, encode_clip
+
+from ingest import lanes
+from ingest.session_writer import SessionWriter, WriterParams
+from ingest.wal import Wal
+
+SID = "s"
+TRACKS: list[tuple[Any, ...]] = [
+    ("track", {"id": 0, "kind": "video", "codec": "h264"}),
+    ("track", {"id": 1, "kind": "audio", "codec": "opus"}),
+]
+
+
+def params(live_dir: Path, next_index: int) -> WriterParams:
+    return WriterParams(
+        session_id=SID,
+        live_dir=live_dir,
+        segment_target_s=1.0,
+        gap_s=3.0,
+        paused=False,
+        acked_seq=0,
+        next_index=next_index,
+        start_s=0.0,
+        resumed=next_index > 0,
+        aac_coder="fast",
+    )
+
+
+def item(seq: int, frame: Frame) -> tuple[Any, ...]:
+    track = 0 if frame.kind == "video" else 1
+    dts = frame.pts_us if frame.dts_us is None else frame.dts_us
+    return ("media", seq, track, frame.pts_us, dts, frame.keyframe, 0.0, frame.data)
+
+
+def opened_wal(directory: Path) -> Wal:
+    wal = Wal(directory)
+    wal.open()
+    return wal
+
+
+def test_a_crash_between_logging_and_writing_loses_no_frame(tmp_path: Path) -> None:
+    clip = encode_clip("h264", duration_s=3.0, audio_codec="opus")
+    items = [item(seq, f) for seq, f in enumerate(clip.frames, 1)]
+    wal = opened_wal(tmp_path / "wal")
+    first = SessionWriter(params(tmp_path / "first", 0), wal)
+    first.open([])
+
+    outcome = first.process([*TRACKS, *items])
+    assert outcome.acked == len(items) and outcome.done == []  # logged, not written yet
+    first.write_backlog()  # every cut it makes comes after the last frame's record
+    news = first.news()
+    assert news is not None and len(news.done) >= 2, news
+    spooled = news.done[0][0]  # segment 0 reaches the spool, then the process dies
+    wal.sync()
+
+    wal.close()
+
+    left = Wal(tmp_path / "wal")
+    records = left.open()[SID]  # what the dead lane left
+    left.close()
+    wal = opened_wal(tmp_path / "wal2")
+    second = SessionWriter(params(tmp_path / "second", 1), wal)
+    opened = second.open(records)
+    assert opened.acked_seq == len(items)
+    replayed = [seg for seg, _ in [*opened.cuts, *second.finish()]]
+    wal.close()
+    assert [seg.index for seg in replayed] == list(range(1, len(replayed) + 1))
+    video = decode_counts(spooled.path)["video"]
+    video += sum(decode_counts(seg.path)["video"] for seg in replayed)
+    assert video == clip.video_frames
+    assert all(decode_counts(seg.path)["audio"] > 0 for seg in replayed)
+
+
+def test_a_lane_behind_writes_before_it_acknowledges(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Logged frames wait in the lane's backlog; past its bound, a tick writes them before it
+    answers (the acknowledgements slow down instead of memory growing), and reports the
+    segments they closed with that tick."""
+    state = lanes._LaneState(tmp_path / "lane", 64 << 20)
+    state.wal_open()
+    state.open(params(tmp_path / "live", 0), [])
+    clip = encode_clip("h264", duration_s=3.0, audio_codec="opus")
+    items = [item(seq, f) for seq, f in enumerate(clip.frames, 1)]
+    half = len(items) // 2
+    out, news, _, _, pending = state.tick([(SID, [*TRACKS, *items[:half]])])
+    assert (out[0].acked, out[0].done, news, pending) == (half, [], [], True)
+    monkeypatch.setattr(lanes, "BACKLOG_MAX_BYTES", 0)
+    out, news, _, _, pending = state.tick([(SID, items[half:])])
+    assert out[0].acked == len(items) and pending  # the second half waits in its turn
+    assert [seg.index for seg, _ in out[0].done] == [0], out[0].done  # 1 s of 1.5 s written
+    state.stop()
