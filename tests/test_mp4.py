@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import av
@@ -11,7 +15,7 @@ from media import decode_counts, encode_clip, ffprobe
 
 from mixer.errors import InvalidMedia
 from mixer.hls import HlsWriter
-from mixer.mp4 import QUICK_PROBE, build_mp4
+from mixer.mp4 import QUICK_PROBE, build_mp4, build_mp4_queued
 from mixer.tracks import Codec, Kind, TrackSpec
 
 BASE_US = 1_000_000
@@ -54,6 +58,26 @@ def test_mp4_from_segments(tmp_path: Path, pause: bool) -> None:
     # FFmpeg versions round the edit list apart by a millisecond)
     assert info.duration_s == pytest.approx(float(probe["format"]["duration"]), abs=0.005)
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def _nice(native_id: int) -> int:
+    """A thread's nice value, as the kernel schedules it (``/proc``, field 19)."""
+    stat = Path(f"/proc/self/task/{native_id}/stat").read_text()
+    return int(stat.rpartition(")")[2].split()[16])
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="a thread's own nice value is Linux's")
+async def test_mp4_builds_run_below_the_event_loop_priority(tmp_path: Path) -> None:
+    # sessions ending together build their MP4s while others still record: the builds take
+    # what CPU is left over, the event loop (acks) keeps its priority
+    paths = await asyncio.to_thread(_record, tmp_path, pause=False)
+    info = await build_mp4_queued(paths, tmp_path / "session.mp4")
+    assert info.video_frames == 30
+    builders = [t for t in threading.enumerate() if t.name.startswith("mp4-build")]
+    assert len(builders) == 1 and builders[0].native_id is not None
+    loop_nice = await asyncio.to_thread(_nice, threading.get_native_id())
+    assert loop_nice == os.getpriority(os.PRIO_PROCESS, 0)
+    assert await asyncio.to_thread(_nice, builders[0].native_id) > loop_nice
 
 
 def test_mp4_rejects_no_segments_and_garbage(tmp_path: Path) -> None:
