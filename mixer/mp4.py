@@ -40,8 +40,8 @@ ADTS_SYNC_MASK = 0xFFF6
 ADTS_SYNC = 0xFFF0
 
 
-# The thread's nice value (Linux: a thread's own). An MP4 is built once its session ended and
-# nobody waits on it but the upload, while the sessions still recording wait for their acks:
+# Added to the thread's nice value (Linux: a thread's own). An MP4 is built once its session
+# ended and nobody waits on it but the upload, while the sessions still recording wait for acks:
 # when many sessions end together (~45 ms of CPU each for 30 s of 720p) the builds take the
 # CPU left over instead of delaying the others' ticks (50 publishers ending within a second,
 # 20 s each: the ack p99 of their last second 44 ms against 50, median of 4 runs).
@@ -52,7 +52,7 @@ def _lower_priority() -> None:
     if sys.platform != "linux":  # (elsewhere the nice value is the whole process's)
         return
     try:
-        os.setpriority(os.PRIO_PROCESS, 0, BUILD_NICE)
+        os.nice(BUILD_NICE)  # (from the server's own: a server started under nice stays below)
     except OSError as exc:  # (raising one's own nice value is never refused on Linux)
         log.warning("MP4 builds run at the server's priority: %s", exc)
 
