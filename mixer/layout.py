@@ -10,6 +10,7 @@ Every coordinate and size is even, so that the 4:2:0 chroma planes line up with 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
@@ -26,6 +27,7 @@ VERTICAL_COLUMN_WINDOWS = 8
 VERTICAL_COLUMNS = 2
 REGION_DECIMALS = 6  # layoutConfig coordinates are relative values to 6 decimal places.
 MAX_UID = 2**32 - 1
+_DIGITS = re.compile(r"[0-9]{1,10}")  # (2^32-1 has 10 digits)
 # Error fields are full paths in the start request, as the API answers them.
 TRANSCODING_FIELD = "clientRequest.recordingConfig.transcodingConfig"
 DEFAULT_ASPECT = 16 / 9  # Assumed for a user whose video size is not known yet.
@@ -54,17 +56,36 @@ def check_number(
     # bool is an int to Python but never a number to a JSON API user.
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ConfigError(field, f"must be a number, not {type(value).__name__}")
-    if integer and not float(value).is_integer():
+    # (JSON's 1e400 parses as an infinite float, and an integer of 400 digits has no float:
+    # neither may reach float() or is_integer())
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(field, f"must be a finite number, got {value!r}")
+    if integer and isinstance(value, float) and not value.is_integer():
         raise ConfigError(field, "must be an integer")
-    if not math.isfinite(value) or not low <= value <= high:
-        raise ConfigError(field, f"must be in [{low:g}, {high:g}], got {value!r}")
+    if not low <= value <= high:  # (an int compares exactly with the float bounds)
+        raise ConfigError(field, f"must be in [{low:g}, {high:g}], got {_short(value)}")
     return value
+
+
+def _short(value: int | float) -> str:
+    """A number for an error message: an integer of hundreds of digits cut short."""
+    text = repr(value)
+    return text if len(text) <= 24 else f"{text[:20]}... ({len(text)} digits)"
 
 
 def check_uid(value: object, field: str) -> str:
     """Return a uid given as a string of an integer in [1, 2^32-1]; else ConfigError."""
-    if not isinstance(value, str) or not value.isdecimal() or not 1 <= int(value) <= MAX_UID:
-        raise ConfigError(field, f"must be a string of an integer from 1 to {MAX_UID}")
+    # ASCII digits without leading zeros ("007" and "7" would be one user to the channel
+    # but two to a string compare; str.isdecimal() lets Arabic-Indic digits through)
+    if (
+        not isinstance(value, str)
+        or not _DIGITS.fullmatch(value)
+        or value[0] == "0"
+        or int(value) > MAX_UID
+    ):
+        raise ConfigError(
+            field, f"must be a string of an integer from 1 to {MAX_UID}, without leading zeros"
+        )
     return value
 
 

@@ -11,6 +11,7 @@ answer a clear error that says what to send instead.
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 import time
 from collections.abc import Mapping
@@ -193,7 +194,12 @@ def _field(obj: Mapping[str, Any], name: str, kind: type, required: bool) -> Any
             raise StorageConfigError(name, "is required")
         return None
     if kind is int:
-        if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            # (JSON's 1e400 parses as an infinite float: int() of it would raise)
+            or (isinstance(value, float) and not (math.isfinite(value) and value.is_integer()))
+        ):
             raise StorageConfigError(name, f"must be an integer, got {value!r}")
         return int(value)
     if not isinstance(value, kind):

@@ -404,6 +404,58 @@ def test_integral_float_and_null_are_taken() -> None:
     assert parse_start(rec(maxIdleTime=None), "mix").config.recording.max_idle_time_s == 30
 
 
+# JSON numbers Python cannot hold as a float: 1e400 parses as an infinite float, and an
+# integer of 400 digits has no float at all; each must be that field's code 2, not a crash
+HUGE_NUMBERS = ["1e400", "-1e400", "1" + "0" * 400]
+
+
+@pytest.mark.parametrize("number", HUGE_NUMBERS)
+@pytest.mark.parametrize(
+    ("path", "mode"),
+    [
+        ("storageConfig.vendor", "individual"),
+        ("storageConfig.region", "individual"),
+        ("storageConfig.stsExpiration", "individual"),
+        ("recordingConfig.maxIdleTime", "individual"),
+        ("recordingConfig.audioProfile", "mix"),
+        ("recordingConfig.transcodingConfig.width", "mix"),
+        ("recordingConfig.transcodingConfig.fps", "mix"),
+        ("recordingConfig.transcodingConfig.bitrate", "mix"),
+        ("recordingConfig.transcodingConfig.mixedVideoLayout", "mix"),
+        ("recordingConfig.transcodingConfig.layoutConfig[0].alpha", "mix"),
+        ("snapshotConfig.captureInterval", "individual"),
+    ],
+)
+def test_numbers_out_of_every_range_are_code_2_naming_the_field(
+    number: str, path: str, mode: str
+) -> None:
+    marker = 12345.678  # written at the path, then replaced by the raw number in the JSON text
+    changes: dict[str, Any] = {}
+    if "layoutConfig" in path:
+        region = {"x_axis": 0, "y_axis": 0, "width": 1, "height": 1, "alpha": marker}
+        changes["recordingConfig.transcodingConfig.mixedVideoLayout"] = 3
+        changes["recordingConfig.transcodingConfig.layoutConfig"] = [region]
+    else:
+        changes[path] = marker
+    if path.startswith("storageConfig.sts"):
+        changes["storageConfig.vendor"] = 1  # (a vendor that takes STS credentials)
+        changes["storageConfig.stsToken"] = "token"
+    if path.startswith("snapshotConfig"):
+        changes["recordingFileConfig.avFileType"] = ["hls"]
+        changes["snapshotConfig.fileType"] = ["jpg"]
+    raw = json.dumps(body(**changes)).replace(repr(marker), number)
+    assert number in raw
+    start_fault(parse_json(raw.encode()), f"clientRequest.{path}", mode=mode)
+
+
+@pytest.mark.parametrize("uid", ["007", "\u0661\u0662", "04294967295"])
+def test_max_resolution_uid_is_ascii_digits_without_leading_zeros(uid: str) -> None:
+    raw = json.dumps(
+        rec(transcodingConfig={"mixedVideoLayout": 2, "maxResolutionUid": "UID"})
+    ).replace('"UID"', f'"{uid}"')
+    start_fault(parse_json(raw.encode()), f"{TC}.maxResolutionUid", "leading zeros", mode="mix")
+
+
 @given(st.integers(-(2**40), 2**40))
 def test_max_idle_time_is_taken_exactly_in_5_to_2592000(n: int) -> None:
     try:
