@@ -342,7 +342,9 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     app[cloud_recording_routes.CUSTOMERS] = CustomerAuth(meta)
     app[cloud_recording_routes.RATE] = cloud_recording_routes.RateLimit()
     processor = recordings.VideoProcessor(meta, store, data / "recordings-work")
-    app[recordings.RECORDINGS] = recordings.RecordingService(data / "tmp", processor)
+    app[recordings.RECORDINGS] = recordings.RecordingService(
+        data / "tmp", processor, link_expiry_s=settings.storage.presign_expiry_s
+    )
     await asyncio.to_thread(recordings.prepare_tmp, data / "tmp")
     await processor.start()
     try:

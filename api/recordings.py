@@ -46,7 +46,7 @@ PREFIX = "/v1/recordings"
 # rrweb events; it is spooled to disk as it arrives, never held in memory.
 MAX_BODY_BYTES = 256 * 1024**2
 BODY_CHUNK_BYTES = 1024 * 1024
-VIDEO_UPLOAD_EXPIRY_S = 3600
+LINK_EXPIRY_S = 3600  # presigned links; the server sets ``[storage] presign_expiry_s``
 KEY_PREFIX = "captures"  # object keys: captures/{tenant_id}/{recording_id}/...
 _PRINCIPAL = web.RequestKey("recordings.principal", Principal)
 
@@ -58,7 +58,7 @@ class RecordingService:
     tmp_dir: Path
     processor: VideoProcessor
     max_body_bytes: int = MAX_BODY_BYTES
-    upload_expiry_s: int = VIDEO_UPLOAD_EXPIRY_S
+    link_expiry_s: int = LINK_EXPIRY_S  # the video upload URL and the download links
 
 
 RECORDINGS = web.AppKey("recordings", RecordingService)
@@ -208,7 +208,7 @@ async def create_recording(request: web.Request) -> web.Response:
 async def _upload_url(request: web.Request, store: ObjectStore, row: RecordingRow) -> str | None:
     if row.video_key is None:
         return None
-    expiry = request.config_dict[RECORDINGS].upload_expiry_s
+    expiry = request.config_dict[RECORDINGS].link_expiry_s
     url = await store.presigned_url(row.video_key, "PUT", expiry)
     return None if url is None else absolute_url(request, url)
 
@@ -241,8 +241,9 @@ async def get_recording(request: web.Request) -> web.Response:
     if row.status == RecordingStatus.READY and row.has_video:
         prefix = object_prefix(row.tenant_id, row.recording_id)
         links = {"video_url": row.video_key, "thumbnail_url": prefix + "thumbnail.jpg"}
+        expires_s = request.config_dict[RECORDINGS].link_expiry_s
         for name, key in links.items():
-            url = await store.presigned_url(key or "", "GET", VIDEO_UPLOAD_EXPIRY_S)
+            url = await store.presigned_url(key or "", "GET", expires_s)
             body[name] = None if url is None else absolute_url(request, url)
         body["hls_url"] = absolute_url(request, f"{PREFIX}/{row.recording_id}/video/index.m3u8")
         body["video_duration_ms"] = row.video_duration_ms
@@ -279,7 +280,8 @@ async def hls_playlist(request: web.Request) -> web.Response:
     prefix = object_prefix(row.tenant_id, row.recording_id) + "hls/"
     key = prefix + "index.m3u8"
     text = (await store.get_bytes(key)).decode()
-    body = await presigned_playlist(request, store, key, text, VIDEO_UPLOAD_EXPIRY_S)
+    expires_s = request.config_dict[RECORDINGS].link_expiry_s
+    body = await presigned_playlist(request, store, key, text, expires_s)
     return web.Response(text=body, content_type=PLAYLIST_TYPE)
 
 

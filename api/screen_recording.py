@@ -13,11 +13,10 @@ from ingest.events import parse_event
 from storage.meta import FileRow, SessionEventRow, SessionRow
 
 from .errors import rpc_error
-from .keys import SESSIONS, SIGNER, STORE
+from .keys import SESSIONS, SETTINGS, SIGNER, STORE
 from .objects_route import absolute_url
 
 MAX_BODY_BYTES = 64 * 1024
-DOWNLOAD_URL_EXPIRY_S = 3600
 PROFILE_ID_RE = r"[^/:]+"
 
 
@@ -119,15 +118,17 @@ async def get_session(request: web.Request) -> web.Response:
     )
     body = session_json(row, events, files)
     store, signer = request.app[STORE], request.app[SIGNER]
+    expires_s = request.app[SETTINGS].storage.presign_expiry_s
     for entry in body["files"]:
         if not entry["uploaded"]:
             continue
-        # a link that works without credentials, for an hour; a playlist's is served by this
-        # server whatever the store, with its segments signed in it, so that it plays
+        # a link that works without credentials (``[storage] presign_expiry_s``); a playlist's
+        # is served by this server whatever the store, with its segments signed in it, so
+        # that it plays
         if entry["kind"] == "playlist":
-            url: str | None = signer.sign(entry["key"], "GET", DOWNLOAD_URL_EXPIRY_S)
+            url: str | None = signer.sign(entry["key"], "GET", expires_s)
         else:
-            url = await store.presigned_url(entry["key"], "GET", DOWNLOAD_URL_EXPIRY_S)
+            url = await store.presigned_url(entry["key"], "GET", expires_s)
         if url is not None:
             entry["url"] = absolute_url(request, url)
     return web.json_response(body)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .presign import MAX_EXPIRY_S
 from .s3 import S3Config
 
 BACKENDS = ("local", "s3")
@@ -26,7 +27,7 @@ class StorageSettings:
     prefix: str = ""  # "dir/" put before every key
     sse: str = ""  # "AES256" or "aws:kms"
     check_on_start: bool = True  # a wrong bucket or key stops the start, an outage does not
-    presign_expiry_s: int = 3600
+    presign_expiry_s: int = 3600  # every presigned link the APIs hand out (S3's or ours)
     multipart_threshold_bytes: int = 16 * 1024**2
     multipart_part_bytes: int = 8 * 1024**2
     connect_timeout_s: float = 5.0
@@ -35,6 +36,11 @@ class StorageSettings:
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise ValueError(f"storage.backend must be one of {BACKENDS}, not {self.backend!r}")
+        if not 1 <= self.presign_expiry_s <= MAX_EXPIRY_S:
+            raise ValueError(
+                f"storage.presign_expiry_s must be 1..{MAX_EXPIRY_S} (S3's ceiling, 7 days), "
+                f"not {self.presign_expiry_s}"
+            )
 
     def tuning(self) -> dict[str, Any]:
         """The client settings every S3 store of this server uses, user buckets included."""

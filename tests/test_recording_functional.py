@@ -4,8 +4,10 @@ writes decoded by ffprobe and PyAV."""
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 import av
@@ -24,6 +26,7 @@ DURATION_TOLERANCE_S = (
 
 OPUS_FRAME, AAC_FRAME = 960, 1024  # samples per frame at 48 kHz
 AAC_FRAMES_SLACK = 2  # encoder priming and the partial last frame
+LINK_EXPIRY_S = 900  # not the default hour: the setting must reach every link
 
 pytestmark = pytest.mark.slow
 
@@ -44,7 +47,9 @@ def split(clip: Clip, start_s: float, end_s: float) -> list[Any]:
 async def test_start_pause_resume_end(
     server_factory: Any, tmp_path: Path, video_codec: str
 ) -> None:
-    server = await server_factory(recorder={"segment_target_s": SEGMENT_S})
+    server = await server_factory(
+        recorder={"segment_target_s": SEGMENT_S}, storage={"presign_expiry_s": LINK_EXPIRY_S}
+    )
     clip = encode_clip(video_codec, duration_s=6.0, audio_codec="opus")
     async with aiohttp.ClientSession() as http:
         sid = (await event(http, server, "EVENT_TYPE_START", userId="agent"))["sessionEvent"][
@@ -75,11 +80,13 @@ async def test_start_pause_resume_end(
         assert (code, reason) == (1000, "session ended")
 
         playlist, mp4 = await fetch_recording(server, sid, tmp_path)
+        asked_at = int(time.time())
         async with http.get(
             f"{server.url}/v1/customers/acme/profiles/support/screenRecordingSessions/{sid}",
             headers=server.auth,
         ) as resp:
             session = await resp.json()
+        answered_at = int(time.time())
 
     text = playlist.read_text()
     lines = text.splitlines()
@@ -126,6 +133,9 @@ async def test_start_pause_resume_end(
     kinds_stored = {f["kind"] for f in session["files"]}
     assert kinds_stored == {"segment", "playlist", "mp4"}
     assert all(f["uploaded"] for f in session["files"])
+    for entry in session["files"]:  # each link lives for [storage] presign_expiry_s
+        expires = int(parse_qs(urlsplit(entry["url"]).query)["expires"][0])
+        assert asked_at + LINK_EXPIRY_S <= expires <= answered_at + LINK_EXPIRY_S
     mp4_entry = next(f for f in session["files"] if f["kind"] == "mp4")
     async with aiohttp.ClientSession() as http, http.get(mp4_entry["url"]) as resp:
         assert resp.status == 200 and resp.headers["Content-Type"] == "video/mp4"

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 from test_recordings_functional import body, tenant_headers
@@ -101,6 +103,20 @@ async def test_tenants_never_see_each_other(server: Any) -> None:
         async with http.put(server.url + "/v1/recordings", headers=a) as resp:
             assert resp.status == 405
             assert (await resp.json())["error"]["code"] == "method_not_allowed"
+
+
+async def test_links_live_for_the_presign_setting(server_factory: Any) -> None:
+    server = await server_factory(storage={"presign_expiry_s": 120})
+    auth = await tenant_headers(server, "acme")
+    async with aiohttp.ClientSession() as http:
+        asked_at = int(time.time())
+        async with http.post(
+            server.url + "/v1/recordings", json=body(has_video=True), headers=auth
+        ) as resp:
+            created = await resp.json()
+        answered_at = int(time.time())
+    expires = int(parse_qs(urlsplit(created["video_upload_url"]).query)["expires"][0])
+    assert asked_at + 120 <= expires <= answered_at + 120
 
 
 async def post_raw(http: aiohttp.ClientSession, server: Any, auth: Any, data: Any) -> Any:

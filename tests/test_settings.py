@@ -194,6 +194,13 @@ def test_storage_section_from_env_and_its_checks(tmp_path: Path) -> None:
     no_bucket = load_settings(env={"REELHOUSE_STORAGE__BACKEND": "s3"}).storage
     with pytest.raises(ValueError, match=r"storage\.bucket is required"):
         no_bucket.s3_config()
+    assert (
+        load_settings(env={"REELHOUSE_STORAGE__PRESIGN_EXPIRY_S": "900"}).storage.presign_expiry_s
+        == 900
+    )
+    for bad in ("0", str(7 * 24 * 3600 + 1)):  # S3 signs for 7 days at the most
+        with pytest.raises(ValueError, match=r"storage\.presign_expiry_s must be 1\.\.604800"):
+            load_settings(env={"REELHOUSE_STORAGE__PRESIGN_EXPIRY_S": bad})
 
 
 def test_section_must_be_a_table(tmp_path: Path) -> None:
