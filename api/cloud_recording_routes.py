@@ -35,7 +35,8 @@ from .cloud_recording_schema_start import UID_GROUP_MAX
 from .customers import CustomerAuth
 from .keys import APPS
 
-BASE = "/v1/apps/{appid}/cloud_recording"
+PATH_WORD = "cloud_recording"
+BASE = "/v1/apps/{appid}/" + PATH_WORD
 RATE_PER_S = 10.0  # requests per second per app, as that API allows
 RATE_BURST = 20.0
 MAX_BODY_BYTES = 1024 * 1024
@@ -74,10 +75,17 @@ class RateLimit:
 RATE = web.AppKey("cloud_rate", RateLimit)
 
 
+def is_cloud_path(path: str) -> bool:
+    """``/v1/apps/{appid}/cloud_recording/...``: that API's, and no other API's path that
+    happens to hold the words (a screen recording customer named ``cloud_recording``)."""
+    parts = path.split("/", 5)
+    return len(parts) > 4 and parts[1] == "v1" and parts[2] == "apps" and parts[4] == PATH_WORD
+
+
 @web.middleware
 async def cloud_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Auth, rate limit and the API's error shape for every cloud recording path."""
-    if "/cloud_recording/" not in request.path:
+    if not is_cloud_path(request.path):
         return await handler(request)
     if await request.app[CUSTOMERS].check(request.headers.get("Authorization")) is None:
         resp = error(401, "invalid authorization header: Basic customer id and secret", 401)

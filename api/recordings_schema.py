@@ -80,6 +80,9 @@ def _count(value: Any, field: str) -> int:
 
 
 def _flag(value: Any, field: str) -> bool:
+    """An optional boolean: absent or null is false."""
+    if value is None:
+        return False
     if not isinstance(value, bool):
         raise invalid(field, f"{field} must be a boolean")
     return value
@@ -122,8 +125,8 @@ def create_fields(parsed: ParsedUpload) -> dict[str, Any]:
     out["project_id"] = (
         None if f.get("project_id") is None else _uuid_field(f["project_id"], "project_id")
     )
-    out["has_video"] = _flag(f.get("has_video", False), "has_video")
-    out["has_audio"] = _flag(f.get("has_audio", False), "has_audio")
+    out["has_video"] = _flag(f.get("has_video"), "has_video")
+    out["has_audio"] = _flag(f.get("has_audio"), "has_audio")
     out["navigations"] = _navigations(f.get("navigations") or [])
     duration, count = f.get("duration_ms"), f.get("event_count")
     out["duration_ms"] = parsed.span_ms if duration is None else _count(duration, "duration_ms")

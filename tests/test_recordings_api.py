@@ -124,6 +124,19 @@ async def post_raw(http: aiohttp.ClientSession, server: Any, auth: Any, data: An
         return resp.status, await resp.json()
 
 
+async def test_null_is_an_optional_field_not_given(server: Any) -> None:
+    auth = await tenant_headers(server, "acme")
+    optional = ("name", "ended_at", "project_id", "has_video", "has_audio", "navigations")
+    payload = body(**dict.fromkeys(optional), duration_ms=None, event_count=None)
+    async with aiohttp.ClientSession() as http:
+        status, created = await post_raw(http, server, auth, json.dumps(payload))
+        assert status == 201, created
+        assert (created["status"], created["video_upload_url"]) == ("ready", None)
+        async with http.get(f"{server.url}/v1/recordings/{created['id']}", headers=auth) as resp:
+            detail = await resp.json()
+    assert (detail["has_video"], detail["has_audio"], detail["project_id"]) == (False, False, None)
+
+
 async def test_bad_bodies_get_clear_errors(server: Any) -> None:
     auth = await tenant_headers(server, "acme")
     cases = {

@@ -138,6 +138,24 @@ async def test_unknown_session_and_other_profile_are_not_found(server: Server) -
         assert (status, body["code"]) == (404, 5)
 
 
+async def test_ids_that_name_another_api_are_ids_all_the_same(server: Server) -> None:
+    """A customer or profile called ``cloud_recording`` is this API's, errors included."""
+    path = "/v1/customers/cloud_recording/profiles/cloud_recording"
+    async with aiohttp.ClientSession() as http:
+        status, body = await post_event(
+            http,
+            server,
+            {"eventType": "EVENT_TYPE_START"},
+            path=path + ":processScreenRecordingSessionEvent",
+        )
+        assert status == 200, body
+        sid = body["sessionEvent"]["sessionId"]
+        status, body = await get_session(http, server, sid, profile=path[14:])
+        assert (status, body["state"]) == (200, "RECORDING")
+        status, body = await get_session(http, server, "nope", profile=path[14:])
+        assert (status, body["code"], body["details"]) == (404, 5, [])  # rpcStatus
+
+
 @pytest.mark.parametrize(
     ("payload", "fragment"),
     [
