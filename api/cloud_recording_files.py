@@ -400,7 +400,8 @@ class CloudFiles:
             except Exception as exc:  # the playlist still has them: the recording goes on
                 log.exception("cloud recording %s: %s, of %d segments a crash left, could not "
                               "be built", session.sid, key, len(names))  # fmt: skip
-                await self._error(session, NoticeModule.RECORDER, ErrorCode.FILE_NOT_SPOOLED,
+                # (201 is the uploader module's code, as the notices table lists it)
+                await self._error(session, NoticeModule.UPLOADER, ErrorCode.FILE_NOT_SPOOLED,
                                   f"{key} could not be built after a restart: {exc}",
                                   ErrorLevel.MAJOR, fileName=key)  # fmt: skip
                 handed = False
