@@ -25,6 +25,12 @@ class EventType(StrEnum):
     RESUME = "EVENT_TYPE_RESUME"
 
 
+# The events that name their session by ``sessionId`` only ("Session id, which is used by
+# EVENT_TYPE_END, EVENT_TYPE_RECONNECT events"); PAUSE and RESUME may name it by the platform's
+# ids instead (the one open session of the profile that has them), START makes it.
+BY_SESSION_ID = frozenset({EventType.END, EventType.RECONNECT})
+
+
 class SessionState(StrEnum):
     """Where a session is in its life."""
 
@@ -141,6 +147,11 @@ def parse_event(body: Any) -> SessionEvent:
             "sessionEvent.sessionId may hold only letters, digits, '.', '_', '~' and '-' "
             "and must start with a letter or digit"
         )
-    if event_type is not EventType.START and not sid:
+    if event_type in BY_SESSION_ID and not sid:
         raise InvalidEvent(f"sessionEvent.sessionId is required for {event_type.value}")
+    if event_type in (EventType.PAUSE, EventType.RESUME) and not sid and not any(values.values()):
+        raise InvalidEvent(
+            f"sessionEvent.sessionId is required for {event_type.value}, or a platformCallId, "
+            "agentPlatformId or userId that names one open session"
+        )
     return SessionEvent(event_type=event_type, **values)

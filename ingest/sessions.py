@@ -9,7 +9,7 @@ import logging
 import os
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -21,6 +21,7 @@ from storage.spool import Spool
 from .config import IngestSettings, RecorderSettings
 from .errors import (
     CloseCode,
+    InvalidEvent,
     ProtocolError,
     SessionError,
     SessionExists,
@@ -312,6 +313,8 @@ class SessionManager:
             raise Unavailable("the server is shutting down; send the event again later")
         if event.event_type is EventType.START:
             return await self._start(customer_id, profile_id, event)
+        if not event.session_id:  # (PAUSE or RESUME naming its session by the platform's ids)
+            event = replace(event, session_id=self._named(customer_id, profile_id, event))
         live = await self._live(customer_id, profile_id, event.session_id, event.event_type)
         async with live.lock:
             if self._closed:
@@ -426,6 +429,24 @@ class SessionManager:
         await self._push(live, ev_row, event)
         log.info("EVENT_TYPE_START: new session", extra={"session_id": session_id})
         return event, row
+
+    def _named(self, customer_id: str, profile_id: str, event: SessionEvent) -> str:
+        """The one open session of the profile whose platform ids are those the event gives."""
+        ids = {k: getattr(event, k) for k in PLATFORM_FIELDS}
+        found = [
+            sid
+            for sid, live in self.sessions.items()
+            if (live.row.customer_id, live.row.profile_id) == (customer_id, profile_id)
+            and _matches(ids, live.row)
+        ]
+        given = ", ".join(f"{k}={v!r}" for k, v in event.to_json().items() if k != "eventType")
+        if not found:
+            raise SessionNotFound(f"no open session of this profile has {given}")
+        if len(found) > 1:
+            raise InvalidEvent(
+                f"{len(found)} open sessions of this profile have {given}: give the sessionId"
+            )
+        return found[0]
 
     async def _live(
         self, customer_id: str, profile_id: str, session_id: str, event_type: EventType

@@ -121,6 +121,51 @@ async def test_transitions_not_allowed(
         assert body["details"] == []
 
 
+async def test_pause_and_resume_may_name_the_session_by_platform_ids(server: Server) -> None:
+    """The seed uses sessionId for END and RECONNECT: PAUSE and RESUME find the one open
+    session of the profile that has the platform ids they give."""
+    async with aiohttp.ClientSession() as http:
+        sids = []
+        for call in ("c1", "c2"):
+            start = {"eventType": "EVENT_TYPE_START", "platformCallId": call, "userId": "u1"}
+            _, body = await post_event(http, server, start)
+            sids.append(body["sessionEvent"]["sessionId"])
+        status, body = await post_event(
+            http, server, {"eventType": "EVENT_TYPE_PAUSE", "platformCallId": "c2"}
+        )
+        assert status == 200, body
+        assert body["sessionEvent"]["sessionId"] == sids[1]
+        assert body["session"]["state"] == "PAUSED"
+        assert (await get_session(http, server, sids[0]))[1]["state"] == "RECORDING"
+        # both sessions have userId u1: which one is meant is not said
+        status, body = await post_event(
+            http, server, {"eventType": "EVENT_TYPE_RESUME", "userId": "u1"}
+        )
+        assert (status, body["code"]) == (400, 3) and "give the sessionId" in body["message"]
+        status, body = await post_event(
+            http,
+            server,
+            {"eventType": "EVENT_TYPE_RESUME", "userId": "u1", "platformCallId": "c2"},
+        )
+        assert (status, body["session"]["state"]) == (200, "RECORDING")
+        status, body = await post_event(
+            http, server, {"eventType": "EVENT_TYPE_PAUSE", "platformCallId": "c3"}
+        )
+        assert (status, body["code"]) == (404, 5)
+        # another profile's sessions are not found by their ids
+        other = "/v1/customers/acme/profiles/other:processScreenRecordingSessionEvent"
+        status, body = await post_event(
+            http, server, {"eventType": "EVENT_TYPE_PAUSE", "platformCallId": "c1"}, path=other
+        )
+        assert (status, body["code"]) == (404, 5)
+        # END and RECONNECT name their session by sessionId only
+        for kind in ("EVENT_TYPE_END", "EVENT_TYPE_RECONNECT"):
+            status, body = await post_event(
+                http, server, {"eventType": kind, "platformCallId": "c1"}
+            )
+            assert (status, body["code"]) == (400, 3) and "sessionId is required" in body["message"]
+
+
 async def test_unknown_session_and_other_profile_are_not_found(server: Server) -> None:
     async with aiohttp.ClientSession() as http:
         status, body = await post_event(
