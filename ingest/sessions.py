@@ -104,6 +104,18 @@ def _check_writer(live: LiveSession) -> None:
         )
 
 
+def _pushed(event_type: EventType, row: SessionRow) -> SessionEvent:
+    """An event as the recording app is told it: the session's id and the platform ids it
+    started with (the app was paired by them), whatever the event's request carried."""
+    return SessionEvent(
+        event_type=event_type,
+        session_id=row.session_id,
+        platform_call_id=row.platform_call_id,
+        agent_platform_id=row.agent_platform_id,
+        user_id=row.user_id,
+    )
+
+
 def _matches(ids: dict[str, str], row: SessionRow) -> bool:
     given = {k: v for k, v in ids.items() if v}
     return bool(given) and all(getattr(row, k) == v for k, v in given.items())
@@ -468,7 +480,8 @@ class SessionManager:
     async def _push(self, live: LiveSession, ev_row: SessionEventRow, event: SessionEvent) -> None:
         action = CONTROL_ACTION.get(event.event_type, "reconnect")
         if live.conn is not None:
-            await live.conn.send_control(ev_row.event_id, action, live.session_id, event.to_json())
+            body = _pushed(event.event_type, live.row).to_json()
+            await live.conn.send_control(ev_row.event_id, action, live.session_id, body)
 
     # queries -----------------------------------------------------------------------------
 
@@ -529,7 +542,7 @@ class SessionManager:
         for ev in await self._meta.list_events(live.session_id):
             if ev.acked_at is None:
                 event_type = EventType(ev.event_type)
-                body = SessionEvent(event_type=event_type, session_id=live.session_id).to_json()
+                body = _pushed(event_type, live.row).to_json()
                 out.append((ev.event_id, CONTROL_ACTION.get(event_type, "reconnect"), body))
         return out
 

@@ -298,6 +298,8 @@ async def test_recording_app_waits_for_start_and_acks_events(server: Server) -> 
         assert (await other.recv())["t"] == "pong"
         await event(http, server, "EVENT_TYPE_PAUSE", sid)
         pause = await app.wait_control("pause")
+        # (the PAUSE named only the session: the app hears the ids it was paired by too)
+        assert pause["event"] == {**control["event"], "eventType": "EVENT_TYPE_PAUSE"}
         await app.send({"t": "ack", "id": pause["id"]})
         await app.send({"t": "ping", "ts": 42})
         assert (await app.recv())["t"] == "pong"  # acks before the ping are processed by now
@@ -309,6 +311,22 @@ async def test_recording_app_waits_for_start_and_acks_events(server: Server) -> 
             ("EVENT_TYPE_PAUSE", True),
         ]
         assert all(e["ackTime"] for e in events)
+
+
+async def test_events_not_acked_are_pushed_again_when_the_app_connects(server: Server) -> None:
+    """Events the app never heard (it was not connected) come, in order, once it connects,
+    each with the session's id and the platform ids it started with."""
+    async with aiohttp.ClientSession() as http:
+        sid = await start_session(http, server, platformCallId="call-9", agentPlatformId="pc-3")
+        await event(http, server, "EVENT_TYPE_PAUSE", sid)
+        app = await connect(http, server)
+        await app.hello(server.api_key, session_id=sid)
+        ids = {"sessionId": sid, "platformCallId": "call-9", "agentPlatformId": "pc-3"}
+        start = await app.wait_control("start")
+        assert start["event"] == {"eventType": "EVENT_TYPE_START", **ids}
+        pause = await app.wait_control("pause")
+        assert pause["event"] == {"eventType": "EVENT_TYPE_PAUSE", **ids}
+        assert pause["id"] > start["id"]
 
 
 async def test_newer_connection_replaces_older(server: Server) -> None:
