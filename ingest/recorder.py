@@ -238,7 +238,8 @@ class SessionRecorder:
         self._retry.set()
         self._flush_logged()
         await self._drain()
-        self._pool.unregister(self)
+        # still registered: the lane's other sessions tick on while the server stops, and
+        # its WAL must keep the files this session's open segment is in (``wal_from``)
         if self._lane is not None:
             with contextlib.suppress(LaneError):  # a lane that is gone has its WAL on disk
                 await self._lane.call("close", self.session_id)  # the WAL has it all
@@ -385,9 +386,16 @@ class SessionRecorder:
         self._retry.set()
         self._flush_logged()
         await self._drain()
-        self._pool.unregister(self)
-        if self._lane is not None:
+        if self._lane is None:
+            self._pool.unregister(self)
+            return
+        try:
             await self._finish(self._lane)
+        except LaneError:
+            raise  # still registered: the WAL keeps its frames for the next start to replay
+        except BaseException:
+            self._pool.unregister(self)  # END ends all the same (the live folder stays)
+            raise
 
     async def written(self, outcome: Outcome | Failed) -> None:
         """The pool's report on a tick: acknowledge, queue closed segments for the spool."""
@@ -517,6 +525,8 @@ class SessionRecorder:
         for seg, _ in await lane.call("finish", self.session_id):
             await self._spool_segment(seg)
         await self._spool_playlist(end=True)
+        # only now may the lane's WAL let go of this session's last frames: they are spooled
+        self._pool.unregister(self)
         keep = await asyncio.to_thread(lambda: sorted((self.live_dir / KEEP_DIR).glob("*.ts")))
         if keep:
             mp4 = self.live_dir / f"{self.session_id}.mp4"

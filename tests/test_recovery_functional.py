@@ -226,6 +226,39 @@ async def test_an_idle_session_does_not_hold_old_log_files(server_factory: Any) 
             await asyncio.wait_for(manager.pool.wait_released(), timeout=20)
 
 
+async def test_a_session_closed_first_keeps_the_log_files_of_its_open_segment(
+    server_factory: Any,
+) -> None:
+    """A graceful stop closes sessions one by one, leaving each open segment to the WAL, while
+    the lane's other sessions still tick and spool: what they let go of must not include the
+    files the closed session's open segment is in (the next start replays it from them)."""
+    server = await server_factory(  # one lane: the sessions share its log
+        ingest={"wal_rotate_bytes": 16_000, "writer_lanes": 1}, recorder={"segment_target_s": 1.0}
+    )
+    wal_dir = server.data_dir / "wal" / "lane-0"
+    clip = encode_clip("h264", duration_s=4.0, audio_codec="opus")
+    manager = server.app[SESSIONS]  # type: ignore[index]
+    async with aiohttp.ClientSession() as http:
+        first = await start_session(http, server)
+        await stream_until_acked(http, server.url, first, clip.frames[: len(clip.frames) // 2])
+        closed = manager.sessions[first].recorder
+        await closed.aclose()  # as the stop does, this session first
+        other = await start_session(http, server)
+        await stream_until_acked(http, server.url, other, clip.frames)
+        needed = closed.wal_from  # (segments its close wrote out are spooled by now)
+        lane = manager.pool.lanes[0]
+        recorder = manager.sessions[other].recorder
+        while recorder.wal_from <= needed:  # its segments spooled past the closed one's files
+            await asyncio.wait_for(manager.pool.wait_released(), timeout=20)
+        await lane.release()  # what the other session's next tick or spooled segment does
+
+    def indices() -> set[int]:
+        return {int(p.stem.split("-")[1]) for p in wal_dir.glob("wal-*.bin")}
+
+    kept = await asyncio.to_thread(indices)
+    assert set(range(needed, lane.wal_index + 1)) <= kept
+
+
 async def test_a_session_whose_log_cannot_replay_still_recovers(
     proc: ServerProcess, server_factory: Any
 ) -> None:
