@@ -171,6 +171,8 @@ async def create_recording(request: web.Request) -> web.Response:
             parsed = await asyncio.to_thread(parse_upload, body, events)
         except BodyError as exc:
             raise from_body_error(exc) from None
+        except RecursionError:
+            raise from_body_error(BodyError("body", "request body is nested too deeply")) from None
         fields = create_fields(parsed)
         recording_id = meta.new_recording_id()
         prefix = object_prefix(who.tenant_id, recording_id)

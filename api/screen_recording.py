@@ -9,7 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from ingest.errors import InvalidEvent, RpcCode
-from ingest.events import parse_event
+from ingest.events import SESSION_ID_RE, parse_event
 from storage.meta import FileRow, SessionEventRow, SessionRow
 
 from .errors import rpc_error
@@ -92,6 +92,21 @@ async def _json_body(request: web.Request) -> Any:
         return json.loads(raw or b"{}")
     except (ValueError, UnicodeDecodeError):
         raise InvalidEvent("request body is not valid JSON") from None
+    except RecursionError:
+        raise InvalidEvent("request body is nested too deeply") from None
+
+
+def _profile(request: web.Request) -> tuple[str, str]:
+    """The path's customer and profile ids: they name the session's objects
+    (``recordings/{customer}/{profile}/…``), so they follow the sessionId's rule."""
+    ids = request.match_info["customer_id"], request.match_info["profile_id"]
+    for name, value in zip(("customerId", "profileId"), ids, strict=True):
+        if not SESSION_ID_RE.match(value):
+            raise InvalidEvent(
+                f"{name} may hold only letters, digits, '.', '_', '~' and '-', must start with "
+                "a letter or digit and be at most 128 characters"
+            )
+    return ids
 
 
 def add_routes(app: web.Application) -> None:
@@ -103,8 +118,8 @@ def add_routes(app: web.Application) -> None:
 
 async def process_event(request: web.Request) -> web.Response:
     """``POST …:processScreenRecordingSessionEvent``."""
+    customer_id, profile_id = _profile(request)
     event = parse_event(await _json_body(request))
-    customer_id, profile_id = request.match_info["customer_id"], request.match_info["profile_id"]
     event, row = await request.app[SESSIONS].process_event(customer_id, profile_id, event)
     return web.json_response({"sessionEvent": event.to_json(), "session": session_json(row)})
 
@@ -112,9 +127,7 @@ async def process_event(request: web.Request) -> web.Response:
 async def get_session(request: web.Request) -> web.Response:
     """``GET …/screenRecordingSessions/{session_id}``: state, timestamps, events, files."""
     row, events, files = await request.app[SESSIONS].get(
-        request.match_info["customer_id"],
-        request.match_info["profile_id"],
-        request.match_info["session_id"],
+        *_profile(request), request.match_info["session_id"]
     )
     body = session_json(row, events, files)
     store, signer = request.app[STORE], request.app[SIGNER]

@@ -93,6 +93,7 @@ class Spool:
         self._ready: asyncio.Queue[str] = asyncio.Queue()  # groups whose head may upload now
         self._tasks: set[asyncio.Task[None]] = set()
         self._uploading: set[asyncio.Task[None]] = set()  # workers in the middle of an item
+        self._backoffs: set[asyncio.TimerHandle] = set()  # groups waiting to be tried again
         self._changed = asyncio.Condition()  # notified whenever an item leaves or arrives
         self._closing = asyncio.Event()
         self._next_id = 1
@@ -216,6 +217,9 @@ class Spool:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
         self._uploading.clear()
+        for timer in self._backoffs:
+            timer.cancel()
+        self._backoffs.clear()
 
     # adding ------------------------------------------------------------------------------
 
@@ -444,39 +448,36 @@ class Spool:
                 self._uploading.discard(current)
 
     async def _upload_head(self, group: str) -> None:
+        """One attempt at the group's oldest item. A failed one is tried again after a backoff
+        during which the worker serves other groups: a file that never uploads (a store that
+        refuses it, for good) holds up its own group only."""
         state = self._groups[group]
-        _, item = state.queue[0]
-        while True:
-            # the head as it is now: a retarget may have changed its store since the last try
-            item = dataclasses.replace(state.queue[0][1], attempts=item.attempts + 1)
-            self._attempting[group] = item.store_id
-            try:
-                store = self._resolve_store(item.store_id)
-                path = self.directory / (_stem(item.item_id) + DATA_SUFFIX)
-                info = await store.put_file(item.key, path, item.content_type)
-                break
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self.upload_failures_total += 1
-                extra = {"key": item.key, "session_id": group, "attempt": item.attempts}
-                # a refusal is the user's store saying no: loud, and a later policy may reroute
-                level = logging.ERROR if isinstance(exc, StoreRefused) else logging.WARNING
-                log.log(
-                    level,
-                    "upload of %s failed (attempt %d): %r",
-                    item.key,
-                    item.attempts,
-                    exc,
-                    extra=extra,
-                )
-                async with self._changed:
-                    self._changed.notify_all()  # waiters watching failures see this one
-            finally:
-                del self._attempting[group]
-            if await self._backoff(item.attempts):
-                state.busy = False  # closing: leave the item on disk for the next start
-                return
+        # the head as it is now: a retarget may have changed its store since the last try
+        _, head = state.queue[0]
+        item = dataclasses.replace(head, attempts=head.attempts + 1)
+        state.queue[0] = (item.item_id, item)  # (same id: still a heap)
+        self._attempting[group] = item.store_id
+        try:
+            store = self._resolve_store(item.store_id)
+            path = self.directory / (_stem(item.item_id) + DATA_SUFFIX)
+            info = await store.put_file(item.key, path, item.content_type)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.upload_failures_total += 1
+            extra = {"key": item.key, "session_id": group, "attempt": item.attempts}
+            # a refusal is the user's store saying no: loud, and a later policy may reroute
+            level = logging.ERROR if isinstance(exc, StoreRefused) else logging.WARNING
+            log.log(
+                level, "upload of %s failed (attempt %d): %r", item.key, item.attempts, exc,
+                extra=extra,
+            )  # fmt: skip
+            self._retry_later(group, item.attempts)
+            async with self._changed:
+                self._changed.notify_all()  # waiters watching failures see this one
+            return
+        finally:
+            del self._attempting[group]
         extra = {"key": item.key, "session_id": group}
         latency_s = max(0.0, (datetime.now(UTC) - item.added_at).total_seconds())
         if self._on_uploaded is not None:
@@ -502,15 +503,20 @@ class Spool:
         async with self._changed:
             self._changed.notify_all()
 
-    async def _backoff(self, attempts: int) -> bool:
-        """Wait before the next attempt; true when the spool began closing meanwhile."""
+    def _retry_later(self, group: str, attempts: int) -> None:
+        """Hand the group (still busy: nothing else of it goes first) to a worker again after
+        a jittered exponential backoff; once closing, its item stays on disk for the next
+        start."""
         ceiling_s = min(self._retry_max_s, self._retry_base_s * 2 ** min(attempts - 1, 62))
         delay_s = self._random.uniform(self._retry_base_s, max(self._retry_base_s, ceiling_s))
-        try:
-            await asyncio.wait_for(self._closing.wait(), delay_s)
-        except TimeoutError:
-            return False
-        return True
+
+        def due() -> None:
+            self._backoffs.discard(timer)
+            if not self._closing.is_set():
+                self._ready.put_nowait(group)
+
+        timer = asyncio.get_running_loop().call_later(delay_s, due)
+        self._backoffs.add(timer)
 
     def _remove_sync(self, item_id: int) -> None:
         stem = _stem(item_id)

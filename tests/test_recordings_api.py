@@ -137,6 +137,17 @@ async def test_null_is_an_optional_field_not_given(server: Any) -> None:
     assert (detail["has_video"], detail["has_audio"], detail["project_id"]) == (False, False, None)
 
 
+async def test_deeply_nested_json_is_a_validation_error(server: Any) -> None:
+    auth = await tenant_headers(server, "acme")
+    nested = b"[" * 5_000
+    for field in ("events", "navigations", "name"):
+        raw = b'{"started_at": "2026-05-04T10:00:00Z", "' + field.encode() + b'": ' + nested
+        async with aiohttp.ClientSession() as http:
+            status, answer = await post_raw(http, server, auth, raw)
+        assert status == 400, answer
+        assert answer["error"]["code"] == "validation_error", answer
+
+
 async def test_bad_bodies_get_clear_errors(server: Any) -> None:
     auth = await tenant_headers(server, "acme")
     cases = {

@@ -7,6 +7,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import yarl
 from conftest import Server
 
 from api.keys import SESSIONS
@@ -181,6 +182,41 @@ async def test_unknown_session_and_other_profile_are_not_found(server: Server) -
         assert (status, body["code"]) == (404, 5)
         status, body = await get_session(http, server, sid, profile="acme/profiles/other")
         assert (status, body["code"]) == (404, 5)
+
+
+@pytest.mark.parametrize("customer", ["%2E%2E", "a%0Ab", "a%5Cb", "c" * 129, "-x"])
+async def test_customer_and_profile_ids_that_cannot_name_objects_are_invalid_argument(
+    server: Server, customer: str
+) -> None:
+    """They name the session's objects: refused at once, not left to fail every upload."""
+    start = {"sessionEvent": {"eventType": "EVENT_TYPE_START"}}
+    paths = [
+        f"/v1/customers/{customer}/profiles/p:processScreenRecordingSessionEvent",
+        f"/v1/customers/acme/profiles/{customer}:processScreenRecordingSessionEvent",
+    ]
+    async with aiohttp.ClientSession() as http:
+        for path in paths:
+            url = yarl.URL(server.url + path, encoded=True)
+            async with http.post(url, json=start, headers=server.auth) as resp:
+                body = await resp.json()
+            assert (resp.status, body["code"]) == (400, 3), body
+            assert "may hold only" in body["message"]
+        url = yarl.URL(
+            f"{server.url}/v1/customers/{customer}/profiles/p/screenRecordingSessions/x",
+            encoded=True,
+        )
+        async with http.get(url, headers=server.auth) as resp:
+            assert (resp.status, (await resp.json())["code"]) == (400, 3)
+    assert not server.app[SESSIONS].sessions  # type: ignore[attr-defined]
+
+
+async def test_deeply_nested_json_is_invalid_argument(server: Server) -> None:
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            server.url + EVENT_PATH, data=b"[" * 50_000, headers=server.auth
+        ) as resp:
+            body = await resp.json()
+    assert (resp.status, body["code"]) == (400, 3) and "nested" in body["message"]
 
 
 async def test_ids_that_name_another_api_are_ids_all_the_same(server: Server) -> None:

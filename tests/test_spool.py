@@ -224,6 +224,24 @@ async def test_group_order_under_failures(store: FlakyStore, make_spool: MakeSpo
     assert [k for k in store.uploaded if k.startswith("g1/")] == ["g1/0", "g1/1", "g1/2"]
 
 
+async def test_a_file_that_never_uploads_holds_up_its_own_group_only(
+    store: FlakyStore, make_spool: MakeSpool
+) -> None:
+    """A worker waits out a failed upload's backoff serving other groups: with one worker, a
+    file its store refuses for good does not stop every other session's uploads."""
+    store.fail_keys = {"bad/0"}
+    spool = make_spool(store, workers=1)
+    await spool.start()
+    await spool.add_bytes("bad/0", b"1", group="bad")
+    await store.wait_failures(1)
+    for i in range(3):
+        await spool.add_bytes(f"good/{i}", b"2", group="good")
+    assert await spool.wait_group("good", WAIT_S)
+    assert store.uploaded == ["good/0", "good/1", "good/2"]
+    assert spool.holds("bad", "bad/0") and spool.depth == 1
+    await store.wait_failures(store.failures + 1)  # and it is still being tried
+
+
 class FirstTryFails(FlakyStore):
     """Fails every key's first attempt, so retries interleave across groups."""
 
