@@ -37,6 +37,9 @@ INVALID_PAYLOAD: Final = 1007
 MESSAGE_TOO_BIG: Final = 1009
 
 _CONTROL_MAX = 125
+# fragments of one message: each is a few bytes on the wire and an entry here, so the
+# message's size limit alone would let a peer pile up millions of empty ones
+MAX_FRAGMENTS = 1024
 # close codes a peer may send (RFC 6455 7.4): 1004-1006 and 1015 are reserved
 _VALID_CLOSE = frozenset((1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014))
 
@@ -60,11 +63,15 @@ class FrameParser:
     (the messages before it are returned first) and ends the parsing.
     """
 
-    __slots__ = ("_buf", "_frag_len", "_frag_op", "_frags", "_max", "error")
+    __slots__ = ("_buf", "_frag_len", "_frag_op", "_frags", "_max", "_need", "error")
 
     def __init__(self, max_message: int) -> None:
         self._max = max_message
-        self._buf = b""  # bytes received, not yet parsed
+        # bytes received, not yet parsed (a frame's start), and how many there must be before
+        # parsing again is worth it: a large frame arriving in small reads is appended to, not
+        # copied whole on every read
+        self._buf = bytearray()
+        self._need = 0
         self._frag_op: int | None = None  # the opcode of a fragmented message under way
         self._frags: list[bytearray] = []
         self._frag_len = 0
@@ -73,7 +80,7 @@ class FrameParser:
     @property
     def unparsed(self) -> bytes:
         """What was received and is not part of a message yet (a frame's first bytes)."""
-        return self._buf
+        return bytes(self._buf)
 
     @property
     def mid_message(self) -> bool:
@@ -85,9 +92,15 @@ class FrameParser:
         out: list[Message] = []
         if self.error is not None:
             return out
-        buf = self._buf + data if self._buf else data
+        buf: bytes | bytearray = data
+        if self._buf:
+            self._buf += data
+            if len(self._buf) < self._need:
+                return out
+            buf = self._buf
         n = len(buf)
         pos = 0
+        need = 2  # (bytes from ``pos`` the frame there needs, once it is known)
         try:
             while n - pos >= 2:
                 b0 = buf[pos]
@@ -101,11 +114,13 @@ class FrameParser:
                 head = pos + 2
                 if size == 126:
                     if n - pos < 4:
+                        need = 4
                         break
                     size = int.from_bytes(buf[head : head + 2], "big")
                     head += 2
                 elif size == 127:
                     if n - pos < 10:
+                        need = 10
                         break
                     size = int.from_bytes(buf[head : head + 8], "big")
                     head += 8
@@ -116,10 +131,11 @@ class FrameParser:
                     raise FrameError(MESSAGE_TOO_BIG, f"message exceeds {self._max} bytes")
                 end = head + 4 + size
                 if end > n:
+                    need = end - pos
                     break
                 payload = bytearray(buf[head + 4 : end])
                 if size:
-                    _mask_in_place(buf[head : head + 4], payload)
+                    _mask_in_place(bytes(buf[head : head + 4]), payload)
                 pos = end
                 if op == OP_BINARY or op == OP_TEXT:
                     if self._frag_op is not None:
@@ -131,6 +147,10 @@ class FrameParser:
                 elif op == OP_CONTINUATION:
                     if self._frag_op is None:
                         raise FrameError(PROTOCOL_ERROR, "a continuation frame with no message")
+                    if len(self._frags) >= MAX_FRAGMENTS:
+                        raise FrameError(
+                            MESSAGE_TOO_BIG, f"a message in more than {MAX_FRAGMENTS} fragments"
+                        )
                     self._frags.append(payload)
                     self._frag_len += size
                     if b0 & 0x80:
@@ -142,9 +162,15 @@ class FrameParser:
                     raise FrameError(PROTOCOL_ERROR, f"unknown opcode {op}")
         except FrameError as exc:
             self.error = exc
-            self._buf = b""
+            self._buf = bytearray()
             return out
-        self._buf = buf[pos:] if pos < n else b""
+        if pos >= n:
+            self._buf = bytearray()
+        elif buf is self._buf:
+            del self._buf[:pos]
+        else:
+            self._buf = bytearray(buf[pos:])
+        self._need = need
         return out
 
 

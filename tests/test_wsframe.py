@@ -11,6 +11,8 @@ import pytest
 from aiohttp.http_websocket import WebSocketWriter
 
 from ingest.wsframe import (
+    MAX_FRAGMENTS,
+    MESSAGE_TOO_BIG,
     OP_BINARY,
     OP_PING,
     OP_PONG,
@@ -99,6 +101,18 @@ def test_a_fragmented_message_is_joined_around_a_control_frame() -> None:
     got = parser.feed(masked(OP_PING, b"p") + masked(0, b"two ", fin=False) + masked(0, b"three"))
     assert [(op, bytes(p)) for op, p in got] == [(OP_PING, b"p"), (OP_BINARY, b"one two three")]
     assert not parser.mid_message
+
+
+def test_a_message_in_too_many_fragments_is_refused() -> None:
+    """Empty fragments cost the peer two bytes each and the parser an entry: counted, too."""
+    parser = FrameParser(1024)
+    head = masked(OP_BINARY, b"a", fin=False)
+    empty = masked(0, b"", fin=False)
+    assert parser.feed(head + empty * (MAX_FRAGMENTS - 2) + masked(0, b"z")) == [
+        (OP_BINARY, bytearray(b"az"))
+    ]
+    assert parser.feed(head + empty * MAX_FRAGMENTS) == []
+    assert parser.error is not None and parser.error.code == MESSAGE_TOO_BIG
 
 
 def test_a_partial_frame_is_kept_as_unparsed() -> None:
