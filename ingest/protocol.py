@@ -276,7 +276,8 @@ def decode_client(frame: bytes | bytearray, max_frame: int = MAX_FRAME_BYTES) ->
         raise _fail(CloseCode.BAD_MESSAGE, f"not a msgpack message: {type(exc).__name__}") from None
     if type(msg) is not dict:
         raise _fail(CloseCode.BAD_MESSAGE, "a message must be a msgpack map")
-    check = _CHECKS.get(msg.get("t"))  # type: ignore[arg-type]
+    kind = msg.get("t")
+    check = _CHECKS.get(kind) if type(kind) is str else None  # (a map or list: unhashable)
     if check is None:
         raise _fail(CloseCode.BAD_MESSAGE, f"unknown message type {str(msg.get('t'))[:20]!r}")
     check(msg)

@@ -97,3 +97,17 @@ async def test_an_expired_resource_and_a_bad_cname(api: Any, s3: SeaweedS3, s3_b
             http, f"{base}/resourceid/{rid}/mode/mix/start", start_body(s3, s3_bucket, "room"), auth
         )
         assert (status, out["code"]) == (400, 433) and "expired" in out["reason"], out
+
+
+async def test_an_internal_error_is_answered_in_the_apis_shape(
+    api: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server, _, auth, base = api
+
+    async def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(server.app[CLOUD], "acquire", broken)
+    async with aiohttp.ClientSession() as http:
+        status, out = await post(http, f"{base}/acquire", {"cname": "room", "uid": "527841"}, auth)
+    assert (status, out) == (500, {"code": 500, "reason": "internal error"})

@@ -32,6 +32,8 @@ def test_hello_and_track_round_trip() -> None:
         (msgpack.packb([1, 2, 3]), CloseCode.BAD_MESSAGE),
         (msgpack.packb("hello"), CloseCode.BAD_MESSAGE),
         (frame(t="launch"), CloseCode.BAD_MESSAGE),
+        (frame(t={"a": 1}), CloseCode.BAD_MESSAGE),  # (unhashable: no lookup may raise)
+        (frame(t=["media"]), CloseCode.BAD_MESSAGE),
         (frame(t="media", seq=1, track=0, pts=0, key=True), CloseCode.SCHEMA),
         (frame(t="media", seq=0, track=0, pts=0, key=True, data=b"x"), CloseCode.SCHEMA),
         (frame(t="media", seq=1, track=99, pts=0, key=True, data=b"x"), CloseCode.SCHEMA),
