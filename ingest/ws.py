@@ -36,7 +36,8 @@ class WsConnection:
         self.ids = ids
         self.session: LiveSession | None = None
         self._ack_seq = 0  # an ack held back while the client's socket is backed up
-        stream.on_drained = self._flush_ack
+        self._pong_ts: Any = None  # likewise the answer to the newest ping
+        stream.on_drained = self._flush_held
         if stream.transport is not None:
             stream.transport.set_write_buffer_limits(high=ACK_BACKLOG_BYTES)
         self.silent_checks = 0  # keepalive checks in a row that found nothing heard
@@ -71,6 +72,19 @@ class WsConnection:
         if self._ack_seq:
             seq, self._ack_seq = self._ack_seq, 0
             self.stream.send(encode({"t": "ack", "seq": seq}))
+
+    def pong(self, ts: Any) -> None:
+        """Answer a ping; while the client's socket is backed up only the newest ping is
+        answered, once it drains (a client that pings and never reads grows nothing here)."""
+        self._pong_ts = ts
+        if not self.stream.writing_paused:
+            self._flush_held()
+
+    def _flush_held(self) -> None:
+        self._flush_ack()
+        if self._pong_ts is not None:
+            ts, self._pong_ts = self._pong_ts, None
+            self.stream.send(encode({"t": "pong", "ts": ts}))
 
     async def close(self, code: CloseCode, reason: str) -> None:
         """Close with a protocol close code and reason (from any task; never waits)."""
@@ -243,7 +257,7 @@ class IngestHandler:
             elif kind == "ack":
                 await self._manager.control_acked(conn, msg["id"])
             elif kind == "ping":
-                await conn.send({"t": "pong", "ts": msg.get("ts", 0)})
+                conn.pong(msg.get("ts", 0))
             elif kind == "bye":
                 live = conn.session
                 if live is not None:
@@ -332,7 +346,7 @@ class IngestHandler:
                     tracks[msg["id"]] = info
                     registry.set_track(appid, cname, member, info)
                 elif kind == "ping":
-                    await conn.send({"t": "pong", "ts": msg.get("ts", 0)})
+                    conn.pong(msg.get("ts", 0))
                 elif kind == "bye":
                     await conn.close(CloseCode.NORMAL, "bye")
                     return

@@ -66,6 +66,7 @@ class WsStream(asyncio.Protocol):
         # empty and the handler holds none); False leaves it to the inbox, and the handler
         self.fast: Callable[[int, bytearray], bool] | None = None
         self.busy = False  # the handler holds a message (between two ``receive`` calls)
+        self._pong: bytearray | None = None  # a ping's payload, answered when writing may
 
     # asyncio.Protocol ----------------------------------------------------------------------
 
@@ -86,8 +87,11 @@ class WsStream(asyncio.Protocol):
                     continue
                 inbox.append((op, payload))
                 self._inbox_bytes += len(payload)
-            elif op == OP_PING:
-                self._write(frame(OP_PONG, payload))
+            elif op == OP_PING:  # answered once the socket drains, the newest only (RFC 6455
+                # 5.5.3 allows it): a peer that pings and never reads grows nothing here
+                self._pong = payload
+                if not self.writing_paused:
+                    self._flush_pong()
             elif op == OP_CLOSE:
                 self._peer_closed(payload)
                 break
@@ -119,8 +123,14 @@ class WsStream(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.writing_paused = False
+        self._flush_pong()
         if self.on_drained is not None:
             self.on_drained()
+
+    def _flush_pong(self) -> None:
+        if self._pong is not None:
+            payload, self._pong = self._pong, None
+            self._write(frame(OP_PONG, payload))
 
     # the handler's side -------------------------------------------------------------------
 

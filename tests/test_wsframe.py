@@ -7,9 +7,12 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import msgpack
 import pytest
 from aiohttp.http_websocket import WebSocketWriter
 
+from ingest.ws import WsConnection
+from ingest.wsconn import WsStream
 from ingest.wsframe import (
     MAX_FRAGMENTS,
     MESSAGE_TOO_BIG,
@@ -36,6 +39,9 @@ class _Collect:
 
     def is_closing(self) -> bool:
         return False
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        """(the pausing is driven by hand here)"""
 
 
 class _Protocol:
@@ -184,3 +190,40 @@ def test_close_frames_and_their_parsing() -> None:
         with pytest.raises(FrameError) as err:
             parse_close(payload)
         assert err.value.code == code
+
+
+def server_frames(data: bytes | bytearray) -> list[tuple[int, bytes]]:
+    """Short unmasked server frames; a msgpack message shown as ``<t> <ts>``."""
+    out = []
+    pos = 0
+    while pos < len(data):
+        op, size = data[pos] & 0x0F, data[pos + 1]
+        assert size < 126  # (short frames only here)
+        body = bytes(data[pos + 2 : pos + 2 + size])
+        if op == OP_BINARY:
+            msg = msgpack.unpackb(body)
+            body = f"{msg['t']} {msg['ts']}".encode()
+        out.append((op, body))
+        pos += 2 + size
+    return out
+
+
+async def test_pings_while_the_peer_reads_nothing_get_one_pong_when_it_drains() -> None:
+    """A peer that pings and never reads must not grow the server's send buffer: while
+    writing is paused only the newest ping (WebSocket's and the protocol's) is kept, and
+    answered once the socket drains."""
+    stream = WsStream(1 << 20)
+    transport = _Collect()
+    stream.transport = transport  # type: ignore[assignment]
+    conn = WsConnection(stream, {})
+    stream.data_received(masked(OP_PING, b"first"))
+    conn.pong(1)
+    assert server_frames(transport.data) == [(OP_PONG, b"first"), (OP_BINARY, b"pong 1")]
+    transport.data.clear()
+    stream.pause_writing()
+    for i in range(1000):
+        stream.data_received(masked(OP_PING, b"p%d" % i))
+        conn.pong(i)
+    assert transport.data == b""
+    stream.resume_writing()
+    assert server_frames(transport.data) == [(OP_PONG, b"p999"), (OP_BINARY, b"pong 999")]
