@@ -10,7 +10,8 @@ lane writes its share of the sessions on a core of its own.
 A lane owns its WAL directory (``wal/lane-<n>``, group-committed once per tick) and the
 ``SessionWriter`` of each session placed on it. The server talks to it over a pipe (a Unix
 socket pair), requests answered one at a time, in order (``Lane.call``): ``open``, ``tick``,
-``flush``, ``finish``, ``close``, ``release``, ``wal_open``, ``finish_recovery``, ``stop``.
+``flush``, ``finish``, ``close``, ``release``, ``wal_open``, ``carry``, ``finish_recovery``,
+``stop``.
 
 A tick only logs: its frames are appended to the WAL, fsync'd and acknowledged at once, and
 written into HLS when the lane has nothing to answer and the oldest of them has waited
@@ -156,6 +157,14 @@ class _LaneState:
 
     def wal_open(self) -> dict[str, list[list[Any]]]:
         return self.wal.open()
+
+    def carry(self, records: list[list[Any]]) -> int:
+        """Append a session's records as read (its reopening failed) so that they outlive the
+        old files; durable with the recovery's end. Returns the file they went to."""
+        index = self.wal.index
+        for record in records:
+            index = self.wal.append(record)
+        return index
 
     def finish_recovery(self) -> int:
         self.wal.finish_recovery()

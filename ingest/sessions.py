@@ -164,10 +164,12 @@ class SessionManager:
         stopped, from the lanes' WALs."""
         records = await self.pool.start()
         for row in await self._meta.list_sessions(OPEN_STATES):
+            recs = records.pop(row.session_id, [])
             try:
-                await self._open(row, records.pop(row.session_id, []))
+                await self._open(row, recs)
             except Exception:
                 log.exception("could not recover session", extra={"session_id": row.session_id})
+                await self._carry(row.session_id, recs)
             else:
                 log.info("recovered open session", extra={"session_id": row.session_id})
         await self.pool.finish_recovery()
@@ -261,19 +263,28 @@ class SessionManager:
                 live.row, recorder = row, self._recorder(row)
                 # a frame the lane died on twice is skipped (``WriterPool._recover``)
                 recorder.skip = live.recorder.skip | lane.blamed(live.session_id)
+                recs = records.pop(live.session_id, [])
                 try:
                     # the old recorder (abandoned) stays until this one has replayed the WAL:
                     # a client binding meanwhile is told to reconnect (1011), so that its
                     # welcome carries the replayed acked_seq, not the metadata's older one
-                    await self._start_recorder(live, records.pop(live.session_id, []), recorder)
+                    await self._start_recorder(live, recs, recorder)
                 except Exception:
                     log.exception("could not reopen the session", extra=_ctx(live))
                     live.recorder = recorder
                     await recorder.abandon()  # failed: END answers UNAVAILABLE, not hangs
+                    await self._carry(live.session_id, recs)
                 else:
                     live.recorder = recorder
                     log.info("reopened after its lane restarted", extra=_ctx(live))
         await self.pool.finish_restart(lane)
+
+    async def _carry(self, session_id: str, records: list[list[Any]]) -> None:
+        """Keep the records of a session that could not be reopened for the next start."""
+        try:
+            await self.pool.carry(session_id, records)
+        except Exception:  # (no lane runs to take them)
+            log.exception("could not keep the WAL records", extra={"session_id": session_id})
 
     async def _reap_idle(self) -> None:
         """End sessions nobody has touched for ``idle_end_s``: no media, event or connection."""

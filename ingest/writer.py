@@ -73,6 +73,9 @@ class WriterLane:
         self.suspect: tuple[str, int] | None = None
         self.culprits: set[tuple[str, int]] = set()
         self.pending = False  # the process holds frames not yet written, or their news
+        # sessions that could not be reopened: the WAL file their records were carried to,
+        # kept (and every later one) until a restart recovers them
+        self.pins: dict[str, int] = {}
 
     def adopt(self, lane: Lane) -> None:
         """Take ``lane`` as this lane's process (at start, and after a restart): its exit,
@@ -182,7 +185,8 @@ class WriterLane:
             self._seen_index = self.wal_index
             for rec in list(self.members):
                 rec.refresh_wal()
-        oldest = min((rec.wal_from for rec in self.members), default=self.wal_index)
+        needed = [rec.wal_from for rec in self.members] + list(self.pins.values())
+        oldest = min(needed, default=self.wal_index)
         if oldest > self._released_below:
             self._released_below = oldest
             try:
@@ -411,6 +415,23 @@ class WriterPool:
         self.restarts += 1
         records: dict[str, list[list[Any]]] = await lane.call("wal_open")
         return records
+
+    async def carry(self, session_id: str, records: list[list[Any]]) -> None:
+        """A session that could not be reopened: append its records, as read, to the WAL of
+        the lane they came from (else the first running one) before the old files go, and
+        keep that file until a restart, which replays them again. Nothing acknowledged is
+        dropped for a failure to replay it."""
+        if not records:
+            return
+        lane = self._home.get(session_id) or next((w for w in self.lanes if not w.lane.dead), None)
+        if lane is None:
+            raise LaneDied("no writer lane is running")
+        lane.pins[session_id] = await lane.call("carry", records)
+        log.critical(
+            "session %s could not be reopened: its %d WAL records are kept in writer lane %d's "
+            "WAL (from file %d on, which stays until a restart recovers the session)",
+            session_id, len(records), lane.lane.number, lane.pins[session_id],
+        )  # fmt: skip
 
     def home_of(self, session_id: str) -> WriterLane | None:
         """The lane a session is to be replayed on (its WAL is there), if it is waiting to be."""

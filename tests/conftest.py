@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +58,7 @@ class Server:
     api_key: str
     data_dir: Path
     app: object
+    stop: Callable[[], Awaitable[None]]  # a graceful stop, as at SIGTERM (harmless twice)
 
     @property
     def auth(self) -> dict[str, str]:
@@ -86,7 +87,11 @@ async def server_factory(tmp_path: Path, aiohttp_server):  # type: ignore[no-unt
         srv = await aiohttp_server(app, host="127.0.0.1", port=0)
         started.append(srv)
         return Server(
-            url=str(srv.make_url("")).rstrip("/"), api_key=API_KEY, data_dir=data, app=app
+            url=str(srv.make_url("")).rstrip("/"),
+            api_key=API_KEY,
+            data_dir=data,
+            app=app,
+            stop=srv.close,
         )
 
     yield start

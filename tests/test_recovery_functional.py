@@ -22,6 +22,7 @@ from recording import count_frames, event, fetch_recording, recording_client, st
 from wsclient import RawClient
 
 from api.keys import SESSIONS, SPOOL, STORE
+from ingest.sessions import SessionManager
 
 START_TIMEOUT_S = 30.0
 LUMA_ERROR_LIMIT = 12.0  # mean |Δluma| per frame: x264 stays far below it, garbage far above
@@ -257,6 +258,37 @@ async def test_a_session_closed_first_keeps_the_log_files_of_its_open_segment(
 
     kept = await asyncio.to_thread(indices)
     assert set(range(needed, lane.wal_index + 1)) <= kept
+
+
+async def test_a_session_that_fails_to_reopen_keeps_its_log_for_the_next_start(
+    proc: ServerProcess, server_factory: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A start that cannot reopen a session (a bug, a disk error) must not drop its WAL with
+    the other sessions' old files: the next start reopens it with every acknowledged frame."""
+    clip = encode_clip("h264", duration_s=3.0, audio_codec="opus")
+    cut = len(clip.frames) * 2 // 3
+    async with aiohttp.ClientSession() as http:
+        sid = await start_session(http, proc)
+        assert await stream_until_acked(http, proc.url, sid, clip.frames[:cut]) == cut
+        assert await proc.stop(signal.SIGKILL) == -signal.SIGKILL
+        opened = SessionManager._open
+
+        async def fails(self: SessionManager, row: Any, records: Any = None) -> Any:
+            raise OSError(f"cannot reopen {row.session_id}")
+
+        monkeypatch.setattr(SessionManager, "_open", fails)
+        broken = await server_factory(
+            data_dir=proc.data_dir, recorder={"segment_target_s": SEGMENT_S}
+        )
+        assert sid not in broken.app[SESSIONS].sessions  # type: ignore[index]
+        await broken.stop()
+        monkeypatch.setattr(SessionManager, "_open", opened)
+        server = await server_factory(
+            data_dir=proc.data_dir, recorder={"segment_target_s": SEGMENT_S}
+        )
+        video, resumed_at, _ = await finish_in_process(server, http, sid, clip, tmp_path)
+    assert resumed_at == cut  # every acknowledged frame came through both starts
+    assert video == clip.video_frames
 
 
 async def test_a_session_whose_log_cannot_replay_still_recovers(
