@@ -76,6 +76,11 @@ class WriterLane:
         # sessions that could not be reopened: the WAL file their records were carried to,
         # kept (and every later one) until a restart recovers them
         self.pins: dict[str, int] = {}
+        # clear while a restart replays the lane's sessions: its new WAL file is dropped should
+        # the replay be cut short (``ingest.wal``), so no tick may log, and acknowledge, frames
+        # in it until the replay is done (the frames wait in their recorders)
+        self.replayed = asyncio.Event()
+        self.replayed.set()
 
     def adopt(self, lane: Lane) -> None:
         """Take ``lane`` as this lane's process (at start, and after a restart): its exit,
@@ -158,6 +163,8 @@ class WriterLane:
             else:
                 await self.wake.wait()
             self.wake.clear()
+            if not self.replayed.is_set():
+                await self.replayed.wait()
             started = loop.time()
             ready, self.ready = self.ready, {}
             work = [(rec, items) for rec in ready if (items := rec.take())]
@@ -396,6 +403,7 @@ class WriterPool:
                 if not lane.lane.dead:
                     return
         finally:
+            lane.replayed.set()  # (a restart that failed or gave up: ticks fail, not wait)
             del self._recoveries[lane]
             self._recovered.set()
             self._recovered = asyncio.Event()
@@ -407,6 +415,7 @@ class WriterPool:
     async def restart(self, lane: WriterLane) -> dict[str, list[list[Any]]]:
         """Start a new process for ``lane`` on the same WAL; returns what the WAL holds by
         session (replay each with ``register`` after ``place_on``, then ``finish_restart``)."""
+        lane.replayed.clear()
         old = lane.lane
         await old.stop()
         lane.adopt(self._new_lane(old.number, old.directory))
@@ -445,6 +454,7 @@ class WriterPool:
         """The (re)started lane's sessions are replayed: drop the WAL files they came from."""
         lane.wal_index = await lane.call("finish_recovery")
         self._home = {sid: w for sid, w in self._home.items() if w is not lane}
+        lane.replayed.set()
 
     async def aclose(self) -> None:
         """Stop ticking and stop the lanes (each syncs and closes its WAL); harmless twice."""

@@ -24,12 +24,14 @@ from api.keys import SESSIONS
 from ingest.errors import CloseCode
 from ingest.lanes import FAILPOINT_CRASH
 from ingest.recorder import SessionRecorder
-from ingest.writer import WriterLane
+from ingest.writer import WriterLane, WriterPool
 
 pytestmark = pytest.mark.slow
 
 LANE_GONE_TIMEOUT_S = 20.0
 RECOVERY_TIMEOUT_S = 30.0
+# how long frames go unacknowledged to show they are held (ticks come every 25 ms)
+UNACKED_WAIT_S = 0.5
 
 
 def lane_pids(server_pid: int) -> list[int]:
@@ -210,6 +212,50 @@ async def test_no_client_binds_while_its_session_is_replayed(
         welcome = await again.hello(server.api_key, session_id=sid)
         assert welcome["acked_seq"] == len(clip.frames)  # what the WAL holds
         await again.close()
+
+
+async def test_nothing_is_acknowledged_on_a_lane_until_its_restart_has_replayed(
+    server_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Frames a reopened session's client sends while its lane's restart is still replaying
+    go to a WAL file that a restart cut short would drop: they are acknowledged only once the
+    replay is done (then they are safe), not before."""
+    server = await server_factory(ingest={"writer_lanes": 1})
+    manager = server.app[SESSIONS]
+    clip = encode_clip("h264", duration_s=1.0, audio_codec="opus")
+    half = len(clip.frames) // 2
+    replayed, go_on = asyncio.Event(), asyncio.Event()
+    finish = WriterPool.finish_restart
+
+    async def held_finish(self: WriterPool, lane: Any) -> None:
+        replayed.set()  # every session of the lane is reopened; its WAL not yet marked done
+        await go_on.wait()
+        await finish(self, lane)
+
+    async with aiohttp.ClientSession() as http:
+        sid, client = await recording_client(http, server)
+        for f in clip.frames[:half]:
+            await client.media(f)
+        await client.wait_ack(half)
+        monkeypatch.setattr(WriterPool, "finish_restart", held_finish)
+        recovered = asyncio.create_task(manager.pool.wait_recovered())
+        os.kill(manager.sessions[sid].recorder.lane.lane.pid, signal.SIGKILL)
+        code, _ = await client.closed()
+        assert code == CloseCode.INTERNAL_ERROR
+        await replayed.wait()
+        again = RawClient(http, server.url)
+        await again.connect()
+        welcome = await again.hello(server.api_key, session_id=sid)
+        assert welcome["acked_seq"] == half
+        again.seq = half
+        for f in clip.frames[half:]:
+            await again.media(f)
+        with pytest.raises(TimeoutError):  # (an absence: nothing to await but a bound)
+            await asyncio.wait_for(again.wait_ack(half + 1), UNACKED_WAIT_S)
+        go_on.set()
+        async with asyncio.timeout(RECOVERY_TIMEOUT_S):
+            await recovered
+            await again.wait_ack(len(clip.frames))
 
 
 async def resend(
