@@ -19,6 +19,7 @@ from ingest.channel_mix import UidSelector
 from ingest.tokens import Role, TokenError, verify
 from mixer.mix import FileType, fetch_style
 from storage.errors import StorageError
+from storage.meta import AppRow
 
 from .cloud_recording import CloudFailure, CloudRecordingService, CloudSession, member_outputs
 from .cloud_recording_schema import (
@@ -176,15 +177,22 @@ async def acquire(request: web.Request) -> web.Response:
 
     body = await read_json(request)
     req = parse_acquire(body)
+    await _known_app(request)  # (a resource, and the body it keeps, for a real app only)
     res = await request.app[CLOUD].acquire(request.match_info["appid"], req.cname, req.uid, body)
     return web.json_response({"cname": req.cname, "uid": req.uid, "resourceId": res.resource_id})
 
 
-async def _check_token(request: web.Request, cname: str, uid: str, token: str | None) -> None:
-    """The recorder joins the channel as ``uid``: an app with tokens needs a valid one."""
+async def _known_app(request: web.Request) -> AppRow:
+    """The path's app; code 2 when this server has no such app."""
     app_row = await request.app[APPS].get(request.match_info["appid"])
     if app_row is None:
         raise CloudFailure(2, f"appid {request.match_info['appid']} is not an app of this server")
+    return app_row
+
+
+async def _check_token(request: web.Request, cname: str, uid: str, token: str | None) -> None:
+    """The recorder joins the channel as ``uid``: an app with tokens needs a valid one."""
+    app_row = await _known_app(request)
     if not app_row.token_required:
         return
     if not token:

@@ -111,3 +111,12 @@ async def test_an_internal_error_is_answered_in_the_apis_shape(
     async with aiohttp.ClientSession() as http:
         status, out = await post(http, f"{base}/acquire", {"cname": "room", "uid": "527841"}, auth)
     assert (status, out) == (500, {"code": 500, "reason": "internal error"})
+
+
+async def test_acquire_for_an_app_this_server_does_not_have_is_code_2(api: Any) -> None:
+    server, _, auth, base = api
+    other = base.replace(base.split("/")[-2], "0" * 32)
+    async with aiohttp.ClientSession() as http:
+        status, out = await post(http, f"{other}/acquire", {"cname": "room", "uid": "1"}, auth)
+    assert (status, out["code"]) == (400, 2) and "not an app of this server" in out["reason"]
+    assert not server.app[CLOUD].resources  # nothing kept for it
