@@ -103,6 +103,9 @@ class ChannelMixRecorder:
         self._decoders = FrameDecoders()
         self._clocks: dict[tuple[str, str], TrackClock] = {}
         self._joined: set[str] = set()
+        # members that left: their decoders and clocks go before the next frame is decoded
+        # (by the media task, which decodes one frame at a time: never under a decode)
+        self._gone: set[str] = set()
         self.stats = MixStats()
         self.started_at_ms = 0
 
@@ -143,12 +146,14 @@ class ChannelMixRecorder:
     async def _join(self, uid: str) -> None:
         if uid not in self._joined and (self._wanted(uid, "video") or self._wanted(uid, "audio")):
             self._joined.add(uid)
+            self._gone.discard(uid)
             self.stats.joins += 1
             await self._mix.join(uid, self._now_us())
 
     async def _leave(self, uid: str) -> None:
         if uid in self._joined:
             self._joined.discard(uid)
+            self._gone.add(uid)
             self.stats.leaves += 1
             await self._mix.leave(uid, self._now_us())
 
@@ -178,6 +183,8 @@ class ChannelMixRecorder:
 
     async def _media(self, sub: Subscription) -> None:
         while (media := await sub.next_media()) is not None:
+            if self._gone:
+                await self._forget_gone()
             if media.uid not in self._joined or not self._wanted(media.uid, media.kind):
                 continue
             now_us = self._now_us()
@@ -191,6 +198,12 @@ class ChannelMixRecorder:
                 elif isinstance(data, av.AudioFrame):
                     self.stats.audio_in += 1
                     await self._mix.push_audio(media.uid, data, t_us)
+
+    async def _forget_gone(self) -> None:
+        gone, self._gone = self._gone, set()
+        self._clocks = {key: c for key, c in self._clocks.items() if key[0] not in gone}
+        for uid in gone:
+            await asyncio.to_thread(self._decoders.forget, uid)
 
     async def _tick(self) -> None:
         while True:
@@ -226,4 +239,5 @@ class ChannelMixRecorder:
         if self._sub is not None:
             self._sub.close()  # the readers drain what is queued, then end
         await asyncio.gather(*self._readers)
+        await asyncio.to_thread(self._decoders.forget)
         return await self._mix.aclose()

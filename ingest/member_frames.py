@@ -92,6 +92,16 @@ class FrameDecoders:
             return [(media.kind, media.data, media.pts_us)]
         return await asyncio.to_thread(self.decode, media, media.codec)
 
+    def forget(self, uid: str | None = None) -> None:
+        """Drop a member's decoders (``uid`` left; all of them when None): a member that
+        comes back starts afresh, and one that does not holds nothing (a WebM demuxer's
+        reader thread is ended: blocking, run it where the decoding runs)."""
+        prefix = "" if uid is None else f"{uid}/"
+        for key in [k for k in self._contexts if k[0].startswith(prefix)]:
+            del self._contexts[key]
+        for stream in [s for s in self._webm if s.startswith(prefix)]:
+            self._webm.pop(stream).close()
+
     def _decode(self, stream: str, codec: str, data: bytes) -> list[av.frame.Frame]:
         try:
             return list(self._context(stream, codec).decode(av.Packet(data)))
