@@ -108,7 +108,8 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """``Authorization: Bearer KEY`` on every API route but the public ones."""
     if not request.path.startswith(PUBLIC_PATHS):
-        if not await request.app[API_KEYS].check_header(request.headers.get("Authorization")):
+        keys = request.app[API_KEYS]
+        if not await keys.check_server_header(request.headers.get("Authorization")):
             raise rpc_error(
                 RpcCode.UNAUTHENTICATED,
                 "missing or invalid credential: send Authorization: Bearer <api key>",
@@ -316,7 +317,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     channels = ChannelRegistry()
     apps = AppDirectory(meta)
     app[CHANNELS], app[APPS] = channels, apps
-    app[INGEST] = IngestHandler(manager, settings.ingest, keys.check, channels, apps.admit)
+    app[INGEST] = IngestHandler(manager, settings.ingest, keys.check_server, channels, apps.admit)
     app[WHIP] = WhipServer(channels, settings.webrtc, settings.http.host)
     webhook_http = aiohttp.ClientSession()
     notifier = Notifier(webhook_http, store=meta)

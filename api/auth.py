@@ -58,15 +58,27 @@ def load_or_create_credentials(data_dir: Path) -> tuple[dict[str, str], bool]:
 
 
 class ApiKeys:
-    """Checks bearer keys against the development key and the metadata store."""
+    """Checks bearer keys: the server's own key (``[auth] api_key``, or the development key
+    made at first start) for the operator's APIs, the screen recorder sessions and ingest;
+    that key or a tenant's (the metadata store's) for the recordings API."""
 
     def __init__(self, dev_key: str, meta: MetaStore) -> None:
         self._dev_hash = hash_key(dev_key)
         self._meta = meta
 
     async def check(self, key: str) -> bool:
-        """Whether ``key`` is a valid API key."""
+        """Whether ``key`` is a valid API key (the server's or a tenant's)."""
         return await self.identify(key) is not None
+
+    async def check_server(self, key: str) -> bool:
+        """Whether ``key`` is the server's own key. A tenant's key (the recordings API's,
+        handed to a browser extension's users) must not reach every customer's sessions."""
+        return hmac.compare_digest(hash_key(key), self._dev_hash)
+
+    async def check_server_header(self, header: str | None) -> bool:
+        """Whether an ``Authorization`` header carries the server's own key as ``Bearer``."""
+        scheme, _, key = (header or "").partition(" ")
+        return scheme.lower() == "bearer" and await self.check_server(key.strip())
 
     async def identify(self, key: str) -> Principal | None:
         """The tenant and user ``key`` belongs to, or ``None`` for an unknown key."""
@@ -84,10 +96,6 @@ class ApiKeys:
         if scheme.lower() != "bearer" or not key.strip():
             return None
         return await self.identify(key.strip())
-
-    async def check_header(self, header: str | None) -> bool:
-        """Whether an ``Authorization`` header carries a valid ``Bearer`` key."""
-        return await self.identify_header(header) is not None
 
 
 async def create_tenant_key(

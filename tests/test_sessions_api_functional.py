@@ -9,8 +9,11 @@ import aiohttp
 import pytest
 import yarl
 from conftest import Server
+from wsclient import RawClient
 
-from api.keys import SESSIONS
+from api.auth import create_tenant_key
+from api.keys import META, SESSIONS
+from ingest.errors import CloseCode
 
 EVENT_PATH = "/v1/customers/acme/profiles/support:processScreenRecordingSessionEvent"
 
@@ -284,6 +287,32 @@ async def test_missing_or_wrong_credentials_are_unauthenticated(
             server.url + "/v1/customers/a/profiles/b/screenRecordingSessions/x", headers=headers
         ) as resp:
             assert resp.status == 401 and (await resp.json())["code"] == 16
+
+
+async def test_a_tenant_key_of_the_recordings_api_reaches_no_session(server: Server) -> None:
+    """Tenant keys are handed to a browser extension's users: the recordings API takes them,
+    the operator's APIs (every customer's sessions, their downloads, ingest) do not."""
+    key, _ = await create_tenant_key(server.app[META], "acme", "alice")  # type: ignore[index]
+    headers = {"Authorization": f"Bearer {key}"}
+    async with aiohttp.ClientSession() as http:
+        _, started = await post_event(http, server, {"eventType": "EVENT_TYPE_START"})
+        sid = started["sessionEvent"]["sessionId"]
+        status, body = await post_event(
+            http, server, {"eventType": "EVENT_TYPE_END", "sessionId": sid}, headers=headers
+        )
+        assert (status, body["code"]) == (401, 16)
+        async with http.get(
+            f"{server.url}/v1/customers/acme/profiles/support/screenRecordingSessions/{sid}",
+            headers=headers,
+        ) as resp:
+            assert resp.status == 401
+        client = RawClient(http, server.url)
+        await client.connect()
+        with pytest.raises(ConnectionError) as refused:
+            await client.hello(key, session_id=sid)
+        assert refused.value.args[0] == CloseCode.UNAUTHENTICATED
+        async with http.get(server.url + "/v1/recordings", headers=headers) as resp:
+            assert resp.status == 200  # (its own API takes it)
 
 
 async def test_healthz_and_metrics(server: Server) -> None:
