@@ -110,6 +110,9 @@ class Wal:
     def finish_recovery(self) -> None:
         """Mark the replayed records durable in the new file and drop the old files (blocking)."""
         if not self._old:
+            # (records replayed from elsewhere, another lane's old directory, are made
+            # durable here before their own files go)
+            self.sync()
             return
         self.append(["", RECOVERED])
         self.sync()

@@ -46,6 +46,19 @@ def test_a_finished_recovery_supersedes_the_old_files(tmp_path: Path) -> None:
     third.close()
 
 
+def test_records_replayed_from_elsewhere_are_durable_once_recovery_ends(tmp_path: Path) -> None:
+    """A lane with no old files of its own replays another's (the lane count changed): that
+    directory is deleted right after, so the end of recovery must sync these records too."""
+    wal = Wal(tmp_path / "lane-0")
+    assert wal.open() == {}
+    wal.append(media("a", 1))  # replayed from the old lane's directory
+    wal.finish_recovery()
+    reader = Wal(tmp_path / "lane-0")
+    assert [r[2] for r in reader.open()["a"]] == [1]  # on disk, not in the writer's buffer
+    reader.close()
+    wal.close()
+
+
 def test_a_recovery_cut_short_is_dropped(tmp_path: Path) -> None:
     first = Wal(tmp_path)
     first.open()
