@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 
 SUPPORTED_CODECS = {"audio": {"opus"}, "video": {"vp8", "h264"}}
 MAX_SDP_BYTES = 64 * 1024
+# remote ICE candidates a WHIP session takes by PATCH: aiortc checks each pair it makes, so
+# an endless trickle would be endless work (a browser sends a handful)
+MAX_REMOTE_CANDIDATES = 64
 US = 1_000_000
 
 
@@ -149,6 +152,7 @@ class WhipSession:
     member: Member | None = None
     closed: bool = False
     clocks: dict[str, ArrivalClock] = field(default_factory=dict)  # by track id: lip sync
+    candidates: int = 0  # remote candidates trickled in (PATCH)
 
 
 class WhipServer:
@@ -160,6 +164,7 @@ class WhipServer:
         self.registry = registry
         self.settings = settings
         self.sessions: dict[str, WhipSession] = {}
+        self._answering = 0  # offers being answered: they count against max_sessions too
         self._tasks: set[asyncio.Task[None]] = set()
         self.frames_in = {"audio": 0, "video": 0}  # decoded frames received, for /metrics
         announce_hosts(settings.hosts() or loopback_hosts(bind_host))
@@ -178,8 +183,16 @@ class WhipServer:
     async def publish(self, appid: str, cname: str, uid: str, offer: str) -> tuple[str, str]:
         """Accept ``offer`` for ``uid``; returns (the session's resource id, the SDP answer)."""
         check_offer(offer)
-        if len(self.sessions) >= self.settings.max_sessions:
+        # (counted before the first await: offers that come together cannot all pass)
+        if len(self.sessions) + self._answering >= self.settings.max_sessions:
             raise OfferError(f"this server holds {self.settings.max_sessions} WHIP sessions")
+        self._answering += 1
+        try:
+            return await self._answer(appid, cname, uid, offer)
+        finally:
+            self._answering -= 1
+
+    async def _answer(self, appid: str, cname: str, uid: str, offer: str) -> tuple[str, str]:
         pc = RTCPeerConnection(self._configuration())
         session = WhipSession(secrets.token_urlsafe(12), appid, cname, uid, pc, _etag())
         pc.on("track", lambda track: self._spawn(self._pump(session, track)))
@@ -279,6 +292,11 @@ class WhipServer:
         if not transceivers:
             raise TrickleError("the session has no media to add candidates to")
         mid = transceivers[0].mid
+        if session.candidates + len(candidates) > MAX_REMOTE_CANDIDATES:
+            raise TrickleError(
+                f"at most {MAX_REMOTE_CANDIDATES} candidates a session (each is checked)"
+            )
+        session.candidates += len(candidates)
         for line in candidates:
             try:
                 candidate = candidate_from_sdp(line)

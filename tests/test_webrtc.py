@@ -13,7 +13,7 @@ import pytest
 from webrtc_peer import accept_answer, make_offer
 
 from ingest.channels import ChannelRegistry
-from ingest.webrtc import OfferError, WebRtcSettings, WhipServer, check_offer
+from ingest.webrtc import OfferError, TrickleError, WebRtcSettings, WhipServer, check_offer
 
 WAIT_S = 20.0
 
@@ -97,6 +97,41 @@ async def test_same_uid_replaces_its_old_session(whip: WhipServer) -> None:
     finally:
         await first.close()
         await second.close()
+
+
+async def test_offers_that_come_together_cannot_pass_the_session_cap_together() -> None:
+    server = WhipServer(
+        ChannelRegistry(), WebRtcSettings(host_addresses="127.0.0.1", max_sessions=2)
+    )
+    peers = [await make_offer("vp8") for _ in range(4)]
+    try:
+        results = await asyncio.gather(
+            *(
+                server.publish("app", "room", f"u{i}", pc.localDescription.sdp)
+                for i, pc in enumerate(peers)
+            ),
+            return_exceptions=True,
+        )
+        refused = [r for r in results if isinstance(r, OfferError)]
+        assert len(refused) == 2 and "holds 2 WHIP sessions" in str(refused[0])
+        assert len(server.sessions) == 2
+    finally:
+        for pc in peers:
+            await pc.close()
+        await server.aclose()
+
+
+async def test_a_session_takes_a_bounded_number_of_trickled_candidates(whip: WhipServer) -> None:
+    pc = await make_offer("vp8")
+    try:
+        rid, _ = await whip.publish("app", "room", "bob", pc.localDescription.sdp)
+        session = whip.sessions[rid]
+        line = "a=candidate:1 1 udp 2130706431 127.0.0.1 {} typ host\r\n"
+        await whip.patch(session, "".join(line.format(9000 + i) for i in range(60)))
+        with pytest.raises(TrickleError, match="at most 64 candidates"):
+            await whip.patch(session, "".join(line.format(9100 + i) for i in range(5)))
+    finally:
+        await pc.close()
 
 
 @pytest.mark.parametrize(
