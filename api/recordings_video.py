@@ -23,6 +23,11 @@ THUMBNAIL_MAX_WIDTH = 640
 HLS_SEGMENT_S = 4.0
 US_PER_S = 1_000_000
 MAX_BAD_PACKETS = 50  # a few broken frames are skipped; more mean the file is broken
+# One job at a time serves every tenant: a file past these is failed, not made playable for
+# hours while the others wait (a tab's video is a screen's size, at most a working day long)
+MAX_VIDEO_PIXELS = 3840 * 2160
+MAX_VIDEO_S = 12 * 3600
+MAX_VIDEO_FPS = 120  # video frames a second of media, on average: more is no tab recording
 _VIDEO_CODECS = {"vp8": Codec.VP8, "vp9": Codec.VP9, "h264": Codec.H264}
 _AUDIO_CODECS = {"opus": Codec.OPUS, "aac": Codec.AAC}
 
@@ -96,6 +101,15 @@ def _audio_spec(stream: av.audio.stream.AudioStream) -> TrackSpec | None:
     return TrackSpec(2, Kind.AUDIO, codec, sample_rate=rate, channels=channels, extradata=extradata)
 
 
+def _check_length(span_us: int, frames: int) -> None:
+    """Past ``MAX_VIDEO_S`` of media, or ``MAX_VIDEO_FPS`` video frames a second on average
+    (a second's grace: a file's first frames come all at one time): ``VideoFailed``."""
+    if span_us > MAX_VIDEO_S * US_PER_S:
+        raise VideoFailed(f"video is longer than {MAX_VIDEO_S} s")
+    if frames > MAX_VIDEO_FPS * (max(0, span_us) / US_PER_S + 1):
+        raise VideoFailed(f"video has more than {MAX_VIDEO_FPS} frames a second")
+
+
 def process_video(src: Path, work: Path, stop: threading.Event) -> VideoResult:
     """Probe, thumbnail and transcode ``src`` into ``work``; ``VideoFailed`` says why not."""
     work.mkdir(parents=True, exist_ok=True)
@@ -106,11 +120,16 @@ def process_video(src: Path, work: Path, stop: threading.Event) -> VideoResult:
     first_us: int | None = None
     end_us = 0
     bad = 0
+    frames = 0
     with _open(src) as container:
         video = container.streams.video[0]
         codec = _VIDEO_CODECS.get(video.codec_context.name)
         if codec is None:
             raise VideoFailed(f"video codec {video.codec_context.name} is not supported")
+        if video.width * video.height > MAX_VIDEO_PIXELS:
+            raise VideoFailed(
+                f"video is {video.width}x{video.height}; at most {MAX_VIDEO_PIXELS} pixels"
+            )
         extradata = bytes(video.codec_context.extradata or b"") if codec is Codec.H264 else b""
         writer.add_track(
             TrackSpec(1, Kind.VIDEO, codec, video.width, video.height, extradata=extradata)
@@ -137,6 +156,8 @@ def process_video(src: Path, work: Path, stop: threading.Event) -> VideoResult:
                 dur_us = int((packet.duration or 0) * packet.time_base * US_PER_S)
                 first_us = pts_us if first_us is None else min(first_us, pts_us)
                 end_us = max(end_us, pts_us + dur_us)
+                frames += packet.stream.index == video.index
+                _check_length(end_us - first_us, frames)
                 try:
                     writer.write(
                         track_of[packet.stream.index],

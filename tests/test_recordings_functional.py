@@ -14,7 +14,7 @@ from media import encode_webm
 from s3server import SeaweedS3
 from test_s3_recording_functional import storage_settings
 
-from api import objects_route
+from api import objects_route, recordings_video
 from api.auth import create_tenant_key
 from api.keys import META, STORE
 from api.recordings import RECORDINGS
@@ -194,6 +194,41 @@ async def test_undecodable_video_fails_with_a_reason(server: Any) -> None:
         async with http.get(url, headers=auth) as resp:
             detail = await resp.json()
         assert detail["status"] == "failed" and "decoded" in detail["failure_reason"]
+
+
+@pytest.mark.parametrize(
+    ("limit", "value", "words"),
+    [
+        ("MAX_VIDEO_S", 1, "longer than 1 s"),
+        ("MAX_VIDEO_FPS", 5, "more than 5 frames a second"),
+        ("MAX_VIDEO_PIXELS", 320 * 239, "at most"),
+    ],
+)
+async def test_a_video_past_the_limits_fails_saying_which(
+    server: Any, monkeypatch: pytest.MonkeyPatch, limit: str, value: int, words: str
+) -> None:
+    """One job at a time serves every tenant: a file too long, too dense or too large fails
+    rather than holding the others up for hours (limits lowered for a 2 s 15 fps clip)."""
+    monkeypatch.setattr(recordings_video, limit, value)
+    auth = await tenant_headers(server, "acme")
+    video, _, _ = encode_webm(2.0)
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            server.url + "/v1/recordings", json=body(has_video=True), headers=auth
+        ) as resp:
+            created = await resp.json()
+        async with http.put(created["video_upload_url"], data=video) as resp:
+            assert resp.status == 200
+        url = f"{server.url}/v1/recordings/{created['id']}"
+        async with http.post(url + "/video/confirm", headers=auth) as resp:
+            assert resp.status == 200
+        row = await asyncio.wait_for(
+            server.app[RECORDINGS].processor.wait_settled(created["id"]), SETTLE_TIMEOUT_S
+        )
+        assert row is not None and row.status == "failed"
+        async with http.get(url, headers=auth) as resp:
+            detail = await resp.json()
+    assert words in detail["failure_reason"], detail["failure_reason"]
 
 
 async def test_processing_resumes_after_a_restart(server_factory: Any) -> None:
