@@ -35,6 +35,20 @@ log = logging.getLogger(__name__)
 
 DEFAULT_EVENT_QUEUE = 256
 DEFAULT_MEDIA_QUEUE = 512  # frames: ~8 s of 15 fps video and 50 fps audio for one publisher
+# video bytes queued for one subscriber (encoded, or decoded pictures at 1.5 bytes a pixel):
+# past them video is dropped as past the frame count (512 WebSocket frames of 4 MiB would be
+# 2 GiB; 512 decoded 4K pictures 6 GiB)
+DEFAULT_MEDIA_BYTES = 64 * 1024 * 1024
+
+
+def _video_bytes(frame: MediaFrame) -> int:
+    """What a queued video frame holds: its encoded bytes, or a decoded 4:2:0 picture's."""
+    if frame.kind != "video":
+        return 0
+    data = frame.data
+    if isinstance(data, bytes | bytearray | memoryview):
+        return len(data)
+    return getattr(data, "width", 0) * getattr(data, "height", 0) * 3 // 2
 
 
 class Transport(StrEnum):
@@ -133,6 +147,7 @@ class Subscription:
         max_media: int,
         media: bool = True,
         uid: str | None = None,
+        max_media_bytes: int = DEFAULT_MEDIA_BYTES,
     ) -> None:
         self.channel = channel
         self.wants_media = media  # False: events only (who is there), no frames held
@@ -140,6 +155,8 @@ class Subscription:
         self._events: deque[ChannelEvent] = deque()
         self._media: deque[MediaFrame] = deque()
         self._max_events, self._max_media = max_events, max_media
+        self._max_bytes = max_media_bytes
+        self._video_bytes = 0  # of the queued video frames (``_video_bytes``)
         self._event_ready = asyncio.Event()
         self._media_ready = asyncio.Event()
         self._wait_key: set[tuple[str, str]] = set()  # (uid, track) dropping until a keyframe
@@ -168,12 +185,14 @@ class Subscription:
                     self.video_dropped += 1
                     return
                 self._wait_key.discard(stream)
-            if len(self._media) >= self._max_media:
+            size = _video_bytes(frame)
+            if len(self._media) >= self._max_media or self._video_bytes + size > self._max_bytes:
                 self.video_dropped += 1
                 self._wait_key.add(stream)
                 return
+            self._video_bytes += size
         elif len(self._media) >= self._max_media and not self._evict_video():
-            dropped = self._media.popleft()
+            dropped = self._pop()
             self.audio_dropped += 1
             log.warning(
                 "subscriber of %s/%s full of audio: dropped %s's frame at %d us",
@@ -189,6 +208,7 @@ class Subscription:
         for i, queued in enumerate(self._media):
             if queued.kind == "video":
                 del self._media[i]
+                self._video_bytes -= _video_bytes(queued)
                 self.video_dropped += 1
                 self._wait_key.add((queued.uid, queued.track_id))
                 return True
@@ -212,12 +232,16 @@ class Subscription:
                 return None
             self._media_ready.clear()
             await self._media_ready.wait()
-        return self._media.popleft()
+        return self._pop()
 
     def take_media(self, limit: int) -> list[MediaFrame]:
         """Up to ``limit`` frames that are queued already, without waiting (a batch)."""
-        media = self._media
-        return [media.popleft() for _ in range(min(limit, len(media)))]
+        return [self._pop() for _ in range(min(limit, len(self._media)))]
+
+    def _pop(self) -> MediaFrame:
+        frame = self._media.popleft()
+        self._video_bytes -= _video_bytes(frame)
+        return frame
 
     def close(self) -> None:
         """Stop receiving; what is queued can still be read, then the readers get ``None``."""

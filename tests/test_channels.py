@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from ingest.channels import (
+    DEFAULT_MEDIA_BYTES,
     ChannelRegistry,
     MediaFrame,
     TrackInfo,
@@ -100,6 +101,31 @@ async def test_video_waits_for_a_keyframe_after_a_drop() -> None:
     rest = [await sub.next_media() for _ in range(2)]
     assert [r.data for r in rest if r] == [b"v5", b"v6"]  # 3 dropped, then 4 for want of a key
     assert sub.video_dropped == 2
+
+
+async def test_queued_video_is_bounded_in_bytes_too() -> None:
+    """512 WebSocket frames of 4 MiB would be 2 GiB for one subscriber: video past the byte
+    bound drops as past the frame count (its track waits for a keyframe), audio never."""
+    reg = ChannelRegistry()
+    pub = await reg.join("app", "room", "p", Transport.WS)
+    ch = reg.channels[("app", "room")]
+    sub = reg.subscribe("app", "room")
+    frame_bytes = 8 * 1024 * 1024
+    per_bound = DEFAULT_MEDIA_BYTES // frame_bytes
+
+    def big(i: int, key: bool = False) -> MediaFrame:
+        return MediaFrame("p", "v", "video", bytes(frame_bytes), i * 66_666, keyframe=key)
+
+    for i in range(per_bound + 2):
+        ch.publish(pub, big(i, key=i == 0))
+    ch.publish(pub, audio("p", 0))
+    assert sub.video_dropped == 2 and len(sub._media) == per_bound + 1
+    got = sub.take_media(per_bound + 1)  # the reader catches up: room again, from a keyframe
+    assert got[-1].kind == "audio"
+    ch.publish(pub, big(per_bound + 2))
+    ch.publish(pub, big(per_bound + 3, key=True))
+    assert [m.pts_us for m in sub._media] == [(per_bound + 3) * 66_666]
+    assert sub.video_dropped == 3
 
 
 async def test_audio_evicts_video_first_and_its_own_drops_are_counted(
