@@ -163,7 +163,7 @@ class SessionRecorder:
     async def start(self, records: list[list[Any]] | None = None) -> None:
         """Open the writer, replaying the WAL records a previous run left, and take frames."""
         rows = await self._meta.list_files(self.session_id, kind="segment")
-        await self._respool_lost(rows)
+        rows = await self._respool_lost(rows)
         self._playlist = Playlist(
             [
                 PlaylistSegment(
@@ -202,20 +202,29 @@ class SessionRecorder:
         if opened.refused is not None:
             self._notice = ProtocolError(CloseCode(opened.refused[0]), opened.refused[1])
 
-    async def _respool_lost(self, rows: list[FileRow]) -> None:
+    async def _respool_lost(self, rows: list[FileRow]) -> list[FileRow]:
         """Spool again a closed segment whose row was written but whose spooling a crash cut
         short (the row goes first, so the upload can mark it): it is neither uploaded nor in
-        the spool, and the WAL no longer replays it, but its hard link in ``keep/`` is whole."""
+        the spool, but its hard link in ``keep/`` is whole. Returns the rows the playlist
+        goes on from: segments at the end whose link is gone or torn (a power cut: the link
+        and its directory were never fsync'd) are left out, to be written again from the WAL,
+        which keeps a segment's frames until its spooling is done."""
+        lost: list[FileRow] = []  # since the last segment that is safe
         for row in rows:
-            if row.uploaded_at is not None or self._spool.holds(self.session_id, row.key):
-                continue
+            safe = row.uploaded_at is not None or self._spool.holds(self.session_id, row.key)
             keep = self.live_dir / KEEP_DIR / row.key.rsplit("/", 1)[-1]
-            if not await asyncio.to_thread(keep.exists):
+            whole = safe or await asyncio.to_thread(_size, keep) == row.size
+            if not whole:
+                lost.append(row)
+                continue
+            for gone in lost:  # (the WAL went on past them: nothing rebuilds them now)
                 log.error(
                     "segment %s was never uploaded and its file is gone",
-                    row.key,
+                    gone.key,
                     extra={"session_id": self.session_id},
                 )
+            lost = []
+            if safe:
                 continue
             log.warning(
                 "spooling %s again: a crash cut its spooling short",
@@ -223,6 +232,13 @@ class SessionRecorder:
                 extra={"session_id": self.session_id},
             )
             await self._spool.add(row.key, keep, group=self.session_id, move=False, over_cap=True)
+        for row in lost:
+            log.warning(
+                "segment %s was never spooled and its file is gone: written again from the WAL",
+                row.key,
+                extra={"session_id": self.session_id},
+            )
+        return rows[: len(rows) - len(lost)]
 
     async def aclose(self) -> None:
         """Stop taking frames and leave the open segment to the WAL (graceful shutdown).
@@ -545,6 +561,13 @@ class SessionRecorder:
                 self._spool.add, self.key_mp4, mp4, group=self.session_id, move=True
             )
         await asyncio.to_thread(shutil.rmtree, self.live_dir, True)
+
+
+def _size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return None
 
 
 def _link(src: Path, dst: Path) -> None:

@@ -291,6 +291,48 @@ async def test_a_session_that_fails_to_reopen_keeps_its_log_for_the_next_start(
     assert video == clip.video_frames
 
 
+async def test_a_segment_whose_file_a_power_cut_took_is_written_again_from_the_log(
+    server_factory: Any, tmp_path: Path
+) -> None:
+    """A closed segment's row is written before the file enters the spool, and its hard link
+    in keep/ is not fsync'd: a power cut in between leaves a row whose file is gone. The WAL
+    still holds its frames (it lets go of them once the spooling is done): the next start
+    writes the segment again from it, rather than skip it."""
+    first = await server_factory(  # smaller than any segment: the first one's spooling waits
+        recorder={"segment_target_s": 1.0}, spool={"max_bytes": 2000}
+    )
+    spool = first.app[SPOOL]  # type: ignore[index]
+    clip = encode_clip("h264", duration_s=3.0, audio_codec="opus")
+    async with aiohttp.ClientSession() as http:
+        sid, client = await recording_client(http, first)
+        seq = 0
+        for frame in clip.frames:
+            seq = await client.media(frame)
+        await client.wait_ack(seq)
+        assert await spool.wait_until(lambda: bool(spool.full), START_TIMEOUT_S)
+        await client.close()
+        await first.stop()  # the segment is left where it was written, its row stays
+        rows = await asyncio.to_thread(segment_rows, first.data_dir, sid)
+        assert rows and all(uploaded is None for _, uploaded in rows)
+        keep = first.data_dir / "live" / sid / "keep"
+        for path in await asyncio.to_thread(lambda: list(keep.glob("*.ts"))):
+            path.unlink()  # what the power cut took
+        server = await server_factory(data_dir=first.data_dir, recorder={"segment_target_s": 1.0})
+        video, resumed_at, _ = await finish_in_process(server, http, sid, clip, tmp_path)
+    assert resumed_at == len(clip.frames)
+    assert video == clip.video_frames  # the segment came back whole
+
+
+def segment_rows(data_dir: Path, sid: str) -> list[tuple[str, str | None]]:
+    with sqlite3.connect(data_dir / "meta.sqlite3") as db:
+        return list(
+            db.execute(
+                "SELECT key, uploaded_at FROM files WHERE session_id = ? AND kind = 'segment'",
+                (sid,),
+            )
+        )
+
+
 async def test_a_session_whose_log_cannot_replay_still_recovers(
     proc: ServerProcess, server_factory: Any
 ) -> None:
