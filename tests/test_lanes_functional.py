@@ -171,6 +171,16 @@ async def test_a_failed_tick_restarts_its_lane_rather_than_lose_frames(
     assert video == clip.video_frames and audio > 0
 
 
+async def kill_its_lane(manager: Any, sid: str, client: RawClient) -> asyncio.Task[None]:
+    """SIGKILL the session's lane; its client is closed with 1011. Returns a task that ends
+    with the lane's restart."""
+    recovered = asyncio.create_task(manager.pool.wait_recovered())
+    os.kill(manager.sessions[sid].recorder.lane.lane.pid, signal.SIGKILL)
+    code, _ = await client.closed()
+    assert code == CloseCode.INTERNAL_ERROR
+    return recovered
+
+
 async def test_no_client_binds_while_its_session_is_replayed(
     server_factory: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -194,10 +204,7 @@ async def test_no_client_binds_while_its_session_is_replayed(
             await client.media(f)
         await client.wait_ack(len(clip.frames))
         monkeypatch.setattr(SessionRecorder, "start", held_start)
-        recovered = asyncio.create_task(manager.pool.wait_recovered())
-        os.kill(manager.sessions[sid].recorder.lane.lane.pid, signal.SIGKILL)
-        code, _ = await client.closed()
-        assert code == CloseCode.INTERNAL_ERROR
+        recovered = await kill_its_lane(manager, sid, client)
         await replaying.wait()
         early = RawClient(http, server.url)
         await early.connect()
@@ -238,10 +245,7 @@ async def test_nothing_is_acknowledged_on_a_lane_until_its_restart_has_replayed(
             await client.media(f)
         await client.wait_ack(half)
         monkeypatch.setattr(WriterPool, "finish_restart", held_finish)
-        recovered = asyncio.create_task(manager.pool.wait_recovered())
-        os.kill(manager.sessions[sid].recorder.lane.lane.pid, signal.SIGKILL)
-        code, _ = await client.closed()
-        assert code == CloseCode.INTERNAL_ERROR
+        recovered = await kill_its_lane(manager, sid, client)
         await replayed.wait()
         again = RawClient(http, server.url)
         await again.connect()

@@ -175,25 +175,30 @@ async def test_without_video_is_ready_and_keeps_given_counts(server: Any) -> Non
             assert resp.status == 409  # no video was announced
 
 
-async def test_undecodable_video_fails_with_a_reason(server: Any) -> None:
+async def processed(server: Any, video: bytes) -> dict[str, Any]:
+    """Create a recording with ``video``, confirm it and wait for its processing: its GET."""
     auth = await tenant_headers(server, "acme")
     async with aiohttp.ClientSession() as http:
         async with http.post(
             server.url + "/v1/recordings", json=body(has_video=True), headers=auth
         ) as resp:
             created = await resp.json()
-        async with http.put(created["video_upload_url"], data=b"not a video" * 1000) as resp:
+        async with http.put(created["video_upload_url"], data=video) as resp:
             assert resp.status == 200
         url = f"{server.url}/v1/recordings/{created['id']}"
         async with http.post(url + "/video/confirm", headers=auth) as resp:
             assert resp.status == 200
-        row = await asyncio.wait_for(
+        await asyncio.wait_for(
             server.app[RECORDINGS].processor.wait_settled(created["id"]), SETTLE_TIMEOUT_S
         )
-        assert row is not None and row.status == "failed"
         async with http.get(url, headers=auth) as resp:
-            detail = await resp.json()
-        assert detail["status"] == "failed" and "decoded" in detail["failure_reason"]
+            detail: dict[str, Any] = await resp.json()
+    return detail
+
+
+async def test_undecodable_video_fails_with_a_reason(server: Any) -> None:
+    detail = await processed(server, b"not a video" * 1000)
+    assert detail["status"] == "failed" and "decoded" in detail["failure_reason"]
 
 
 @pytest.mark.parametrize(
@@ -210,25 +215,9 @@ async def test_a_video_past_the_limits_fails_saying_which(
     """One job at a time serves every tenant: a file too long, too dense or too large fails
     rather than holding the others up for hours (limits lowered for a 2 s 15 fps clip)."""
     monkeypatch.setattr(recordings_video, limit, value)
-    auth = await tenant_headers(server, "acme")
     video, _, _ = encode_webm(2.0)
-    async with aiohttp.ClientSession() as http:
-        async with http.post(
-            server.url + "/v1/recordings", json=body(has_video=True), headers=auth
-        ) as resp:
-            created = await resp.json()
-        async with http.put(created["video_upload_url"], data=video) as resp:
-            assert resp.status == 200
-        url = f"{server.url}/v1/recordings/{created['id']}"
-        async with http.post(url + "/video/confirm", headers=auth) as resp:
-            assert resp.status == 200
-        row = await asyncio.wait_for(
-            server.app[RECORDINGS].processor.wait_settled(created["id"]), SETTLE_TIMEOUT_S
-        )
-        assert row is not None and row.status == "failed"
-        async with http.get(url, headers=auth) as resp:
-            detail = await resp.json()
-    assert words in detail["failure_reason"], detail["failure_reason"]
+    detail = await processed(server, video)
+    assert detail["status"] == "failed" and words in detail["failure_reason"], detail
 
 
 async def test_processing_resumes_after_a_restart(server_factory: Any) -> None:

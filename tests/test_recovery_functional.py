@@ -204,14 +204,19 @@ async def test_stopped_server_resumes_its_open_segment(
     assert playlist.count("#EXT-X-DISCONTINUITY") == 1
 
 
-async def test_an_idle_session_does_not_hold_old_log_files(server_factory: Any) -> None:
-    """One session records while another sits idle: the log still lets its old files go."""
-    server = await server_factory(  # one lane: both sessions share its log
+async def one_lane(server_factory: Any) -> tuple[Server, Any, Path]:
+    """A server whose sessions share one lane's log, rotated every 16 kB: (the server, its
+    session manager, the log's directory)."""
+    server = await server_factory(
         ingest={"wal_rotate_bytes": 16_000, "writer_lanes": 1}, recorder={"segment_target_s": 1.0}
     )
-    wal_dir = server.data_dir / "wal" / "lane-0"
+    return server, server.app[SESSIONS], server.data_dir / "wal" / "lane-0"
+
+
+async def test_an_idle_session_does_not_hold_old_log_files(server_factory: Any) -> None:
+    """One session records while another sits idle: the log still lets its old files go."""
+    server, manager, wal_dir = await one_lane(server_factory)
     clip = encode_clip("h264", duration_s=4.0, audio_codec="opus")
-    manager = server.app[SESSIONS]  # type: ignore[index]
     async with aiohttp.ClientSession() as http:
         await start_session(http, server)  # never sends anything
         sid = await start_session(http, server)
@@ -233,12 +238,8 @@ async def test_a_session_closed_first_keeps_the_log_files_of_its_open_segment(
     """A graceful stop closes sessions one by one, leaving each open segment to the WAL, while
     the lane's other sessions still tick and spool: what they let go of must not include the
     files the closed session's open segment is in (the next start replays it from them)."""
-    server = await server_factory(  # one lane: the sessions share its log
-        ingest={"wal_rotate_bytes": 16_000, "writer_lanes": 1}, recorder={"segment_target_s": 1.0}
-    )
-    wal_dir = server.data_dir / "wal" / "lane-0"
+    server, manager, wal_dir = await one_lane(server_factory)
     clip = encode_clip("h264", duration_s=4.0, audio_codec="opus")
-    manager = server.app[SESSIONS]  # type: ignore[index]
     async with aiohttp.ClientSession() as http:
         first = await start_session(http, server)
         await stream_until_acked(http, server.url, first, clip.frames[: len(clip.frames) // 2])
