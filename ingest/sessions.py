@@ -150,6 +150,7 @@ class SessionManager:
             log_setup=log_setup,
         )
         self.pool.on_lane_died = self._recover_lane
+        self.pool.before_release = meta.make_durable
         self.sessions: dict[str, LiveSession] = {}
         self._waiting: list[Connection] = []
         self.stats = SessionStats()
@@ -427,6 +428,9 @@ class SessionManager:
             await self._meta.create_session(row)
         except MetaConflict:  # a concurrent START with the same id won
             raise SessionExists(f"session {session_id} already exists") from None
+        # its frames are acknowledged once in the writer's WAL, and a start drops the WAL of a
+        # session it does not know: the row must outlive a power cut first
+        await self._meta.make_durable()
         try:
             live = await self._open(row)
         except LaneError as exc:  # its lane crashed just now: the session never started

@@ -197,6 +197,8 @@ class WriterLane:
         if oldest > self._released_below:
             self._released_below = oldest
             try:
+                if self.pool.before_release is not None:  # the rows that say what went into
+                    await self.pool.before_release()  # segments outlive the frames they let go
                 await self.call("release", oldest)
             except LaneError as exc:
                 log.error("writer lane %d: WAL release failed: %s", self.lane.number, exc)
@@ -250,6 +252,8 @@ class WriterPool:
         self.observe: Observe | None = None
         # told when a lane's process died; it restarts the lane and reopens its sessions
         self.on_lane_died: Callable[[WriterLane], Awaitable[None]] | None = None
+        # awaited before a lane deletes WAL files (the metadata made durable)
+        self.before_release: Callable[[], Awaitable[None]] | None = None
         self._recoveries: dict[WriterLane, asyncio.Task[None]] = {}
         self._recovered = asyncio.Event()
         self.restarts = 0

@@ -267,6 +267,12 @@ class MetaStore(NoticeStore, CloudRecordingStore, Protocol):
         """The migration number the database is at."""
         ...
 
+    async def make_durable(self) -> None:
+        """Every transaction committed so far survives a power cut from now on (a committed
+        one always survives a crash of the process; a store may flush them to the disk in
+        batches until asked)."""
+        ...
+
     # sessions
     async def create_session(self, row: SessionRow) -> None:
         """Insert a new session; ``MetaConflict`` if the id exists."""

@@ -4,6 +4,8 @@ the server recorded."""
 from __future__ import annotations
 
 import asyncio
+import shutil
+import sqlite3
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -84,3 +86,15 @@ def count_frames(path: Path | str) -> tuple[int, int]:
             else:
                 audio += 1
     return video, audio
+
+
+def synced_rows(database: Path, tmp_path: Path, sql: str) -> list[tuple[object, ...]]:
+    """What ``sql`` reads from the database file alone: a copy without its WAL, which holds
+    the transactions committed and not yet synced (a power cut's view)."""
+    copy = tmp_path / "after-power-cut.sqlite3"
+    shutil.copyfile(database, copy)
+    with sqlite3.connect(copy) as db:
+        try:
+            return list(db.execute(sql))
+        except sqlite3.OperationalError:  # (not even the schema is in the file yet)
+            return []

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from recording import synced_rows
 
 from storage.errors import MetaConflict
 from storage.meta import ApiKeyRow, FileRow, SessionRow
@@ -118,6 +119,20 @@ async def test_closed_store_refuses(tmp_path: Path) -> None:
     store = SqliteMetaStore(tmp_path / "m.sqlite3")
     with pytest.raises(RuntimeError):
         await store.get_session("x")
+
+
+async def test_make_durable_puts_what_was_committed_beyond_a_power_cut(tmp_path: Path) -> None:
+    store = SqliteMetaStore(tmp_path / "meta.sqlite3")
+    await store.open()
+    try:
+        await store.create_session(_session("a"))
+        # committed, in the WAL only: not synced, so a power cut could take it
+        sql = "SELECT session_id FROM sessions"
+        assert await asyncio.to_thread(synced_rows, store.path, tmp_path, sql) == []
+        await store.make_durable()
+        assert await asyncio.to_thread(synced_rows, store.path, tmp_path, sql) == [("a",)]
+    finally:
+        await store.aclose()
 
 
 async def test_session_crud_and_datetimes(meta: SqliteMetaStore) -> None:

@@ -18,7 +18,14 @@ import numpy as np
 import pytest
 from conftest import API_KEY, Server
 from media import Clip, encode_clip, encode_webm
-from recording import count_frames, event, fetch_recording, recording_client, start_session
+from recording import (
+    count_frames,
+    event,
+    fetch_recording,
+    recording_client,
+    start_session,
+    synced_rows,
+)
 from wsclient import RawClient
 
 from api.keys import SESSIONS, SPOOL, STORE
@@ -213,7 +220,9 @@ async def one_lane(server_factory: Any) -> tuple[Server, Any, Path]:
     return server, server.app[SESSIONS], server.data_dir / "wal" / "lane-0"
 
 
-async def test_an_idle_session_does_not_hold_old_log_files(server_factory: Any) -> None:
+async def test_an_idle_session_does_not_hold_old_log_files(
+    server_factory: Any, tmp_path: Path
+) -> None:
     """One session records while another sits idle: the log still lets its old files go."""
     server, manager, wal_dir = await one_lane(server_factory)
     clip = encode_clip("h264", duration_s=4.0, audio_codec="opus")
@@ -230,6 +239,10 @@ async def test_an_idle_session_does_not_hold_old_log_files(server_factory: Any) 
         # the first file holds the idle session's start: it must go all the same
         while await asyncio.to_thread(oldest) == 1:  # each release wakes us; else the timeout
             await asyncio.wait_for(manager.pool.wait_released(), timeout=20)
+    # and only once the rows of what went into segments were synced (a power cut's view)
+    sql = f"SELECT count(*) FROM files WHERE session_id = '{sid}' AND kind = 'segment'"
+    synced = await asyncio.to_thread(synced_rows, server.data_dir / "meta.sqlite3", tmp_path, sql)
+    assert synced[0][0] >= 1
 
 
 async def test_a_session_closed_first_keeps_the_log_files_of_its_open_segment(

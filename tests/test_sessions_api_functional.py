@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 import yarl
 from conftest import Server
+from recording import synced_rows
 from wsclient import RawClient
 
+from api.app import META_FILE
 from api.auth import create_tenant_key
 from api.keys import META, SESSIONS
 from ingest.errors import CloseCode
@@ -80,6 +83,21 @@ async def test_session_lifecycle(server: Server) -> None:
             "EVENT_TYPE_END",
         ]
         assert not any(e["acked"] for e in got["events"])  # no recording app was connected
+
+
+async def test_a_started_session_outlives_a_power_cut_before_its_answer(
+    server: Server, tmp_path: Path
+) -> None:
+    """Frames are acknowledged once in the writer's WAL, and a start drops the WAL of a
+    session it does not know: START answers only once the row is synced, not just committed
+    (the database file alone, as a power cut would leave it, holds it)."""
+    async with aiohttp.ClientSession() as http:
+        status, body = await post_event(http, server, {"eventType": "EVENT_TYPE_START"})
+    assert status == 200, body
+    rows = await asyncio.to_thread(
+        synced_rows, server.data_dir / META_FILE, tmp_path, "SELECT session_id FROM sessions"
+    )
+    assert rows == [(body["sessionEvent"]["sessionId"],)]
 
 
 async def test_start_with_a_chosen_id_then_again_is_already_exists(server: Server) -> None:
