@@ -127,18 +127,27 @@ def replay_from(records: list[list[Any]], next_index: int) -> list[list[Any]]:
     of logged frames was written (``from_seq`` set) starts at that frame's record, which came
     before the cut's own; one made in order (``from_seq`` 0, and the older three-item records
     that TRACK records follow) starts right after the cut's record."""
-    start, from_seq, tracks = 0, 0, list[Any]()
+    start, from_seq, tracks, held = 0, 0, list[Any](), None
     for i, rec in enumerate(records):
         if rec[1] == CUT and rec[2] <= next_index:
             start = i + 1
             from_seq = rec[3] if len(rec) > 3 else 0
             tracks = rec[4] if len(rec) > 4 else []
+            held = (rec[5], set(rec[6])) if len(rec) > 6 else None
     if from_seq:
         start = next(
             (i for i, rec in enumerate(records) if rec[1] == MEDIA and rec[2] >= from_seq), start
         )
     leading = [[rec[0], TRACK, fields] for rec in records[:1] for fields in tracks]
-    return leading + records[start:]
+    early: list[list[Any]] = []
+    if held is not None:  # a late track's frames, held for the segment, came before its cut
+        first, held_tracks = held
+        early = [
+            rec
+            for rec in records[:start]
+            if rec[1] == MEDIA and rec[2] >= first and rec[3] in held_tracks
+        ]
+    return leading + early + records[start:]
 
 
 def _segment_index(path: Path) -> int:
@@ -164,6 +173,10 @@ class SessionWriter:
         # what the next outcome reports: segments closed, the first frame refused
         self._cuts: list[Cut] = []
         self._error: tuple[int, str] | None = None
+        # frames of a track added mid-segment, held for the next segment (``HlsWriter.held``):
+        # the first one's sequence and WAL file, and the tracks held. They come before the
+        # frame that cuts that segment, so its CUT record names them too (``replay_from``).
+        self._held: tuple[int, int | None, set[int]] | None = None
 
     def open(self, records: list[list[Any]]) -> Opened:
         """Open the HLS writer, replaying what the WAL held of the open segment."""
@@ -336,8 +349,15 @@ class SessionWriter:
             # publisher process): a new discontinuity, rather than frames dropped as late
             self._break(seq, wal_file)
         self._last_pts[track] = pts
-        done = self._writer.write(track, data, pts, keyframe=key, dts_us=dts, arrival=arrival)
+        writer = self._writer
+        held_before = writer.held
+        done = writer.write(track, data, pts, keyframe=key, dts_us=dts, arrival=arrival)
         self._cut(done, seq, wal_file)
+        if writer.held > (0 if done else held_before):  # this frame's packets wait too
+            if self._held is None:
+                self._held = (seq, wal_file, {track})
+            else:
+                self._held[2].add(track)
 
     def _track_list(self) -> list[dict[str, Any]]:
         return list(self._tracks.values())
@@ -349,8 +369,11 @@ class SessionWriter:
             return
         if wal_file is None:
             from_seq = 0
-        cut_file = self._wal.append(
-            [self.session_id, CUT, done[-1].index + 1, from_seq, self._track_list()]
-        )
-        start = cut_file if wal_file is None else min(wal_file, cut_file)
+        record = [self.session_id, CUT, done[-1].index + 1, from_seq, self._track_list()]
+        held, self._held = self._held, None
+        if held is not None:  # (they go into the segment this cut opens)
+            record += [held[0], sorted(held[2])]
+        cut_file = self._wal.append(record)
+        files = [cut_file, wal_file, held[1] if held is not None else None]
+        start = min(f for f in files if f is not None)
         self._cuts.extend((seg, start) for seg in done)

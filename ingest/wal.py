@@ -39,7 +39,8 @@ BREAK = "d"  # [sid, "d"]: a pause or a gap: the writer starts a discontinuity h
 # [sid, "c", segment index, first seq, [track fields]]: that segment starts with frame ``first
 # seq``, logged before this record (the cut was made when the frame was written), or with the
 # next frame logged after it (first seq 0); older versions wrote [sid, "c", index] followed by
-# a TRACK record per track
+# a TRACK record per track. Two more items, [held seq, [track ids]], when frames of tracks
+# added mid-segment waited for that segment: theirs from ``held seq`` on go into it too
 CUT = "c"
 RECOVERING = "recovering"  # ["", "recovering", [old file indices]]: first record of a recovery
 RECOVERED = "recovered"  # ["", "recovered"]: the recovery finished; the old files are redundant

@@ -143,6 +143,12 @@ class HlsWriter:
         return self._index
 
     @property
+    def held(self) -> int:
+        """Packets of a track added after the open segment began, waiting for the next one
+        (they go into it when it opens, before the frame that cuts it)."""
+        return len(self._pending)
+
+    @property
     def duration_s(self) -> float:
         """Media time this writer has written (finished segments and the open one)."""
         return (self._end_ticks - self._start_ticks) / TICKS_PER_S

@@ -14,6 +14,7 @@ from ingest.session_writer import SessionWriter, WriterParams
 from ingest.wal import Wal
 
 SID = "s"
+AAC_FRAMES_SLACK = 2  # the AAC encoder's priming and the partial last frame
 TRACKS: list[tuple[Any, ...]] = [
     ("track", {"id": 0, "kind": "video", "codec": "h264"}),
     ("track", {"id": 1, "kind": "audio", "codec": "opus"}),
@@ -99,3 +100,42 @@ def test_a_lane_behind_writes_before_it_acknowledges(
     assert out[0].acked == len(items) and pending  # the second half waits in its turn
     assert [seg.index for seg, _ in out[0].done] == [0], out[0].done  # 1 s of 1.5 s written
     state.stop()
+
+
+def test_a_track_added_mid_segment_is_replayed_whole(tmp_path: Path) -> None:
+    """A microphone switched on mid-segment: its first frames wait for the next segment (a
+    segment's streams are fixed when it opens), which the next keyframe cuts. They came before
+    that cut's frame, and a replay of that segment must write them too."""
+    clip = encode_clip("h264", duration_s=3.0, audio_codec="opus")
+    late_us = 400_000  # the audio track is announced here, inside the first segment
+    items: list[tuple[Any, ...]] = [TRACKS[0]]
+    for seq, f in enumerate(clip.frames, 1):
+        if f.kind == "audio" and f.pts_us < late_us:
+            continue
+        if f.kind == "audio" and TRACKS[1] not in items:
+            items.append(TRACKS[1])
+        items.append(item(seq, f))
+    wal = opened_wal(tmp_path / "wal")
+    first = SessionWriter(params(tmp_path / "first", 0), wal)
+    first.open([])
+    first.process(items)
+    first.write_backlog()
+    news = first.news()
+    assert news is not None and len(news.done) >= 2
+    spooled = news.done[0][0]  # segment 0 (video only) reaches the spool, then the lane dies
+    assert decode_counts(spooled.path)["audio"] == 0
+    wal.sync()
+    wal.close()
+    left = Wal(tmp_path / "wal")
+    records = left.open()[SID]
+    left.close()
+    wal = opened_wal(tmp_path / "wal2")
+    second = SessionWriter(params(tmp_path / "second", 1), wal)
+    opened = second.open(records)
+    replayed = [seg for seg, _ in [*opened.cuts, *second.finish()]]
+    wal.close()
+    sent_audio = sum(1 for f in clip.frames if f.kind == "audio" and f.pts_us >= late_us)
+    got = [decode_counts(seg.path) for seg in replayed]
+    # every audio frame sent, less the AAC encoder's priming and partial last frame
+    assert sum(c["audio"] for c in got) >= sent_audio * 960 // 1024 - AAC_FRAMES_SLACK
+    assert decode_counts(spooled.path)["video"] + sum(c["video"] for c in got) == clip.video_frames
