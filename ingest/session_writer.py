@@ -31,7 +31,7 @@ from mixer.hls import HlsWriter, SegmentInfo
 from mixer.tracks import Codec, Kind, TrackSpec
 
 from .errors import CloseCode
-from .wal import BREAK, CUT, MEDIA, TRACK, Wal
+from .wal import BREAK, CUT, MEDIA, PRIME, TRACK, Wal
 
 log = logging.getLogger(__name__)
 
@@ -127,27 +127,36 @@ def replay_from(records: list[list[Any]], next_index: int) -> list[list[Any]]:
     of logged frames was written (``from_seq`` set) starts at that frame's record, which came
     before the cut's own; one made in order (``from_seq`` 0, and the older three-item records
     that TRACK records follow) starts right after the cut's record."""
-    start, from_seq, tracks, held = 0, 0, list[Any](), None
+    start, from_seq, tracks, extra = 0, 0, list[Any](), dict[str, Any]()
     for i, rec in enumerate(records):
         if rec[1] == CUT and rec[2] <= next_index:
             start = i + 1
             from_seq = rec[3] if len(rec) > 3 else 0
             tracks = rec[4] if len(rec) > 4 else []
-            held = (rec[5], set(rec[6])) if len(rec) > 6 else None
+            extra = rec[5] if len(rec) > 5 else {}
     if from_seq:
         start = next(
             (i for i, rec in enumerate(records) if rec[1] == MEDIA and rec[2] >= from_seq), start
         )
     leading = [[rec[0], TRACK, fields] for rec in records[:1] for fields in tracks]
-    early: list[list[Any]] = []
-    if held is not None:  # a late track's frames, held for the segment, came before its cut
-        first, held_tracks = held
-        early = [
-            rec
-            for rec in records[:start]
-            if rec[1] == MEDIA and rec[2] >= first and rec[3] in held_tracks
-        ]
-    return leading + early + records[start:]
+    held_from, held = extra.get("held", (0, []))
+    priming = {track: (first, end) for track, first, end in extra.get("prime", [])}
+
+    def primes(rec: list[Any]) -> bool:
+        span = priming.get(rec[3]) if rec[1] == MEDIA else None
+        return span is not None and span[0] <= rec[2] < span[1]
+
+    # before the cut's frame: a late track's frames held for this segment (written), and a
+    # transcoded track's frames from its last input keyframe on (only decoded: ``PRIME``)
+    early = [
+        rec
+        for rec in records[:start]
+        if primes(rec) or (rec[1] == MEDIA and rec[3] in held and rec[2] >= held_from)
+    ]
+    return [
+        [rec[0], PRIME, *rec[2:]] if primes(rec) else rec
+        for rec in [*leading, *early, *records[start:]]
+    ]
 
 
 def _segment_index(path: Path) -> int:
@@ -177,6 +186,9 @@ class SessionWriter:
         # the first one's sequence and WAL file, and the tracks held. They come before the
         # frame that cuts that segment, so its CUT record names them too (``replay_from``).
         self._held: tuple[int, int | None, set[int]] | None = None
+        # each transcoded video track's last input keyframe (sequence, WAL file): a segment
+        # that begins past it replays from it (``HlsWriter.prime``)
+        self._keys: dict[int, tuple[int, int | None]] = {}
 
     def open(self, records: list[list[Any]]) -> Opened:
         """Open the HLS writer, replaying what the WAL held of the open segment."""
@@ -198,7 +210,14 @@ class SessionWriter:
             aac_coder=p.aac_coder,
         )
         sid = self.session_id
-        wal_from = self._wal.append([sid, CUT, p.next_index, 0, []])
+        # written again below, and a replay of this replay must prime from them again
+        spans: dict[int, list[int]] = {}
+        for rec in replaying:
+            if rec[1] == PRIME:
+                span = spans.setdefault(rec[3], [rec[2], rec[2] + 1])
+                span[1] = rec[2] + 1
+        extra = [{"prime": [[t, first, end] for t, (first, end) in spans.items()]}] if spans else []
+        wal_from = self._wal.append([sid, CUT, p.next_index, 0, [], *extra])
         self._cuts = []
         acked = p.acked_seq
         last_seq = 0
@@ -208,6 +227,15 @@ class SessionWriter:
                 self._add_track(rec[2])
             elif tag == BREAK:
                 self._break()
+            elif tag == PRIME and rec[2] > last_seq:
+                last_seq = rec[2]
+                rec = [sid, MEDIA, *rec[2:]]  # (logged again as it came)
+                if rec[2] not in p.skip:
+                    self._mark(sid, rec[2], rec[8])
+                    try:
+                        self._writer.prime(rec[3], rec[8], rec[6])
+                    except MediaError as exc:
+                        log.warning("replay: seq %d: %s", rec[2], exc, extra={"session_id": sid})
             elif tag == MEDIA and rec[2] > last_seq:
                 last_seq = seq = rec[2]
                 acked = max(acked, seq)
@@ -324,7 +352,8 @@ class SessionWriter:
 
     def _break(self, from_seq: int = 0, wal_file: int | None = None) -> None:
         assert self._writer is not None
-        self._cut(self._writer.discontinuity(), from_seq, wal_file)
+        # (no priming: after a discontinuity the writer waits for an input keyframe anyway)
+        self._cut(self._writer.discontinuity(), from_seq, wal_file, prime=False)
         self._last_pts.clear()
 
     def _media(
@@ -352,6 +381,8 @@ class SessionWriter:
         writer = self._writer
         held_before = writer.held
         done = writer.write(track, data, pts, keyframe=key, dts_us=dts, arrival=arrival)
+        if key and writer.transcodes(track):
+            self._keys[track] = (seq, wal_file)
         self._cut(done, seq, wal_file)
         if writer.held > (0 if done else held_before):  # this frame's packets wait too
             if self._held is None:
@@ -362,18 +393,34 @@ class SessionWriter:
     def _track_list(self) -> list[dict[str, Any]]:
         return list(self._tracks.values())
 
-    def _cut(self, done: list[SegmentInfo], from_seq: int = 0, wal_file: int | None = None) -> None:
+    def _cut(
+        self,
+        done: list[SegmentInfo],
+        from_seq: int = 0,
+        wal_file: int | None = None,
+        *,
+        prime: bool = True,
+    ) -> None:
         """Mark in the WAL where the next segment starts (at frame ``from_seq``, logged in
-        ``wal_file``; 0: at the next frame logged), with the tracks it needs to replay."""
+        ``wal_file``; 0: at the next frame logged), with the tracks it needs to replay, the
+        frames held for it, and (``prime``) those a transcoded track's decoder needs first."""
         if not done:
             return
+        first = from_seq  # the segment's first frame (0: unknown, the next one logged)
         if wal_file is None:
             from_seq = 0
-        record = [self.session_id, CUT, done[-1].index + 1, from_seq, self._track_list()]
+        extra: dict[str, Any] = {}
+        files = [wal_file]
         held, self._held = self._held, None
         if held is not None:  # (they go into the segment this cut opens)
-            record += [held[0], sorted(held[2])]
-        cut_file = self._wal.append(record)
-        files = [cut_file, wal_file, held[1] if held is not None else None]
-        start = min(f for f in files if f is not None)
+            extra["held"] = [held[0], sorted(held[2])]
+            files.append(held[1])
+        # a transcoded track whose last input keyframe came before the segment's first frame
+        primes = [(t, k) for t, k in self._keys.items() if prime and first and k[0] < first]
+        if primes:
+            extra["prime"] = [[t, k[0], first] for t, k in primes]
+            files += [k[1] for _, k in primes]
+        record = [self.session_id, CUT, done[-1].index + 1, from_seq, self._track_list()]
+        cut_file = self._wal.append([*record, extra] if extra else record)
+        start = min(f for f in [cut_file, *files] if f is not None)
         self._cuts.extend((seg, start) for seg in done)

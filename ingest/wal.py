@@ -39,9 +39,12 @@ BREAK = "d"  # [sid, "d"]: a pause or a gap: the writer starts a discontinuity h
 # [sid, "c", segment index, first seq, [track fields]]: that segment starts with frame ``first
 # seq``, logged before this record (the cut was made when the frame was written), or with the
 # next frame logged after it (first seq 0); older versions wrote [sid, "c", index] followed by
-# a TRACK record per track. Two more items, [held seq, [track ids]], when frames of tracks
-# added mid-segment waited for that segment: theirs from ``held seq`` on go into it too
+# a TRACK record per track. A sixth item, a map, when the segment needs frames logged before
+# that one: "held": [seq, [track ids]], frames of tracks added mid-segment that waited for
+# it (from seq on, written into it); "prime": [[track, seq, end seq], ...], a transcoded
+# track's frames from its last input keyframe to the segment's first frame (only decoded)
 CUT = "c"
+PRIME = "p"  # never logged: a replay's name for a MEDIA record it only decodes
 RECOVERING = "recovering"  # ["", "recovering", [old file indices]]: first record of a recovery
 RECOVERED = "recovered"  # ["", "recovered"]: the recovery finished; the old files are redundant
 

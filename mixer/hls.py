@@ -26,6 +26,7 @@ from mixer.transcode import (
     AudioTranscoder,
     Normaliser,
     OpusPassthrough,
+    VideoTranscoder,
     create_normaliser,
 )
 from mixer.webm import WebmDemuxer, WebmPacket
@@ -141,6 +142,30 @@ class HlsWriter:
     def next_index(self) -> int:
         """The index the next segment will have."""
         return self._index
+
+    def transcodes(self, track_id: int) -> bool:
+        """The track's video is decoded and encoded again: a segment may begin past an input
+        keyframe (one forced when the input's are far apart), and decoding its first frame
+        again needs the frames from that keyframe on (``prime``)."""
+        track = self._tracks.get(track_id)
+        return track is not None and isinstance(track.normaliser, VideoTranscoder)
+
+    def prime(self, track_id: int, data: bytes, keyframe: bool) -> None:
+        """Feed a frame to a transcoded track's decoder only: nothing is written, and the
+        frames after it decode (from an input keyframe on)."""
+        track = self._tracks.get(track_id)
+        if track is None:
+            raise InvalidMedia(f"track {track_id} was not added")
+        if not isinstance(track.normaliser, VideoTranscoder):
+            return
+        if track.need_keyframe and not keyframe:
+            return  # (nothing to decode it from)
+        try:
+            track.normaliser.prime(data)
+        except MediaError:
+            track.need_keyframe = True
+            raise
+        track.need_keyframe = False
 
     @property
     def held(self) -> int:

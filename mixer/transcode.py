@@ -358,6 +358,15 @@ class VideoTranscoder:
             out += self._h264.encode(frame, pts if frame.pts is None else frame.pts, keyframe)
         return out
 
+    def prime(self, data: bytes) -> None:
+        """Decode ``data`` and drop what it yields: a replay of a segment that began past an
+        input keyframe feeds the frames from that keyframe through here first (the decoder
+        needs them; the segment before has them already)."""
+        try:
+            self._decoder.decode(av.Packet(data))
+        except av.error.FFmpegError as exc:
+            raise InvalidMedia(f"cannot decode video frame: {exc}") from exc
+
     def reset(self) -> None:
         """Force a keyframe on the next frame so the new segment starts with one."""
         self._h264.reset()

@@ -3,6 +3,7 @@ between the two loses nothing, and the replay puts each frame in its segment onc
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -139,3 +140,47 @@ def test_a_track_added_mid_segment_is_replayed_whole(tmp_path: Path) -> None:
     # every audio frame sent, less the AAC encoder's priming and partial last frame
     assert sum(c["audio"] for c in got) >= sent_audio * 960 // 1024 - AAC_FRAMES_SLACK
     assert decode_counts(spooled.path)["video"] + sum(c["video"] for c in got) == clip.video_frames
+
+
+def test_a_transcoded_segment_begun_past_an_input_keyframe_is_replayed_whole(
+    tmp_path: Path,
+) -> None:
+    """VP8 whose keyframes are further apart than two segments: the encoder forces an output
+    keyframe on an input frame that is not one, and a segment begins there. Decoding that
+    frame again needs the frames from the last input keyframe: the replay feeds those to the
+    decoder (nothing written), so no frame of the segment is lost."""
+    clip = encode_clip("vp8", duration_s=3.0, audio_codec="opus")  # a keyframe a second
+    tracks = [("track", {"id": 0, "kind": "video", "codec": "vp8"}), TRACKS[1]]
+    items = [item(seq, f) for seq, f in enumerate(clip.frames, 1)]
+    short = dataclasses.replace(params(tmp_path / "first", 0), segment_target_s=0.3)
+    wal = opened_wal(tmp_path / "wal")
+    first = SessionWriter(short, wal)
+    first.open([])
+    first.process([*tracks, *items])
+    first.write_backlog()
+    news = first.news()
+    assert news is not None and len(news.done) >= 3
+    spooled = news.done[0][0]  # segment 0 reaches the spool, then the lane dies
+    wal.sync()
+    wal.close()
+    left = Wal(tmp_path / "wal")
+    records = left.open()[SID]
+    left.close()
+    # the next segment begins past the input keyframe at 0 (forced, 0.6 s on)
+    assert records_of_segment_start(records, 1) > 0
+    wal = opened_wal(tmp_path / "wal2")
+    second = SessionWriter(
+        dataclasses.replace(short, live_dir=tmp_path / "second", next_index=1, resumed=True), wal
+    )
+    opened = second.open(records)
+    replayed = [seg for seg, _ in [*opened.cuts, *second.finish()]]
+    wal.close()
+    video = decode_counts(spooled.path)["video"]
+    video += sum(decode_counts(seg.path)["video"] for seg in replayed)
+    assert video == clip.video_frames
+
+
+def records_of_segment_start(records: list[list[Any]], index: int) -> int:
+    """How many frames the decoder needs before segment ``index``'s first (its CUT names)."""
+    cut = next(rec for rec in records if rec[1] == "c" and rec[2] == index)
+    return sum(end - first for _, first, end in (cut[5] if len(cut) > 5 else {}).get("prime", []))
