@@ -26,7 +26,9 @@ log = logging.getLogger(__name__)
 Observe = Callable[[float, str], None]  # (seconds, phase): the pool's timings, for /metrics
 
 DEFAULT_TICK_S = 0.025  # the shortest tick: bounds fsyncs per second; acks wait at most this
-RESTART_QUIET_S = 30.0  # a lane dying again sooner after its restart is left down
+RESTART_QUIET_S = 30.0  # a lane dying again sooner after its restart is left down a while:
+DOWN_RETRY_S = 60.0  # then tried again, waiting twice as long after each crash loop
+DOWN_RETRY_MAX_S = 15 * 60.0
 LANE_DIR = "lane-{}"
 # a lane that said it holds frames not yet written (or news of them) is asked for its news
 # this long after its last tick, when no tick came meanwhile
@@ -363,11 +365,14 @@ class WriterPool:
         self._recoveries[lane] = task
 
     async def _recover(self, lane: WriterLane) -> None:
-        """Restart a dead lane (again, if it dies while its sessions are replayed), unless it
+        """Restart a dead lane (again, if it dies while its sessions are replayed). One that
         died within ``RESTART_QUIET_S`` of its last restart with no frame to blame (a crash
-        loop). A frame the lane died writing twice (``read_mark``: writing it, then replaying
-        it) is to blame: the restart skips it, and the lane goes on."""
+        loop) is left down for ``DOWN_RETRY_S``, doubling with each loop, then restarted: its
+        sessions come back without a server restart once the cause is gone (a full disk).
+        A frame the lane died writing twice (``read_mark``: writing it, then replaying it) is
+        to blame: the restart skips it, and the lane goes on."""
         assert self.on_lane_died is not None
+        loops = 0
         try:
             while True:
                 await lane.lane.settled()
@@ -377,13 +382,19 @@ class WriterPool:
                 now = time.monotonic()
                 quiet = lane.restarted_at is None or now - lane.restarted_at >= RESTART_QUIET_S
                 if not quiet and not culprit:
+                    delay = min(DOWN_RETRY_MAX_S, DOWN_RETRY_S * 2**loops)
+                    loops += 1
                     log.critical(
-                        "writer lane %d died again %.0f s after its restart: left down; its "
-                        "sessions wait for the server to restart",
+                        "writer lane %d died again %.0f s after its restart: left down for "
+                        "%.0f s; its sessions wait",
                         lane.lane.number,
                         now - (lane.restarted_at or now),
+                        delay,
                     )
-                    return
+                    await asyncio.sleep(delay)
+                    # then a restart as after a first crash (nothing blamed for the wait)
+                    lane.restarted_at = lane.suspect = None
+                    continue
                 if culprit:
                     assert suspect is not None
                     lane.culprits.add(suspect)

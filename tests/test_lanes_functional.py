@@ -21,6 +21,7 @@ from test_recovery_functional import ServerProcess
 from wsclient import RawClient
 
 from api.keys import SESSIONS
+from ingest import writer
 from ingest.errors import CloseCode
 from ingest.lanes import FAILPOINT_CRASH
 from ingest.recorder import SessionRecorder
@@ -30,6 +31,7 @@ pytestmark = pytest.mark.slow
 
 LANE_GONE_TIMEOUT_S = 20.0
 RECOVERY_TIMEOUT_S = 30.0
+DOWN_RETRY_TEST_S = 2.0  # a crash-looping lane is tried again after this (not a minute)
 # how long frames go unacknowledged to show they are held (ticks come every 25 ms)
 UNACKED_WAIT_S = 0.5
 
@@ -343,9 +345,13 @@ async def test_a_frame_its_lane_dies_on_is_dropped_and_the_lane_goes_on(
     assert counts[doomed][1] == counts[kept][1] - 1, counts
 
 
-async def test_a_lane_crashing_again_at_once_is_left_down(server_factory: Any) -> None:
-    """A crash loop (a lane dying again right after its restart) is not restarted again: its
-    sessions say UNAVAILABLE until the server restarts, new ones go to the running lane."""
+async def test_a_lane_crashing_again_at_once_is_left_down_a_while(
+    server_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash loop (a lane dying again right after its restart) is not restarted at once:
+    its sessions say UNAVAILABLE and new ones go to the running lane, until a later restart
+    (after ``DOWN_RETRY_S``) brings them back without the server restarting."""
+    monkeypatch.setattr(writer, "DOWN_RETRY_S", DOWN_RETRY_TEST_S)
     server = await server_factory(ingest={"writer_lanes": 2, "lane_fill": 1})
     manager = server.app[SESSIONS]
     clip = encode_clip("h264", duration_s=1.0, audio_codec="opus")
@@ -369,14 +375,17 @@ async def test_a_lane_crashing_again_at_once_is_left_down(server_factory: Any) -
                 welcome = await client.hello(server.api_key, session_id=doomed)
                 await client.tracks()
                 client.seq = welcome["acked_seq"]
-            else:
-                recovered.cancel()
         assert (manager.pool.alive, manager.pool.restarts) == (1, 1)
         status, body = await post_event(http, server.url, "EVENT_TYPE_END", doomed)
         assert status == 503, body
         assert body["code"] == 14 and "restart" in body["message"]  # UNAVAILABLE
         newcomer = await start_session(http, server)
         assert manager.sessions[newcomer].recorder.lane is not lane
+        async with asyncio.timeout(DOWN_RETRY_TEST_S + RECOVERY_TIMEOUT_S):
+            await recovered  # the later restart
+        assert (manager.pool.alive, manager.pool.restarts) == (2, 2)
+        status, body = await post_event(http, server.url, "EVENT_TYPE_END", doomed)
+        assert status == 200, body
 
 
 async def test_every_lane_killed_the_server_heals_itself(tmp_path: Path) -> None:
