@@ -261,7 +261,12 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     store = await _default_store(settings, data, signer)  # first: it may refuse to start
     meta = SqliteMetaStore(data / META_FILE)
     await meta.open()
-    stores = StoreRegistry(data / "stores", store, settings.storage.tuning())
+    stores = StoreRegistry(
+        data / "stores",
+        store,
+        settings.storage.tuning(),
+        private_endpoints=settings.storage.private_endpoints,
+    )
     await stores.start()
     latency = metrics.Histogram(
         "reelhouse_upload_latency_seconds",

@@ -20,7 +20,7 @@ from .durable import ensure_dir, remove_quietly, write_atomic
 from .errors import StoreRefused
 from .objects import ObjectStore
 from .s3 import S3ObjectStore
-from .vendors import StorageConfig, parse_storage_config
+from .vendors import StorageConfig, check_public_endpoint, parse_storage_config
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +38,17 @@ class StoreRegistry:
     """Resolves store ids to open stores; what the spool's ``resolve_store`` calls."""
 
     def __init__(
-        self, directory: Path, default: ObjectStore, tuning: Mapping[str, Any] | None = None
+        self,
+        directory: Path,
+        default: ObjectStore,
+        tuning: Mapping[str, Any] | None = None,
+        *,
+        private_endpoints: bool = False,
     ) -> None:
         self.directory = directory
         self.default = default
+        # a user's endpoint (S3-compatible storage) may name a non-public address
+        self._private_endpoints = private_endpoints
         self._tuning = dict(tuning or {})  # S3Config timeouts and part sizes for user stores
         self._configs: dict[str, StorageConfig] = {}
         self._stores: dict[str, S3ObjectStore] = {}
@@ -72,6 +79,8 @@ class StoreRegistry:
         A failed check raises ``StoreRefused`` (the bucket or keys are wrong) or
         ``StoreUnavailable`` (the endpoint cannot be reached) and registers nothing.
         """
+        if check and config.endpoint is not None and not self._private_endpoints:
+            await asyncio.to_thread(check_public_endpoint, config.endpoint)
         store_id = store_id_for(config)
         self._registering[store_id] = self._registering.get(store_id, 0) + 1  # see forget()
         try:

@@ -27,6 +27,9 @@ class StorageSettings:
     prefix: str = ""  # "dir/" put before every key
     sse: str = ""  # "AES256" or "aws:kms"
     check_on_start: bool = True  # a wrong bucket or key stops the start, an outage does not
+    # a request's storageConfig may name an endpoint on a loopback, private or link-local
+    # address (your own S3-compatible store on the LAN); off: only public addresses
+    private_endpoints: bool = False
     presign_expiry_s: int = 3600  # every presigned link the APIs hand out (S3's or ours)
     multipart_threshold_bytes: int = 16 * 1024**2
     multipart_part_bytes: int = 8 * 1024**2

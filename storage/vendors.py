@@ -13,6 +13,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
+import socket
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -236,6 +237,27 @@ def _check_prefix(parts: Any) -> tuple[str, ...]:
             "fileNamePrefix", f"the prefix is {total} characters with slashes; at most 128"
         )
     return tuple(parts)
+
+
+def check_public_endpoint(url: str) -> None:
+    """Refuse an endpoint whose host is, or resolves to, an address that is not public
+    (loopback, private, link-local: the server's own network, its cloud's metadata service),
+    with ``StorageConfigError``; blocking (DNS). A name that does not resolve is left to the
+    bucket check. (Checked when the config is taken: a name that resolves elsewhere later is
+    not caught.)"""
+    host = urlsplit(url).hostname or ""
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except (socket.gaierror, UnicodeError):
+        return
+    for info in infos:
+        address = ipaddress.ip_address(info[4][0])
+        if not address.is_global:
+            raise StorageConfigError(
+                "extensionParams.endpoint",
+                f"{host} is {address}, not a public address (a server may allow such "
+                "endpoints: [storage] private_endpoints)",
+            )
 
 
 def _check_endpoint(raw: str) -> str:

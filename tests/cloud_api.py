@@ -12,7 +12,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp.test_utils import TestServer
-from conftest import API_KEY
+from conftest import API_KEY, LOOPBACK_S3
 from media import Clip, Frame
 from s3server import ACCESS_KEY, SECRET_KEY, SeaweedS3
 from test_cloud_recording_schema import SEED_START_BODY
@@ -33,7 +33,10 @@ PREFIX = "directory1/directory2/"
 
 async def serve(aiohttp_server: Any, data: Path) -> TestServer:
     """A reelhouse server on ``data`` (a second one on the same folder is its restart)."""
-    settings = load_settings(env={}, overrides={"data_dir": data, "auth": {"api_key": API_KEY}})
+    settings = load_settings(
+        env={},
+        overrides={"data_dir": data, "auth": {"api_key": API_KEY}, **LOOPBACK_S3},
+    )
     server: TestServer = await aiohttp_server(create_app(settings), host="127.0.0.1", port=0)
     server.app[CLOUD].segment_s = SEGMENT_S
     return server

@@ -34,7 +34,9 @@ class Rig:
     async def open(self) -> CloudRecordingService:
         self.meta = SqliteMetaStore(self.data / "meta.sqlite3")
         await self.meta.open()
-        self.stores = StoreRegistry(self.data / "stores", LocalObjectStore(self.data / "objects"))
+        self.stores = StoreRegistry(  # (the test S3 server is on loopback)
+            self.data / "stores", LocalObjectStore(self.data / "objects"), private_endpoints=True
+        )
         await self.stores.start()
         self.spool = Spool(
             self.data / "spool", self.stores.resolve, retry_base_s=0.05, retry_max_s=0.2

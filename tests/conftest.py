@@ -7,6 +7,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from blockbuster import BlockBuster, blockbuster_ctx
@@ -67,6 +68,8 @@ class Server:
 
 
 API_KEY = "test-key-0123456789"
+# storageConfig endpoints may be on loopback, where the tests' S3 server is
+LOOPBACK_S3: dict[str, Any] = {"storage": {"private_endpoints": True}}
 
 
 @pytest.fixture
@@ -81,7 +84,13 @@ async def server_factory(tmp_path: Path, aiohttp_server):  # type: ignore[no-unt
         data = data_dir or tmp_path / "data"
         settings = load_settings(
             env={},
-            overrides={"data_dir": data, "auth": {"api_key": API_KEY}, **overrides},
+            overrides={
+                "data_dir": data,
+                "auth": {"api_key": API_KEY},
+                **overrides,
+                # the test S3 server is on loopback (a test of the refusal says False)
+                "storage": {**LOOPBACK_S3["storage"], **overrides.get("storage", {})},
+            },
         )
         app = create_app(settings)
         srv = await aiohttp_server(app, host="127.0.0.1", port=0)

@@ -120,3 +120,23 @@ async def test_acquire_for_an_app_this_server_does_not_have_is_code_2(api: Any) 
         status, out = await post(http, f"{other}/acquire", {"cname": "room", "uid": "1"}, auth)
     assert (status, out["code"]) == (400, 2) and "not an app of this server" in out["reason"]
     assert not server.app[CLOUD].resources  # nothing kept for it
+
+
+async def test_a_storage_endpoint_on_the_servers_own_network_is_code_2(
+    server_factory: Any, s3: SeaweedS3, s3_bucket: str
+) -> None:
+    """By default a customer's S3-compatible endpoint must be a public address: the test S3
+    server is on loopback, so a server that does not allow private endpoints refuses it."""
+    server = await server_factory(storage={"private_endpoints": False})
+    app = await create_app_row(server.app[META], token_required=False)
+    customer_id, secret = await create_customer(server.app[META])
+    basic = base64.b64encode(f"{customer_id}:{secret}".encode()).decode()
+    auth = {"Authorization": f"Basic {basic}"}
+    base = f"{server.url}/v1/apps/{app.appid}/cloud_recording"
+    start = start_body(s3, s3_bucket, "room")
+    async with aiohttp.ClientSession() as http:
+        rid = await acquire(http, base, auth, "room")
+        url = f"{base}/resourceid/{rid}/mode/individual/start"
+        status, out = await post(http, url, start, auth)
+    assert (status, out["code"]) == (400, 2), out
+    assert "extensionParams.endpoint" in out["reason"] and "not a public address" in out["reason"]

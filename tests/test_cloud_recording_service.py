@@ -48,7 +48,9 @@ def storage_config(s3: SeaweedS3, bucket: str) -> Any:
 @pytest.fixture
 async def rig(tmp_path: Path) -> Any:
     whip = WhipServer(ChannelRegistry(), WebRtcSettings(host_addresses="127.0.0.1"))
-    stores = StoreRegistry(tmp_path / "stores", LocalObjectStore(tmp_path / "objects"))
+    stores = StoreRegistry(
+        tmp_path / "stores", LocalObjectStore(tmp_path / "objects"), private_endpoints=True
+    )
     await stores.start()
     spool = Spool(tmp_path / "spool", stores.resolve, retry_base_s=0.05, retry_max_s=0.5)
     await spool.start()
@@ -412,7 +414,9 @@ async def test_an_unreadable_spool_manifest_keeps_every_storage_config(
 ) -> None:
     """A spool item whose manifest does not parse is left for a person, and may be for any
     bucket: no storage config (no keys) is forgotten while it is there."""
-    stores = StoreRegistry(tmp_path / "stores", LocalObjectStore(tmp_path / "objects"))
+    stores = StoreRegistry(
+        tmp_path / "stores", LocalObjectStore(tmp_path / "objects"), private_endpoints=True
+    )
     await stores.start()
     store_id = await stores.register(storage_config(s3, s3_bucket))
     (tmp_path / "spool").mkdir()

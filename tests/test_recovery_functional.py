@@ -54,7 +54,11 @@ class ServerProcess:
             sys.executable, "-m", "api.cli", "serve", "--host", "127.0.0.1", "--port", "0",
             "--data-dir", str(self.data_dir), "--api-key", API_KEY,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
-            env={**os.environ, "REELHOUSE_RECORDER__SEGMENT_TARGET_S": str(SEGMENT_S)},
+            env={
+                **os.environ,
+                "REELHOUSE_RECORDER__SEGMENT_TARGET_S": str(SEGMENT_S),
+                "REELHOUSE_STORAGE__PRIVATE_ENDPOINTS": "true",  # (the test S3 server's loopback)
+            },
         )  # fmt: skip
         assert self.proc.stdout is not None
         line = await asyncio.wait_for(self.proc.stdout.readline(), START_TIMEOUT_S)

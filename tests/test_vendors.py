@@ -15,7 +15,7 @@ from s3server import ACCESS_KEY, SECRET_KEY, SeaweedS3
 from storage.errors import StorageConfigError, StoreRefused
 from storage.objects_local import LocalObjectStore
 from storage.registry import DEFAULT_STORE_ID, StoreRegistry
-from storage.vendors import parse_storage_config
+from storage.vendors import check_public_endpoint, parse_storage_config
 
 
 def cfg(**changes: Any) -> dict[str, Any]:
@@ -152,7 +152,9 @@ async def test_registry_checks_persists_and_resolves_after_restart(
         )
     )
     default = LocalObjectStore(tmp_path / "objects")
-    registry = StoreRegistry(tmp_path / "stores", default, {"connect_timeout_s": 2.0})
+    registry = StoreRegistry(
+        tmp_path / "stores", default, {"connect_timeout_s": 2.0}, private_endpoints=True
+    )
     await registry.start()
     store_id = await registry.register(good)
     assert store_id == await registry.register(good)  # the same config, the same id
@@ -163,7 +165,9 @@ async def test_registry_checks_persists_and_resolves_after_restart(
     await registry.aclose()
 
     # a restarted server resolves the id from disk and reaches the same bucket
-    again = StoreRegistry(tmp_path / "stores", LocalObjectStore(tmp_path / "objects"))
+    again = StoreRegistry(
+        tmp_path / "stores", LocalObjectStore(tmp_path / "objects"), private_endpoints=True
+    )
     await again.start()
     assert await again.resolve(store_id).get_bytes("s1/index.m3u8") == b"#EXTM3U\n"
     head = await asyncio.to_thread(
@@ -200,7 +204,9 @@ async def test_a_config_being_registered_again_is_not_forgotten(
         cfg(vendor=11, bucket=s3_bucket, accessKey=ACCESS_KEY, secretKey=SECRET_KEY,
             extensionParams={"endpoint": s3.endpoint})
     )  # fmt: skip
-    registry = StoreRegistry(tmp_path / "stores", LocalObjectStore(tmp_path / "objects"))
+    registry = StoreRegistry(
+        tmp_path / "stores", LocalObjectStore(tmp_path / "objects"), private_endpoints=True
+    )
     await registry.start()
     try:
         store_id = await registry.register(good)
@@ -219,3 +225,20 @@ async def test_a_config_being_registered_again_is_not_forgotten(
         assert not (tmp_path / "stores" / f"{store_id}.json").exists()
     finally:
         await registry.aclose()
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    ["http://127.0.0.1:8333", "http://localhost:9000", "https://10.1.2.3", "http://169.254.169.254",
+     "http://[::1]:9000", "https://192.168.0.7"],
+)  # fmt: skip
+def test_an_endpoint_on_a_non_public_address_is_refused(endpoint: str) -> None:
+    """A customer's storageConfig must not point the server at its own network (the
+    loopback, the LAN, a cloud's metadata service) unless [storage] private_endpoints."""
+    with pytest.raises(StorageConfigError, match="not a public address"):
+        check_public_endpoint(endpoint)
+
+
+def test_an_endpoint_on_a_public_address_is_taken() -> None:
+    check_public_endpoint("https://8.8.8.8")  # (a literal: no DNS needed here)
+    check_public_endpoint("https://no-such-host.invalid")  # left to the bucket check

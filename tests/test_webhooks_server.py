@@ -12,6 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
+from conftest import LOOPBACK_S3
 from s3server import ACCESS_KEY, SECRET_KEY, SeaweedS3
 from webhook_receiver import DownReceiver
 
@@ -64,7 +65,10 @@ async def test_notices_outlive_a_server_restart(
     aiohttp_server: Any, s3: SeaweedS3, s3_bucket: str, down: DownReceiver, tmp_path: Path
 ) -> None:
     data = tmp_path / "data"
-    settings = load_settings(env={}, overrides={"data_dir": data, "auth": {"api_key": API_KEY}})
+    settings = load_settings(
+        env={},
+        overrides={"data_dir": data, "auth": {"api_key": API_KEY}, **LOOPBACK_S3},
+    )
 
     first: TestServer = await aiohttp_server(create_app(settings), host="127.0.0.1", port=0)
     meta = first.app[META]
