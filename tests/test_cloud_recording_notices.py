@@ -197,7 +197,7 @@ async def test_a_failing_mix_ends_the_session_abnormally(
         rid = await acquire(http, app, "mixfail")
         sid = await start(http, app, rid, "mix", body)
         await receiver.wait_for(lambda: 42 in types(events(receiver, sid)))
-        await asyncio.to_thread(shutil.rmtree, data / "cloud" / sid)  # the mix's folder goes
+        await asyncio.to_thread(remove_tree, data / "cloud" / sid)  # the mix's folder goes
         await receiver.wait_for(lambda: 11 in types(events(receiver, sid)))
         session_url = app.session_url(rid, sid, "mix")
         queried = (await call(http, "GET", f"{session_url}/query"))["serverResponse"]
