@@ -59,6 +59,12 @@ class RecorderStats:
     segments: int = 0
 
 
+def _replaced() -> ProtocolError:
+    """What a client still talking to a recorder its lane's restart abandoned is told: the
+    session goes on in a new recorder, from the acknowledged sequence its next welcome names."""
+    return ProtocolError(CloseCode.INTERNAL_ERROR, "the writer restarted: reconnect")
+
+
 class SessionRecorder:
     """Records one session; lives as long as the session is open, across connections."""
 
@@ -108,6 +114,7 @@ class SessionRecorder:
         self._spooler: asyncio.Task[None] | None = None
         self._ack_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._closed = False
+        self._finished = False  # END's last segments and playlist are spooled
         self._closing = asyncio.Event()  # the server stops: a spool-full retry gives up
         self._ending = False  # END: the last files go to the spool over its cap
         self._retry = asyncio.Event()  # wakes a spool-full retry (stopping or END)
@@ -133,6 +140,7 @@ class SessionRecorder:
         self._closing.set()
         self._retry.set()
         self._idle.set()
+        self._space.set()  # a frame waiting for room is refused now: nothing takes any more
         self._pool.unregister(self)
         spooler = self._spooler
         if spooler is not None and not spooler.done():
@@ -270,8 +278,13 @@ class SessionRecorder:
     async def _drain(self) -> None:
         """Wait until everything queued is written and closed segments are spooled."""
         await self._idle.wait()
-        if self._spooler is not None:
-            await self._spooler
+        spooler = self._spooler
+        if spooler is not None:
+            # (not ``await spooler``: one cancelled by ``abandon`` would cancel this caller,
+            # an END or the stop, which nobody cancelled)
+            await asyncio.wait([spooler])
+            if not spooler.cancelled() and (exc := spooler.exception()) is not None:
+                raise exc
 
     # the loop side -----------------------------------------------------------------------
 
@@ -282,6 +295,8 @@ class SessionRecorder:
 
     async def add_track(self, fields: dict[str, Any]) -> None:
         """Accept a track announcement; re-announcing the same codec is fine, another is not."""
+        if self._abandoned:
+            raise _replaced()
         if self._closed:
             raise ProtocolError(CloseCode.SESSION_STATE, "the session is not recording")
         known = self._tracks.get(fields["id"])
@@ -321,6 +336,8 @@ class SessionRecorder:
         """Raise the error of a frame ``take_now`` declined, unless only room was lacking."""
         if self._failed is not None:
             raise ProtocolError(CloseCode.INTERNAL_ERROR, "recorder failed; reconnect later")
+        if self._abandoned:
+            raise _replaced()
         if self._closed:  # (also a session that ended while the frame waited for room)
             raise ProtocolError(CloseCode.SESSION_STATE, "the session is not recording")
         seq, track = msg["seq"], msg["track"]
@@ -396,10 +413,14 @@ class SessionRecorder:
         """END: close the last segment, write the final playlist and the MP4, spool them all.
 
         A full spool does not hold END up: the session's files are on this disk already, so
-        they are taken over the cap (new sessions are still refused until uploads catch up)."""
+        they are taken over the cap (new sessions are still refused until uploads catch up).
+        Once done, done: an END sent again (its answer was lost) finds nothing to do."""
+        if self._finished:
+            return
         self._closed = True
         self._ending = True
         self._retry.set()
+        self._space.set()  # a frame waiting for room is refused now (the session ends)
         self._flush_logged()
         await self._drain()
         if self._lane is None:
@@ -543,6 +564,7 @@ class SessionRecorder:
         await self._spool_playlist(end=True)
         # only now may the lane's WAL let go of this session's last frames: they are spooled
         self._pool.unregister(self)
+        self._finished = True
         keep = await asyncio.to_thread(lambda: sorted((self.live_dir / KEEP_DIR).glob("*.ts")))
         if keep:
             mp4 = self.live_dir / f"{self.session_id}.mp4"

@@ -170,11 +170,11 @@ class WriterLane:
             started = loop.time()
             ready, self.ready = self.ready, {}
             work = [(rec, items) for rec in ready if (items := rec.take())]
-            if not work:
-                if quiet:
-                    await self._collect()
-                continue
             try:
+                if not work:
+                    if quiet:
+                        await self._collect()
+                    continue
                 await self._tick(loop, work)
             except Exception:
                 # a bug on our side: what this tick took may not be written, and a later
@@ -197,10 +197,15 @@ class WriterLane:
         needed = [rec.wal_from for rec in self.members] + list(self.pins.values())
         oldest = min(needed, default=self.wal_index)
         if oldest > self._released_below:
-            self._released_below = oldest
+            released_below, self._released_below = self._released_below, oldest
             try:
                 if self.pool.before_release is not None:  # the rows that say what went into
                     await self.pool.before_release()  # segments outlive the frames they let go
+            except Exception:  # (the metadata's disk): keep the files, try again later
+                log.exception("writer lane %d: metadata not durable, WAL kept", self.lane.number)
+                self._released_below = released_below
+                return
+            try:
                 await self.call("release", oldest)
             except LaneError as exc:
                 log.error("writer lane %d: WAL release failed: %s", self.lane.number, exc)
@@ -391,6 +396,7 @@ class WriterPool:
                         now - (lane.restarted_at or now),
                         delay,
                     )
+                    lane.replayed.set()  # its ticks fail meanwhile (clients told), not wait
                     await asyncio.sleep(delay)
                     # then a restart as after a first crash (nothing blamed for the wait)
                     lane.restarted_at = lane.suspect = None

@@ -264,6 +264,31 @@ async def test_nothing_is_acknowledged_on_a_lane_until_its_restart_has_replayed(
             await again.wait_ack(len(clip.frames))
 
 
+async def test_a_frame_waiting_for_room_gives_way_when_its_recorder_is_abandoned(
+    server_factory: Any,
+) -> None:
+    """A lane restart abandons its sessions' recorders. A client frame waiting for room in
+    such a queue (the lane takes nothing while it replays) is refused with 1011, so that the
+    client reconnects, rather than wait for ever (and hold up a stop, which waits for every
+    connection's handler)."""
+    server = await server_factory(ingest={"writer_lanes": 1, "queue_frames": 4})
+    manager = server.app[SESSIONS]
+    clip = encode_clip("h264", duration_s=1.0, audio_codec="opus")
+    async with aiohttp.ClientSession() as http:
+        sid, client = await recording_client(http, server)
+        recorder = manager.sessions[sid].recorder
+        lane = recorder.lane
+        lane.replayed.clear()  # as while a restart replays: nothing is taken from the queue
+        try:
+            for f in clip.frames[:8]:  # twice what the queue holds: the handler waits for room
+                await client.media(f)
+            await recorder.abandon()
+            code, _ = await asyncio.wait_for(client.closed(), RECOVERY_TIMEOUT_S)
+        finally:
+            lane.replayed.set()
+    assert code == CloseCode.INTERNAL_ERROR
+
+
 async def resend(
     http: aiohttp.ClientSession, server: Any, sid: str, frames: list[Any]
 ) -> tuple[int | None, str]:

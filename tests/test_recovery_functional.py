@@ -249,6 +249,31 @@ async def test_an_idle_session_does_not_hold_old_log_files(
     assert synced[0][0] >= 1
 
 
+async def test_metadata_that_cannot_be_made_durable_keeps_the_log_and_the_lane_ticking(
+    server_factory: Any,
+) -> None:
+    """A WAL release waits for the metadata to be durable; when that fails (the metadata's
+    disk), the files stay and the lane goes on acknowledging (it tries again later)."""
+    server, manager, wal_dir = await one_lane(server_factory)
+    failures = 0
+
+    async def failing() -> None:
+        nonlocal failures
+        failures += 1
+        raise OSError("no space left on the metadata's disk")
+
+    manager.pool.before_release = failing
+    clip = encode_clip("h264", duration_s=4.0, audio_codec="opus")
+    async with aiohttp.ClientSession() as http:
+        sid = await start_session(http, server)
+        acked = await stream_until_acked(http, server.url, sid, clip.frames)
+    assert acked == len(clip.frames) and failures > 0
+    indices = [
+        int(p.stem.split("-")[1]) for p in await asyncio.to_thread(wal_dir.glob, "wal-*.bin")
+    ]
+    assert min(indices) == 1 and manager.pool.restarts == 0  # nothing deleted, nothing killed
+
+
 async def test_a_session_closed_first_keeps_the_log_files_of_its_open_segment(
     server_factory: Any,
 ) -> None:
