@@ -24,7 +24,13 @@ from typing import Any
 import aioboto3
 import aiohttp
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    NoCredentialsError,
+    ParamValidationError,
+    PartialCredentialsError,
+)
 
 from .errors import ObjectNotFound, StorageError, StoreRefused, StoreUnavailable
 from .objects import DEFAULT_CHUNK_BYTES, DEFAULT_PRESIGN_EXPIRY_S, ObjectInfo, content_type_for
@@ -38,6 +44,8 @@ MAX_PARTS = 10_000  # S3's ceiling on parts per upload
 ADDRESSING_STYLES = ("auto", "path", "virtual")
 SSE_MODES = ("AES256", "aws:kms")
 CHECK_KEY = ".reelhouse-write-check"  # probe object when credentials may write but not list
+# the slowest upload taken as alive (``S3ObjectStore._deadline_s``)
+MIN_UPLOAD_BYTES_PER_S = 64 * 1024
 
 # error codes that mean "the service is in trouble", not "the request is wrong"
 _TRANSIENT_CODES = frozenset(
@@ -49,6 +57,12 @@ _TRANSIENT_CODES = frozenset(
         "RequestTimeTooSkewed",
         "OperationAborted",
         "ThrottlingException",
+        "Throttling",
+        "TooManyRequests",
+        "RequestLimitExceeded",
+        "BadDigest",  # (the body was damaged on its way: sending it again is the cure)
+        "IncompleteBody",
+        "XAmzContentSHA256Mismatch",
     }
 )
 _NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
@@ -153,10 +167,13 @@ def _map_error(exc: BaseException, what: str, config: S3Config) -> StorageError:
         message = str(error.get("Message") or code)
         if code in _NOT_FOUND_CODES or (status == 404 and code != "NoSuchBucket"):
             return ObjectNotFound(f"{what}: not found in {where}", code="NoSuchKey")
-        if code in _TRANSIENT_CODES or status >= 500:
+        if code in _TRANSIENT_CODES or status >= 500 or status == 429:
             return StoreUnavailable(f"{what}: {where} failed: {code} {message}", code=code)
         hint = _REFUSAL_HINTS.get(code, message)
         return StoreRefused(f"{what}: {where} refused: {code}: {hint}", code=code or str(status))
+    if isinstance(exc, NoCredentialsError | PartialCredentialsError | ParamValidationError):
+        # this server's configuration, not the network: retrying cannot help
+        return StoreRefused(f"{what}: {where}: {exc}", code="Configuration")
     if isinstance(exc, BotoCoreError | aiohttp.ClientError | OSError | TimeoutError):
         return StoreUnavailable(f"{what}: {where} unreachable: {exc}", code="Unreachable")
     return StoreUnavailable(f"{what}: {where} failed: {exc!r}", code=type(exc).__name__)
@@ -290,9 +307,10 @@ class S3ObjectStore:
             else:
                 data = await asyncio.to_thread(path.read_bytes)
                 client = await self._get_client()
-                resp = await client.put_object(
-                    Bucket=self.config.bucket, Key=full, Body=data, **self._put_extra(ctype)
-                )
+                async with asyncio.timeout(self._deadline_s(size)):
+                    resp = await client.put_object(
+                        Bucket=self.config.bucket, Key=full, Body=data, **self._put_extra(ctype)
+                    )
                 etag = str(resp.get("ETag", "")).strip('"')
         except Exception as exc:
             raise _map_error(exc, f"put {key}", self.config) from exc
@@ -302,9 +320,10 @@ class S3ObjectStore:
         client = await self._get_client()
         bucket = self.config.bucket
         part_bytes = max(self.config.multipart_part_bytes, -(-size // MAX_PARTS))
-        created = await client.create_multipart_upload(
-            Bucket=bucket, Key=full, **self._put_extra(ctype)
-        )
+        async with asyncio.timeout(self._deadline_s(0)):
+            created = await client.create_multipart_upload(
+                Bucket=bucket, Key=full, **self._put_extra(ctype)
+            )
         upload_id = created["UploadId"]
         parts: dict[int, str] = {}
         offsets = list(range(0, size, part_bytes))
@@ -318,27 +337,34 @@ class S3ObjectStore:
         async def upload(number: int, offset: int) -> None:
             async with gate:  # at most this many parts in memory at once
                 body = await asyncio.to_thread(read_part, offset)
-                resp = await client.upload_part(
-                    Bucket=bucket, Key=full, UploadId=upload_id, PartNumber=number, Body=body
-                )
+                async with asyncio.timeout(self._deadline_s(len(body))):
+                    resp = await client.upload_part(
+                        Bucket=bucket, Key=full, UploadId=upload_id, PartNumber=number, Body=body
+                    )
                 parts[number] = str(resp["ETag"])
 
         try:
             async with asyncio.TaskGroup() as group:
                 for number, offset in enumerate(offsets, start=1):
                     group.create_task(upload(number, offset))
-            done = await client.complete_multipart_upload(
-                Bucket=bucket,
-                Key=full,
-                UploadId=upload_id,
-                MultipartUpload={
-                    "Parts": [{"PartNumber": n, "ETag": parts[n]} for n in sorted(parts)]
-                },
-            )
+            async with asyncio.timeout(self._deadline_s(0)):
+                done = await client.complete_multipart_upload(
+                    Bucket=bucket,
+                    Key=full,
+                    UploadId=upload_id,
+                    MultipartUpload={
+                        "Parts": [{"PartNumber": n, "ETag": parts[n]} for n in sorted(parts)]
+                    },
+                )
         except BaseException as exc:
             # parts of an unfinished upload are billed until aborted
-            with contextlib.suppress(Exception):
-                await client.abort_multipart_upload(Bucket=bucket, Key=full, UploadId=upload_id)
+            try:
+                async with asyncio.timeout(self._deadline_s(0)):
+                    await client.abort_multipart_upload(Bucket=bucket, Key=full, UploadId=upload_id)
+            except Exception as abort_exc:  # (the endpoint is what failed, most likely)
+                log.warning(
+                    "multipart upload %s of %s left to abort: %r", upload_id, full, abort_exc
+                )
             if isinstance(exc, BaseExceptionGroup):
                 raise exc.exceptions[0] from exc
             raise
@@ -351,13 +377,22 @@ class S3ObjectStore:
         self._check_token(f"put {key}")
         try:
             client = await self._get_client()
-            resp = await client.put_object(
-                Bucket=self.config.bucket, Key=full, Body=data, **self._put_extra(ctype)
-            )
+            async with asyncio.timeout(self._deadline_s(len(data))):
+                resp = await client.put_object(
+                    Bucket=self.config.bucket, Key=full, Body=data, **self._put_extra(ctype)
+                )
         except Exception as exc:
             raise _map_error(exc, f"put {key}", self.config) from exc
         etag = str(resp.get("ETag", "")).strip('"')
         return ObjectInfo(key, len(data), ctype, etag, datetime.now(UTC))
+
+    def _deadline_s(self, body_bytes: int) -> float:
+        """How long one request may take at most: its timeouts, plus its body at the slowest
+        rate taken as alive. botocore's ``Expect: 100-continue`` wait and the body's writes
+        have no timeout of their own: an endpoint that accepts and never answers held a
+        spool worker for ever."""
+        cfg = self.config
+        return cfg.connect_timeout_s + cfg.read_timeout_s + body_bytes / MIN_UPLOAD_BYTES_PER_S
 
     async def stream(
         self, key: str, chunk_size: int = DEFAULT_CHUNK_BYTES

@@ -13,10 +13,13 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from botocore.exceptions import ClientError, NoCredentialsError
 from s3server import ACCESS_KEY, SECRET_KEY, SeaweedS3, free_port_pair
 
 from storage.errors import ObjectNotFound, StoreRefused, StoreUnavailable
-from storage.s3 import MIN_PART_BYTES, S3Config, S3ObjectStore
+from storage.s3 import MIN_PART_BYTES, S3Config, S3ObjectStore, _map_error
+
+NEVER_S = 20.0  # far past any deadline the test sets: a put still running then hangs
 
 
 def config(s3: SeaweedS3, bucket: str, **changes: object) -> S3Config:
@@ -224,3 +227,64 @@ async def test_presigned_urls_name_the_public_endpoint(s3: SeaweedS3, s3_bucket:
             assert resp.status == 200 and await resp.read() == b"segment"
     finally:
         await store.aclose()
+
+
+async def test_an_endpoint_that_never_answers_fails_a_put_in_bounded_time(tmp_path: Path) -> None:
+    """An endpoint that takes the connection and never answers (a hung proxy) must not hold an
+    upload for ever: botocore's Expect: 100-continue wait and body writes have no timeout of
+    their own, so each request has a deadline (its timeouts, plus its body at a floor rate);
+    the spool then retries it."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)  # read nothing, answer nothing
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    store = S3ObjectStore(
+        S3Config(
+            bucket="b", endpoint_url=f"http://127.0.0.1:{port}", access_key="a", secret_key="s",
+            addressing_style="path", connect_timeout_s=0.5, read_timeout_s=0.5,
+        )
+    )  # fmt: skip
+    src = tmp_path / "seg.ts"
+    await asyncio.to_thread(src.write_bytes, os.urandom(64 * 1024))
+    try:
+        for put in (
+            lambda: store.put_bytes("a.ts", b"x" * 1000),
+            lambda: store.put_file("b.ts", src),
+        ):
+            with pytest.raises(StoreUnavailable):  # (the deadline here: about 2 s)
+                await asyncio.wait_for(put(), NEVER_S)
+    finally:
+        await store.aclose()
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "kind"),
+    [
+        ("TooManyRequests", 429, StoreUnavailable),  # throttled: try again later
+        ("429", 429, StoreUnavailable),
+        ("Throttling", 400, StoreUnavailable),
+        ("RequestLimitExceeded", 400, StoreUnavailable),
+        ("BadDigest", 400, StoreUnavailable),  # damaged on the way: send it again
+        ("SlowDown", 503, StoreUnavailable),
+        ("AccessDenied", 403, StoreRefused),  # the user's bucket says no
+        ("NoSuchBucket", 404, StoreRefused),
+    ],
+)
+def test_what_a_failure_means_retry_or_refused(code: str, status: int, kind: type) -> None:
+    err = ClientError(
+        {"Error": {"Code": code, "Message": "m"}, "ResponseMetadata": {"HTTPStatusCode": status}},
+        "PutObject",
+    )
+    assert isinstance(_map_error(err, "put k", S3Config(bucket="b")), kind)
+
+
+def test_missing_credentials_are_refused_not_retried() -> None:
+    """No credentials in the chain is this server's configuration: an operator must act."""
+    assert isinstance(_map_error(NoCredentialsError(), "put k", S3Config(bucket="b")), StoreRefused)
