@@ -198,9 +198,15 @@ class SessionManager:
         await self.pool.aclose()
         await asyncio.gather(*self._closing, return_exceptions=True)
 
-    async def _open(self, row: SessionRow, records: list[list[Any]] | None = None) -> LiveSession:
+    async def _open(
+        self, row: SessionRow, records: list[list[Any]] | None = None, *, held: bool = False
+    ) -> LiveSession:
+        """Open the session's recorder and publish it; ``held``: with its lock taken (free:
+        nobody knows it yet), for START to finish before any other event of it begins."""
         live = LiveSession(row=row, recorder=self._recorder(row))
         await self._start_recorder(live, records)
+        if held:
+            await live.lock.acquire()
         self.sessions[row.session_id] = live
         return live
 
@@ -432,28 +438,31 @@ class SessionManager:
         # session it does not know: the row must outlive a power cut first
         await self._meta.make_durable()
         try:
-            live = await self._open(row)
+            live = await self._open(row, held=True)
         except LaneError as exc:  # its lane crashed just now: the session never started
             ended = SessionState.ENDED.value
             await self._meta.update_session(session_id, state=ended, ended_at=now)
             raise WritersUnavailable(
                 f"the writer lane crashed ({exc}); START again, or restart the server"
             ) from exc
-        self.stats.started += 1
-        event = SessionEvent(
-            event_type=event.event_type,
-            session_id=session_id,
-            platform_call_id=event.platform_call_id,
-            agent_platform_id=event.agent_platform_id,
-            user_id=event.user_id,
-        )
-        ev_row = await self._meta.add_event(session_id, event.event_type.value, now)
-        waiting = [c for c in reversed(self._waiting) if _matches(c.ids, row)]
-        if waiting:
-            conn = waiting[0]  # the most recent connection of that app
-            self._waiting.remove(conn)
-            self._bind(live, conn)
-        await self._push(live, ev_row, event)
+        try:  # (a PAUSE or END of it waits: the app hears "start" first)
+            self.stats.started += 1
+            event = SessionEvent(
+                event_type=event.event_type,
+                session_id=session_id,
+                platform_call_id=event.platform_call_id,
+                agent_platform_id=event.agent_platform_id,
+                user_id=event.user_id,
+            )
+            ev_row = await self._meta.add_event(session_id, event.event_type.value, now)
+            waiting = [c for c in reversed(self._waiting) if _matches(c.ids, row)]
+            if waiting:
+                conn = waiting[0]  # the most recent connection of that app
+                self._waiting.remove(conn)
+                self._bind(live, conn)
+            await self._push(live, ev_row, event)
+        finally:
+            live.lock.release()
         log.info("EVENT_TYPE_START: new session", extra={"session_id": session_id})
         return event, row
 

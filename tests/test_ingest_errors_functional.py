@@ -15,7 +15,9 @@ from media import encode_clip
 from recording import event, recording_client, start_session
 from wsclient import RECEIVE_TIMEOUT_S, RawClient
 
-from api.keys import INGEST
+from api.keys import INGEST, META
+
+RACE_WAIT_S = 0.5  # how long a racing event is seen waiting for its session's START
 
 
 def media(seq: int, data: bytes = b"\x00\x00\x00\x01\x09\xf0", track: int = 0) -> dict[str, Any]:
@@ -311,6 +313,40 @@ async def test_recording_app_waits_for_start_and_acks_events(server: Server) -> 
             ("EVENT_TYPE_PAUSE", True),
         ]
         assert all(e["ackTime"] for e in events)
+
+
+async def test_an_event_racing_its_sessions_start_reaches_the_app_after_start(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """START publishes its session and then pushes "start" to the waiting app: a PAUSE of it
+    in between (the client chose the id) waits for START to finish, so the app hears "start"
+    then "pause", never a session paused behind its back."""
+    meta = server.app[META]  # type: ignore[index]
+    add_event = meta.add_event
+    entered, go_on = asyncio.Event(), asyncio.Event()
+
+    async def held(session_id: str, event_type: str, at: Any) -> Any:
+        if event_type == "EVENT_TYPE_START":
+            entered.set()
+            await go_on.wait()
+        return await add_event(session_id, event_type, at)
+
+    monkeypatch.setattr(meta, "add_event", held)
+    async with aiohttp.ClientSession() as http:
+        app = await connect(http, server)
+        await app.hello(server.api_key, platform_call_id="call-race")
+        sid = "race-1"
+        start = asyncio.create_task(
+            event(http, server, "EVENT_TYPE_START", sid, platformCallId="call-race")
+        )
+        await entered.wait()
+        pause = asyncio.create_task(event(http, server, "EVENT_TYPE_PAUSE", sid))
+        done, _ = await asyncio.wait({pause}, timeout=RACE_WAIT_S)
+        assert not done  # (it waits for START; an absence: nothing to await but a bound)
+        go_on.set()
+        await asyncio.gather(start, pause)
+        assert (await app.wait_control("start"))["session_id"] == sid
+        assert (await asyncio.wait_for(app.wait_control("pause"), RECEIVE_TIMEOUT_S))["id"]
 
 
 async def test_events_not_acked_are_pushed_again_when_the_app_connects(server: Server) -> None:
