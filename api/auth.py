@@ -77,8 +77,8 @@ class ApiKeys:
 
     async def check_server_header(self, header: str | None) -> bool:
         """Whether an ``Authorization`` header carries the server's own key as ``Bearer``."""
-        scheme, _, key = (header or "").partition(" ")
-        return scheme.lower() == "bearer" and await self.check_server(key.strip())
+        key = bearer_key(header)
+        return key is not None and await self.check_server(key)
 
     async def identify(self, key: str) -> Principal | None:
         """The tenant and user ``key`` belongs to, or ``None`` for an unknown key."""
@@ -90,12 +90,15 @@ class ApiKeys:
 
     async def identify_header(self, header: str | None) -> Principal | None:
         """The principal of an ``Authorization: Bearer KEY`` header, or ``None``."""
-        if not header:
-            return None
-        scheme, _, key = header.partition(" ")
-        if scheme.lower() != "bearer" or not key.strip():
-            return None
-        return await self.identify(key.strip())
+        key = bearer_key(header)
+        return None if key is None else await self.identify(key)
+
+
+def bearer_key(header: str | None) -> str | None:
+    """The key of an ``Authorization: Bearer KEY`` header (the scheme in any case), or None."""
+    scheme, _, key = (header or "").partition(" ")
+    key = key.strip()
+    return key if scheme.lower() == "bearer" and key else None
 
 
 async def create_tenant_key(

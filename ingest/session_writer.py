@@ -416,7 +416,7 @@ class SessionWriter:
             extra["held"] = [held[0], sorted(held[2])]
             files.append(held[1])
         # a transcoded track whose last input keyframe came before the segment's first frame
-        primes = [(t, k) for t, k in self._keys.items() if prime and first and k[0] < first]
+        primes = [(t, k) for t, k in self._keys.items() if k[0] < first] if prime and first else []
         if primes:
             extra["prime"] = [[t, k[0], first] for t, k in primes]
             files += [k[1] for _, k in primes]

@@ -348,12 +348,8 @@ class VideoTranscoder:
         packet.pts = pts
         packet.dts = pts
         packet.time_base = OUTPUT_TIME_BASE
-        try:
-            frames = self._decoder.decode(packet)
-        except av.error.FFmpegError as exc:
-            raise InvalidMedia(f"cannot decode video frame: {exc}") from exc
         out: list[av.Packet] = []
-        for frame in frames:
+        for frame in self._decode(packet):
             assert isinstance(frame, VideoFrame)  # PyAV typing only.
             out += self._h264.encode(frame, pts if frame.pts is None else frame.pts, keyframe)
         return out
@@ -362,8 +358,11 @@ class VideoTranscoder:
         """Decode ``data`` and drop what it yields: a replay of a segment that began past an
         input keyframe feeds the frames from that keyframe through here first (the decoder
         needs them; the segment before has them already)."""
+        self._decode(av.Packet(data))
+
+    def _decode(self, packet: av.Packet) -> list[av.frame.Frame]:
         try:
-            self._decoder.decode(av.Packet(data))
+            return list(self._decoder.decode(packet))
         except av.error.FFmpegError as exc:
             raise InvalidMedia(f"cannot decode video frame: {exc}") from exc
 

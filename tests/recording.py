@@ -65,6 +65,26 @@ async def recording_client(
     return sid, client
 
 
+# a server whose spool is smaller than any segment: every closed segment is refused and waits
+# where it was written (``server_factory(**FULL_SPOOL)``)
+FULL_SPOOL: dict[str, Any] = {"recorder": {"segment_target_s": 1.0}, "spool": {"max_bytes": 2000}}
+
+
+async def record_into_a_full_spool(
+    http: aiohttp.ClientSession, server: Any, frames: list[Any], timeout_s: float
+) -> tuple[str, RawClient]:
+    """Record ``frames`` into a new session of a ``FULL_SPOOL`` server: all acknowledged, the
+    spool full of its waiting segments. The session id and its client."""
+    sid, client = await recording_client(http, server)
+    seq = 0
+    for frame in frames:
+        seq = await client.media(frame)
+    await client.wait_ack(seq)  # (acknowledged in full all the same)
+    spool = server.app[SPOOL]
+    assert await spool.wait_until(lambda: bool(spool.full), timeout_s)
+    return sid, client
+
+
 async def fetch_recording(server: Any, sid: str, dest: Path) -> tuple[Path, Path]:
     """Wait until the spool is empty, then copy the session's objects to ``dest``; returns the
     playlist and MP4 paths."""

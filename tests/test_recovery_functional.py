@@ -19,9 +19,11 @@ import pytest
 from conftest import API_KEY, Server
 from media import Clip, encode_clip, encode_webm
 from recording import (
+    FULL_SPOOL,
     count_frames,
     event,
     fetch_recording,
+    record_into_a_full_spool,
     recording_client,
     start_session,
     synced_rows,
@@ -341,18 +343,10 @@ async def test_a_segment_whose_file_a_power_cut_took_is_written_again_from_the_l
     in keep/ is not fsync'd: a power cut in between leaves a row whose file is gone. The WAL
     still holds its frames (it lets go of them once the spooling is done): the next start
     writes the segment again from it, rather than skip it."""
-    first = await server_factory(  # smaller than any segment: the first one's spooling waits
-        recorder={"segment_target_s": 1.0}, spool={"max_bytes": 2000}
-    )
-    spool = first.app[SPOOL]  # type: ignore[index]
+    first = await server_factory(**FULL_SPOOL)  # the first segment's spooling waits
     clip = encode_clip("h264", duration_s=3.0, audio_codec="opus")
     async with aiohttp.ClientSession() as http:
-        sid, client = await recording_client(http, first)
-        seq = 0
-        for frame in clip.frames:
-            seq = await client.media(frame)
-        await client.wait_ack(seq)
-        assert await spool.wait_until(lambda: bool(spool.full), START_TIMEOUT_S)
+        sid, client = await record_into_a_full_spool(http, first, clip.frames, START_TIMEOUT_S)
         await client.close()
         await first.stop()  # the segment is left where it was written, its row stays
         rows = await asyncio.to_thread(segment_rows, first.data_dir, sid)

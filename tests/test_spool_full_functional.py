@@ -11,9 +11,14 @@ from typing import Any
 import aiohttp
 import pytest
 from media import encode_clip
-from recording import EVENT_PATH, count_frames, event, fetch_recording, recording_client
-
-from api.keys import SPOOL
+from recording import (
+    EVENT_PATH,
+    FULL_SPOOL,
+    count_frames,
+    event,
+    fetch_recording,
+    record_into_a_full_spool,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -21,17 +26,11 @@ WAIT_S = 30.0
 
 
 async def test_full_spool_refuses_new_sessions_and_keeps_the_open_one(server_factory: Any) -> None:
-    # smaller than any segment: every closed segment is refused and waits where it was written
-    server = await server_factory(recorder={"segment_target_s": 1.0}, spool={"max_bytes": 2000})
-    spool = server.app[SPOOL]
+    server = await server_factory(**FULL_SPOOL)
     clip = encode_clip("h264", duration_s=3.0, audio_codec="opus")
     async with aiohttp.ClientSession() as http:
-        _, client = await recording_client(http, server)
-        seq = 0
-        for frame in clip.frames:
-            seq = await client.media(frame)
-        await client.wait_ack(seq)  # the open session is acknowledged in full all the same
-        assert await spool.wait_until(lambda: bool(spool.full), WAIT_S)
+        # the open session is acknowledged in full all the same
+        _, client = await record_into_a_full_spool(http, server, clip.frames, WAIT_S)
 
         body = {"sessionEvent": {"eventType": "EVENT_TYPE_START", "userId": "another"}}
         async with http.post(server.url + EVENT_PATH, json=body, headers=server.auth) as resp:
@@ -46,16 +45,10 @@ async def test_full_spool_refuses_new_sessions_and_keeps_the_open_one(server_fac
 async def test_end_with_a_full_spool_finishes_at_once(server_factory: Any, tmp_path: Path) -> None:
     """END does not wait for uploads to make room: the session's files are on the disk already,
     so they go to the spool over its cap, and everything recorded reaches the store."""
-    server = await server_factory(recorder={"segment_target_s": 1.0}, spool={"max_bytes": 2000})
-    spool = server.app[SPOOL]
+    server = await server_factory(**FULL_SPOOL)
     clip = encode_clip("h264", duration_s=3.0, audio_codec="opus")
     async with aiohttp.ClientSession() as http:
-        sid, client = await recording_client(http, server)
-        seq = 0
-        for frame in clip.frames:
-            seq = await client.media(frame)
-        await client.wait_ack(seq)
-        assert await spool.wait_until(lambda: bool(spool.full), WAIT_S)  # segments are waiting
+        sid, _ = await record_into_a_full_spool(http, server, clip.frames, WAIT_S)
         async with asyncio.timeout(WAIT_S):  # it used to wait for room that never came
             await event(http, server, "EVENT_TYPE_END", sid)
     playlist, mp4 = await fetch_recording(server, sid, tmp_path)
