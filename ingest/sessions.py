@@ -80,6 +80,10 @@ class LiveSession:
         return self.row.session_id
 
 
+class NotIdle(Exception):
+    """The idle reaper's END found the session active again once it held its lock."""
+
+
 @dataclass(slots=True)
 class SessionStats:
     """Counters for /metrics that outlive individual sessions."""
@@ -303,8 +307,11 @@ class SessionManager:
                 if live.conn is None and now - live.last_activity > limit:
                     log.warning("ending idle session", extra={"session_id": live.session_id})
                     end = SessionEvent(event_type=EventType.END, session_id=live.session_id)
+                    row = live.row
                     try:
-                        await self.process_event(live.row.customer_id, live.row.profile_id, end)
+                        await self.process_event(row.customer_id, row.profile_id, end, idle_s=limit)
+                    except NotIdle:
+                        log.info("idle end skipped: active again", extra=_ctx(live))
                     except SessionError as exc:  # ended meanwhile by a client
                         log.info("idle end skipped: %s", exc, extra={"session_id": live.session_id})
                     except Exception:  # the reaper must outlive one session's trouble
@@ -336,9 +343,16 @@ class SessionManager:
     # events ------------------------------------------------------------------------------
 
     async def process_event(
-        self, customer_id: str, profile_id: str, event: SessionEvent
+        self,
+        customer_id: str,
+        profile_id: str,
+        event: SessionEvent,
+        *,
+        idle_s: float | None = None,
     ) -> tuple[SessionEvent, SessionRow]:
-        """Carry out one event; returns the event (with its session id) and the session after it."""
+        """Carry out one event; returns the event (with its session id) and the session after it.
+        With ``idle_s`` (the idle reaper's END), only if the session is still idle once its
+        lock is held: otherwise ``NotIdle``."""
         if self._closed:
             raise Unavailable("the server is shutting down; send the event again later")
         if event.event_type is EventType.START:
@@ -351,6 +365,10 @@ class SessionManager:
                 raise Unavailable("the server is shutting down; send the event again later")
             if live.session_id not in self.sessions:  # ended while we waited for the lock
                 next_state(SessionState.ENDED, event.event_type)
+            if idle_s is not None and (
+                live.conn is not None or time.monotonic() - live.last_activity <= idle_s
+            ):  # a client came back while the reaper waited for the lock
+                raise NotIdle(live.session_id)
             before = SessionState(live.row.state)
             after = next_state(before, event.event_type)
             if live.recorder.writer_lost and event.event_type is not EventType.RECONNECT:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -365,6 +366,46 @@ async def test_idle_session_is_ended(server_factory: Any) -> None:
         status, got = await get_session(http, server, sid)
     assert status == 200 and got["state"] == "ENDED"
     assert [e["eventType"] for e in got["events"]] == ["EVENT_TYPE_START", "EVENT_TYPE_END"]
+
+
+async def test_idle_end_spares_a_session_that_came_back(server_factory: Any) -> None:
+    """The idle reaper decides to end a session, then waits for its lock (an event in flight);
+    a client connects meanwhile: once the reaper holds the lock it sees that and lets it be."""
+    server = await server_factory(ingest={"idle_end_s": 0.2})
+    manager = server.app[SESSIONS]  # type: ignore[index]
+    deciding, spared = asyncio.Event(), asyncio.Event()
+
+    class Watch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage() == "ending idle session":
+                deciding.set()
+            elif record.getMessage() == "idle end skipped: active again":
+                spared.set()
+
+    watch, logger = Watch(), logging.getLogger("ingest.sessions")
+    level = logger.level
+    logger.addHandler(watch)
+    logger.setLevel(logging.INFO)
+    try:
+        async with aiohttp.ClientSession() as http:
+            _, body = await post_event(http, server, {"eventType": "EVENT_TYPE_START"})
+            sid = body["sessionEvent"]["sessionId"]
+            live = manager.sessions[sid]
+            async with live.lock:  # (as an event being carried out holds it)
+                await asyncio.wait_for(deciding.wait(), 10)
+                client = RawClient(http, server.url)
+                await client.connect()
+                await client.hello(server.api_key, session_id=sid)
+            await asyncio.wait_for(spared.wait(), 10)
+            status, got = await get_session(http, server, sid)
+            assert status == 200 and got["state"] == "RECORDING", got
+            await client.send({"t": "ping", "ts": 1})
+            while (await client.recv())["t"] != "pong":  # still connected (the start's
+                pass  # control comes first)
+            await client.close()
+    finally:
+        logger.removeHandler(watch)
+        logger.setLevel(level)
 
 
 async def test_concurrent_starts_with_one_id(server: Server) -> None:
