@@ -10,6 +10,7 @@ import asyncio
 import errno
 import json
 import os
+import stat
 from collections.abc import AsyncGenerator, AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -172,25 +173,30 @@ class LocalObjectStore:
     ) -> AsyncGenerator[bytes, None]:
         """Yield the object's bytes in chunks read in a worker thread.
 
-        Each chunk opens, reads and closes the file in its thread, so no open file waits
-        between chunks (a reader that goes away mid-stream leaves nothing behind).
+        The file is opened once: a reader gets the object as it was when the stream began,
+        even if it is replaced or deleted meanwhile (a rename or unlink leaves the open file
+        whole). Close the generator (``contextlib.aclosing``) to let the file go at once.
         """
         path = self._path(key)
 
-        def _read(offset: int) -> bytes:
+        def _open() -> int:
             try:
-                with open(path, "rb") as f:
-                    f.seek(offset)
-                    return f.read(chunk_size)
-            except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-                if offset:
-                    return b""  # deleted mid-stream: end here
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except (FileNotFoundError, NotADirectoryError):
                 raise ObjectNotFound(key) from None
+            if not stat.S_ISREG(os.fstat(fd).st_mode):  # (a directory opens too)
+                os.close(fd)
+                raise ObjectNotFound(key)
+            return fd
 
-        offset = 0
-        while chunk := await asyncio.to_thread(_read, offset):
-            offset += len(chunk)
-            yield chunk
+        fd = await asyncio.to_thread(_open)
+        try:
+            offset = 0
+            while chunk := await asyncio.to_thread(os.pread, fd, chunk_size, offset):
+                offset += len(chunk)
+                yield chunk
+        finally:
+            os.close(fd)
 
     async def get_bytes(self, key: str) -> bytes:
         """The whole object in memory: for small objects only."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 from pathlib import Path
@@ -89,6 +90,27 @@ async def test_stream_in_chunks(store: LocalObjectStore) -> None:
             pass
     with pytest.raises(ObjectNotFound):
         await store.get_bytes("absent.bin")
+
+
+async def test_stream_keeps_the_object_it_began_with(store: LocalObjectStore) -> None:
+    """An object replaced, then deleted, while a reader streams it: the reader still gets the
+    whole old object, not a mix of two (a playlist rewritten while it downloads) nor a cut."""
+    old, new = os.urandom(10_000), os.urandom(10_000)
+    await store.put_bytes("live.bin", old)
+    got = b""
+    async with contextlib.aclosing(store.stream("live.bin", chunk_size=4096)) as chunks:
+        async for chunk in chunks:
+            if not got:
+                await store.put_bytes("live.bin", new)
+            elif len(got) == 4096:
+                await store.delete("live.bin")
+            got += chunk
+    assert got == old
+    assert await store.head("live.bin") is None
+    await store.put_bytes("dir/inner.bin", b"x")
+    with pytest.raises(ObjectNotFound):  # a directory is no object
+        async for _ in store.stream("dir"):
+            pass
 
 
 async def test_list_in_key_order_with_prefix(store: LocalObjectStore) -> None:
