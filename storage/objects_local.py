@@ -28,6 +28,10 @@ from .objects import DEFAULT_CHUNK_BYTES, DEFAULT_PRESIGN_EXPIRY_S, ObjectInfo, 
 from .presign import UrlSigner
 
 MAX_KEY_BYTES = 1024  # S3's limit, so keys stay portable between stores
+# a segment is a file name here, and a name has at most 255 bytes: room is left for the
+# temporary name a write goes through (".tmp-" + name + "." + 32 hex digits) and the
+# content-type sidecar's ".json"
+MAX_KEY_SEGMENT_BYTES = 200
 META_DIR = ".meta"  # reserved first key segment holding the sidecars
 SIDECAR_SUFFIX = ".json"
 # errors that mean "the disk is in trouble, try again later" rather than "this request is wrong"
@@ -48,6 +52,8 @@ def validate_key(key: str) -> str:
     for segment in segments:
         if segment in ("", ".", ".."):
             raise ValueError(f"object key has an empty, '.' or '..' segment: {key!r}")
+        if len(segment.encode()) > MAX_KEY_SEGMENT_BYTES:
+            raise ValueError(f"object key has a segment longer than {MAX_KEY_SEGMENT_BYTES} bytes")
         if segment.startswith(TEMP_PREFIX):
             raise ValueError(f"object key segment must not start with {TEMP_PREFIX!r}")
     if segments[0] == META_DIR:

@@ -11,7 +11,7 @@ import pytest
 
 from storage import durable
 from storage.errors import ObjectNotFound, StoreRefused
-from storage.objects_local import MAX_KEY_BYTES, LocalObjectStore
+from storage.objects_local import MAX_KEY_BYTES, MAX_KEY_SEGMENT_BYTES, LocalObjectStore
 from storage.presign import UrlSigner
 
 
@@ -154,6 +154,7 @@ async def test_delete(store: LocalObjectStore) -> None:
         "a\\b",
         "nul\x00",
         "x" * (MAX_KEY_BYTES + 1),
+        "a/" + "x" * (MAX_KEY_SEGMENT_BYTES + 1),
     ],
 )
 async def test_bad_keys_raise_value_error(store: LocalObjectStore, key: str) -> None:
@@ -166,10 +167,13 @@ async def test_bad_keys_raise_value_error(store: LocalObjectStore, key: str) -> 
 
 
 async def test_longest_key_is_accepted(store: LocalObjectStore) -> None:
-    key = "/".join(["d" * 200] * 6)[: MAX_KEY_BYTES - 3] + ".ts"
+    key = "/".join(["d" * (MAX_KEY_SEGMENT_BYTES - 1)] * 6)[: MAX_KEY_BYTES - 3] + ".ts"
     assert len(key.encode()) == MAX_KEY_BYTES
-    await store.put_bytes(key, b"ok")
+    await store.put_bytes(key, b"ok", "video/mp2t")  # (its sidecar's name is longer still)
     assert await store.get_bytes(key) == b"ok"
+    longest = "e" * (MAX_KEY_SEGMENT_BYTES - 3) + ".ts"
+    await store.put_bytes(longest, b"ok", "video/mp2t")
+    assert await store.get_bytes(longest) == b"ok"
 
 
 async def test_file_where_directory_needed_is_refused(store: LocalObjectStore) -> None:
