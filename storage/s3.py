@@ -63,6 +63,9 @@ _TRANSIENT_CODES = frozenset(
         "BadDigest",  # (the body was damaged on its way: sending it again is the cure)
         "IncompleteBody",
         "XAmzContentSHA256Mismatch",
+        # a multipart upload aborted under us (a lifecycle rule, another abort): the whole
+        # upload is done again, so the file goes up rather than reading as "not found"
+        "NoSuchUpload",
     }
 )
 _NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
@@ -165,7 +168,9 @@ def _map_error(exc: BaseException, what: str, config: S3Config) -> StorageError:
         code = str(error.get("Code") or "")
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
         message = str(error.get("Message") or code)
-        if code in _NOT_FOUND_CODES or (status == 404 and code != "NoSuchBucket"):
+        if code in _NOT_FOUND_CODES or (
+            status == 404 and code != "NoSuchBucket" and code not in _TRANSIENT_CODES
+        ):
             return ObjectNotFound(f"{what}: not found in {where}", code="NoSuchKey")
         if code in _TRANSIENT_CODES or status >= 500 or status == 429:
             return StoreUnavailable(f"{what}: {where} failed: {code} {message}", code=code)

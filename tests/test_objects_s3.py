@@ -273,6 +273,8 @@ async def test_an_endpoint_that_never_answers_fails_a_put_in_bounded_time(tmp_pa
         ("RequestLimitExceeded", 400, StoreUnavailable),
         ("BadDigest", 400, StoreUnavailable),  # damaged on the way: send it again
         ("SlowDown", 503, StoreUnavailable),
+        ("NoSuchUpload", 404, StoreUnavailable),  # a multipart upload aborted: upload again
+        ("NoSuchKey", 404, ObjectNotFound),
         ("AccessDenied", 403, StoreRefused),  # the user's bucket says no
         ("NoSuchBucket", 404, StoreRefused),
     ],
