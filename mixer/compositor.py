@@ -44,6 +44,9 @@ STALE_VIDEO_US = 3_500_000
 MAX_PENDING_FRAMES = 64
 SCALE_INTERPOLATION = Interpolation.BILINEAR
 SCALE_THREADS = 1  # Many mixes share the cores: a scaler thread pool per call only costs.
+# Tiles kept per picture (one per window size and crop it is shown in): a bound for layouts
+# that change sizes all the time; the default user background needs one per window size.
+MAX_TILES_PER_PICTURE = 16
 BLACK_YUV = (16, 128, 128)  # Fit-mode borders ("black borders may appear").
 _COLOR = re.compile(r"#[0-9A-Fa-f]{6}")
 Planes = tuple[np.ndarray, np.ndarray, np.ndarray]
@@ -120,20 +123,27 @@ class _Tile:
 
 @dataclass(slots=True)
 class _Picture:
-    """A source picture (a video frame or an image) and its tile cache for the current window."""
+    """A source picture (a video frame or an image) and its tiles, by scaled size and crop.
+
+    Keyed without the window's position: one image shown in several windows of one size (the
+    default user background of every stale user) is scaled once, not once per window per
+    frame as each window took the cache from the one before."""
 
     frame: VideoFrame
     reformatter: VideoReformatter
-    tile: _Tile | None = None
+    tiles: dict[tuple[int, int, Rect], Planes] = field(default_factory=dict)
 
     @property
     def aspect(self) -> float:
         return self.frame.width / self.frame.height if self.frame.height else 0.0
 
     def tile_for(self, window: Rect, mode: RenderMode, counter: list[int]) -> _Tile:
-        """The tile for `window`, scaling only when the placement changed since the last call."""
+        """The tile for `window`, scaling only for a size and crop not seen before."""
         placement = place(window, self.aspect, mode)
-        if self.tile is None or self.tile.placement != placement:
+        src = placement.src
+        key = (placement.scaled_width, placement.scaled_height, src)
+        planes = self.tiles.get(key)
+        if planes is None:
             scaled = self.reformatter.reformat(
                 self.frame,
                 width=placement.scaled_width,
@@ -147,14 +157,16 @@ class _Picture:
                 threads=SCALE_THREADS,
             )
             counter[0] += 1
-            src = placement.src
             y, u, v = frame_planes(scaled)
+            if len(self.tiles) >= MAX_TILES_PER_PICTURE:  # (layouts changing all the time)
+                self.tiles.clear()
             # Copies of the visible part only: the scaled frame's buffer can then be freed.
-            self.tile = _Tile(
-                placement,
-                (y[_luma(src)].copy(), u[_chroma(src)].copy(), v[_chroma(src)].copy()),
+            planes = self.tiles[key] = (
+                y[_luma(src)].copy(),
+                u[_chroma(src)].copy(),
+                v[_chroma(src)].copy(),
             )
-        return self.tile
+        return _Tile(placement, planes)
 
 
 @dataclass(slots=True)

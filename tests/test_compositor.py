@@ -212,6 +212,23 @@ def test_each_input_frame_is_scaled_once() -> None:
     assert comp.scale_count == 2 + 10 + 2
 
 
+def test_a_shared_background_image_is_scaled_once_per_window_size() -> None:
+    """The default user background of four stale users, in windows of one size: one scaling
+    for all of them and all frames (each window used to evict the one before's tile)."""
+    comp = Compositor(W, H, LayoutSpec(LayoutMode.ADAPTIVE), background_color=BG)
+    default = (220, 90, 90)
+    comp.set_default_user_background(solid_frame(40, 30, default))
+    for uid in "1234":
+        comp.join(uid, 0)  # (audio only: no video, so stale from the start)
+    before = comp.scale_count
+    for k in range(30):
+        out = comp.render(STALE_VIDEO_US + 1 + k * FRAME_US)
+    sizes = {(w.rect.width, w.rect.height) for w in comp.windows}
+    assert len(comp.windows) == 4 and len(sizes) == 1
+    assert comp.scale_count - before == 1
+    assert all(yuv_at(out, *w.rect.center) == default for w in comp.windows)
+
+
 def test_join_and_leave_lay_out_again() -> None:
     comp = Compositor(W, H, LayoutSpec(LayoutMode.ADAPTIVE), background_color=BG)
     comp.push_video("a", solid_frame(64, 36, user_color(0)), 0)
