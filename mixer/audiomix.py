@@ -118,6 +118,7 @@ class Limiter:
 @dataclass(slots=True)
 class _Input:
     resampler: AudioResampler
+    source: tuple[str, str, int]  # (sample format, layout, rate) the resampler was made for
     next_pos: int | None = None  # Where the next resampled sample lands on the mix clock.
     start: int = 0  # Mix position of buf[:, 0].
     buf: np.ndarray = field(default_factory=lambda: np.zeros((1, 0), np.float32))
@@ -152,9 +153,17 @@ class AudioMixer:
     def push(self, uid: str, frame: AudioFrame, t_us: int) -> None:
         """Take one decoded frame of `uid` whose first sample is at `t_us`."""
         entry = self._inputs.get(uid)
-        if entry is None:
+        source = (frame.format.name, frame.layout.name, frame.sample_rate)
+        if entry is None or entry.source != source:
+            # A resampler serves the format it first saw (one made for frames that need no
+            # change passes any later frame through as it is): a member whose audio changes
+            # format (another track, a reconnect over another transport) gets a new one.
             resampler = AudioResampler(format="fltp", layout=self._layout, rate=MIX_RATE_HZ)
-            entry = self._inputs[uid] = _Input(resampler)
+            if entry is None:
+                entry = self._inputs[uid] = _Input(resampler, source)
+            else:
+                log.info("audio of %s changed format %s → %s", uid, entry.source, source)
+                entry.resampler, entry.source = resampler, source
         parts = [f.to_ndarray() for f in entry.resampler.resample(frame)]
         pos = self.position_of(t_us)
         if entry.next_pos is None or abs(pos - entry.next_pos) > RESYNC_SAMPLES:

@@ -513,7 +513,10 @@ class MixSession:
         if not self._finished:
             self._finished = True
             if self._clock_us is not None:
-                self._produce(self._clock_us)
+                try:
+                    self._produce(self._clock_us)
+                except Exception:  # the recording made so far is closed and kept all the same
+                    log.exception("painting the mix's last frames failed: closed without them")
             self._write_video(self._h264.encode(None))
             for data, pts in self._aac.encode(None):
                 self._write(AUDIO_TRACK, data, pts * US_PER_S // MIX_RATE_HZ, True)

@@ -106,6 +106,33 @@ def test_late_joiner_lands_at_its_time() -> None:
     assert abs(onset - MIX_RATE_HZ // 2) <= 48  # Within 1 ms.
 
 
+@pytest.mark.parametrize("first", ["fltp", "s16"])
+def test_a_member_whose_audio_changes_format_is_mixed_on(first: str) -> None:
+    """Mono 48 kHz (as AAC decodes: the resampler has nothing to do), then stereo 44.1 kHz
+    s16 (another track, a reconnect over WebRTC): both are mixed at their pitch, the
+    second as well as the first, instead of a failure that ended the mix for everyone."""
+    mixer, chunks = AudioMixer(AudioProfile.MONO_48K), []
+    for k in range(50):
+        if k < 25:
+            frame = tone_frame(440, 48_000, k * 960, 960)
+            if first == "fltp":
+                frame = AudioFrame.from_ndarray(
+                    frame.to_ndarray().astype(np.float32) / 32768, format="flt", layout="mono"
+                )
+                frame = AudioFrame.from_ndarray(frame.to_ndarray(), format="fltp", layout="mono")
+                frame.sample_rate = 48_000
+        else:
+            frame = tone_frame(1000, 44_100, (k - 25) * 882, 882, layout="stereo")
+        mixer.push("a", frame, k * FRAME_US)
+        chunks += mixer.mix_until(k * FRAME_US)
+    x = np.concatenate(chunks, axis=1)
+    assert x.shape[0] == 1
+    before, after = x[0, 4096 : MIX_RATE_HZ // 2 - 1024], x[0, MIX_RATE_HZ // 2 + 2048 :]
+    assert band_energy(before, [440]) > 0.99 and band_energy(after, [1000]) > 0.99
+    # at its level: downmixed (swresample's -3 dB per channel: 0.3 x 2 x 0.707), not doubled
+    assert 0.2 < np.abs(after).max() < 0.45
+
+
 def test_samples_after_their_time_are_counted_not_mixed() -> None:
     mixer = AudioMixer(AudioProfile.MONO_48K)
     mixer.push("a", tone_frame(440, 48_000, 0, 4800), 0)

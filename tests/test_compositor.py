@@ -26,7 +26,7 @@ from mixer.layout import (
     RenderMode,
     compute_layout,
 )
-from mixer.mix import MixConfig, MixSession
+from mixer.mix import FileType, MixConfig, MixSession
 
 W, H = 320, 180
 FRAME_US = 66_667  # 15 fps
@@ -284,3 +284,27 @@ def test_a_mix_keeps_join_order_when_a_later_users_frame_comes_first(tmp_path: P
         assert session.compositor.users[:2] == ["red", "green"]
     finally:
         session.finish()
+
+
+def test_a_mix_whose_last_frames_fail_is_still_closed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """finish() paints up to the last time seen; should that fail, what was recorded is still
+    closed: the playlist ended and the MP4 built (it used to raise again, losing both)."""
+    config = MixConfig(
+        width=W, height=H, fps=15, bitrate_kbps=200, file_types=frozenset(FileType)
+    )
+    session = MixSession(config, tmp_path, segment_target_s=1.0)
+    session.join("red", 0)
+    for k in range(45):  # 3 s
+        session.push_video("red", solid_frame(64, 36, user_color(0)), k * FRAME_US)
+        session.advance(k * FRAME_US)
+
+    def fail(until_us: int) -> None:
+        raise ValueError("a bad buffer")
+
+    session._produce = fail  # type: ignore[method-assign]
+    out = session.finish()
+    assert out.playlist.read_text().rstrip().endswith("#EXT-X-ENDLIST")
+    assert len(out.mp4s) == 1 and out.mp4s[0][1].video_frames >= 15
+    assert "closed without them" in caplog.text
