@@ -291,9 +291,7 @@ def test_a_mix_whose_last_frames_fail_is_still_closed(
 ) -> None:
     """finish() paints up to the last time seen; should that fail, what was recorded is still
     closed: the playlist ended and the MP4 built (it used to raise again, losing both)."""
-    config = MixConfig(
-        width=W, height=H, fps=15, bitrate_kbps=200, file_types=frozenset(FileType)
-    )
+    config = MixConfig(width=W, height=H, fps=15, bitrate_kbps=200, file_types=frozenset(FileType))
     session = MixSession(config, tmp_path, segment_target_s=1.0)
     session.join("red", 0)
     for k in range(45):  # 3 s
