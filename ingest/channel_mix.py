@@ -18,6 +18,7 @@ import logging
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import av
@@ -26,6 +27,7 @@ from mixer.errors import InvalidMedia
 from mixer.layout import LayoutSpec
 from mixer.mix import MixConfig, MixOutput, MixRecorder, MixStyle
 from mixer.segmenter import SegmentInfo
+from mixer.tracks import Codec
 
 from .channels import ChannelEvent, ChannelRegistry, MediaFrame, Subscription
 from .member_frames import FrameDecoders, TrackClock
@@ -122,20 +124,19 @@ class ChannelMixRecorder:
         self._sub = self._registry.subscribe(self._appid, self._cname)
         self._readers = [
             asyncio.create_task(
-                self._guard(self._events(self._sub)), name=f"mix-events-{self._cname}"
+                self._guard(partial(self._events, self._sub)), name=f"mix-events-{self._cname}"
             ),
             asyncio.create_task(
-                self._guard(self._media(self._sub)), name=f"mix-media-{self._cname}"
+                self._guard(partial(self._media, self._sub)), name=f"mix-media-{self._cname}"
             ),
         ]
-        self._ticker = asyncio.create_task(
-            self._guard(self._tick()), name=f"mix-tick-{self._cname}"
-        )
+        self._ticker = asyncio.create_task(self._guard(self._tick), name=f"mix-tick-{self._cname}")
 
-    async def _guard(self, work: Coroutine[None, None, None]) -> None:
-        """Run one of the mix's tasks; a failure is logged and told, and ends that task."""
+    async def _guard(self, work: Callable[[], Coroutine[None, None, None]]) -> None:
+        """Run one of the mix's tasks; a failure is logged and told, and ends that task.
+        (Made here: a task cancelled before it ran leaves no coroutine never awaited.)"""
         try:
-            await work
+            await work()
         except Exception as exc:
             log.exception("mix %s/%s failed", self._appid, self._cname)
             if self.failed is None:
@@ -185,19 +186,26 @@ class ChannelMixRecorder:
         while (media := await sub.next_media()) is not None:
             if self._gone:
                 await self._forget_gone()
-            if media.uid not in self._joined or not self._wanted(media.uid, media.kind):
+            uid = media.uid
+            if uid not in self._joined:
+                continue
+            if media.codec == Codec.WEBM:  # both kinds in one track: each decoded frame is checked
+                if not (self._wanted(uid, "video") or self._wanted(uid, "audio")):
+                    continue
+            elif not self._wanted(uid, media.kind):
                 continue
             now_us = self._now_us()
             track_clock = "shared" if media.shared_clock else media.track_id  # ingest.arrival
-            clock = self._clocks.setdefault((media.uid, track_clock), TrackClock())
+            clock = self._clocks.setdefault((uid, track_clock), TrackClock())
             for _, data, pts_us in await self._decoded(media):
                 t_us = clock.place(pts_us, now_us)
                 if isinstance(data, av.VideoFrame):
-                    self.stats.video_in += 1
-                    await self._mix.push_video(media.uid, data, t_us)
-                elif isinstance(data, av.AudioFrame):
+                    if self._wanted(uid, "video"):
+                        self.stats.video_in += 1
+                        await self._mix.push_video(uid, data, t_us)
+                elif isinstance(data, av.AudioFrame) and self._wanted(uid, "audio"):
                     self.stats.audio_in += 1
-                    await self._mix.push_audio(media.uid, data, t_us)
+                    await self._mix.push_audio(uid, data, t_us)
 
     async def _forget_gone(self) -> None:
         gone, self._gone = self._gone, set()

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import av
 import pytest
+from media import encode_webm
 from webrtc_peer import accept_answer, make_offer
 
-from ingest.channel_mix import ChannelMixRecorder
-from ingest.channels import ChannelRegistry
+from ingest.channel_mix import ChannelMixRecorder, UidSelector
+from ingest.channels import ChannelRegistry, MediaFrame, TrackInfo, Transport
 from ingest.webrtc import WebRtcSettings, WhipServer
 from mixer.layout import LayoutMode, LayoutSpec, compute_layout
 from mixer.mix import FileType, MixConfig
@@ -66,3 +67,35 @@ async def test_two_publishers_mixed_side_by_side(tmp_path: Path) -> None:
             pixel,
         )
     assert mix.stats.video_in > 60 and mix.stats.joins == 2
+
+
+@pytest.mark.parametrize("excluded", ["audio", "video"])
+async def test_a_webm_publisher_is_filtered_per_kind(tmp_path: Path, excluded: str) -> None:
+    """A WebM track holds both kinds: unsubscribing a uid's audio keeps its audio out of the
+    mix (it was mixed all the same), and unsubscribing its video keeps its audio in (the
+    whole track was skipped as "video")."""
+    registry = ChannelRegistry()
+    nobody_but_42 = UidSelector(exclude=frozenset({"42"}))
+    selectors = {"audio_uids": nobody_but_42} if excluded == "audio" else {}
+    if excluded == "video":
+        selectors = {"video_uids": nobody_but_42}
+    config = MixConfig(width=W, height=H, fps=15, bitrate_kbps=200)
+    mix = ChannelMixRecorder(registry, "app", "room", tmp_path, config, **selectors)
+    member = await registry.join("app", "room", "42", Transport.WS)
+    registry.set_track("app", "room", member, TrackInfo("0", "video", "webm"))
+    data, video_frames, audio_frames = await asyncio.to_thread(encode_webm, 2.0)
+    # joined before the recorder starts: its first event (the members, read before any media)
+    # lets the member in
+    await mix.start()
+    channel = registry.get("app", "room")
+    assert channel is not None
+    for i in range(0, len(data), 8_000):
+        chunk = data[i : i + 8_000]
+        channel.publish(member, MediaFrame("42", "0", "video", chunk, i, True, "webm"))
+    await mix.stop()  # (the media queued is taken first)
+    stats = mix.stats
+    if excluded == "audio":
+        assert stats.audio_in == 0 and stats.video_in >= video_frames - 1
+    else:
+        assert stats.video_in == 0 and stats.audio_in >= audio_frames - 1
+    assert stats.undecodable == 0
