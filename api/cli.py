@@ -16,6 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
+from storage.durable import DirectoryInUse, lock_directory
 from storage.errors import StorageError
 
 from .logs import setup_logging
@@ -44,11 +45,18 @@ def _serve_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 async def _serve(args: argparse.Namespace) -> int:
     from .app import create_app  # imported late: `reelhouse publish` needs none of it
-    from .auth import load_or_create_credentials
+    from .auth import CREDENTIALS_FILE, load_or_create_credentials
 
     settings = load_settings(args.config, overrides=_serve_overrides(args))
     setup_logging(settings.log_level, settings.log_json)
-    creds, _ = await asyncio.to_thread(load_or_create_credentials, settings.data_dir)
+    try:
+        # before anything reads the directory: a second server on it would replay (and then
+        # delete) the running one's write-ahead log and rewrite its open segments
+        lock_directory(settings.data_dir)
+    except DirectoryInUse as exc:
+        print(f"reelhouse: cannot start: data directory {exc}", file=sys.stderr, flush=True)
+        return 2
+    creds, created = await asyncio.to_thread(load_or_create_credentials, settings.data_dir)
     app = create_app(settings)
     runner = web.AppRunner(app, shutdown_timeout=settings.http.shutdown_timeout_s, access_log=None)
     try:
@@ -58,19 +66,28 @@ async def _serve(args: argparse.Namespace) -> int:
         await runner.cleanup()
         return 2
     site = web.TCPSite(runner, settings.http.host, settings.http.port)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:  # the port is taken, the address is not this machine's
+        where = f"{settings.http.host}:{settings.http.port}"
+        print(f"reelhouse: cannot start: cannot listen on {where}: {exc}", file=sys.stderr)
+        await runner.cleanup()
+        return 2
+    stop = asyncio.Event()  # (before the lines below: whoever reads them may signal at once)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     host, port = runner.addresses[0][:2]
     url = f"http://{host}:{port}"
     key = settings.auth.api_key or creds["api_key"]
     # the one place that prints: people (and scripts) read the URL and key from here
     print(f"reelhouse listening on {url}", flush=True)
     print(f"data directory: {settings.data_dir.resolve()}", flush=True)
-    if not settings.auth.api_key:
+    if not settings.auth.api_key and created:  # (once: stdout often ends up in log stores)
         print(f"development API key: {key}  (Authorization: Bearer {key})", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    elif not settings.auth.api_key:
+        stored = (settings.data_dir / CREDENTIALS_FILE).resolve()
+        print(f"development API key: the api_key of {stored}", flush=True)
     await stop.wait()
     log.info("shutting down: closing connections; open segments stay in the write-ahead log")
     await runner.cleanup()

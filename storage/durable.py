@@ -6,6 +6,7 @@ Every function here blocks: callers run them in a worker thread, never on the ev
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import shutil
 import uuid
@@ -133,3 +134,31 @@ def remove_quietly(path: Path) -> bool:
     except FileNotFoundError:
         return False
     return True
+
+
+class DirectoryInUse(Exception):
+    """Another process holds the directory's lock (``lock_directory``)."""
+
+
+LOCK_FILE = ".lock"
+
+
+def lock_directory(directory: Path) -> int:
+    """Take ``directory``'s exclusive lock for as long as this process lives (the returned
+    descriptor stays open; the kernel lets go when the process ends, however it ends), and
+    write this process's id into the lock file. ``DirectoryInUse`` naming the holder when
+    another process has it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise DirectoryInUse(f"{directory} is in use by another process (pid {holder})") from None
+    except BaseException:
+        os.close(fd)
+        raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd

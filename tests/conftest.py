@@ -13,6 +13,10 @@ import pytest
 from blockbuster import BlockBuster, blockbuster_ctx
 from s3server import SeaweedS3
 
+# (at import: importing them inside the fixture, on the event loop, is blocking file work)
+from api.app import create_app
+from api.settings import load_settings
+
 PROJECT_PACKAGES = ["api", "ingest", "mixer", "storage"]
 # botocore stats a few model files that do not exist each time a client is built (a miss is
 # not cached); microseconds, once per store. Everything it reads is loaded off the loop first
@@ -75,9 +79,6 @@ LOOPBACK_S3: dict[str, Any] = {"storage": {"private_endpoints": True}}
 @pytest.fixture
 async def server_factory(tmp_path: Path, aiohttp_server):  # type: ignore[no-untyped-def]
     """Start reelhouse servers (same data dir restarts the same server's state)."""
-    from api.app import create_app
-    from api.settings import load_settings
-
     started = []
 
     async def start(data_dir: Path | None = None, **overrides: object) -> Server:

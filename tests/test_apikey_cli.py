@@ -4,6 +4,8 @@ tenant and user it names; names map to the same ids every time."""
 from __future__ import annotations
 
 import asyncio
+import json
+import signal
 import sys
 import uuid
 from pathlib import Path
@@ -58,3 +60,24 @@ async def test_key_without_a_server(tmp_path: Path) -> None:
     assert rc == 0 and key and err.split()[1] == tenant
     rc, _, err = await apikey(tmp_path / "fresh", "--tenant", "other", "--user", err.split()[3])
     assert rc == 2 and "another tenant" in err
+
+
+async def test_serve_prints_the_development_key_once(tmp_path: Path) -> None:
+    """The generated key goes to stdout when it is made; later starts name its file instead
+    (a service's stdout is often kept in a log store)."""
+    data = tmp_path / "data"
+    said = []
+    for _ in range(2):
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "api.cli", "serve", "--host", "127.0.0.1", "--port", "0",
+            "--data-dir", str(data),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        assert proc.stdout is not None
+        lines = [(await asyncio.wait_for(proc.stdout.readline(), 30)).decode() for _ in range(3)]
+        proc.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+        said.append(lines[2])
+    key = json.loads((data / "credentials.json").read_text())["api_key"]
+    assert said[0].startswith("development API key: ") and key in said[0]
+    assert key not in said[1] and str(data / "credentials.json") in said[1]  # (tmp_path: absolute)

@@ -436,3 +436,31 @@ def forget_last_upload(data_dir: Path, sid: str) -> str:
         db.execute("UPDATE files SET uploaded_at = NULL WHERE key = ?", (key,))
     (data_dir / "objects" / key).unlink()
     return str(key)
+
+
+async def test_a_second_server_on_the_data_directory_is_refused(proc: ServerProcess) -> None:
+    """A second ``serve`` on a running server's data directory (by hand, a restart overlapping
+    a slow stop) exits at once, before it reads anything: it used to replay and delete the
+    running server's write-ahead log. Its port taken, a server says so and exits too."""
+    wal_dir = proc.data_dir / "wal"
+    async with aiohttp.ClientSession() as http:
+        sid = await start_session(http, proc)
+        clip = encode_clip("h264", duration_s=1.0, audio_codec="opus")
+        await stream_until_acked(http, proc.url, sid, clip.frames, "h264")
+        before = sorted((p.name, p.stat().st_ino) for p in wal_dir.rglob("wal-*.bin"))
+        assert before
+        port = proc.url.rsplit(":", 1)[1]
+        for args in (["--data-dir", str(proc.data_dir)], ["--port", port]):
+            other = proc.data_dir.parent / "other"
+            second = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "api.cli", "serve", "--host", "127.0.0.1", "--port", "0",
+                "--data-dir", str(other), "--api-key", API_KEY, *args,
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            _, err = await asyncio.wait_for(second.communicate(), START_TIMEOUT_S)
+            assert second.returncode == 2, err
+            expected = "is in use by another process" if "--data-dir" in args else "cannot listen"
+            said = err.decode().splitlines()[-1]  # (after the logs)
+            assert said.startswith("reelhouse: cannot start: ") and expected in said
+        assert sorted((p.name, p.stat().st_ino) for p in wal_dir.rglob("wal-*.bin")) == before
+        await event(http, proc, "EVENT_TYPE_END", sid)  # the first one is as it was
