@@ -306,6 +306,7 @@ async def confirm_video(request: web.Request) -> web.Response:
         only_from=(RecordingStatus.UPLOADING, RecordingStatus.FAILED),
         status=RecordingStatus.PROCESSING,
         failure_reason=None,
+        attempts=0,  # (a new upload, or the same after an outage: its own runs)
     )
     if updated is None:  # a concurrent confirm or delete got there first
         row = await _load(request)

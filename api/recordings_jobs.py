@@ -52,6 +52,7 @@ class VideoProcessor:
         self._worker: asyncio.Task[None] | None = None
         self._changed = asyncio.Condition()
         self._retries: set[asyncio.Task[None]] = set()
+        self._outages: dict[str, int] = {}  # storage failures in a row, by recording: backoff
 
     async def start(self) -> None:
         """Resume every recording a previous run left in ``processing``."""
@@ -140,16 +141,26 @@ class VideoProcessor:
                     if not upload.cancelled() and upload.exception() is not None:
                         log.warning("recording %s: upload failed while stopping", recording_id)
                     raise
-        except StorageError as exc:
-            delay = min(RETRY_MAX_S, RETRY_BASE_S * 2 ** (row.attempts))
+        except (StorageError, OSError) as exc:  # the store, or the work disk (full?): later
+            outages = self._outages[recording_id] = self._outages.get(recording_id, 0) + 1
+            delay = min(RETRY_MAX_S, RETRY_BASE_S * 2**outages)
             log.warning(
                 "recording %s: storage failed (%s); retry in %.0f s", recording_id, exc, delay
+            )
+            # an outage is no fault of the video: the run is not counted against it
+            await self._meta.update_recording(
+                recording_id, only_from=_PROCESSING, attempts=row.attempts - 1
             )
             retry = asyncio.create_task(self._retry_later(recording_id, delay))
             self._retries.add(retry)
             retry.add_done_callback(self._retries.discard)
+            return
+        except Exception:  # a bug, or media nothing above expected: failed, never left hanging
+            log.exception("recording %s: processing failed", recording_id)
+            await self._fail(row, "processing failed: an internal error (logged on the server)")
         finally:
             await asyncio.to_thread(shutil.rmtree, work, True)
+        self._outages.pop(recording_id, None)
 
     async def _retry_later(self, recording_id: str, delay: float) -> None:
         await asyncio.sleep(delay)

@@ -4,6 +4,7 @@ passed through), a JPG thumbnail taken. Blocking and CPU-bound: run in a worker 
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass
 from fractions import Fraction
@@ -17,6 +18,8 @@ from av.video.frame import VideoFrame
 from mixer.errors import MediaError
 from mixer.hls import HlsWriter
 from mixer.tracks import Codec, Kind, TrackSpec
+
+log = logging.getLogger(__name__)
 
 THUMBNAIL_AT_S = 1.0  # past a black first frame, still inside the shortest clip
 THUMBNAIL_MAX_WIDTH = 640
@@ -131,18 +134,24 @@ def process_video(src: Path, work: Path, stop: threading.Event) -> VideoResult:
                 f"video is {video.width}x{video.height}; at most {MAX_VIDEO_PIXELS} pixels"
             )
         extradata = bytes(video.codec_context.extradata or b"") if codec is Codec.H264 else b""
-        writer.add_track(
-            TrackSpec(1, Kind.VIDEO, codec, video.width, video.height, extradata=extradata)
-        )
+        try:
+            writer.add_track(
+                TrackSpec(1, Kind.VIDEO, codec, video.width, video.height, extradata=extradata)
+            )
+        except MediaError as exc:  # (a damaged avcC, ...)
+            raise VideoFailed(f"video track cannot be read: {exc}") from None
         streams: list[av.stream.Stream] = [video]
         track_of = {video.index: 1}
         if container.streams.audio:
             audio = container.streams.audio[0]
-            spec = _audio_spec(audio)
-            if spec is not None:
-                writer.add_track(spec)
-                streams.append(audio)
-                track_of[audio.index] = 2
+            try:
+                spec = _audio_spec(audio)
+                if spec is not None:
+                    writer.add_track(spec)
+                    streams.append(audio)
+                    track_of[audio.index] = 2
+            except MediaError as exc:  # (a sample rate AAC cannot carry here, ...)
+                log.info("%s: its audio is left out: %s", src.name, exc)
         try:
             for packet in container.demux(*streams):
                 if stop.is_set():
@@ -173,6 +182,8 @@ def process_video(src: Path, work: Path, stop: threading.Event) -> VideoResult:
             writer.finish()
         except av.error.FFmpegError as exc:
             raise VideoFailed(f"video does not demux: {exc}") from None
+        except MediaError as exc:  # (the last segment failing to close)
+            raise VideoFailed(f"video cannot be written: {exc}") from None
         duration_s = container.duration / av.time_base if container.duration else None
     segments = sorted(hls_dir.glob("index_*.ts"))
     if not segments:

@@ -14,7 +14,7 @@ from media import encode_webm
 from s3server import SeaweedS3
 from test_s3_recording_functional import storage_settings
 
-from api import objects_route, recordings_video
+from api import objects_route, recordings_jobs, recordings_video
 from api.auth import create_tenant_key
 from api.keys import META, STORE
 from api.recordings import RECORDINGS
@@ -284,3 +284,79 @@ async def test_presigned_put_checks_signature_and_size(
     infos = [info async for info in server.app[STORE].list("captures/")]
     video = [i for i in infos if i.key.endswith("video/original")]
     assert [(i.size, i.content_type) for i in video] == [(1000, "video/webm")]
+
+
+def h264_with_aac_at(rate: int, seconds: float = 2.0) -> bytes:
+    """An MP4 of H.264 (320x240, 15 fps) and AAC at ``rate`` Hz."""
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format="mp4") as out:
+        video = out.add_stream("libx264", rate=15)
+        video.width, video.height, video.pix_fmt = 320, 240, "yuv420p"
+        audio = out.add_stream("aac", rate=rate)
+        audio.layout = "mono"
+        for i in range(int(seconds * 15)):
+            frame = av.VideoFrame(320, 240, "yuv420p")
+            frame.pts = i
+            out.mux(video.encode(frame))
+        samples = int(seconds * rate)
+        for start in range(0, samples, 1024):
+            pcm = av.AudioFrame(format="fltp", layout="mono", samples=1024)
+            pcm.sample_rate, pcm.pts = rate, start
+            for plane in pcm.planes:
+                plane.update(bytes(plane.buffer_size))
+            out.mux(audio.encode(pcm))
+        out.mux(video.encode(None))
+        out.mux(audio.encode(None))
+    return buf.getvalue()
+
+
+async def test_audio_the_writer_cannot_take_is_left_out(server: Any) -> None:
+    """H.264 with 96 kHz AAC: the video is made playable without its audio (the job used to
+    crash on the audio, leaving the recording ``processing`` for ever)."""
+    video = await asyncio.to_thread(h264_with_aac_at, 96_000)
+    detail = await processed(server, video)
+    assert detail["status"] == "ready", detail
+    assert 1500 <= detail["video_duration_ms"] <= 2500
+
+
+async def test_a_job_that_fails_unexpectedly_ends_failed(
+    server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever goes wrong in a job, the recording ends ``failed`` with a reason (a bug's
+    details stay in the server's log), never ``processing`` for ever."""
+
+    def broken(*args: Any) -> None:
+        raise RuntimeError("/srv/reelhouse/work/x: a bug")
+
+    monkeypatch.setattr(recordings_jobs, "process_video", broken)
+    detail = await processed(server, b"anything")
+    assert detail["status"] == "failed", detail
+    assert "internal error" in detail["failure_reason"]
+    assert "/srv" not in detail["failure_reason"]
+
+
+async def test_a_new_upload_after_failures_gets_its_own_runs(
+    server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After ``failed``, a new upload confirmed again is processed: the runs the bad uploads
+    used are not held against it (it failed at once with "too many times")."""
+    monkeypatch.setattr(recordings_jobs, "MAX_ATTEMPTS", 1)
+    auth = await tenant_headers(server, "acme")
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            server.url + "/v1/recordings", json=body(has_video=True), headers=auth
+        ) as resp:
+            created = await resp.json()
+        url = f"{server.url}/v1/recordings/{created['id']}"
+        good, _, _ = await asyncio.to_thread(encode_webm, 2.0)
+        for video, status in ((b"not a video" * 1000, "failed"), (good, "ready")):
+            async with http.put(created["video_upload_url"], data=video) as resp:
+                assert resp.status == 200
+            async with http.post(url + "/video/confirm", headers=auth) as resp:
+                assert resp.status == 200
+            await asyncio.wait_for(
+                server.app[RECORDINGS].processor.wait_settled(created["id"]), SETTLE_TIMEOUT_S
+            )
+            async with http.get(url, headers=auth) as resp:
+                detail = await resp.json()
+            assert detail["status"] == status, detail
