@@ -10,10 +10,14 @@ from typing import Any
 
 from aiohttp import web
 
+from mixer.errors import MediaError
+from mixer.transcode import stream_framing
+
 from .channels import ChannelRegistry, MediaFrame, TrackInfo, Transport
 from .config import IngestSettings
 from .errors import CloseCode, ProtocolError
 from .protocol import PROTOCOL_VERSION, SUBPROTOCOL, decode_client, encode
+from .session_writer import track_spec
 from .sessions import PLATFORM_FIELDS, LiveSession, SessionManager
 from .wsconn import WsStream, take_over
 from .wsframe import OP_BINARY
@@ -289,6 +293,7 @@ class IngestHandler:
         member = await registry.join(appid, cname, uid, Transport.WS, replaced)
         conn.ids = {"uid": uid, "appid": appid, "cname": cname}
         tracks: dict[int, TrackInfo] = {}
+        framings: dict[int, Callable[[bytes, bool], bytes] | None] = {}
         seq = 0
         try:
             await conn.send(
@@ -316,13 +321,20 @@ class IngestHandler:
                             CloseCode.UNKNOWN_TRACK, f"track {msg['track']} was not announced"
                         )
                     seq = msg["seq"]
+                    data = msg["data"]
+                    framing = framings.get(msg["track"])
+                    if framing is not None:  # subscribers take stream framing: no extradata
+                        try:
+                            data = framing(data, msg["key"])
+                        except MediaError as exc:
+                            raise ProtocolError(CloseCode.INVALID_MEDIA, str(exc)) from None
                     channel = registry.get(appid, cname)
                     if channel is not None:
                         frame = MediaFrame(
                             uid,
                             track.track_id,
                             track.kind,
-                            msg["data"],
+                            data,
                             msg["pts"],
                             msg["key"],
                             track.codec,
@@ -343,6 +355,11 @@ class IngestHandler:
                         raise ProtocolError(
                             CloseCode.SCHEMA, f"track {msg['id']} already announced"
                         )
+                    try:  # (MP4 framing, as files hold it, is rewritten frame by frame)
+                        spec = track_spec(msg) if msg.get("extradata") else None
+                        framings[msg["id"]] = stream_framing(spec) if spec else None
+                    except MediaError as exc:
+                        raise ProtocolError(CloseCode.SCHEMA, f"track: {exc}") from None
                     tracks[msg["id"]] = info
                     registry.set_track(appid, cname, member, info)
                 elif kind == "ping":

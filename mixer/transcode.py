@@ -11,6 +11,7 @@ returns `av.Packet`s in that time base, ready to mux.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from fractions import Fraction
 from typing import Protocol
 
@@ -194,6 +195,22 @@ class H264Passthrough:
     def flush(self) -> list[av.Packet]:
         """Nothing is buffered."""
         return []
+
+
+def stream_framing(spec: TrackSpec) -> Callable[[bytes, bool], bytes] | None:
+    """For a track in MP4 framing (H.264 with ``extradata`` = avcC, length-prefixed; AAC with
+    ``extradata`` = AudioSpecificConfig, raw frames), a function rewriting one frame (its bytes,
+    whether it is a keyframe) in stream framing: Annex B with the parameter sets on keyframes,
+    or ADTS. Frames of a track without extradata are in stream framing already: None.
+    ``InvalidMedia`` for extradata that does not parse (and, from the function, a frame)."""
+    if not spec.extradata:
+        return None
+    if spec.codec is Codec.H264:
+        return H264Passthrough(spec)._to_annexb
+    if spec.codec is Codec.AAC:
+        rate, channels = parse_audio_specific_config(spec.extradata)
+        return lambda data, keyframe: adts_header(len(data), rate, channels) + data
+    return None
 
 
 class AacPassthrough:

@@ -5,6 +5,7 @@ copied, nothing decoded)."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from ingest.individual import UidRecorder
 from ingest.tokens import mint
 from mixer.member_writer import OutputKind
 from mixer.playlist import Playlist
+from mixer.sources import FileSource
 
 pytestmark = pytest.mark.slow
 
@@ -137,3 +139,53 @@ async def test_same_uid_replaces_the_older_ws_connection(server_factory: Any) ->
         assert code == 4009 and "replaced" in reason
         members = server.app[CHANNELS].get(app.appid, "room1").members
         assert list(members) == ["dup"] and members["dup"].transport.value == "ws"
+
+
+async def test_a_publisher_in_mp4_framing_is_recorded(server_factory: Any, tmp_path: Path) -> None:
+    """Raw AAC with its AudioSpecificConfig, what ``reelhouse publish file.mp4`` sends: the
+    channel's subscribers get it as ADTS, so it is recorded (every frame was acknowledged and
+    dropped as undecodable)."""
+    mp4 = tmp_path / "talk.mp4"
+    await asyncio.to_thread(
+        subprocess.run,
+        ["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000",
+         "-t", "2", "-c:a", "aac", str(mp4)],
+        check=True,
+    )  # fmt: skip
+    source = FileSource(mp4)
+    audio_track = source.info.track("audio")
+    assert audio_track is not None and audio_track.extradata
+    frames = await asyncio.to_thread(list, source)
+    assert frames and not any(f.data[:2] == b"\xff\xf1" for f in frames)  # raw
+    server = await server_factory()
+    app = await create_app_row(server.app[META])
+    registry = server.app[CHANNELS]
+    recorder = UidRecorder(registry, app.appid, "room1", "talker", tmp_path / "rec")
+    await recorder.start()
+    async with aiohttp.ClientSession() as http:
+        client = RawClient(http, server.url)
+        await client.connect()
+        token = mint(app.certificate, app.appid, "room1", "talker")
+        await client.hello(token, appid=app.appid, cname="room1")
+        await client.send(
+            {"t": "track", "id": 1, "kind": "audio", "codec": "aac",
+             "extradata": audio_track.extradata}
+        )  # fmt: skip
+        seq = 0
+        for frame in frames:
+            seq += 1
+            await client.send(
+                {"t": "media", "seq": seq, "track": 1, "pts": frame.pts_us, "key": True,
+                 "data": frame.data}
+            )  # fmt: skip
+        await client.wait_ack(seq)
+        await client.send({"t": "bye"})
+        assert (await client.closed())[0] == 1000
+    output = await recorder.stop()
+    assert output is not None and recorder.stats.undecodable == 0
+    playlist = output.playlists[OutputKind.AUDIO]
+    decoded = 0
+    for segment in Playlist.parse(playlist.read_text()).segments:
+        with av.open(str(playlist.with_name(segment.uri))) as container:
+            decoded += sum(1 for _ in container.decode(audio=0))
+    assert decoded >= len(frames) - 2  # (the encoder's priming frames aside)
