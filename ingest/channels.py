@@ -306,12 +306,14 @@ class ChannelRegistry:
 
     def _maybe_end(self, channel: Channel) -> None:
         key = (channel.appid, channel.cname)
-        if not channel.members and not channel.subscribers and self.channels.get(key) is channel:
-            del self.channels[key]
-            lock = self._locks.get(key)
-            if lock is not None and not lock.locked():
-                del self._locks[key]
-            log.info("channel %s/%s ends", channel.appid, channel.cname)
+        if channel.members or channel.subscribers or self.channels.get(key) is not channel:
+            return
+        lock = self._locks.get(key)
+        if lock is not None and lock.locked():
+            return  # a join is closing a replaced connection: its member comes in a moment
+        del self.channels[key]
+        self._locks.pop(key, None)
+        log.info("channel %s/%s ends", channel.appid, channel.cname)
 
     async def join(
         self,
@@ -333,6 +335,7 @@ class ChannelRegistry:
                         await old.close("replaced by a newer connection of the same uid")
                     except Exception:
                         log.exception("closing the replaced connection of %s failed", uid)
+                channel = self._channel(appid, cname)  # (the one served now, after the wait)
             member = Member(uid, transport, time.time(), close)
             channel.members[uid] = member
             channel._broadcast(ChannelEvent("join", uid))

@@ -213,6 +213,9 @@ class WhipServer:
         session.member = await self.registry.join(
             appid, cname, uid, Transport.WHIP, lambda reason: self.close(session, reason)
         )
+        if session.closed:  # deleted (or replaced) while the join waited: leave again
+            self.registry.leave(appid, cname, session.member, "deleted")
+            raise OfferError("the session was ended while its offer was being answered")
         codecs = _answered_codecs(pc.localDescription.sdp)
         for transceiver in pc.getTransceivers():
             track = transceiver.receiver.track

@@ -3,6 +3,8 @@ subscriber's bounded queues."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from ingest.channels import (
@@ -70,6 +72,37 @@ async def test_same_uid_replaces_the_old_connection() -> None:
     reg.channels[("app", "room")].publish(new, video("u1", 1, key=True))
     got = await sub.next_media()
     assert got is not None and got.data == b"v1"
+
+
+async def test_a_rejoin_lands_in_the_channel_served_after_it() -> None:
+    """While a rejoin closes the uid's old connection, the last other member leaves: the
+    channel must not end under the join (it did, and the new member, added to the dropped
+    channel, had every frame discarded while it was connected)."""
+    reg = ChannelRegistry()
+    closing, go_on = asyncio.Event(), asyncio.Event()
+
+    async def slow_close(reason: str) -> None:  # (a WHIP peer's close takes a few loop turns)
+        closing.set()
+        await go_on.wait()
+
+    await reg.join("app", "room", "x", Transport.WHIP, slow_close)
+    y = await reg.join("app", "room", "y", Transport.WHIP)
+    rejoin = asyncio.create_task(reg.join("app", "room", "x", Transport.WHIP))
+    await closing.wait()
+    reg.leave("app", "room", y)
+    go_on.set()
+    x = await rejoin
+    channel = reg.get("app", "room")
+    assert channel is not None and list(channel.members) == ["x"]
+    sub = reg.subscribe("app", "room")
+    snapshot = await sub.next_event()
+    assert snapshot is not None and [m["uid"] for m in snapshot.members] == ["x"]
+    channel.publish(x, video("x", 0, key=True))
+    got = await sub.next_media()
+    assert got is not None and got.uid == "x"
+    reg.leave("app", "room", x)
+    sub.close()
+    assert reg.get("app", "room") is None  # and it ends once it is empty
 
 
 async def test_slow_subscriber_resyncs_with_a_snapshot() -> None:

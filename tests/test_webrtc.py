@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from webrtc_peer import accept_answer, make_offer
 
-from ingest.channels import ChannelRegistry
+from ingest.channels import ChannelRegistry, Transport
 from ingest.webrtc import OfferError, TrickleError, WebRtcSettings, WhipServer, check_offer
 
 WAIT_S = 20.0
@@ -97,6 +97,30 @@ async def test_same_uid_replaces_its_old_session(whip: WhipServer) -> None:
     finally:
         await first.close()
         await second.close()
+
+
+async def test_a_session_deleted_while_it_joins_leaves_no_member(whip: WhipServer) -> None:
+    """A DELETE that lands while the offer's join waits (the uid's older connection closing)
+    ends the offer too: the member it was about to add left a dead peer in the channel."""
+    closing, go_on = asyncio.Event(), asyncio.Event()
+
+    async def slow_close(reason: str) -> None:
+        closing.set()
+        await go_on.wait()
+
+    await whip.registry.join("app", "room", "bob", Transport.WS, slow_close)
+    pc = await make_offer("vp8")
+    try:
+        answering = asyncio.create_task(whip.publish("app", "room", "bob", pc.localDescription.sdp))
+        await closing.wait()
+        (session,) = whip.sessions.values()
+        await whip.close(session)  # (what DELETE does)
+        go_on.set()
+        with pytest.raises(OfferError, match="ended while"):
+            await answering
+        assert whip.registry.get("app", "room") is None and not whip.sessions
+    finally:
+        await pc.close()
 
 
 async def test_offers_that_come_together_cannot_pass_the_session_cap_together() -> None:
