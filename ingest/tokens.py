@@ -61,8 +61,10 @@ def _unb64(text: str) -> bytes:
 
 def check_uid(uid: str) -> str:
     """``uid`` when it is a valid user id (1-255 of ``A-Za-z0-9_.:@+-``), else ``TokenError``."""
-    if not UID_RE.fullmatch(uid):
-        raise TokenError(f"uid {uid[:64]!r} is not valid: 1-255 characters of A-Za-z0-9_.:@+-")
+    if not UID_RE.fullmatch(uid) or uid in (".", ".."):  # (a uid names files of its own)
+        raise TokenError(
+            f"uid {uid[:64]!r} is not valid: 1-255 characters of A-Za-z0-9_.:@+-, not . or .."
+        )
     return uid
 
 
@@ -135,7 +137,8 @@ def verify(
     """
     body = read_unverified(token)
     payload, signature = token.split(".")[1:]
-    if not hmac.compare_digest(_sign(certificate, payload), signature):
+    given = signature.encode("utf-8", "replace")  # (compare_digest takes no non-ASCII str)
+    if not hmac.compare_digest(_sign(certificate, payload).encode(), given):
         raise TokenError("token signature is not valid for this app (forged or another app's)")
     try:
         grant = Grant(
@@ -146,8 +149,10 @@ def verify(
             issued_at=int(body["iat"]),  # type: ignore[call-overload]
             expires_at=int(body["exp"]),  # type: ignore[call-overload]
         )
-    except (KeyError, ValueError, TypeError):
+    except (KeyError, ValueError, TypeError, OverflowError):
         raise TokenError("malformed token: fields missing or of the wrong type") from None
+    check_uid(grant.uid)  # (an app's backend may mint with code of its own: checked here too)
+    check_cname(grant.cname)
     current = time.time() if now is None else now
     if grant.expires_at <= current:
         raise TokenError(f"token expired {int(current - grant.expires_at)} s ago")

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 
-from ingest.tokens import Role, TokenError, check_cname, check_uid, mint, read_unverified, verify
+from ingest.tokens import (
+    Role,
+    TokenError,
+    _b64,
+    _sign,
+    check_cname,
+    check_uid,
+    mint,
+    read_unverified,
+    verify,
+)
 
 CERT = "0123456789abcdef0123456789abcdef"
 NOW = 1_800_000_000.0
@@ -64,6 +75,38 @@ def test_malformed_tokens(token: str, reason: str) -> None:
         verify(token, CERT, appid="app1", cname="room 1", now=NOW)
 
 
+def _signed(body: dict[str, object]) -> str:
+    """A token signed by the app's own backend code (not ``mint``, which checks its input)."""
+    payload = _b64(json.dumps(body).encode())
+    return f"rh1.{payload}.{_sign(CERT, payload)}"
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"uid": "../../x"}, "uid"),  # (a uid names a recording's folder and files)
+        ({"uid": ".."}, "uid"),
+        ({"uid": ""}, "uid"),
+        ({"ch": "a/b"}, "channel name"),
+        ({"exp": 1e400}, "malformed token"),  # (JSON's infinity: int() overflows)
+    ],
+)
+def test_a_backend_signed_token_is_checked_as_mint_checks(
+    change: dict[str, object], reason: str
+) -> None:
+    body = {"app": "app1", "ch": "room 1", "uid": "alice", "role": "publisher",
+            "iat": NOW, "exp": NOW + 60, **change}  # fmt: skip
+    with pytest.raises(TokenError, match=reason):
+        verify(_signed(body), CERT, appid="app1", cname=str(body["ch"]), now=NOW)
+
+
+def test_a_signature_that_is_not_ascii_is_refused() -> None:
+    """Not a TypeError from compare_digest (a 500, or a 1011 the client retries for ever)."""
+    payload = mint(CERT, "app1", "room 1", "alice", now=NOW).split(".")[1]
+    with pytest.raises(TokenError, match="signature is not valid"):
+        verify(f"rh1.{payload}.\u00e9\u00e9", CERT, appid="app1", cname="room 1", now=NOW)
+
+
 def test_tampered_payload_is_refused() -> None:
     token = mint(CERT, "app1", "room 1", "alice", now=NOW)
     _, payload, sig = token.split(".")
@@ -75,7 +118,7 @@ def test_tampered_payload_is_refused() -> None:
 
 def test_names_and_ttl_are_checked() -> None:
     assert check_uid("user@example.com") == "user@example.com"
-    for bad in ("", "a b", "x" * 256, "é"):
+    for bad in ("", "a b", "x" * 256, "é", ".", ".."):
         with pytest.raises(TokenError, match="uid"):
             check_uid(bad)
     assert check_cname("Room-1 (main)") == "Room-1 (main)"
