@@ -68,10 +68,13 @@ async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamR
     return response
 
 
-def ice_links(settings: WebRtcSettings) -> list[str]:
-    """``Link`` header values announcing the ICE servers (RFC 9725 section 4.6)."""
+def ice_links(settings: WebRtcSettings, *, credentials: bool = True) -> list[str]:
+    """``Link`` header values announcing the ICE servers (RFC 9725 section 4.6); without
+    ``credentials``, TURN servers (which are no use without them) are left out."""
     links = []
     for url in settings.servers():
+        if url.startswith("turn") and not credentials:
+            continue
         link = f'<{url}>; rel="ice-server"'
         if url.startswith("turn") and settings.ice_username:
             link += (
@@ -83,9 +86,11 @@ def ice_links(settings: WebRtcSettings) -> list[str]:
 
 
 async def preflight(request: web.Request) -> web.Response:
-    """CORS preflight, and the ICE servers for a client that asks before POSTing."""
+    """CORS preflight, and the STUN servers for a client that asks before POSTing. Not the
+    TURN servers' credentials: a preflight carries none of its own, so anyone could read them
+    (and relay through the TURN server); the 201 answer to an authorised offer has them."""
     resp = web.Response(status=204, headers={"Accept-Post": SDP})
-    for link in ice_links(request.app[WHIP].settings):
+    for link in ice_links(request.app[WHIP].settings, credentials=False):
         resp.headers.add("Link", link)
     return resp
 

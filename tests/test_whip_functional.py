@@ -171,3 +171,36 @@ def test_cli_token_with_the_wrong_data_dir_says_so(tmp_path: Path) -> None:
     assert done.returncode == 2 and not done.stdout
     assert str(wrong) in done.stderr and "data directory" in done.stderr
     assert not wrong.exists()
+
+
+async def test_a_preflight_names_no_turn_credentials(server_factory: Any) -> None:
+    """OPTIONS is unauthenticated (a browser's preflight carries no credentials): it names
+    the STUN servers only; the TURN server with its credentials comes with an offer's 201."""
+    turn = "turn:turn.example.net:3478"
+    server = await server_factory(
+        webrtc={
+            "host_addresses": "127.0.0.1",
+            "ice_servers": f"{ICE},{turn}",
+            "ice_username": "turnuser",
+            "ice_credential": "s3cret",
+        }
+    )
+    app = await create_app_row(server.app[META], token_required=False)
+    pc = await make_offer("vp8")
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.options(whip_url(server, "nonexistent")) as resp:
+                assert resp.status == 204
+                assert resp.headers.getall("Link") == [f'<{ICE}>; rel="ice-server"']
+            async with http.post(
+                whip_url(server, app.appid) + "?uid=7",
+                data=pc.localDescription.sdp,
+                headers={"Content-Type": "application/sdp"},
+            ) as resp:
+                assert resp.status == 201
+                links = resp.headers.getall("Link")
+        assert links[0] == f'<{ICE}>; rel="ice-server"'
+        assert links[1].startswith(f'<{turn}>; rel="ice-server"; username="turnuser"')
+        assert 'credential="s3cret"' in links[1]
+    finally:
+        await pc.close()
