@@ -32,6 +32,7 @@ from aiortc import (
     RTCPeerConnection,
     RTCSessionDescription,
 )
+from aiortc.exceptions import InvalidAccessError, OperationError
 from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import SessionDescription, candidate_from_sdp
 
@@ -108,6 +109,11 @@ def announce_hosts(addresses: list[str]) -> None:
     aioice.ice.get_host_addresses = get_host_addresses
 
 
+# what aiortc negotiates, said when it refuses an offer's codec parameters
+CODEC_HINT = (
+    "this server takes VP8, or H.264 constrained baseline (profile-level-id 42e01f or 42001f) "
+    "with packetization-mode=1, and Opus"
+)
 _MLINE = re.compile(r"^m=(\w+) ", re.M)
 _RTPMAP = re.compile(r"^a=rtpmap:\d+ ([\w-]+)/", re.M)
 
@@ -206,9 +212,24 @@ class WhipServer:
             answer = await pc.createAnswer()
             async with asyncio.timeout(self.settings.gather_timeout_s):
                 await pc.setLocalDescription(answer)  # gathers every candidate first
-        except (ValueError, TimeoutError) as exc:
+        except (
+            ValueError,
+            TimeoutError,
+            OperationError,
+            InvalidAccessError,
+            AssertionError,
+        ) as exc:
+            # (aiortc's refusals: OperationError for codec parameters it cannot take, such as
+            # H.264 other than constrained baseline in packetization-mode 1; an assert on a
+            # malformed candidate line)
             await pc.close()
-            raise OfferError(f"the offer could not be answered: {exc}") from None
+            hint = f" ({CODEC_HINT})" if isinstance(exc, OperationError) else ""
+            raise OfferError(
+                f"the offer could not be answered: {exc or type(exc).__name__}{hint}"
+            ) from None
+        except BaseException:
+            await pc.close()
+            raise
         self.sessions[session.resource_id] = session
         session.member = await self.registry.join(
             appid, cname, uid, Transport.WHIP, lambda reason: self.close(session, reason)

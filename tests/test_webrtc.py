@@ -187,6 +187,23 @@ async def test_offer_aiortc_cannot_parse_is_refused(whip: WhipServer) -> None:
     assert not whip.sessions and whip.registry.get("app", "room") is None
 
 
+@pytest.mark.parametrize(
+    "fmtp", ["packetization-mode=1;profile-level-id=640028", "profile-level-id=42e01f"]
+)
+async def test_h264_parameters_aiortc_cannot_take_are_refused_saying_what_it_takes(
+    whip: WhipServer, fmtp: str
+) -> None:
+    """x264's High profile, or no packetization-mode: aiortc's OperationError was a 500."""
+    pc = await make_offer("h264", audio=False)
+    try:
+        offer = re.sub(r"a=fmtp:(\d+) [^\r\n]*", rf"a=fmtp:\1 {fmtp}", pc.localDescription.sdp)
+        with pytest.raises(OfferError, match="constrained baseline"):
+            await whip.publish("app", "room", "dave", offer)
+    finally:
+        await pc.close()
+    assert not whip.sessions and whip.registry.get("app", "room") is None
+
+
 async def test_a_peer_that_never_connects_is_dropped() -> None:
     server = WhipServer(
         ChannelRegistry(), WebRtcSettings(host_addresses="127.0.0.1", connect_timeout_s=0.5)
