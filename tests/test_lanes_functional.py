@@ -531,3 +531,55 @@ async def test_segments_closed_after_their_ack_are_reported_without_another_fram
                 arrived.clear()
         await client.close()
     assert told < 2 and reported[:2] == [0, 1], (told, reported)
+
+
+async def test_a_drop_with_frames_in_flight_loses_and_repeats_nothing(
+    server_factory: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The socket drops while the server holds frames it has not made durable (its lane's
+    tick is held): the welcome names only what is durable, and the frames resent from there,
+    those it holds already among them, are taken once each and all acknowledged."""
+    server = await server_factory(ingest={"writer_lanes": 1})
+    clip = encode_clip("h264", duration_s=2.0, audio_codec="opus")
+    frames = list(clip.frames)
+    call = WriterLane.call
+    held, release = asyncio.Event(), asyncio.Event()
+
+    async def held_tick(self: WriterLane, op: str, *args: Any) -> Any:
+        if op == "tick" and not release.is_set():
+            held.set()
+            await release.wait()
+        return await call(self, op, *args)
+
+    async with aiohttp.ClientSession() as http:
+        sid, first = await recording_client(http, server)
+        acked_before = first.acked
+        monkeypatch.setattr(WriterLane, "call", held_tick)
+        for f in frames[:40]:
+            await first.media(f)
+        await held.wait()  # (a tick holds some of them: none is durable yet)
+        transport = first.ws._conn.transport  # type: ignore[union-attr]
+        transport.abort()  # the network fails: no close handshake
+        second = RawClient(http, server.url)
+        await second.connect()
+        welcome = await second.hello(server.api_key, session_id=sid)
+        assert welcome["acked_seq"] == acked_before == 0  # only what is durable
+        await second.tracks()
+        for f in frames[:40]:  # held already: taken once, not a "seq skipped" close
+            await second.media(f)
+        release.set()
+        for f in frames[40:]:
+            last = await second.media(f)
+        await second.wait_ack(last)
+        assert last == len(frames)
+        status, body = await post_event(http, server.url, "EVENT_TYPE_END", sid)
+        assert status == 200, body
+        _, mp4 = await fetch_recording(server, sid, tmp_path)
+        async with http.get(server.url + "/metrics") as resp:
+            metrics = dict(
+                line.split(" ", 1) for line in (await resp.text()).splitlines() if line[:1] != "#"
+            )
+    video, audio = await asyncio.to_thread(count_frames, mp4)
+    assert video == clip.video_frames
+    assert abs(audio - clip.audio_frames * 960 / 1024) <= 2  # (Opus 960 → AAC 1024 samples)
+    assert int(metrics["reelhouse_frames_in_total"]) == len(frames)  # each counted once

@@ -165,9 +165,11 @@ async def test_a_second_publisher_process_numbers_on_and_loses_nothing(
         await event(http, server, "EVENT_TYPE_END", sessionId=sid)
         playlist, mp4 = await fetch_recording(server, sid, tmp_path)
     assert results[0]["frames_sent"] == results[1]["frames_sent"] > 0
-    video, _ = await asyncio.to_thread(count_frames, mp4)
+    video, audio = await asyncio.to_thread(count_frames, mp4)
     assert video == 2 * 30  # 2 s of the 15 fps pattern, twice
     assert playlist.read_text().count("#EXT-X-DISCONTINUITY") == 1
+    opus = sum(r["frames_sent"] - 30 for r in results)  # both runs' audio (960 samples each)
+    assert abs(audio - opus * 960 / 1024) <= 4, (audio, opus)  # as AAC (1024 each), both
 
 
 @pytest.mark.parametrize(

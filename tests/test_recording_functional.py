@@ -119,7 +119,9 @@ async def test_start_pause_resume_end(
     video, audio = await asyncio.to_thread(count_frames, mp4)
     sent_video = sum(1 for f in split(clip, 0, 2.0) + split(clip, 3.0, 6.1) if f.kind == "video")
     assert abs(video - sent_video) <= 1
-    assert audio > 0
+    # the audio of both periods, all of it (Opus's 960 samples a frame become AAC's 1024)
+    sent_audio = sum(1 for f in split(clip, 0, 2.0) + split(clip, 3.0, 6.1) if f.kind == "audio")
+    assert abs(audio - sent_audio * OPUS_FRAME / AAC_FRAME) <= 2 * AAC_FRAMES_SLACK, audio
     mp4_probe = await asyncio.to_thread(
         ffprobe, mp4, "-show_entries", "format=duration:stream=codec_type"
     )
@@ -213,8 +215,11 @@ async def test_a_publisher_whose_clock_starts_again_loses_nothing(
         await event(http, server, "EVENT_TYPE_END", sid)
         playlist, mp4 = await fetch_recording(server, sid, tmp_path)
     assert playlist.read_text().count("#EXT-X-DISCONTINUITY\n") == 1
-    video, _ = await asyncio.to_thread(count_frames, mp4)
+    video, audio = await asyncio.to_thread(count_frames, mp4)
     assert video == 2 * clip.video_frames
+    # the second run's audio too (its times are earlier than the first's last ones)
+    expected = 2 * clip.audio_frames * OPUS_FRAME / AAC_FRAME
+    assert abs(audio - expected) <= 2 * AAC_FRAMES_SLACK, (audio, expected)
 
 
 async def test_webm_chunks_over_the_socket(server_factory: Any, tmp_path: Path) -> None:
