@@ -119,9 +119,20 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
 
 
 async def healthz(request: web.Request) -> web.Response:
-    """Liveness and readiness: the metadata store answers."""
-    version = await request.app[META].schema_version()
-    return web.json_response({"status": "ok", "schemaVersion": version})
+    """The metadata store answers (else 500), and at least one writer lane runs (else 503,
+    ``degraded``: no session can record); the lanes and the spool's state, said either way."""
+    app = request.app
+    version = await app[META].schema_version()
+    pool = app[SESSIONS].pool
+    running, configured = pool.alive, len(pool.lanes)
+    ok = running > 0
+    body = {
+        "status": "ok" if ok else "degraded",
+        "schemaVersion": version,
+        "writerLanes": {"running": running, "configured": configured},
+        "spoolFull": bool(app[SPOOL].full),
+    }
+    return web.json_response(body, status=200 if ok else 503)
 
 
 async def metrics_handler(request: web.Request) -> web.Response:

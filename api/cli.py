@@ -47,7 +47,11 @@ async def _serve(args: argparse.Namespace) -> int:
     from .app import create_app  # imported late: `reelhouse publish` needs none of it
     from .auth import CREDENTIALS_FILE, load_or_create_credentials
 
-    settings = load_settings(args.config, overrides=_serve_overrides(args))
+    try:
+        settings = load_settings(args.config, overrides=_serve_overrides(args))
+    except (ValueError, OSError) as exc:  # a value out of range, a bad or missing TOML file
+        print(f"reelhouse: cannot start: configuration: {exc}", file=sys.stderr, flush=True)
+        return 2
     setup_logging(settings.log_level, settings.log_json)
     try:
         # before anything reads the directory: a second server on it would replay (and then

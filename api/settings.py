@@ -3,6 +3,7 @@ TOML file, ``REELHOUSE_*`` environment variables and command-line flags (later w
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -64,6 +65,35 @@ class Settings:
 
 
 _SECTIONS = ("http", "auth", "ingest", "recorder", "spool", "storage", "webrtc")
+# numbers that may be 0, and what 0 means; every other number must be finite and above 0
+ZERO_MEANS = {
+    "http.port": "any free port",
+    "ingest.keepalive_s": "off",
+    "ingest.writer_lanes": "one lane per core",
+}
+MAX_PORT = 65535
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def check(settings: Settings) -> Settings:
+    """``settings`` when every value is in range, else ``ValueError`` naming the first one out
+    (a 0 or a negative timeout, a NaN, a port past 65535, an empty host...)."""
+    for section in _SECTIONS:
+        part = getattr(settings, section)
+        for f in fields(part):
+            value, name = getattr(part, f.name), f"{section}.{f.name}"
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                continue
+            if not math.isfinite(value) or value < 0 or (value == 0 and name not in ZERO_MEANS):
+                zero = f" (or 0: {ZERO_MEANS[name]})" if name in ZERO_MEANS else ""
+                raise ValueError(f"{name} must be a number above 0{zero}, got {value!r}")
+    if settings.http.port > MAX_PORT:
+        raise ValueError(f"http.port must be at most {MAX_PORT}, got {settings.http.port}")
+    if not settings.http.host.strip():
+        raise ValueError("http.host must name an address (empty would listen on every one)")
+    if settings.log_level.upper() not in LOG_LEVELS:
+        raise ValueError(f"log_level must be one of {', '.join(LOG_LEVELS)}")
+    return settings
 
 
 def _coerce(value: Any, to: Any, name: str) -> Any:
@@ -135,4 +165,4 @@ def load_settings(
     settings = _apply(settings, _from_env(env), "settings")
     if overrides:
         settings = _apply(settings, overrides, "settings")
-    return settings
+    return check(settings)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 import uuid
 from dataclasses import dataclass, field, replace
@@ -33,7 +32,7 @@ from .errors import (
 from .events import CONTROL_ACTION, OPEN_STATES, EventType, SessionEvent, SessionState, next_state
 from .lanes import LaneError, LogSetup
 from .recorder import SessionRecorder
-from .writer import WriterLane, WriterPool
+from .writer import WriterLane, WriterPool, usable_cpus
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +145,7 @@ class SessionManager:
         self._ingest = ingest
         self.pool = WriterPool(
             wal_dir,
-            lanes=ingest.writer_lanes or os.cpu_count() or 1,
+            lanes=ingest.writer_lanes or usable_cpus(),
             lane_fill=ingest.lane_fill,
             failpoints=ingest.failpoints,
             tick_s=ingest.tick_s,

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import os
 import shutil
 import time
 from collections.abc import Awaitable, Callable
@@ -30,6 +32,26 @@ RESTART_QUIET_S = 30.0  # a lane dying again sooner after its restart is left do
 DOWN_RETRY_S = 60.0  # then tried again, waiting twice as long after each crash loop
 DOWN_RETRY_MAX_S = 15 * 60.0
 LANE_DIR = "lane-{}"
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # cgroup v2: "<quota> <period>" or "max ..."
+
+
+def usable_cpus(cpu_max: Path = CGROUP_CPU_MAX) -> int:
+    """The cores this process may use: its affinity mask (a cpuset), capped by its cgroup's CPU
+    quota (``docker run --cpus``, a Kubernetes limit). ``os.cpu_count`` counts the host's:
+    a 2-CPU container on a 64-core node would start 64 lanes of ~60 MB each."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # (not Linux)
+        cpus = os.cpu_count() or 1
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):  # no cgroup v2 file, or one that does not parse
+        pass
+    return max(1, cpus)
+
+
 # a lane that said it holds frames not yet written (or news of them) is asked for its news
 # this long after its last tick, when no tick came meanwhile
 COLLECT_S = 2 * WRITE_DELAY_S

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from blockbuster import BlockBuster, blockbuster_ctx
+from blockbuster import BlockBuster, BlockBusterFunction, blockbuster_ctx
 from s3server import SeaweedS3
 
 # (at import: importing them inside the fixture, on the event loop, is blocking file work)
@@ -36,7 +36,17 @@ def blockbuster() -> Iterator[BlockBuster]:
         for name in ("threading.Lock.acquire", "threading.Lock.acquire_lock"):
             if name in bb.functions:
                 bb.functions[name].can_block_in("aiortc/rtcrtpreceiver.py", {"__stop_decoder"})
-        yield bb
+        # not in blockbuster's list, and what durable writes are made of: an fsync on the loop
+        # stalls every session for a disk's flush
+        extra = [
+            BlockBusterFunction(None, f"os.{name}", scanned_modules=PROJECT_PACKAGES).activate()
+            for name in ("fsync", "fdatasync", "open")
+        ]
+        try:
+            yield bb
+        finally:
+            for function in extra:
+                function.deactivate()
 
 
 @pytest.fixture(scope="session")

@@ -583,3 +583,59 @@ async def test_a_drop_with_frames_in_flight_loses_and_repeats_nothing(
     assert video == clip.video_frames
     assert abs(audio - clip.audio_frames * 960 / 1024) <= 2  # (Opus 960 → AAC 1024 samples)
     assert int(metrics["reelhouse_frames_in_total"]) == len(frames)  # each counted once
+
+
+@pytest.mark.parametrize(
+    ("cpu_max", "expected"),
+    [(None, 2), ("max 100000\n", 2), ("150000 100000\n", 2), ("50000 100000\n", 1), ("x", 2)],
+)
+def test_lanes_follow_the_cores_this_process_may_use(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cpu_max: str | None, expected: int
+) -> None:
+    """One lane per usable core: the affinity mask (here 2 of the host's 64), capped by a
+    cgroup CPU quota (1.5 CPUs: 2 lanes; half a CPU: 1), not the host's count."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    path = tmp_path / "cpu.max"
+    if cpu_max is not None:
+        path.write_text(cpu_max)
+    assert writer.usable_cpus(path) == expected
+
+
+async def test_health_says_degraded_while_no_lane_runs(
+    server_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its only lane in a crash loop, the server can record nothing: /healthz answers 503
+    (a container's health check sees it), and 200 again once the lane is back."""
+    monkeypatch.setattr(writer, "DOWN_RETRY_S", DOWN_RETRY_TEST_S)
+    server = await server_factory(ingest={"writer_lanes": 1})
+    manager = server.app[SESSIONS]
+    clip = encode_clip("h264", duration_s=1.0, audio_codec="opus")
+    async with aiohttp.ClientSession() as http:
+        sid, client = await recording_client(http, server)
+        lane = manager.sessions[sid].recorder.lane
+        for attempt in range(2):
+            recovered = asyncio.create_task(manager.pool.wait_recovered())
+            os.kill(lane.lane.pid, signal.SIGKILL)
+            with contextlib.suppress(ConnectionError):
+                for f in clip.frames:
+                    await client.media(f)
+            code, _ = await client.closed()
+            assert code == CloseCode.INTERNAL_ERROR
+            if attempt == 0:
+                async with asyncio.timeout(RECOVERY_TIMEOUT_S):
+                    await recovered
+                client = RawClient(http, server.url)
+                await client.connect()
+                welcome = await client.hello(server.api_key, session_id=sid)
+                await client.tracks()
+                client.seq = welcome["acked_seq"]
+        async with http.get(server.url + "/healthz") as resp:
+            assert resp.status == 503
+            health = await resp.json()
+        assert health["status"] == "degraded"
+        assert health["writerLanes"] == {"running": 0, "configured": 1}
+        async with asyncio.timeout(RECOVERY_TIMEOUT_S):  # (tried again after DOWN_RETRY_S)
+            await recovered
+        async with http.get(server.url + "/healthz") as resp:
+            assert resp.status == 200 and (await resp.json())["status"] == "ok"

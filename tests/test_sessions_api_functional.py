@@ -338,7 +338,10 @@ async def test_healthz_and_metrics(server: Server) -> None:
     async with aiohttp.ClientSession() as http:
         async with http.get(server.url + "/healthz") as resp:
             assert resp.status == 200
-            assert (await resp.json())["status"] == "ok"
+            health = await resp.json()
+        lanes = len(server.app[SESSIONS].pool.lanes)  # type: ignore[index]
+        assert health["status"] == "ok" and health["spoolFull"] is False
+        assert health["writerLanes"] == {"running": lanes, "configured": lanes}
         await post_event(http, server, {"eventType": "EVENT_TYPE_START"})
         async with http.get(server.url + "/metrics") as resp:
             text = await resp.text()

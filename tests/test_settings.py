@@ -230,6 +230,44 @@ def test_bad_boolean_is_a_clear_error(tmp_path: Path) -> None:
         load_settings(path, env={})
 
 
+@pytest.mark.parametrize(
+    ("env", "says"),
+    [
+        ({"REELHOUSE_INGEST__IDLE_END_S": "0"}, r"ingest\.idle_end_s must be a number above 0"),
+        ({"REELHOUSE_INGEST__TICK_S": "-1"}, r"ingest\.tick_s must be"),
+        ({"REELHOUSE_INGEST__KEEPALIVE_S": "nan"}, r"keepalive_s .*\(or 0: off\)"),
+        ({"REELHOUSE_RECORDER__SEGMENT_TARGET_S": "1e400"}, r"segment_target_s must be"),
+        ({"REELHOUSE_WEBRTC__MAX_SESSIONS": "-1"}, r"webrtc\.max_sessions must be"),
+        ({"REELHOUSE_PORT": "70000"}, r"http\.port must be at most 65535"),
+        ({"REELHOUSE_HOST": ""}, r"http\.host must name an address"),
+        ({"REELHOUSE_LOG_LEVEL": "verbose"}, r"log_level must be one of"),
+    ],
+)
+def test_values_out_of_range_are_refused(env: dict[str, str], says: str) -> None:
+    """0 where nothing says what 0 means (an idle_end_s of 0 spun a core and ended every
+    session at once), negatives, NaN and infinity, a port past 65535 (uvloop wraps it), an
+    empty host (every interface)."""
+    with pytest.raises(ValueError, match=says):
+        load_settings(env=env)
+
+
+@pytest.mark.parametrize(
+    "env",
+    [{"REELHOUSE_PORT": "0"}, {"REELHOUSE_INGEST__KEEPALIVE_S": "0"},
+     {"REELHOUSE_INGEST__WRITER_LANES": "0"}, {"REELHOUSE_LOG_LEVEL": "debug"}],
+)  # fmt: skip
+def test_zero_where_it_has_a_meaning_is_taken(env: dict[str, str]) -> None:
+    load_settings(env=env)
+
+
+def test_serve_with_a_bad_setting_says_so(capsys: pytest.CaptureFixture[str]) -> None:
+    """One line and status 2, not a traceback."""
+    assert main(["serve", "--port", "70000"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("reelhouse: cannot start: configuration: http.port")
+    assert "Traceback" not in err
+
+
 # CLI ------------------------------------------------------------------------------------
 
 
