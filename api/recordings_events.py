@@ -31,6 +31,9 @@ READ_BYTES = 1024 * 1024  # one read of the spooled body
 MAX_EVENT_BYTES = 32 * 1024 * 1024  # one rrweb event (a full DOM snapshot can be megabytes)
 MAX_FIELD_BYTES = 1024 * 1024  # any other top-level field (navigations included)
 ZSTD_LEVEL = 3
+# event and navigation times (ms since 1970): JavaScript's exact integers, a quarter of a
+# million years either way; past that a span no longer fits the metadata store's integers
+MAX_TIME_MS = 2**53 - 1
 EVENTS_CONTENT_TYPE = "application/zstd"
 _WHITESPACE = " \t\n\r"
 
@@ -222,6 +225,8 @@ def _check_event(event: Any, where: str, result: ParsedUpload) -> None:
                 f"{where}.{name}", f"{where}.{name} must be a number, not {json_type(event[name])}"
             )
     ts = float(event["timestamp"])
+    if abs(ts) > MAX_TIME_MS:
+        raise BodyError(f"{where}.timestamp", f"{where}.timestamp is not a time in ms: {ts:g}")
     result.first_ms = ts if result.first_ms is None else min(result.first_ms, ts)
     result.last_ms = ts if result.last_ms is None else max(result.last_ms, ts)
 

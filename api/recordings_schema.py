@@ -11,12 +11,13 @@ from aiohttp import web
 
 from storage.recordings import RecordingRow, RecordingStatus
 
-from .recordings_events import BodyError, ParsedUpload
+from .recordings_events import MAX_TIME_MS, BodyError, ParsedUpload
 
 DEFAULT_LIMIT = 25
 MAX_LIMIT = 100
 MAX_NAME_CHARS = 1000
 MAX_NAVIGATIONS = 10_000
+MAX_COUNT = 2**63 - 1  # the metadata store's integers
 
 
 class RecordingsError(Exception):
@@ -70,12 +71,15 @@ def _time(value: Any, field: str) -> datetime:
     except ValueError:
         raise invalid(field, f"{field} is not an ISO 8601 timestamp: {value[:64]!r}") from None
     # a time without an offset is taken as UTC, what browsers' toISOString() sends anyway
-    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).astimezone(UTC)
+    try:
+        return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).astimezone(UTC)
+    except OverflowError:  # (year 1 with a positive offset: before the first representable)
+        raise invalid(field, f"{field} is out of range: {value[:64]!r}") from None
 
 
 def _count(value: Any, field: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise invalid(field, f"{field} must be a non-negative integer")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COUNT:
+        raise invalid(field, f"{field} must be an integer from 0 to {MAX_COUNT}")
     return value
 
 
@@ -100,8 +104,10 @@ def _navigations(value: Any) -> list[dict[str, Any]]:
         if not isinstance(nav.get("url"), str):
             raise invalid(f"{where}.url", f"{where}.url must be a string")
         ts = nav.get("timestamp_ms")
-        if isinstance(ts, bool) or not isinstance(ts, int | float):
-            raise invalid(f"{where}.timestamp_ms", f"{where}.timestamp_ms must be a number")
+        if isinstance(ts, bool) or not isinstance(ts, int | float) or not abs(ts) <= MAX_TIME_MS:
+            # (JSON's 1e400 reads as infinity, which every later GET would write as Infinity:
+            # no JSON parser in a browser reads that, for any user of the tenant)
+            raise invalid(f"{where}.timestamp_ms", f"{where}.timestamp_ms must be a time in ms")
     return value
 
 

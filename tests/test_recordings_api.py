@@ -160,6 +160,9 @@ async def test_bad_bodies_get_clear_errors(server: Any) -> None:
         "project_id": body(project_id="p-1"),
         "ended_at": body(ended_at="2026-05-04T09:00:00Z"),
         "navigations[0].url": body(navigations=[{"timestamp_ms": 0}]),
+        # out of range: these were 500s (SQLite's integers, a date before year 1 in UTC)
+        "event_count": body(event_count=10**23),
+        "events[0].timestamp": body(events=[{"type": 1, "timestamp": 1e300}]),
     }
     async with aiohttp.ClientSession() as http:
         for field, payload in cases.items():
@@ -167,6 +170,14 @@ async def test_bad_bodies_get_clear_errors(server: Any) -> None:
             assert status == 400, field
             assert answer["error"]["code"] == "validation_error"
             assert answer["error"]["field"] == field, answer
+        # JSON's 1e400 reads as infinity: stored, every GET and list of the tenant said
+        # Infinity, which JSON.parse refuses
+        raw = json.dumps(body(navigations=[{"url": "x", "timestamp_ms": 0}]))
+        status, answer = await post_raw(http, server, auth, raw.replace('": 0}', '": 1e400}'))
+        assert status == 400 and answer["error"]["field"] == "navigations[0].timestamp_ms"
+        early = {**body(), "started_at": "0001-01-01T00:00:00+01:00"}  # (before UTC's year 1)
+        status, answer = await post_raw(http, server, auth, json.dumps(early))
+        assert status == 400 and answer["error"]["field"] == "started_at", answer
         status, answer = await post_raw(http, server, auth, '{"started_at": "x", "events": 5}')
         assert (
             status == 400 and answer["error"]["message"] == "events must be an array, not a number"
