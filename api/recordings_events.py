@@ -31,6 +31,12 @@ READ_BYTES = 1024 * 1024  # one read of the spooled body
 MAX_EVENT_BYTES = 32 * 1024 * 1024  # one rrweb event (a full DOM snapshot can be megabytes)
 MAX_FIELD_BYTES = 1024 * 1024  # any other top-level field (navigations included)
 ZSTD_LEVEL = 3
+# what one step of a GET's decompression gives out: memory stays flat even for events that
+# compress thousands to one (32 MiB of one character is a few KiB stored). A step's input
+# piece: a zstd block of at most 128 KiB can come from 4 bytes (RLE), so 64 bytes give at
+# most ~2 MiB more than asked for.
+INFLATE_OUT_BYTES = 1024 * 1024
+INFLATE_STEP_BYTES = 64
 # event and navigation times (ms since 1970): JavaScript's exact integers, a quarter of a
 # million years either way; past that a span no longer fits the metadata store's integers
 MAX_TIME_MS = 2**53 - 1
@@ -231,13 +237,29 @@ def _check_event(event: Any, where: str, result: ParsedUpload) -> None:
     result.last_ms = ts if result.last_ms is None else max(result.last_ms, ts)
 
 
+def _inflate(dobj: Any, data: memoryview, limit: int) -> tuple[bytes, int]:
+    """Decompress ``data`` from its start until ``limit`` bytes came out or it is used up:
+    (what came out, the bytes of ``data`` taken). Fed in ``INFLATE_STEP_BYTES`` pieces, since
+    zstd has no output bound per call and a few KiB of it can expand to a whole recording."""
+    out = bytearray()
+    pos = 0
+    while pos < len(data) and len(out) < limit:
+        out += dobj.decompress(data[pos : pos + INFLATE_STEP_BYTES])
+        pos += INFLATE_STEP_BYTES
+    return bytes(out), min(pos, len(data))
+
+
 async def decompress_stream(
     chunks: AsyncIterator[bytes], threads: Any
 ) -> AsyncGenerator[bytes, None]:
-    """Yield the decompressed bytes of a zstd stream as its compressed chunks arrive; each
-    chunk is decompressed by ``threads`` (``asyncio.to_thread``), off the event loop."""
+    """Yield the decompressed bytes of a zstd stream as its compressed chunks arrive, in
+    pieces of about ``INFLATE_OUT_BYTES`` (at most that plus ~2 MiB), decompressed by
+    ``threads`` (``asyncio.to_thread``), off the event loop."""
     dobj = zstandard.ZstdDecompressor().decompressobj()
     async for chunk in chunks:
-        data: bytes = await threads(dobj.decompress, chunk)
-        if data:
-            yield data
+        view, pos = memoryview(chunk), 0
+        while pos < len(view):
+            data, used = await threads(_inflate, dobj, view[pos:], INFLATE_OUT_BYTES)
+            pos += used
+            if data:
+                yield data

@@ -3,6 +3,7 @@ through, and every malformed body is refused naming its field."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import tracemalloc
 import uuid
@@ -113,3 +114,31 @@ def test_memory_stays_flat_on_a_large_body(tmp_path: Path, monkeypatch: pytest.M
     finally:
         tracemalloc.stop()
     assert peak < 512 * 1024  # a 2 MB body, read through 16 KiB windows
+
+
+async def test_a_highly_compressible_recording_streams_back_in_bounded_pieces(
+    tmp_path: Path,
+) -> None:
+    """30 MiB of one character is a few KiB stored: a GET of it used to decompress it in one
+    piece (ten such GETs at once, gigabytes). Pieces stay near INFLATE_OUT_BYTES now."""
+    event = {"type": 2, "timestamp": 1, "data": "a" * (30 * 1024 * 1024)}
+    body = tmp_path / "body.json"
+    body.write_text(json.dumps({"started_at": "2026-05-04T10:00:00Z", "events": [event]}))
+    stored = tmp_path / "events.zst"
+    await asyncio.to_thread(parse_upload, body, stored)
+    packed = stored.read_bytes()
+    assert len(packed) < 64 * 1024
+
+    async def chunks() -> Any:
+        for i in range(0, len(packed), 256 * 1024):
+            yield packed[i : i + 256 * 1024]
+
+    async def inline(fn: Any, *args: Any) -> Any:  # (the test's own thread: no loop to keep)
+        return fn(*args)
+
+    sizes, out = [], bytearray()
+    async for piece in recordings_events.decompress_stream(chunks(), inline):
+        sizes.append(len(piece))
+        out += piece
+    assert max(sizes) <= recordings_events.INFLATE_OUT_BYTES + 3 * 1024 * 1024, max(sizes)
+    assert json.loads(out) == [event]
