@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from fractions import Fraction
 
 import av
 from av.audio.codeccontext import AudioCodecContext
@@ -47,6 +48,7 @@ class TrackClock:
         return self.origin_wall_us + pts_us - self.origin_pts_us
 
 
+MICROSECONDS = Fraction(1, 1_000_000)
 DECODERS = {"h264": "h264", "vp8": "vp8", "vp9": "vp9", "opus": "opus", "aac": "aac"}
 
 
@@ -79,10 +81,18 @@ class FrameDecoders:
             ]
         if codec not in DECODERS:
             return []
-        return [
-            (frame.kind, decoded, frame.pts_us)
-            for decoded in self._decode(stream, codec, bytes(frame.data))
-        ]
+        if frame.kind != "video":
+            return [
+                (frame.kind, decoded, frame.pts_us)
+                for decoded in self._decode(stream, codec, bytes(frame.data))
+            ]
+        # a picture comes out in display order, maybe packets after its own (B-frames): it
+        # keeps its own time, carried through the decoder, not the packet's that released it
+        out = []
+        for decoded in self._decode(stream, codec, bytes(frame.data), frame.pts_us, frame.dts_us):
+            pts = frame.pts_us if decoded.pts is None else int(decoded.pts)
+            out.append((frame.kind, decoded, pts))
+        return out
 
     async def frames_of(self, media: MediaFrame) -> list[tuple[str, av.frame.Frame, int]]:
         """The decoded frames ``media`` holds: itself when aiortc decoded it already (WebRTC),
@@ -102,8 +112,19 @@ class FrameDecoders:
         for stream in [s for s in self._webm if s.startswith(prefix)]:
             self._webm.pop(stream).close()
 
-    def _decode(self, stream: str, codec: str, data: bytes) -> list[av.frame.Frame]:
+    def _decode(
+        self,
+        stream: str,
+        codec: str,
+        data: bytes,
+        pts_us: int | None = None,
+        dts_us: int | None = None,
+    ) -> list[av.frame.Frame]:
+        packet = av.Packet(data)
+        if pts_us is not None:
+            packet.pts, packet.dts = pts_us, pts_us if dts_us is None else dts_us
+            packet.time_base = MICROSECONDS
         try:
-            return list(self._context(stream, codec).decode(av.Packet(data)))
+            return list(self._context(stream, codec).decode(packet))
         except (av.error.FFmpegError, ValueError) as exc:
             raise InvalidMedia(f"{codec} frame did not decode: {exc}") from exc
