@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 
 import numpy as np
-
 from media import encode_clip, encode_webm
 
 from ingest.channels import MediaFrame
