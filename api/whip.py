@@ -10,6 +10,7 @@ origin can publish. An app made without tokens takes the uid from the ``uid`` qu
 
 from __future__ import annotations
 
+import math
 import secrets
 from pathlib import Path
 from urllib.parse import quote
@@ -19,7 +20,7 @@ from aiohttp.typedefs import Handler
 
 from ingest.errors import RpcCode
 from ingest.tokens import Role, TokenError, check_cname, check_uid, verify
-from ingest.webrtc import OfferError, TrickleError, WebRtcSettings, WhipSession
+from ingest.webrtc import AtCapacity, OfferError, TrickleError, WebRtcSettings, WhipSession
 
 from .errors import rpc_error
 from .keys import APPS, WHIP
@@ -114,6 +115,9 @@ async def publish(request: web.Request) -> web.Response:
         resource, answer = await whip.publish(appid, cname, uid, offer)
     except OfferError as exc:
         raise rpc_error(RpcCode.INVALID_ARGUMENT, str(exc)) from None
+    except AtCapacity as exc:
+        retry = str(math.ceil(whip.settings.connect_timeout_s))
+        raise rpc_error(RpcCode.UNAVAILABLE, str(exc), {"Retry-After": retry}) from None
     location = f"/v1/apps/{quote(appid)}/channels/{quote(cname)}/whip/{resource}"
     session = whip.find(resource)
     resp = web.Response(

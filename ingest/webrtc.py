@@ -74,6 +74,12 @@ class OfferError(ValueError):
     """The SDP offer cannot be accepted; the message says why (the API answers 400)."""
 
 
+class AtCapacity(Exception):
+    """The server holds ``max_sessions`` already: no fault of the offer (the API answers 503
+    with ``Retry-After``; a session that never connects frees its place within
+    ``connect_timeout_s``)."""
+
+
 class TrickleError(ValueError):
     """A PATCH fragment that cannot be applied (``restart``: an ICE restart, not supported)."""
 
@@ -191,7 +197,9 @@ class WhipServer:
         check_offer(offer)
         # (counted before the first await: offers that come together cannot all pass)
         if len(self.sessions) + self._answering >= self.settings.max_sessions:
-            raise OfferError(f"this server holds {self.settings.max_sessions} WHIP sessions")
+            raise AtCapacity(
+                f"this server holds {self.settings.max_sessions} WHIP sessions: try again later"
+            )
         self._answering += 1
         try:
             return await self._answer(appid, cname, uid, offer)

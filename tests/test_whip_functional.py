@@ -204,3 +204,34 @@ async def test_a_preflight_names_no_turn_credentials(server_factory: Any) -> Non
         assert 'credential="s3cret"' in links[1]
     finally:
         await pc.close()
+
+
+async def test_a_full_server_says_try_later(server_factory: Any) -> None:
+    """Past max_sessions an offer is 503 UNAVAILABLE with Retry-After (no fault of the offer:
+    it was a 400, which clients take as final)."""
+    server = await server_factory(webrtc={"host_addresses": "127.0.0.1", "max_sessions": 1})
+    app = await create_app_row(server.app[META], token_required=False)
+    peers = [await make_offer("vp8") for _ in range(2)]
+    try:
+        async with aiohttp.ClientSession() as http:
+            answers = []
+            for i, pc in enumerate(peers):
+                async with http.post(
+                    whip_url(server, app.appid) + f"?uid={i}",
+                    data=pc.localDescription.sdp,
+                    headers={"Content-Type": "application/sdp"},
+                ) as resp:
+                    answers.append(
+                        (
+                            resp.status,
+                            resp.headers.get("Retry-After"),
+                            await resp.json(content_type=None) if resp.status != 201 else None,
+                        )
+                    )
+        assert answers[0][0] == 201
+        status, retry, body = answers[1]
+        assert status == 503 and retry is not None and int(retry) > 0
+        assert body["code"] == 14 and "try again later" in body["message"]
+    finally:
+        for pc in peers:
+            await pc.close()
