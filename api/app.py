@@ -98,7 +98,8 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
             405: RpcCode.UNIMPLEMENTED,
             413: RpcCode.INVALID_ARGUMENT,
         }.get(exc.status, RpcCode.INVALID_ARGUMENT if exc.status < 500 else RpcCode.INTERNAL)
-        return web.json_response(rpc_status(code, exc.reason), status=exc.status)
+        kept = {k: v for k, v in exc.headers.items() if k in KEPT_ERROR_HEADERS}  # (405: Allow)
+        return web.json_response(rpc_status(code, exc.reason), status=exc.status, headers=kept)
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return web.json_response(rpc_status(RpcCode.INTERNAL, "internal error"), status=500)
@@ -116,6 +117,10 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
                 headers={"WWW-Authenticate": 'Bearer realm="reelhouse"'},
             )
     return await handler(request)
+
+
+# headers of aiohttp's own error answers that say something the client needs
+KEPT_ERROR_HEADERS = ("Allow", "Retry-After", "WWW-Authenticate")
 
 
 async def healthz(request: web.Request) -> web.Response:

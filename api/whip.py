@@ -32,7 +32,7 @@ CORS = {
     "Access-Control-Allow-Origin": "*",
     "Access-Control-Allow-Methods": "POST, PATCH, DELETE, OPTIONS",
     "Access-Control-Allow-Headers": "Authorization, Content-Type, If-Match",
-    "Access-Control-Expose-Headers": "Location, ETag, Link, Accept-Patch",
+    "Access-Control-Expose-Headers": "Location, ETag, Link, Accept-Patch, X-Reelhouse-Uid",
     "Access-Control-Max-Age": "600",
 }
 
@@ -109,7 +109,7 @@ async def publish(request: web.Request) -> web.Response:
     if request.content_type != SDP:
         raise web.HTTPUnsupportedMediaType(reason=f"send the offer as {SDP}")
     uid = _authorise(request, app_row.certificate if app_row.token_required else None)
-    offer = await request.text()
+    offer = await _utf8(request, "offer")
     whip = request.app[WHIP]
     try:
         resource, answer = await whip.publish(appid, cname, uid, offer)
@@ -120,13 +120,15 @@ async def publish(request: web.Request) -> web.Response:
         raise rpc_error(RpcCode.UNAVAILABLE, str(exc), {"Retry-After": retry}) from None
     location = f"/v1/apps/{quote(appid)}/channels/{quote(cname)}/whip/{resource}"
     session = whip.find(resource)
+    if session is None:  # (its peer failed, or a DELETE came, before the answer went out)
+        raise rpc_error(RpcCode.NOT_FOUND, "the session ended before its offer was answered")
     resp = web.Response(
         status=201,
         text=answer,
         content_type=SDP,
         headers={
             "Location": location,
-            "ETag": session.etag if session else "",
+            "ETag": session.etag,
             "Accept-Patch": SDPFRAG,
             "X-Reelhouse-Uid": uid,
         },
@@ -165,6 +167,14 @@ def _authorise(request: web.Request, certificate: str | None) -> str:
     return grant.uid
 
 
+async def _utf8(request: web.Request, what: str) -> str:
+    """The body as text: SDP is UTF-8 (RFC 8866), whatever charset the request names."""
+    try:
+        return (await request.read()).decode("utf-8")
+    except UnicodeDecodeError:
+        raise rpc_error(RpcCode.INVALID_ARGUMENT, f"the {what} is not UTF-8 SDP") from None
+
+
 def _session(request: web.Request) -> WhipSession:
     session = request.app[WHIP].find(request.match_info["resource"])
     if (
@@ -187,7 +197,7 @@ async def patch(request: web.Request) -> web.Response:
     if match != "*" and match != session.etag:
         raise web.HTTPPreconditionFailed(reason="If-Match does not match the resource's ETag")
     try:
-        await request.app[WHIP].patch(session, await request.text())
+        await request.app[WHIP].patch(session, await _utf8(request, "fragment"))
     except TrickleError as exc:
         if exc.restart:
             raise web.HTTPUnprocessableEntity(reason=str(exc)) from None

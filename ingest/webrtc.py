@@ -120,6 +120,8 @@ CODEC_HINT = (
     "this server takes VP8, or H.264 constrained baseline (profile-level-id 42e01f or 42001f) "
     "with packetization-mode=1, and Opus"
 )
+_CANDIDATE = re.compile(r"^a=candidate:", re.M)
+MDNS_SUFFIX = ".local"
 _MLINE = re.compile(r"^m=(\w+) ", re.M)
 _RTPMAP = re.compile(r"^a=rtpmap:\d+ ([\w-]+)/", re.M)
 
@@ -148,7 +150,20 @@ def check_offer(sdp: str) -> list[str]:
         if "a=recvonly" in section or "a=inactive" in section:
             raise OfferError(f"m={kind} is not sending: a WHIP offer publishes (sendonly)")
         kinds.append(kind)
+    if len(_CANDIDATE.findall(sdp)) > MAX_REMOTE_CANDIDATES:
+        raise OfferError(f"at most {MAX_REMOTE_CANDIDATES} candidates (each is checked)")
     return kinds
+
+
+def _without_mdns(sdp: str) -> str:
+    """``sdp`` without host candidates named by mDNS (``….local``, what browsers send in place
+    of their addresses). Resolving one makes aioice bind a UDP socket on every interface
+    (port 5353, multicast), whatever ``host_addresses`` says; and a server is rarely on its
+    publishers' link anyway. ICE still connects: the publisher's checks reach the server's
+    candidates, which then learns its address (a peer-reflexive candidate)."""
+    return re.sub(
+        rf"^a=candidate:[^\r\n]*\S+{re.escape(MDNS_SUFFIX)} [^\r\n]*\r?\n", "", sdp, flags=re.M
+    )
 
 
 @dataclass(eq=False)
@@ -212,7 +227,7 @@ class WhipServer:
         pc.on("track", lambda track: self._spawn(self._pump(session, track)))
         pc.on("connectionstatechange", lambda: self._on_state(session))
         try:
-            await pc.setRemoteDescription(RTCSessionDescription(offer, "offer"))
+            await pc.setRemoteDescription(RTCSessionDescription(_without_mdns(offer), "offer"))
             for transceiver in pc.getTransceivers():  # before any packet can arrive
                 if transceiver.receiver.track is not None:
                     clock = ArrivalClock(transceiver.receiver)
@@ -332,8 +347,10 @@ class WhipServer:
         for line in candidates:
             try:
                 candidate = candidate_from_sdp(line)
-            except (ValueError, IndexError):
+            except (ValueError, IndexError, AssertionError):  # (aiortc asserts on its input)
                 raise TrickleError(f"not an ICE candidate: {line[:80]!r}") from None
+            if candidate.ip.endswith(MDNS_SUFFIX):
+                continue  # (see _without_mdns)
             candidate.sdpMid = mid
             await session.pc.addIceCandidate(candidate)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import av
 import numpy as np
@@ -22,6 +23,7 @@ from ingest.webrtc import (
     check_offer,
 )
 
+MDNS_PORT = 5353
 WAIT_S = 20.0
 
 
@@ -161,6 +163,40 @@ async def test_a_session_takes_a_bounded_number_of_trickled_candidates(whip: Whi
         await whip.patch(session, "".join(line.format(9000 + i) for i in range(60)))
         with pytest.raises(TrickleError, match="at most 64 candidates"):
             await whip.patch(session, "".join(line.format(9100 + i) for i in range(5)))
+        with pytest.raises(TrickleError, match="not an ICE candidate"):  # (aiortc asserted: 500)
+            await whip.patch(session, "a=candidate:1 1\r\n")
+    finally:
+        await pc.close()
+
+
+def udp_ports_on_every_interface() -> set[int]:
+    """UDP ports this machine has bound to 0.0.0.0 (from /proc/net/udp)."""
+    rows = Path("/proc/net/udp").read_text().splitlines()[1:]
+    return {
+        int(r.split()[1].split(":")[1], 16) for r in rows if r.split()[1].startswith("00000000:")
+    }
+
+
+async def test_mdns_candidates_are_left_out(whip: WhipServer) -> None:
+    """A browser names its host candidates ``….local``: resolving one made aioice bind UDP
+    5353 on every interface, on a server told to stay on loopback. Left out, in the offer and
+    trickled; ICE connects through the candidates the server learns from the checks."""
+    pc = await make_offer("vp8")
+    offer = pc.localDescription.sdp.replace(
+        "a=sendonly",
+        "a=candidate:9 1 udp 2113937151 4f0f7a1e-1b1e.local 50000 typ host\r\na=sendonly",
+        1,
+    )
+    try:
+        rid, answer = await whip.publish("app", "room", "mdns", offer)
+        await whip.patch(
+            whip.sessions[rid],
+            "a=candidate:8 1 udp 2113937151 5a5a5a5a-0000.local 50001 typ host\r\n",
+        )
+        await accept_answer(pc, answer)
+        sub = whip.registry.subscribe("app", "room")
+        await frames_of(sub, "video", 1)  # connected all the same
+        assert MDNS_PORT not in await asyncio.to_thread(udp_ports_on_every_interface)
     finally:
         await pc.close()
 

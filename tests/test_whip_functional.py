@@ -120,6 +120,9 @@ async def test_refusals(whip_server: Any) -> None:
             app.certificate, app.appid, "room1", "u1", Role.PUBLISHER, 1, now=1_000_000)},
          sdp, 401, "expired"),
         (app.appid, {"Authorization": f"Bearer {good}"}, "v=0\r\nbad", 400, "no media section"),
+        (app.appid, {"Authorization": f"Bearer {good}"}, b"v=0\xff\xfe", 400, "not UTF-8"),
+        (app.appid, {"Authorization": f"Bearer {good}"},
+         sdp + "a=candidate:1 1 udp 1 127.0.0.1 9 typ host\r\n" * 65, 400, "at most 64"),
         ("0" * 32, {"Authorization": f"Bearer {good}"}, sdp, 404, "not found"),
     ]  # fmt: skip
     async with aiohttp.ClientSession() as http:
@@ -139,6 +142,9 @@ async def test_refusals(whip_server: Any) -> None:
             assert resp.status == 204
             assert "PATCH" in resp.headers["Access-Control-Allow-Methods"]
             assert "Authorization" in resp.headers["Access-Control-Allow-Headers"]
+            assert "X-Reelhouse-Uid" in resp.headers["Access-Control-Expose-Headers"]
+        async with http.get(whip_url(whip_server, app.appid)) as resp:
+            assert resp.status == 405 and "POST" in resp.headers["Allow"]  # (RFC 9110)
 
 
 def test_cli_makes_an_app_and_a_token(tmp_path: Path) -> None:
