@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from storage.durable import fsync_dir, temp_path_for
 from storage.meta import ApiKeyRow, MetaStore
 
 CREDENTIALS_FILE = "credentials.json"
@@ -45,16 +46,35 @@ def load_or_create_credentials(data_dir: Path) -> tuple[dict[str, str], bool]:
     0600), made on first start; returns them and whether they were created now. Blocking:
     run it in a thread."""
     path = data_dir / CREDENTIALS_FILE
-    if path.exists():
-        return json.loads(path.read_text()), False
-    creds = {"api_key": new_key(), "signing_secret": secrets.token_hex(32)}
-    data_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(creds, f)
-        f.flush()
-        os.fsync(f.fileno())
-    return creds, True
+    if not path.exists():
+        creds = {"api_key": new_key(), "signing_secret": secrets.token_hex(32)}
+        data_dir.mkdir(parents=True, exist_ok=True)
+        # written whole under a temporary name, then linked into place: a crash leaves no
+        # empty file behind, and of two processes making it at once one wins, whole
+        tmp = temp_path_for(path)
+        try:
+            with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+                json.dump(creds, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.link(tmp, path)
+            fsync_dir(data_dir)
+            return creds, True
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink(missing_ok=True)
+    try:
+        creds = json.loads(path.read_text())
+        if not isinstance(creds, dict) or not all(
+            isinstance(creds.get(k), str) for k in ("api_key", "signing_secret")
+        ):
+            raise ValueError("api_key and signing_secret must be strings")
+    except ValueError as exc:  # (JSONDecodeError too)
+        raise ValueError(
+            f"{path} is damaged ({exc}): restore it, or remove it for new keys"
+        ) from None
+    return creds, False
 
 
 class ApiKeys:

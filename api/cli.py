@@ -60,7 +60,11 @@ async def _serve(args: argparse.Namespace) -> int:
     except DirectoryInUse as exc:
         print(f"reelhouse: cannot start: data directory {exc}", file=sys.stderr, flush=True)
         return 2
-    creds, created = await asyncio.to_thread(load_or_create_credentials, settings.data_dir)
+    try:
+        creds, created = await asyncio.to_thread(load_or_create_credentials, settings.data_dir)
+    except (ValueError, OSError) as exc:  # a damaged file, a data directory we may not write
+        print(f"reelhouse: cannot start: credentials: {exc}", file=sys.stderr, flush=True)
+        return 2
     app = create_app(settings)
     runner = web.AppRunner(app, shutdown_timeout=settings.http.shutdown_timeout_s, access_log=None)
     try:

@@ -81,3 +81,30 @@ async def test_serve_prints_the_development_key_once(tmp_path: Path) -> None:
     key = json.loads((data / "credentials.json").read_text())["api_key"]
     assert said[0].startswith("development API key: ") and key in said[0]
     assert key not in said[1] and str(data / "credentials.json") in said[1]  # (tmp_path: absolute)
+
+
+def test_credentials_are_made_whole_and_once(tmp_path: Path) -> None:
+    """Made by several processes at once (serve, ``apikey create``), one set wins for all;
+    the file is linked into place whole, so a crash leaves none rather than an empty one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from api.auth import CREDENTIALS_FILE, load_or_create_credentials
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(load_or_create_credentials, [tmp_path] * 8))
+    assert len({json.dumps(creds, sort_keys=True) for creds, _ in results}) == 1
+    assert sum(created for _, created in results) == 1
+    assert [p.name for p in tmp_path.iterdir()] == [CREDENTIALS_FILE]  # (no temporary left)
+    assert (tmp_path / CREDENTIALS_FILE).stat().st_mode & 0o777 == 0o600
+
+
+async def test_serve_with_damaged_credentials_says_so(tmp_path: Path) -> None:
+    (tmp_path / "credentials.json").write_text("")  # (what a crash mid-write used to leave)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "api.cli", "serve", "--port", "0", "--data-dir", str(tmp_path),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 2
+    said = err.decode().splitlines()[-1]
+    assert said.startswith("reelhouse: cannot start: credentials: ") and "damaged" in said
