@@ -157,8 +157,9 @@ def list_query(query: Any) -> tuple[int, str | None, str | None, str | None]:
             limit = int(text)
         except ValueError:
             raise invalid("limit", "limit must be an integer") from None
-        if not 1 <= limit <= MAX_LIMIT:
+        if limit < 1:
             raise invalid("limit", f"limit must be between 1 and {MAX_LIMIT}")
+        limit = min(limit, MAX_LIMIT)  # the seed's "max 100": a cap, not a refusal
     status = query.get("status") or None
     if status is not None and status not in set(RecordingStatus):
         raise invalid("status", f"status must be one of {', '.join(RecordingStatus)}")
