@@ -55,11 +55,17 @@ class VideoResult:
     audio: bool
 
 
+def _said(exc: Exception) -> str:
+    """What went wrong, without the file's path (FFmpeg's and the OS's messages name it: a
+    tenant would read the server's directory layout in ``failure_reason``)."""
+    return str(getattr(exc, "strerror", None) or exc)
+
+
 def _open(src: Path) -> av.container.InputContainer:
     try:
         return av.open(str(src))
     except (av.error.FFmpegError, ValueError, OSError) as exc:
-        raise VideoFailed(f"not a video file that can be decoded: {exc}") from None
+        raise VideoFailed(f"not a video file that can be decoded: {_said(exc)}") from None
 
 
 def _thumbnail(src: Path, dest: Path, stop: threading.Event) -> tuple[int, int]:
@@ -78,7 +84,7 @@ def _thumbnail(src: Path, dest: Path, stop: threading.Event) -> tuple[int, int]:
                     break
         except av.error.FFmpegError as exc:
             if chosen is None:
-                raise VideoFailed(f"video does not decode: {exc}") from None
+                raise VideoFailed(f"video does not decode: {_said(exc)}") from None
     if chosen is None:
         raise VideoFailed("video has no decodable frame")
     width = min(THUMBNAIL_MAX_WIDTH, chosen.width) // 2 * 2
@@ -181,7 +187,7 @@ def process_video(src: Path, work: Path, stop: threading.Event) -> VideoResult:
                         raise VideoFailed("video has too many undecodable frames") from None
             writer.finish()
         except av.error.FFmpegError as exc:
-            raise VideoFailed(f"video does not demux: {exc}") from None
+            raise VideoFailed(f"video does not demux: {_said(exc)}") from None
         except MediaError as exc:  # (the last segment failing to close)
             raise VideoFailed(f"video cannot be written: {exc}") from None
         duration_s = container.duration / av.time_base if container.duration else None
