@@ -367,6 +367,10 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     app[recordings.RECORDINGS] = recordings.RecordingService(
         data / "tmp", processor, link_expiry_s=settings.storage.presign_expiry_s
     )
+    guards: dict[str, objects_route.PutGuard] = {
+        f"{recordings.KEY_PREFIX}/": recordings.video_put_refusal
+    }
+    app[objects_route.PUT_GUARDS] = guards
     await asyncio.to_thread(recordings.prepare_tmp, data / "tmp")
     await processor.start()
     try:

@@ -8,6 +8,7 @@ import contextlib
 import os
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import web
@@ -23,6 +24,12 @@ from .keys import SETTINGS, SIGNER, STORE
 # streamed to a file in chunks, never held in memory.
 MAX_PUT_BYTES = 4 * 1024**3
 PUT_CHUNK_BYTES = 1024 * 1024
+
+# Says whether a presigned PUT of a key may still land (e.g. its recording not deleted, its
+# video not in yet); by key prefix. Asked before the body is read and again once it is
+# stored: a PUT the answer turned against meanwhile is taken back.
+PutGuard = Callable[[web.Application, str], Awaitable[str | None]]  # None: yes; else why not
+PUT_GUARDS: web.AppKey[dict[str, PutGuard]] = web.AppKey("put_guards")
 
 
 def add_routes(app: web.Application) -> None:
@@ -114,9 +121,18 @@ def _set_413(exc: web.HTTPException) -> web.HTTPException:
     return exc
 
 
+async def _refusal(app: web.Application, key: str) -> str | None:
+    for prefix, guard in app.get(PUT_GUARDS, {}).items():
+        if key.startswith(prefix):
+            return await guard(app, key)
+    return None
+
+
 async def put_object(request: web.Request) -> web.Response:
     """Store the body under the key for a holder of a valid presigned PUT URL."""
     key = _verify(request, "PUT")
+    if (refused := await _refusal(request.app, key)) is not None:
+        raise rpc_error(RpcCode.FAILED_PRECONDITION, refused)
     if request.content_length is not None and request.content_length > MAX_PUT_BYTES:
         raise _set_413(_too_large())
     tmp_dir = request.app[SETTINGS].data_dir / "tmp"
@@ -128,6 +144,9 @@ async def put_object(request: web.Request) -> web.Response:
         info = await request.app[STORE].put_file(key, path, content_type)
     finally:
         await asyncio.to_thread(_unlink, path)
+    if (refused := await _refusal(request.app, key)) is not None:  # (changed while it came)
+        await request.app[STORE].delete(key)
+        raise rpc_error(RpcCode.FAILED_PRECONDITION, refused)
     return web.Response(status=200, headers={"ETag": f'"{info.etag}"'})
 
 

@@ -315,6 +315,23 @@ async def confirm_video(request: web.Request) -> web.Response:
     return web.json_response(recording_json(updated))
 
 
+async def video_put_refusal(app: web.Application, key: str) -> str | None:
+    """Why a presigned PUT of ``key`` (under ``captures/``) may not land, None when it may:
+    only a recording's original video, while the recording waits for it (``uploading``, or
+    ``failed`` for a new upload). A PUT after a delete left an orphan of up to 4 GiB that
+    nothing lists; one after ``ready`` replaced the original under the processed video."""
+    parts = key.split("/")
+    row = None
+    if len(parts) == 5 and parts[0] == KEY_PREFIX:
+        with contextlib.suppress(ValueError):
+            row = await app[META].get_recording(str(uuid.UUID(parts[2])), parts[1])
+    if row is None or row.video_key != key:
+        return "no recording waits for this upload (deleted, or not a video's key)"
+    if row.status not in (RecordingStatus.UPLOADING, RecordingStatus.FAILED):
+        return f"the recording's video is in already (status {row.status})"
+    return None
+
+
 async def delete_recording(request: web.Request) -> web.Response:
     """``DELETE /v1/recordings/{id}``: its processing stopped, every object removed, then the
     row (so a failed delete can simply be retried)."""

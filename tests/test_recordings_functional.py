@@ -287,6 +287,55 @@ async def test_presigned_put_checks_signature_and_size(
     assert [(i.size, i.content_type) for i in video] == [(1000, "video/webm")]
 
 
+async def test_an_upload_url_lands_only_while_its_recording_waits_for_it(server: Any) -> None:
+    """The PUT URL outlives a delete (and the video's processing): a PUT after a delete used
+    to leave an orphan nothing lists, one after ``ready`` replaced the original. Refused now,
+    also when the delete comes while the body is on its way."""
+    auth = await tenant_headers(server, "acme")
+    video, _, _ = await asyncio.to_thread(encode_webm, 1.0)
+    async with aiohttp.ClientSession() as http:
+        made = []
+        for _ in range(2):
+            async with http.post(
+                server.url + "/v1/recordings", json=body(has_video=True), headers=auth
+            ) as resp:
+                made.append(await resp.json())
+        gone, ready = made
+        async with http.delete(f"{server.url}/v1/recordings/{gone['id']}", headers=auth) as resp:
+            assert resp.status == 204
+        async with http.put(gone["video_upload_url"], data=video) as resp:
+            refused = await resp.json()
+            assert resp.status == 400 and refused["code"] == 9  # FAILED_PRECONDITION
+            assert "no recording waits" in refused["message"]
+
+        async def delete_while_it_comes() -> Any:  # the delete lands mid-body
+            yield video[:1000]
+            async with http.delete(f"{server.url}/v1/recordings/{late['id']}", headers=auth):
+                pass
+            yield video[1000:]
+
+        async with http.post(
+            server.url + "/v1/recordings", json=body(has_video=True), headers=auth
+        ) as resp:
+            late = await resp.json()
+        async with http.put(late["video_upload_url"], data=delete_while_it_comes()) as resp:
+            assert resp.status == 400
+        url = f"{server.url}/v1/recordings/{ready['id']}"
+        async with http.put(ready["video_upload_url"], data=video) as resp:
+            assert resp.status == 200
+        async with http.post(url + "/video/confirm", headers=auth) as resp:
+            assert resp.status == 200
+        await asyncio.wait_for(
+            server.app[RECORDINGS].processor.wait_settled(ready["id"]), SETTLE_TIMEOUT_S
+        )
+        async with http.put(ready["video_upload_url"], data=b"something else") as resp:
+            assert resp.status == 400 and "in already" in (await resp.json())["message"]
+    keys = [info.key async for info in server.app[STORE].list("captures/")]
+    assert keys and all(f"/{ready['id']}/" in key for key in keys)  # no orphan of the others
+    original = next(k for k in keys if k.endswith("video/original"))
+    assert await server.app[STORE].get_bytes(original) == video
+
+
 def h264_with_aac_at(rate: int, seconds: float = 2.0) -> bytes:
     """An MP4 of H.264 (320x240, 15 fps) and AAC at ``rate`` Hz."""
     buf = io.BytesIO()
