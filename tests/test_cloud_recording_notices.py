@@ -271,6 +271,17 @@ async def test_a_full_spool_is_one_warning(rig: Rig, s3: SeaweedS3, s3_bucket: s
         NoticeModule.UPLOADER, WarnCode.SPOOL_FULL,
     )  # fmt: skip
     assert [e for e, _ in notices][-3:] == [41, 31, 11]
+    # and every file that waited is in the bucket: each playlist's segments all there, 2 s
+    client = s3.client()
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket=s3_bucket)["Contents"]]
+    playlists = [k for k in keys if session.sid in k and k.endswith(".m3u8")]
+    assert playlists
+    for key in playlists:
+        text = client.get_object(Bucket=s3_bucket, Key=key)["Body"].read().decode()
+        listed = Playlist.parse(text).segments
+        folder = key.rsplit("/", 1)[0] + "/" if "/" in key else ""
+        assert listed and all(folder + seg.uri in keys for seg in listed), (key, keys)
+        assert sum(seg.duration_s for seg in listed) == pytest.approx(2.0, abs=0.1)
     await rig.close()
 
 
