@@ -117,6 +117,9 @@ async def test_refusals(whip_server: Any) -> None:
         (app.appid, {"Authorization": f"Bearer {forged}"}, sdp, 401, "signature is not valid"),
         (app.appid, {"Authorization": f"Bearer {elsewhere}"}, sdp, 401, "not 'room1'"),
         (app.appid, {"Authorization": "Bearer " + mint(
+            app.certificate, app.appid, "room1", "u1", Role.SUBSCRIBER)},
+         sdp, 401, "does not allow publishing"),
+        (app.appid, {"Authorization": "Bearer " + mint(
             app.certificate, app.appid, "room1", "u1", Role.PUBLISHER, 1, now=1_000_000)},
          sdp, 401, "expired"),
         (app.appid, {"Authorization": f"Bearer {good}"}, "v=0\r\nbad", 400, "no media section"),

@@ -18,7 +18,7 @@ from wsclient import RawClient
 from api.apps import create_app_row
 from api.keys import CHANNELS, META
 from ingest.individual import UidRecorder
-from ingest.tokens import mint
+from ingest.tokens import Role, mint
 from mixer.member_writer import OutputKind
 from mixer.playlist import Playlist
 from mixer.sources import FileSource
@@ -93,9 +93,11 @@ async def test_ws_channel_refusals(server_factory: Any) -> None:
     app = await create_app_row(server.app[META])
     other = await create_app_row(server.app[META])
     forged = mint(other.certificate, app.appid, "room1", "u1")
+    listener = mint(app.certificate, app.appid, "room1", "u1", Role.SUBSCRIBER)
     cases = [
         ({"appid": app.appid, "cname": "room1"}, "", 4002, "needs a channel token"),
         ({"appid": app.appid, "cname": "room1"}, forged, 4002, "signature is not valid"),
+        ({"appid": app.appid, "cname": "room1"}, listener, 4002, "does not allow publishing"),
         ({"appid": "0" * 32, "cname": "room1"}, "", 4002, "not found"),
         ({"appid": app.appid}, "", 4001, "missing cname"),
     ]
