@@ -7,8 +7,9 @@ import asyncio
 from pathlib import Path
 
 import av
+import numpy as np
 import pytest
-from media import encode_webm
+from media import encode_clip, encode_webm
 from webrtc_peer import accept_answer, make_offer
 
 from ingest.channel_mix import ChannelMixRecorder, UidSelector
@@ -99,3 +100,40 @@ async def test_a_webm_publisher_is_filtered_per_kind(tmp_path: Path, excluded: s
     else:
         assert stats.video_in == 0 and stats.audio_in >= audio_frames - 1
     assert stats.undecodable == 0
+
+
+@pytest.mark.parametrize("audio_codec", ["aac", "opus"])
+async def test_a_websocket_members_audio_is_heard_in_the_mix(
+    tmp_path: Path, audio_codec: str
+) -> None:
+    """A WebSocket member's encoded audio is decoded and mixed: its tone is in the MP4 (the
+    mixer writes an AAC track of silence anyway, so a track's presence proves nothing)."""
+    tone_hz = 440.0
+    registry = ChannelRegistry()
+    config = MixConfig(width=W, height=H, fps=15, bitrate_kbps=200, file_types=frozenset(FileType))
+    mix = ChannelMixRecorder(registry, "app", "room", tmp_path, config)
+    member = await registry.join("app", "room", "42", Transport.WS)
+    registry.set_track("app", "room", member, TrackInfo("0", "video", "h264"))
+    registry.set_track("app", "room", member, TrackInfo("1", "audio", audio_codec))
+    clip = await asyncio.to_thread(
+        encode_clip, "h264", duration_s=3.0, audio_codec=audio_codec, tone_hz=tone_hz
+    )
+    await mix.start()  # (joined before: the members' snapshot lets it in first)
+    channel = registry.get("app", "room")
+    assert channel is not None
+    for f in clip.frames:
+        track = "0" if f.kind == "video" else "1"
+        channel.publish(
+            member, MediaFrame("42", track, f.kind, f.data, f.pts_us, f.keyframe, f.codec)
+        )
+    output = await mix.stop()
+    assert output is not None and len(output.mp4s) == 1 and mix.stats.undecodable == 0
+    with av.open(str(output.mp4s[0][0])) as container:
+        pcm = np.concatenate(
+            [frame.to_ndarray().reshape(-1) for frame in container.decode(audio=0)]
+        )
+    middle = pcm[len(pcm) // 4 : 3 * len(pcm) // 4]  # (clear of the start and the end)
+    assert np.sqrt(np.mean(middle**2)) > 0.05
+    spectrum = np.abs(np.fft.rfft(middle * np.hanning(len(middle))))
+    peak_hz = np.argmax(spectrum) * 48_000 / len(middle)
+    assert abs(peak_hz - tone_hz) < 5, peak_hz
