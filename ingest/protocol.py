@@ -224,6 +224,8 @@ def _check_hello(msg: dict[str, Any]) -> None:
         if not isinstance(msg.get("token"), str) or len(msg["token"]) > 2048:
             raise _fail(CloseCode.SCHEMA, "hello: token must be a string (empty: no token)")
         return
+    if msg.get("token") in (None, ""):  # no credential: what 4002 says (not a schema fault)
+        raise _fail(CloseCode.UNAUTHENTICATED, "hello: no token (the server's API key)")
     _str(msg, "token", required=True, limit=512)
     for name in ("session_id", "platform_call_id", "agent_platform_id", "user_id"):
         _str(msg, name)

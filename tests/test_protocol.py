@@ -42,7 +42,9 @@ def test_hello_and_track_round_trip() -> None:
         (frame(t="media", seq=1, track=0, pts=0, key=True, data="text"), CloseCode.SCHEMA),
         (frame(t="media", seq=True, track=0, pts=0, key=True, data=b"x"), CloseCode.SCHEMA),
         (frame(t="hello", v=2, token="k"), CloseCode.SCHEMA),
-        (frame(t="hello", v=1), CloseCode.SCHEMA),
+        (frame(t="hello", v=1), CloseCode.UNAUTHENTICATED),  # (no credential: 4002, as documented)
+        (frame(t="hello", v=1, token=""), CloseCode.UNAUTHENTICATED),
+        (frame(t="hello", v=1, token=5), CloseCode.SCHEMA),
         (frame(t="hello", v=1, token="k", session_id=""), CloseCode.SCHEMA),
         (frame(t="track", id=0, kind="video", codec="h265"), CloseCode.UNSUPPORTED_CODEC),
         (frame(t="track", id=0, kind="audio", codec="h264"), CloseCode.UNSUPPORTED_CODEC),
