@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 Sample = tuple[str, str, str, float]  # name, type, help, value
+
+
+def number(value: float) -> str:
+    """A sample value as Prometheus reads it, every digit kept (``:g`` kept 6: a seconds
+    sum past 10^6 stopped moving by the small amounts added to it)."""
+    if isinstance(value, int):
+        return str(value)
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(value)
 
 
 def render(samples: Iterable[Sample]) -> str:
@@ -13,7 +26,7 @@ def render(samples: Iterable[Sample]) -> str:
     for name, kind, help_text, value in samples:
         lines.append(f"# HELP {name} {help_text}")
         lines.append(f"# TYPE {name} {kind}")
-        lines.append(f"{name} {value:g}" if isinstance(value, float) else f"{name} {value}")
+        lines.append(f"{name} {number(value)}")
     return "\n".join(lines) + "\n"
 
 
@@ -70,6 +83,6 @@ class Histogram:
                 running += n
                 lines.append(f'{self.name}_bucket{{{label},le="{bound:g}"}} {running}')
             lines.append(f'{self.name}_bucket{{{label},le="+Inf"}} {int(count)}')
-            lines.append(f"{self.name}_sum{{{label}}} {total:g}")
+            lines.append(f"{self.name}_sum{{{label}}} {number(total)}")
             lines.append(f"{self.name}_count{{{label}}} {int(count)}")
         return "\n".join(lines) + "\n"
