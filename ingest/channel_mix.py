@@ -90,6 +90,7 @@ class ChannelMixRecorder:
         self._on_error = on_error
         self.failed: Exception | None = None
         self._clock = clock
+        self._wall0_us, self._mono0 = int(clock() * US), time.monotonic()
         self.audio_uids, self.video_uids = audio_uids, video_uids
         self._mix = MixRecorder(
             config,
@@ -112,7 +113,9 @@ class ChannelMixRecorder:
         self.started_at_ms = 0
 
     def _now_us(self) -> int:
-        return int(self._clock() * US)
+        # the wall clock at the start, moved on by the monotonic clock: a step of the wall
+        # clock (NTP, a VM resumed) would otherwise carry the mix past every member's frames
+        return self._wall0_us + int((time.monotonic() - self._mono0) * US)
 
     def _wanted(self, uid: str, kind: str) -> bool:
         return (self.video_uids if kind == "video" else self.audio_uids).allows(uid)
@@ -196,16 +199,16 @@ class ChannelMixRecorder:
                 continue
             now_us = self._now_us()
             track_clock = "shared" if media.shared_clock else media.track_id  # ingest.arrival
-            clock = self._clocks.setdefault((uid, track_clock), TrackClock())
+            clock = self._clocks.setdefault((uid, track_clock), TrackClock(follow_arrival=True))
             for _, data, pts_us in await self._decoded(media):
                 t_us = clock.place(pts_us, now_us)
                 if isinstance(data, av.VideoFrame):
                     if self._wanted(uid, "video"):
                         self.stats.video_in += 1
-                        await self._mix.push_video(uid, data, t_us)
+                        await self._mix.push_video(uid, data, t_us, now_us)
                 elif isinstance(data, av.AudioFrame) and self._wanted(uid, "audio"):
                     self.stats.audio_in += 1
-                    await self._mix.push_audio(uid, data, t_us)
+                    await self._mix.push_audio(uid, data, t_us, now_us)
 
     async def _forget_gone(self) -> None:
         gone, self._gone = self._gone, set()

@@ -28,13 +28,29 @@ RESYNC_BACK_US = 1_000_000
 RESYNC_AHEAD_US = 60_000_000
 
 
+# A mix's tracks follow their arrival (``follow_arrival``): a sender's clock runs some ppm
+# off the server's (100 ppm is 100 ms in 17 minutes). A track whose every frame of a window
+# of ``DRIFT_WINDOW_US`` (wall time) came more than ``LATE_US`` after its place moves on by
+# the least of those delays (a slow clock: its audio would come too late to be mixed); one
+# whose every frame came more than ``AHEAD_US`` before its place moves back by the least of
+# those leads (a fast clock: it would be heard later and later). Only a whole window counts:
+# jitter, and a burst sent faster than real time, pass. The audio mixer keeps a member's
+# samples contiguous across such small steps.
+AHEAD_US = 20_000
+LATE_US = 60_000
+DRIFT_WINDOW_US = 2_000_000
+
+
 @dataclass(slots=True)
 class TrackClock:
     """One track's timestamps mapped onto the recording's wall clock (µs)."""
 
+    follow_arrival: bool = False
     origin_pts_us: int | None = None
     origin_wall_us: int = 0
     last_pts_us: int = 0
+    window_start_us: int = 0
+    window_lags: tuple[int, int] | None = None  # the least and most delay in this window
 
     def place(self, pts_us: int, now_us: int) -> int:
         """``pts_us`` on the recording's clock, the frame having arrived at ``now_us``."""
@@ -44,8 +60,24 @@ class TrackClock:
             or self.origin_wall_us + pts_us - self.origin_pts_us > now_us + RESYNC_AHEAD_US
         ):
             self.origin_pts_us, self.origin_wall_us = pts_us, now_us
+            self.window_start_us, self.window_lags = now_us, None
         self.last_pts_us = pts_us
-        return self.origin_wall_us + pts_us - self.origin_pts_us
+        placed = self.origin_wall_us + pts_us - self.origin_pts_us
+        if self.follow_arrival:
+            self._follow(now_us - placed, now_us)
+        return placed
+
+    def _follow(self, lag: int, now_us: int) -> None:
+        least, most = self.window_lags or (lag, lag)
+        self.window_lags = (min(least, lag), max(most, lag))
+        if now_us - self.window_start_us < DRIFT_WINDOW_US:
+            return
+        least, most = self.window_lags
+        if least > LATE_US:  # late all along: the sender's clock is slow
+            self.origin_wall_us += least
+        elif most < -AHEAD_US:  # early all along: it is fast
+            self.origin_wall_us += most
+        self.window_start_us, self.window_lags = now_us, None
 
 
 MICROSECONDS = Fraction(1, 1_000_000)

@@ -343,6 +343,7 @@ class MixSession:
         if origin_us is not None:
             self._mixer.origin_us = origin_us
         self._clock_us: int | None = None
+        self._latest_us: int | None = None  # the latest frame's time, past the clock maybe
         self._frames = 0  # Output frames painted so far (the next one's index).
         # Joins, leaves and layout changes, applied at their time on the output timeline.
         self._events: list[tuple[int, int, Callable[[], None]]] = []
@@ -370,21 +371,30 @@ class MixSession:
             self._origin_us = t_us
             self._mixer.origin_us = t_us
 
-    def push_video(self, uid: str, frame: VideoFrame, t_us: int) -> list[SegmentInfo]:
-        """A decoded video frame of `uid`, shown from `t_us`; returns the segments finished."""
+    def push_video(
+        self, uid: str, frame: VideoFrame, t_us: int, now_us: int | None = None
+    ) -> list[SegmentInfo]:
+        """A decoded video frame of `uid`, shown from `t_us`; returns the segments finished.
+        ``now_us``: when it arrived, which the mix's clock does not pass (``advance``)."""
         self._check_open()
         self._start(t_us)
         self.compositor.join(uid, t_us, self._rank(uid))  # in its place if it is new
         self.compositor.push_video(uid, frame, t_us)
-        return self.advance(t_us)
+        self._latest_us = t_us if self._latest_us is None else max(self._latest_us, t_us)
+        return self.advance(t_us if now_us is None else min(t_us, now_us))
 
-    def push_audio(self, uid: str, frame: AudioFrame, t_us: int) -> list[SegmentInfo]:
-        """A decoded audio frame of `uid` starting at `t_us` (any rate and layout)."""
+    def push_audio(
+        self, uid: str, frame: AudioFrame, t_us: int, now_us: int | None = None
+    ) -> list[SegmentInfo]:
+        """A decoded audio frame of `uid` starting at `t_us` (any rate and layout); a frame
+        placed ahead of its arrival ``now_us`` (a sender's fast clock) does not carry the
+        mix's clock ahead with it, which would leave every other member's audio late."""
         self._check_open()
         self._start(t_us)
         self.compositor.join(uid, t_us, self._rank(uid))  # Audio only still has a window.
         self._mixer.push(uid, frame, t_us)
-        return self.advance(t_us)
+        self._latest_us = t_us if self._latest_us is None else max(self._latest_us, t_us)
+        return self.advance(t_us if now_us is None else min(t_us, now_us))
 
     def join(self, uid: str, t_us: int) -> list[SegmentInfo]:
         """`uid` joins at `t_us` (pushing a frame joins too; this fixes the join order)."""
@@ -513,8 +523,8 @@ class MixSession:
         if not self._finished:
             self._finished = True
             if self._clock_us is not None:
-                try:
-                    self._produce(self._clock_us)
+                try:  # (every frame it was given: those placed past the clock too)
+                    self._produce(max(self._clock_us, self._latest_us or self._clock_us))
                 except Exception:  # the recording made so far is closed and kept all the same
                     log.exception("painting the mix's last frames failed: closed without them")
             self._write_video(self._h264.encode(None))
@@ -617,17 +627,21 @@ class MixRecorder:
             if self._on_segment is not None:
                 self._on_segment(info)
 
-    async def push_video(self, uid: str, frame: VideoFrame, t_us: int) -> bool:
+    async def push_video(
+        self, uid: str, frame: VideoFrame, t_us: int, now_us: int | None = None
+    ) -> bool:
         """Queue a decoded video frame; False if it was dropped because the mix is behind."""
         if self._slots.locked():
             self.dropped_video_frames += 1
             return False
-        await self._produce(lambda: self._open().push_video(uid, frame, t_us))
+        await self._produce(lambda: self._open().push_video(uid, frame, t_us, now_us))
         return True
 
-    async def push_audio(self, uid: str, frame: AudioFrame, t_us: int) -> None:
+    async def push_audio(
+        self, uid: str, frame: AudioFrame, t_us: int, now_us: int | None = None
+    ) -> None:
         """Queue a decoded audio frame (waits for room rather than dropping)."""
-        await self._produce(lambda: self._open().push_audio(uid, frame, t_us))
+        await self._produce(lambda: self._open().push_audio(uid, frame, t_us, now_us))
 
     async def join(self, uid: str, t_us: int) -> None:
         """`uid` joins at `t_us`."""

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import random
 import threading
+from pathlib import Path
 
 import numpy as np
+import pytest
+from av.audio.frame import AudioFrame
 from media import encode_clip, encode_webm
 
 from ingest.channels import MediaFrame
-from ingest.member_frames import FrameDecoders
+from ingest.member_frames import FrameDecoders, TrackClock
+from mixer.mix import MixConfig, MixSession
 
 
 def test_a_member_that_left_holds_no_decoder_and_no_thread() -> None:
@@ -47,3 +52,29 @@ def test_pictures_decoded_with_b_frames_keep_their_own_times() -> None:
             assert int(np.argmax(luma > 200)) == (index * 8) % width, (index, pts_us)
             times.append(pts_us)
     assert times == sorted(times) and len(times) >= clip.video_frames - 2  # (delay at the end)
+
+
+@pytest.mark.parametrize("ppm", [7500, -7500])
+def test_a_member_whose_clock_drifts_does_not_mute_the_mix(tmp_path: Path, ppm: int) -> None:
+    """Member B's sample clock runs off the server's (7500 ppm for 40 s: 300 ms, what 100
+    ppm makes in 50 minutes); frames arrive with up to 80 ms of jitter. A fast B used to carry
+    the mix's clock ahead, so A's audio came late and was dropped (more than half of it);
+    a slow B dropped its own. Nobody's audio is late now."""
+    rng = random.Random(7)
+    mix = MixSession(MixConfig(width=16, height=16, fps=5), tmp_path)
+    clocks = {"A": TrackClock(follow_arrival=True), "B": TrackClock(follow_arrival=True)}
+    wall0, last = 1_000_000_000_000, {"A": 0, "B": 0}
+    arrivals = []
+    for k in range(40 * 50):  # 20 ms frames
+        t = k * 20_000
+        for uid, pts in (("A", t), ("B", int(t * (1 + ppm / 1e6)))):
+            now = max(wall0 + t + rng.randint(0, 80_000), last[uid])  # (in order, as TCP)
+            last[uid] = now
+            arrivals.append((now, uid, pts))
+    for now, uid, pts in sorted(arrivals):
+        frame = AudioFrame.from_ndarray(np.full((1, 960), 0.1, np.float32), "fltp", "mono")
+        frame.sample_rate = 48_000
+        mix.push_audio(uid, frame, clocks[uid].place(pts, now), now)  # (as the channel mix)
+    late = {uid: mix._mixer.late_samples(uid) for uid in clocks}
+    mix.finish()
+    assert late == {"A": 0, "B": 0}
