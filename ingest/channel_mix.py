@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 US = 1_000_000
 TICK_S = 0.5
+VIDEO_TAKEOVER_US = 2_000_000  # a member's other video track is shown once the first stops
 TICK_LAG_US = 500_000  # advance only past what late frames can no longer change
 
 
@@ -61,6 +62,7 @@ class MixStats:
     video_in: int = 0
     audio_in: int = 0
     undecodable: int = 0
+    video_ignored: int = 0  # frames of a member's second video track (one is shown)
     joins: int = 0
     leaves: int = 0
 
@@ -105,6 +107,7 @@ class ChannelMixRecorder:
         self._ticker: asyncio.Task[None] | None = None
         self._decoders = FrameDecoders()
         self._clocks: dict[tuple[str, str], TrackClock] = {}
+        self._video_tracks: dict[str, tuple[str, int]] = {}  # uid: (track shown, its last)
         self._joined: set[str] = set()
         # members that left: their decoders and clocks go before the next frame is decoded
         # (by the media task, which decodes one frame at a time: never under a decode)
@@ -203,16 +206,29 @@ class ChannelMixRecorder:
             for _, data, pts_us in await self._decoded(media):
                 t_us = clock.place(pts_us, now_us)
                 if isinstance(data, av.VideoFrame):
-                    if self._wanted(uid, "video"):
+                    if self._wanted(uid, "video") and self._shown(uid, media.track_id, now_us):
                         self.stats.video_in += 1
                         await self._mix.push_video(uid, data, t_us, now_us)
                 elif isinstance(data, av.AudioFrame) and self._wanted(uid, "audio"):
-                    self.stats.audio_in += 1
-                    await self._mix.push_audio(uid, data, t_us, now_us)
+                    self.stats.audio_in += 1  # (each track of a member mixed with the others)
+                    await self._mix.push_audio(uid, data, t_us, now_us, media.track_id)
+
+    def _shown(self, uid: str, track_id: str, now_us: int) -> bool:
+        """Whether this video track is the one shown of ``uid``'s window: the first that
+        came, until it has been silent for ``VIDEO_TAKEOVER_US`` (two tracks shown in one
+        window took turns, frame by frame). Its other frames are counted, not shown."""
+        shown = self._video_tracks.get(uid)
+        if shown is None or shown[0] == track_id or now_us - shown[1] > VIDEO_TAKEOVER_US:
+            self._video_tracks[uid] = (track_id, now_us)
+            return True
+        self.stats.video_ignored += 1
+        return False
 
     async def _forget_gone(self) -> None:
         gone, self._gone = self._gone, set()
         self._clocks = {key: c for key, c in self._clocks.items() if key[0] not in gone}
+        for uid in gone:
+            self._video_tracks.pop(uid, None)
         for uid in gone:
             await asyncio.to_thread(self._decoders.forget, uid)
 

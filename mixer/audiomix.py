@@ -125,6 +125,16 @@ class _Input:
     late_samples: int = 0
 
 
+TRACK_SEPARATOR = "\x00"  # (in no uid: the protocols' uids are printable)
+
+
+def input_key(uid: str, track: str = "") -> str:
+    """The mixer's input for one audio track of ``uid``: each track is an input of its own,
+    summed with the others (two tracks laid end to end under one key ran at twice the rate,
+    then were trimmed: a member's microphone and system audio came out garbled)."""
+    return f"{uid}{TRACK_SEPARATOR}{track}" if track else uid
+
+
 class AudioMixer:
     """Places each user's audio on one 48 kHz clock and mixes it in AAC-frame-sized chunks."""
 
@@ -199,8 +209,10 @@ class AudioMixer:
         entry.buf = np.concatenate(pieces, axis=1)
 
     def remove(self, uid: str) -> None:
-        """Drop a user; what they sent but was not mixed yet is mixed no more."""
-        self._inputs.pop(uid, None)
+        """Drop a user, every track of theirs (``input_key``); what they sent but was not
+        mixed yet is mixed no more."""
+        for key in [k for k in self._inputs if k == uid or k.startswith(uid + TRACK_SEPARATOR)]:
+            del self._inputs[key]
 
     def mix_until(self, t_us: int) -> list[np.ndarray]:
         """Mix every whole chunk before `t_us`; each is float32 (channels x 1024), limited."""

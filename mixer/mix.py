@@ -33,7 +33,7 @@ from av.audio.frame import AudioFrame
 from av.video.codeccontext import VideoCodecContext
 from av.video.frame import PictureType, VideoFrame
 
-from mixer.audiomix import MIX_RATE_HZ, AacEncoder, AudioMixer, AudioProfile
+from mixer.audiomix import MIX_RATE_HZ, AacEncoder, AudioMixer, AudioProfile, input_key
 from mixer.compositor import Compositor, parse_color
 from mixer.errors import ConfigError
 from mixer.hls import HlsWriter
@@ -384,15 +384,21 @@ class MixSession:
         return self.advance(t_us if now_us is None else min(t_us, now_us))
 
     def push_audio(
-        self, uid: str, frame: AudioFrame, t_us: int, now_us: int | None = None
+        self,
+        uid: str,
+        frame: AudioFrame,
+        t_us: int,
+        now_us: int | None = None,
+        track: str = "",
     ) -> list[SegmentInfo]:
         """A decoded audio frame of `uid` starting at `t_us` (any rate and layout); a frame
         placed ahead of its arrival ``now_us`` (a sender's fast clock) does not carry the
-        mix's clock ahead with it, which would leave every other member's audio late."""
+        mix's clock ahead with it, which would leave every other member's audio late. Each
+        ``track`` of a member is mixed in with the others (a microphone and system audio)."""
         self._check_open()
         self._start(t_us)
         self.compositor.join(uid, t_us, self._rank(uid))  # Audio only still has a window.
-        self._mixer.push(uid, frame, t_us)
+        self._mixer.push(input_key(uid, track), frame, t_us)
         self._latest_us = t_us if self._latest_us is None else max(self._latest_us, t_us)
         return self.advance(t_us if now_us is None else min(t_us, now_us))
 
@@ -638,10 +644,15 @@ class MixRecorder:
         return True
 
     async def push_audio(
-        self, uid: str, frame: AudioFrame, t_us: int, now_us: int | None = None
+        self,
+        uid: str,
+        frame: AudioFrame,
+        t_us: int,
+        now_us: int | None = None,
+        track: str = "",
     ) -> None:
         """Queue a decoded audio frame (waits for room rather than dropping)."""
-        await self._produce(lambda: self._open().push_audio(uid, frame, t_us, now_us))
+        await self._produce(lambda: self._open().push_audio(uid, frame, t_us, now_us, track))
 
     async def join(self, uid: str, t_us: int) -> None:
         """`uid` joins at `t_us`."""

@@ -137,3 +137,48 @@ async def test_a_websocket_members_audio_is_heard_in_the_mix(
     spectrum = np.abs(np.fft.rfft(middle * np.hanning(len(middle))))
     peak_hz = np.argmax(spectrum) * 48_000 / len(middle)
     assert abs(peak_hz - tone_hz) < 5, peak_hz
+
+
+async def test_a_members_two_audio_tracks_are_summed_and_one_video_is_shown(
+    tmp_path: Path,
+) -> None:
+    """A desktop agent's microphone and system audio (two audio tracks of one member) are
+    both heard, at their levels (laid end to end as one input, they ran at twice the rate and
+    came out garbled); of its two video tracks one is shown (they took turns, frame by frame)."""
+    registry = ChannelRegistry()
+    config = MixConfig(width=W, height=H, fps=15, bitrate_kbps=200, file_types=frozenset(FileType))
+    mix = ChannelMixRecorder(registry, "app", "room", tmp_path, config)
+    member = await registry.join("app", "room", "42", Transport.WS)
+    clips = {}
+    for track, (kind, hz) in {"1": ("audio", 440.0), "2": ("audio", 660.0),
+                              "3": ("video", 0.0), "4": ("video", 0.0)}.items():  # fmt: skip
+        registry.set_track(
+            "app", "room", member, TrackInfo(track, kind, "opus" if kind == "audio" else "h264")
+        )
+        if kind == "audio":
+            clips[track] = await asyncio.to_thread(
+                encode_clip, None, duration_s=3.0, audio_codec="opus", tone_hz=hz
+            )
+    video = await asyncio.to_thread(encode_clip, "h264", duration_s=3.0, audio_codec=None)
+    await mix.start()
+    channel = registry.get("app", "room")
+    assert channel is not None
+    frames = [(track, f) for track, clip in clips.items() for f in clip.frames]
+    frames += [(track, f) for track in ("3", "4") for f in video.frames]
+    for track, f in sorted(frames, key=lambda tf: (tf[1].pts_us, tf[0])):
+        channel.publish(
+            member, MediaFrame("42", track, f.kind, f.data, f.pts_us, f.keyframe, f.codec)
+        )
+    output = await mix.stop()
+    assert output is not None and mix.stats.undecodable == 0
+    assert mix.stats.video_ignored == video.video_frames  # (track 4: track 3 is shown)
+    with av.open(str(output.mp4s[0][0])) as container:
+        pcm = np.concatenate([f.to_ndarray().reshape(-1) for f in container.decode(audio=0)])
+    middle = pcm[len(pcm) // 4 : 3 * len(pcm) // 4]
+    spectrum = np.abs(np.fft.rfft(middle * np.hanning(len(middle))))
+    hz = np.fft.rfftfreq(len(middle), 1 / 48_000)
+    levels = [spectrum[np.abs(hz - f) < 5].max() for f in (440.0, 660.0)]
+    assert min(levels) / max(levels) > 0.7, levels  # both tones, at one level
+    # nothing else: the two summed, not cut and laid end to end
+    near = (np.abs(hz - 440) < 20) | (np.abs(hz - 660) < 20)
+    assert (spectrum[near] ** 2).sum() / (spectrum**2).sum() > 0.95
