@@ -20,7 +20,7 @@ import heapq
 import itertools
 import logging
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
 from fractions import Fraction
@@ -39,7 +39,7 @@ from mixer.errors import ConfigError
 from mixer.hls import HlsWriter
 from mixer.images import fetch_images
 from mixer.layout import TRANSCODING_FIELD, LayoutSpec, RenderMode, check_number
-from mixer.mp4 import Mp4Info, build_mp4
+from mixer.mp4 import Mp4Info, submit_build
 from mixer.segmenter import DEFAULT_SEGMENT_TARGET_S, SegmentInfo
 from mixer.tracks import Codec, Kind, TrackSpec
 from mixer.transcode import X264_PRESET
@@ -354,6 +354,7 @@ class MixSession:
         self._mp4_part: list[SegmentInfo] = []
         self.segments: list[SegmentInfo] = []
         self.mp4s: list[tuple[Path, Mp4Info]] = []
+        self._mp4_builds: list[tuple[Path, Future[Mp4Info]]] = []  # handed to the MP4 thread
         self._finished = False
 
     @property
@@ -517,12 +518,27 @@ class MixSession:
                 self._build_mp4()
 
     def _build_mp4(self) -> None:
+        """Hand the part to the MP4 thread: built inline, a 2-hour part held the mix's thread
+        for seconds, and every member's media backed up and was dropped meanwhile."""
         if not self._mp4_part:
             return
-        path = self._dir / f"{self._name}_{len(self.mp4s):03d}.mp4"
-        info = build_mp4([s.path for s in self._mp4_part], path)
-        self.mp4s.append((path, info))
+        path = self._dir / f"{self._name}_{len(self._mp4_builds):03d}.mp4"
+        self._mp4_builds.append((path, submit_build([s.path for s in self._mp4_part], path)))
         self._mp4_part = []
+
+    def _built_mp4s(self) -> None:
+        """Wait for the parts handed over (``finish``): each built one is listed; the first
+        failure is raised once all are in."""
+        builds, self._mp4_builds = self._mp4_builds, []
+        failed: BaseException | None = None
+        for path, build in builds:
+            try:
+                self.mp4s.append((path, build.result()))
+            except Exception as exc:
+                log.error("building %s failed: %s", path.name, exc)
+                failed = failed or exc
+        if failed is not None:
+            raise failed
 
     def finish(self) -> MixOutput:
         """Paint up to the last time seen, drain the encoders, close the playlist and MP4s."""
@@ -538,6 +554,7 @@ class MixSession:
                 self._write(AUDIO_TRACK, data, pts * US_PER_S // MIX_RATE_HZ, True)
             self._collect(self._writer.finish())
             self._build_mp4()
+            self._built_mp4s()
         dropped = sum(self.compositor.dropped_frames(u) for u in self.compositor.users)
         return MixOutput(
             self._dir / f"{self._name}.m3u8",

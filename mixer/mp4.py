@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -256,6 +256,12 @@ def _played_s(path: Path, span_s: float) -> float:
     except av.error.FFmpegError:
         return span_s
     return span_s if duration is None else duration / av.time_base
+
+
+def submit_build(segments: Sequence[Path], out: Path) -> Future[Mp4Info]:
+    """``build_mp4`` in this process's one MP4 thread, for a caller on a thread of its own
+    (a mix's worker goes on mixing meanwhile)."""
+    return _BUILDER.submit(build_mp4, list(segments), out)
 
 
 async def build_mp4_queued(segments: Sequence[Path], out: Path) -> Mp4Info:

@@ -8,9 +8,11 @@ by the timestamps pushed, never by sleeping.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import av
@@ -20,6 +22,7 @@ from aiohttp import web
 from av.audio.frame import AudioFrame
 from av.video.frame import VideoFrame
 
+from mixer import mp4
 from mixer.compositor import frame_planes, rgb_to_yuv, solid_frame
 from mixer.errors import ConfigError
 from mixer.layout import LayoutMode, LayoutSpec, Region, RenderMode, compute_layout
@@ -365,6 +368,29 @@ async def test_hls_and_mp4_with_rollover(tmp_path: Path) -> None:
     with av.open(str(output.mp4s[0][0])) as mp4:
         assert mp4.streams.audio[0].codec_context.name == "aac"
         assert mp4.streams.video[0].codec_context.width == W
+
+
+async def test_mp4_parts_are_built_off_the_mix_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A part is handed to the MP4 thread: built on the mix's own, a 2-hour part held the mix
+    for seconds while every member's media backed up and was dropped."""
+    threads: list[str] = []
+    build = mp4.build_mp4
+
+    def watched(segments: Any, out: Path) -> Any:
+        threads.append(threading.current_thread().name)
+        return build(segments, out)
+
+    monkeypatch.setattr(mp4, "build_mp4", watched)
+    users = publishers(1, stop_s=3.0)
+    config = MixConfig(
+        width=W, height=H, fps=FPS, file_types=frozenset({FileType.HLS, FileType.MP4})
+    )
+    output = await record(tmp_path, config, Scenario(users), mp4_max_duration_s=1.0)
+    assert len(output.mp4s) == 3 and len(threads) == 3
+    assert all(name.startswith("mp4-build") for name in threads), threads
+    assert sum(info.video_frames for _, info in output.mp4s) == output.video_frames
 
 
 def test_config_defaults() -> None:
