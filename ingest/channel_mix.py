@@ -109,6 +109,7 @@ class ChannelMixRecorder:
         self._clocks: dict[tuple[str, str], TrackClock] = {}
         self._video_tracks: dict[str, tuple[str, int]] = {}  # uid: (track shown, its last)
         self._joined: set[str] = set()
+        self._seen: set[str] = set()  # members with a window (their video is recorded)
         # members that left: their decoders and clocks go before the next frame is decoded
         # (by the media task, which decodes one frame at a time: never under a decode)
         self._gone: set[str] = set()
@@ -155,11 +156,14 @@ class ChannelMixRecorder:
             self._joined.add(uid)
             self._gone.discard(uid)
             self.stats.joins += 1
-            await self._mix.join(uid, self._now_us())
+            if self._wanted(uid, "video"):  # (a member only heard takes no window)
+                self._seen.add(uid)
+                await self._mix.join(uid, self._now_us())
 
     async def _leave(self, uid: str) -> None:
         if uid in self._joined:
             self._joined.discard(uid)
+            self._seen.discard(uid)
             self._gone.add(uid)
             self.stats.leaves += 1
             await self._mix.leave(uid, self._now_us())
@@ -211,7 +215,8 @@ class ChannelMixRecorder:
                         await self._mix.push_video(uid, data, t_us, now_us)
                 elif isinstance(data, av.AudioFrame) and self._wanted(uid, "audio"):
                     self.stats.audio_in += 1  # (each track of a member mixed with the others)
-                    await self._mix.push_audio(uid, data, t_us, now_us, media.track_id)
+                    window = self._wanted(uid, "video")
+                    await self._mix.push_audio(uid, data, t_us, now_us, media.track_id, window)
 
     def _shown(self, uid: str, track_id: str, now_us: int) -> bool:
         """Whether this video track is the one shown of ``uid``'s window: the first that
@@ -247,7 +252,10 @@ class ChannelMixRecorder:
         channel = self._registry.get(self._appid, self._cname)
         present = list(channel.members) if channel is not None else []
         for uid in list(self._joined):
+            seen = uid in self._seen
             if not (self._wanted(uid, "video") or self._wanted(uid, "audio")):
+                await self._leave(uid)
+            elif seen != self._wanted(uid, "video"):  # seen now, or no more: a window, or none
                 await self._leave(uid)
         for uid in present:
             await self._join(uid)

@@ -391,14 +391,18 @@ class MixSession:
         t_us: int,
         now_us: int | None = None,
         track: str = "",
+        window: bool = True,
     ) -> list[SegmentInfo]:
         """A decoded audio frame of `uid` starting at `t_us` (any rate and layout); a frame
         placed ahead of its arrival ``now_us`` (a sender's fast clock) does not carry the
         mix's clock ahead with it, which would leave every other member's audio late. Each
-        ``track`` of a member is mixed in with the others (a microphone and system audio)."""
+        ``track`` of a member is mixed in with the others (a microphone and system audio).
+        ``window``: the member has one (an audio-only member does; one whose video is not
+        recorded does not)."""
         self._check_open()
         self._start(t_us)
-        self.compositor.join(uid, t_us, self._rank(uid))  # Audio only still has a window.
+        if window:
+            self.compositor.join(uid, t_us, self._rank(uid))
         self._mixer.push(input_key(uid, track), frame, t_us)
         self._latest_us = t_us if self._latest_us is None else max(self._latest_us, t_us)
         return self.advance(t_us if now_us is None else min(t_us, now_us))
@@ -667,9 +671,12 @@ class MixRecorder:
         t_us: int,
         now_us: int | None = None,
         track: str = "",
+        window: bool = True,
     ) -> None:
         """Queue a decoded audio frame (waits for room rather than dropping)."""
-        await self._produce(lambda: self._open().push_audio(uid, frame, t_us, now_us, track))
+        await self._produce(
+            lambda: self._open().push_audio(uid, frame, t_us, now_us, track, window)
+        )
 
     async def join(self, uid: str, t_us: int) -> None:
         """`uid` joins at `t_us`."""

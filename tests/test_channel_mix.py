@@ -4,6 +4,7 @@ windows hold their colours where the layout puts them."""
 from __future__ import annotations
 
 import asyncio
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -15,6 +16,7 @@ from webrtc_peer import accept_answer, make_offer
 from ingest.channel_mix import ChannelMixRecorder, UidSelector
 from ingest.channels import ChannelRegistry, MediaFrame, TrackInfo, Transport
 from ingest.webrtc import WebRtcSettings, WhipServer
+from mixer.compositor import rgb_to_yuv, solid_frame
 from mixer.layout import LayoutMode, LayoutSpec, compute_layout
 from mixer.mix import FileType, MixConfig
 
@@ -182,3 +184,49 @@ async def test_a_members_two_audio_tracks_are_summed_and_one_video_is_shown(
     # nothing else: the two summed, not cut and laid end to end
     near = (np.abs(hz - 440) < 20) | (np.abs(hz - 660) < 20)
     assert (spectrum[near] ** 2).sum() / (spectrum**2).sum() > 0.95
+
+
+def red_h264(seconds: float, fps: int = 15) -> list[tuple[bytes, int, bool]]:
+    """A solid red 160x120 H.264 clip: (Annex B frame, pts µs, keyframe)."""
+    encoder = av.CodecContext.create("libx264", "w")
+    encoder.width, encoder.height, encoder.pix_fmt = 160, 120, "yuv420p"
+    encoder.time_base = Fraction(1, fps)
+    encoder.options = {"bframes": "0", "g": str(fps)}
+    out = []
+    for i in range(int(seconds * fps) + 1):
+        frame = solid_frame(160, 120, rgb_to_yuv("#FF0000")) if i < seconds * fps else None
+        if frame is not None:
+            frame.pts = i
+        for p in encoder.encode(frame):
+            out.append((bytes(p), int(p.pts * 1_000_000 / fps), p.is_keyframe))
+    return out
+
+
+async def test_a_member_only_heard_takes_no_window(tmp_path: Path) -> None:
+    """subscribeVideoUids names the host only: an audience member heard, not seen, who came
+    first, took a window (the whole canvas, in floating layout), and the host a corner tile.
+    The host fills the canvas now; the other is heard."""
+    registry = ChannelRegistry()
+    config = MixConfig(width=W, height=H, fps=15, bitrate_kbps=300, file_types=frozenset(FileType))
+    only_host = UidSelector(only=frozenset({"100"}))
+    mix = ChannelMixRecorder(registry, "app", "room", tmp_path, config, video_uids=only_host)
+    audience = await registry.join("app", "room", "5", Transport.WS)
+    registry.set_track("app", "room", audience, TrackInfo("1", "audio", "opus"))
+    host = await registry.join("app", "room", "100", Transport.WS)
+    registry.set_track("app", "room", host, TrackInfo("0", "video", "h264"))
+    voice = await asyncio.to_thread(encode_clip, None, duration_s=2.0, audio_codec="opus")
+    picture = await asyncio.to_thread(red_h264, 2.0)
+    await mix.start()
+    channel = registry.get("app", "room")
+    assert channel is not None
+    for f in voice.frames:
+        channel.publish(audience, MediaFrame("5", "1", "audio", f.data, f.pts_us, True, "opus"))
+    for data, pts, key in picture:
+        channel.publish(host, MediaFrame("100", "0", "video", data, pts, key, "h264"))
+    output = await mix.stop()
+    assert output is not None and mix.stats.audio_in > 0
+    with av.open(str(output.mp4s[0][0])) as container:
+        last = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)][-2]
+    for x, y in ((W // 2, H // 2), (8, 8), (W - 8, H - 8)):  # red all over: no other window
+        r, g, b = (int(v) for v in last[y, x])
+        assert r > 180 and g < 80 and b < 80, ((x, y), (r, g, b))
