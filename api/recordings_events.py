@@ -18,6 +18,7 @@ from __future__ import annotations
 import codecs
 import json
 import math
+import re
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +42,7 @@ INFLATE_STEP_BYTES = 64
 # million years either way; past that a span no longer fits the metadata store's integers
 MAX_TIME_MS = 2**53 - 1
 EVENTS_CONTENT_TYPE = "application/zstd"
-_WHITESPACE = " \t\n\r"
+_NOT_BLANK = re.compile(r"[^ \t\n\r]")
 
 
 class BodyError(ValueError):
@@ -110,12 +111,24 @@ class _Reader:
     def peek(self) -> str:
         """The next non-blank character, or "" at the end of the file."""
         while True:
-            while self.pos < len(self.buf) and self.buf[self.pos] in _WHITESPACE:
-                self.pos += 1
+            # (one regex step over a run of blanks, not a Python step per character: 50 MiB
+            # of blanks held the GIL for seconds, and the live sessions' event loop with it)
+            match = _NOT_BLANK.search(self.buf, self.pos)
+            self.pos = match.start() if match else len(self.buf)
             if self.pos < len(self.buf):
                 return self.buf[self.pos]
             if not self.fill():
                 return ""
+
+    def _bytes_past(self, start: int, limit: int) -> bool:
+        """Whether the window from ``start`` holds more than ``limit`` bytes of UTF-8 (a
+        character is 1 to 4 bytes: encoded only once it could be past)."""
+        size = len(self.buf) - start
+        if size > limit:
+            return True
+        if size <= limit // 4:
+            return False
+        return len(self.buf[start:].encode("utf-8", "surrogatepass")) > limit
 
     def expect(self, chars: str, where: str) -> str:
         """Consume one of ``chars`` after blanks, or fail naming ``where``."""
@@ -144,7 +157,7 @@ class _Reader:
                     self.pos = end
                     return obj, start, end
                 error = None
-            if len(self.buf) - start > limit:
+            if self._bytes_past(start, limit):
                 raise BodyError(where, f"{where} is larger than {limit} bytes or not valid JSON")
             if not self.fill(want):
                 detail = f": {error}" if error is not None else ""

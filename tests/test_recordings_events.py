@@ -88,6 +88,15 @@ def test_an_event_past_its_limit_is_refused(
         _run(tmp_path, big)
     with pytest.raises(BodyError, match="UTF-8"):
         _run(tmp_path, b'{"events": ["\xff"]}')
+    # the limit is bytes: 400 characters of 4 bytes each are 1600 (counted as 400, they passed)
+    wide = '{"events": [{"type": 1, "timestamp": 1, "pad": "' + "\U0001f600" * 400 + '"}]}'
+    with pytest.raises(BodyError, match="larger than 1000 bytes"):
+        _run(tmp_path, wide.encode())
+    # and blanks between events, however many, are only blanks
+    spaced = (
+        '{"events": [{"type": 1, "timestamp": 1}' + " \n" * 5000 + ', {"type": 2, "timestamp": 2}]}'
+    )
+    assert _run(tmp_path, spaced)[0].event_count == 2
 
 
 def test_uuid7_ids_rise_strictly() -> None:
