@@ -27,6 +27,7 @@ from mixer.errors import InvalidMedia
 from mixer.layout import LayoutSpec
 from mixer.mix import MixConfig, MixOutput, MixRecorder, MixStyle
 from mixer.segmenter import SegmentInfo
+from mixer.throttle import LogThrottle
 from mixer.tracks import Codec
 
 from .channels import ChannelEvent, ChannelRegistry, MediaFrame, Subscription
@@ -114,6 +115,7 @@ class ChannelMixRecorder:
         # (by the media task, which decodes one frame at a time: never under a decode)
         self._gone: set[str] = set()
         self.stats = MixStats()
+        self._bad_log = LogThrottle()
         self.started_at_ms = 0
 
     def _now_us(self) -> int:
@@ -189,7 +191,11 @@ class ChannelMixRecorder:
             return await self._decoders.frames_of(media)
         except InvalidMedia as exc:
             self.stats.undecodable += 1
-            log.warning("mix %s/%s: %s: %s", self._appid, self._cname, media.uid, exc)
+            if (held := self._bad_log.allow(media.uid)) is not None:
+                log.warning(
+                    "mix %s/%s: %s: %s (and %d more since the last such warning)",
+                    self._appid, self._cname, media.uid, exc, held,
+                )  # fmt: skip
             return []
 
     async def _media(self, sub: Subscription) -> None:

@@ -121,6 +121,7 @@ class _Marker:
         self.clear()
 
     def __call__(self, sid: str, seq: int, data: bytes) -> None:
+        _SessionOfRecords.current = sid
         raw = sid.encode()
         self._map[: _MARK.size + len(raw)] = _MARK.pack(seq, len(raw)) + raw
         if self._failpoints and data.startswith(FAILPOINT_CRASH):
@@ -128,7 +129,20 @@ class _Marker:
             os._exit(FAILPOINT_EXIT_CODE)
 
     def clear(self) -> None:
+        _SessionOfRecords.current = None
         self._map[: _MARK.size] = _MARK.pack(0, 0)
+
+
+class _SessionOfRecords(logging.Filter):
+    """Gives a lane's log records the session whose frames it is writing (the media code it
+    calls knows no session: its warnings said which frame, not whose)."""
+
+    current: str | None = None  # (a lane writes on one thread, one session at a time)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.current is not None and not hasattr(record, "session_id"):
+            record.session_id = self.current
+        return True
 
 
 def read_mark(directory: Path) -> tuple[str, int] | None:
@@ -289,6 +303,8 @@ def lane_main(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if log_setup is not None:
         log_setup[0](*log_setup[1])
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_SessionOfRecords())
     state = _LaneState(Path(directory), rotate_bytes, failpoints)
     while True:
         due = state.due()

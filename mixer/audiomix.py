@@ -24,6 +24,7 @@ from av.audio.frame import AudioFrame
 from av.audio.resampler import AudioResampler
 
 from mixer.layout import check_number
+from mixer.throttle import LogThrottle
 from mixer.transcode import AAC_FRAME_SAMPLES, adts_header
 
 log = logging.getLogger(__name__)
@@ -145,6 +146,7 @@ class AudioMixer:
         self._inputs: dict[str, _Input] = {}
         self._pos = 0  # Next mix sample to make.
         self._limiter = Limiter()
+        self._late_log = LogThrottle()
 
     @property
     def position(self) -> int:
@@ -193,7 +195,14 @@ class AudioMixer:
             # Its time is mixed already: logged and counted, never dropped silently.
             late = min(samples.shape[1], self._pos - at)
             entry.late_samples += late
-            log.warning("%d samples of %s came after their time was mixed", late, uid)
+            if (held := self._late_log.allow(uid)) is not None:
+                log.warning(
+                    "%d samples of %s came after their time was mixed (and %d times more "
+                    "since the last such warning)",
+                    late,
+                    uid,
+                    held,
+                )
             samples, at = samples[:, late:], at + late
         if samples.shape[1] == 0:
             return

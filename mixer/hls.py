@@ -18,6 +18,7 @@ from mixer.segmenter import (
     StreamSlot,
     TsSegment,
 )
+from mixer.throttle import LogThrottle
 from mixer.tracks import Codec, Kind, TrackSpec
 from mixer.transcode import (
     AAC_CODER,
@@ -90,6 +91,7 @@ class HlsWriter:
             raise ValueError("target_segment_s must be positive")
         self._dir = Path(directory)
         self._dir.mkdir(parents=True, exist_ok=True)
+        self._drop_log = LogThrottle()  # (a client sending frames out of time sends many)
         self._durable = durable
         self._utc_names = utc_names
         self._aac_coder = aac_coder
@@ -270,7 +272,11 @@ class HlsWriter:
         dts = pts_us if dts_us is None else dts_us
         if track.last_dts_us is not None and dts < track.last_dts_us:
             if track.last_dts_us - dts > BACKWARDS_TOLERANCE_US:
-                log.warning("dropped a frame %d µs back in time", track.last_dts_us - dts)
+                if (held := self._drop_log.allow("back")) is not None:
+                    log.warning(
+                        "dropped a frame %d µs back in time (and %d since the last warning)",
+                        track.last_dts_us - dts, held,
+                    )  # fmt: skip
                 return []
         if self._offset_us is None:
             # One offset for all tracks keeps A/V sync; after a pause the timeline resumes
@@ -278,7 +284,11 @@ class HlsWriter:
             self._offset_us = dts - self._resume_ticks * 100 // 9
         dts_t = _us_to_ticks(dts - self._offset_us)
         if dts_t < self._resume_ticks - EARLY_TOLERANCE_TICKS:
-            log.warning("dropped a frame %d ticks before the timeline start", dts_t)
+            if (held := self._drop_log.allow("early")) is not None:
+                log.warning(
+                    "dropped a frame %d ticks before the timeline start (and %d since the "
+                    "last warning)", dts_t, held,
+                )  # fmt: skip
             return []
         pts_t = _us_to_ticks(pts_us - self._offset_us)
         assert track.normaliser is not None  # set for every non-webm track.
@@ -340,7 +350,11 @@ class HlsWriter:
         self._cut_asap = True
         self._pending.append((slot, packet, arrival))
         if len(self._pending) > MAX_PENDING_PACKETS:
-            log.warning("dropped a packet of a late track: no keyframe came to cut on")
+            if (held := self._drop_log.allow("late")) is not None:
+                log.warning(
+                    "dropped a packet of a late track: no keyframe came to cut on (and %d "
+                    "since the last warning)", held,
+                )  # fmt: skip
             del self._pending[0]
 
     def _open(self, start: int, arrival: float | None) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import os
 import signal
 from pathlib import Path
@@ -21,7 +22,7 @@ from test_recovery_functional import ServerProcess
 from wsclient import RawClient
 
 from api.keys import SESSIONS
-from ingest import writer
+from ingest import lanes, writer
 from ingest.errors import CloseCode
 from ingest.lanes import FAILPOINT_CRASH
 from ingest.recorder import SessionRecorder
@@ -639,3 +640,20 @@ async def test_health_says_degraded_while_no_lane_runs(
             await recovered
         async with http.get(server.url + "/healthz") as resp:
             assert resp.status == 200 and (await resp.json())["status"] == "ok"
+
+
+def test_a_lanes_records_name_the_session_being_written(tmp_path: Path) -> None:
+    """The media code a lane calls knows no session: its warnings (a frame dropped back in
+    time, a bad frame) now say whose, from the frame the lane is writing."""
+    marker = lanes._Marker(tmp_path, failpoints=False)
+    named = lanes._SessionOfRecords()
+
+    def record() -> logging.LogRecord:
+        out = logging.LogRecord("mixer.hls", logging.WARNING, "hls.py", 1, "dropped", (), None)
+        assert named.filter(out)
+        return out
+
+    marker("s-42", 7, b"frame")
+    assert record().session_id == "s-42"  # type: ignore[attr-defined]
+    marker.clear()
+    assert not hasattr(record(), "session_id")
