@@ -10,9 +10,24 @@ PYTEST_ARGS ?=
 
 .PHONY: serve test lint typecheck bench clean system-deps
 
+# a target whose recipe fails is deleted: a half-made .venv is made again next time
+.DELETE_ON_ERROR:
+
+# Python 3.11+ with venv's ensurepip (Debian ships it apart: python3-venv, installed with
+# apt-get when root on Debian and missing)
 $(BIN)/python:
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { \
+	  echo "reelhouse needs Python 3.11 or newer; $(PYTHON) is $$($(PYTHON) -V 2>&1)" \
+	       "(name another: make $(MAKECMDGOALS) PYTHON=python3.11)" >&2; exit 1; }
+	@$(PYTHON) -c 'import ensurepip' 2>/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's python3-venv"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null; \
+	  else \
+	    echo "$(PYTHON) -m venv needs ensurepip: apt-get install python3-venv" >&2; exit 1; \
+	  fi; }
+	$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); exit 1; }
+	$(BIN)/pip install --quiet --upgrade pip || { rm -rf $(VENV); exit 1; }
 
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e .

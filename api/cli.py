@@ -65,6 +65,12 @@ async def _serve(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as exc:  # a damaged file, a data directory we may not write
         print(f"reelhouse: cannot start: credentials: {exc}", file=sys.stderr, flush=True)
         return 2
+    # from here on a stop is heard, during the start too (recovery, a bucket's check): as
+    # PID 1 of a container the server would otherwise ignore SIGTERM until it was killed
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     app = create_app(settings)
     runner = web.AppRunner(app, shutdown_timeout=settings.http.shutdown_timeout_s, access_log=None)
     try:
@@ -81,10 +87,9 @@ async def _serve(args: argparse.Namespace) -> int:
         print(f"reelhouse: cannot start: cannot listen on {where}: {exc}", file=sys.stderr)
         await runner.cleanup()
         return 2
-    stop = asyncio.Event()  # (before the lines below: whoever reads them may signal at once)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    if stop.is_set():  # (stopped while starting: done now, the start made safe)
+        await runner.cleanup()
+        return 0
     host, port = runner.addresses[0][:2]
     url = f"http://{host}:{port}"
     key = settings.auth.api_key or creds["api_key"]
