@@ -43,6 +43,7 @@ INFLATE_STEP_BYTES = 256
 # million years either way; past that a span no longer fits the metadata store's integers
 MAX_TIME_MS = 2**53 - 1
 EVENTS_CONTENT_TYPE = "application/zstd"
+_BLANKS = " \t\n\r"
 _NOT_BLANK = re.compile(r"[^ \t\n\r]")
 
 
@@ -112,6 +113,8 @@ class _Reader:
     def peek(self) -> str:
         """The next non-blank character, or "" at the end of the file."""
         while True:
+            if self.pos < len(self.buf) and self.buf[self.pos] not in _BLANKS:
+                return self.buf[self.pos]  # (most often: no blank at all)
             # (one regex step over a run of blanks, not a Python step per character: 50 MiB
             # of blanks held the GIL for seconds, and the live sessions' event loop with it)
             match = _NOT_BLANK.search(self.buf, self.pos)
