@@ -72,7 +72,12 @@ async def _serve(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     app = create_app(settings)
-    runner = web.AppRunner(app, shutdown_timeout=settings.http.shutdown_timeout_s, access_log=None)
+    runner = web.AppRunner(
+        app,
+        shutdown_timeout=settings.http.shutdown_timeout_s,
+        keepalive_timeout=settings.http.keepalive_timeout_s,
+        access_log=None,
+    )
     try:
         await runner.setup()
     except (StorageError, ValueError) as exc:  # a wrong bucket, key or setting: say which

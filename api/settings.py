@@ -29,6 +29,11 @@ class HttpSettings:
     port: int = DEFAULT_PORT
     public_url: str = ""  # announced in URLs; derived from host/port when empty
     shutdown_timeout_s: float = 10.0
+    # a connection must send a whole request's headers within this from connecting, and a
+    # kept-alive one its next within this of the last answer (else it is closed): one that
+    # trickles a byte a minute no longer holds its socket and memory for an hour (aiohttp's
+    # default); WebSockets, taken over at once, are not concerned
+    keepalive_timeout_s: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
