@@ -156,6 +156,8 @@ def verify(
     current = time.time() if now is None else now
     if grant.expires_at <= current:
         raise TokenError(f"token expired {int(current - grant.expires_at)} s ago")
+    if grant.expires_at - grant.issued_at > MAX_TTL_S:  # (mint refuses these: a backend's too)
+        raise TokenError(f"token lives longer than {MAX_TTL_S} s (a leaked one would never die)")
     if grant.issued_at > current + CLOCK_SKEW_S:
         raise TokenError("token issued in the future (check the minting clock)")
     if grant.appid != appid:

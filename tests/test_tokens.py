@@ -89,6 +89,7 @@ def _signed(body: dict[str, object]) -> str:
         ({"uid": ""}, "uid"),
         ({"ch": "a/b"}, "channel name"),
         ({"exp": 1e400}, "malformed token"),  # (JSON's infinity: int() overflows)
+        ({"exp": NOW + 31 * 24 * 3600}, "lives longer than"),  # (mint's month, at most)
     ],
 )
 def test_a_backend_signed_token_is_checked_as_mint_checks(
