@@ -23,10 +23,11 @@ from av.audio.frame import AudioFrame
 from av.video.frame import VideoFrame
 
 from mixer import mp4
+from mixer.audiomix import AudioProfile
 from mixer.compositor import frame_planes, rgb_to_yuv, solid_frame
 from mixer.errors import ConfigError
 from mixer.layout import LayoutMode, LayoutSpec, Region, RenderMode, compute_layout
-from mixer.mix import FileType, MixConfig, MixOutput, MixRecorder
+from mixer.mix import FileType, MixConfig, MixOutput, MixRecorder, MixSession
 
 W, H, FPS = 320, 180, 15
 T0_US = 1_700_000_000_000_000  # Publishers' clocks are wall clocks.
@@ -433,3 +434,44 @@ def test_config_errors_name_the_field(
     with pytest.raises(ConfigError) as info:
         MixConfig.from_json(transcoding, None, file_config)
     assert info.value.field == field
+
+
+def _noisy_mix(tmp_path: Path, bitrate_kbps: int, profile: AudioProfile) -> dict[str, Any]:
+    """3 s of one user's noise (video and audio) mixed at ``bitrate_kbps`` and ``profile``:
+    the MP4's kbit/s per stream and its audio's channels."""
+    rng = np.random.default_rng(5)
+    config = MixConfig(
+        width=320, height=180, fps=15, bitrate_kbps=bitrate_kbps, audio_profile=profile,
+        file_types=frozenset({FileType.HLS, FileType.MP4}),
+    )  # fmt: skip
+    session = MixSession(config, tmp_path / f"{bitrate_kbps}-{profile}", segment_target_s=1.0)
+    for k in range(150):  # 20 ms steps
+        t = k * 20_000
+        if k % 5 == 0 or k % 5 == 3:  # (15 fps, near enough)
+            pixels = rng.integers(16, 235, (180, 320, 3), dtype=np.uint8)
+            session.push_video("n", VideoFrame.from_ndarray(pixels, format="rgb24"), t)
+        noise = (rng.random((1, 960), dtype=np.float32) - 0.5) * 0.5
+        audio = AudioFrame.from_ndarray(noise, format="fltp", layout="mono")
+        audio.sample_rate = 48_000
+        session.push_audio("n", audio, t)
+    output = session.finish()
+    sizes = {"video": 0, "audio": 0}
+    with av.open(str(output.mp4s[0][0])) as container:
+        channels = container.streams.audio[0].codec_context.channels
+        for packet in container.demux():
+            if packet.size:
+                sizes[packet.stream.type] += packet.size
+    kbps = {kind: size * 8 / 3.0 / 1000 for kind, size in sizes.items()}
+    return {"kbps": kbps, "channels": channels}
+
+
+def test_bitrate_and_audio_profile_reach_the_output(tmp_path: Path) -> None:
+    """transcodingConfig.bitrate sets the video's rate, audioProfile the audio's channels and
+    rate (nothing in the output showed either: both could be ignored unnoticed)."""
+    low = _noisy_mix(tmp_path, 200, AudioProfile.MONO_48K)
+    high = _noisy_mix(tmp_path, 1200, AudioProfile.STEREO_192K)
+    assert low["kbps"]["video"] == pytest.approx(200, rel=0.4), low
+    assert high["kbps"]["video"] == pytest.approx(1200, rel=0.4), high
+    assert (low["channels"], high["channels"]) == (1, 2)
+    assert low["kbps"]["audio"] == pytest.approx(48, rel=0.4), low
+    assert high["kbps"]["audio"] == pytest.approx(192, rel=0.4), high
