@@ -293,3 +293,34 @@ def test_layout_errors_are_config_errors() -> None:
         LayoutSpec(LayoutMode.VERTICAL)
     with pytest.raises(LayoutError):
         compute_layout(641, 360, ["1"], LayoutSpec())
+
+
+@pytest.mark.parametrize(("width", "height"), [(640, 360), (1280, 720), (360, 640)])
+def test_floating_sizes_are_the_documented_ones(width: int, height: int) -> None:
+    """docs/mixer.md: windows of the canvas's shape, 4 to a row, from the bottom up, with a
+    gap of 2 % of the shorter side (checked against the rule, not against compute_layout)."""
+    small = compute_layout(width, height, _users(7), LayoutSpec(LayoutMode.FLOATING))[1:]
+    gap = 0.02 * min(width, height)
+    w, h = small[0].rect.width, small[0].rect.height
+    # as wide as 4 to a row allow, unless 4 rows must fit up the canvas too
+    across, up = (width - 5 * gap) / 4, (height - 5 * gap) / 4
+    assert w == pytest.approx(across, abs=2) or h == pytest.approx(up, abs=2), (w, h)
+    assert w / h == pytest.approx(width / height, rel=0.05)  # the canvas's shape
+    assert small[0].rect.x == pytest.approx(gap, abs=2)
+    assert small[0].rect.bottom == pytest.approx(height - gap, abs=2)  # the bottom row
+    assert small[1].rect.x - small[0].rect.right == pytest.approx(gap, abs=2)
+    assert small[0].rect.y - small[4].rect.bottom == pytest.approx(gap, abs=2)  # row above
+
+
+@pytest.mark.parametrize(("width", "height"), [(1280, 720), (640, 360)])
+def test_vertical_sizes_are_the_documented_ones(width: int, height: int) -> None:
+    """docs/mixer.md: windows of the canvas's shape, 1/8 of its height, in columns of 8 at
+    the right; the large window takes the rest of the width."""
+    windows = compute_layout(width, height, _users(10), LayoutSpec(LayoutMode.VERTICAL, "0"))
+    big, small = windows[0], windows[1:]
+    h, w = small[0].rect.height, small[0].rect.width
+    assert h == pytest.approx(height / 8, abs=2)
+    assert w / h == pytest.approx(width / height, rel=0.05)
+    assert [s.rect.y for s in small[:8]] == [i * h for i in range(8)]  # a column of 8
+    assert {s.rect.x for s in small} == {width - 2 * w, width - w}  # two columns at the right
+    assert big.rect == Rect(0, 0, width - 2 * w, height)
