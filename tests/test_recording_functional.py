@@ -26,6 +26,7 @@ DURATION_TOLERANCE_S = (
 
 OPUS_FRAME, AAC_FRAME = 960, 1024  # samples per frame at 48 kHz
 AAC_FRAMES_SLACK = 2  # encoder priming and the partial last frame
+PAUSED_UNTIL_S = 4.0  # media sent while paused: from 2 s to this
 LINK_EXPIRY_S = 900  # not the default hour: the setting must reach every link
 
 pytestmark = pytest.mark.slow
@@ -50,7 +51,9 @@ async def test_start_pause_resume_end(
     server = await server_factory(
         recorder={"segment_target_s": SEGMENT_S}, storage={"presign_expiry_s": LINK_EXPIRY_S}
     )
-    clip = encode_clip(video_codec, duration_s=6.0, audio_codec="opus")
+    # paused for 2 s, twice the duration's tolerance: a recording that kept the paused time
+    # (or the media sent meanwhile) is 2 s long too long, not just past the bound
+    clip = encode_clip(video_codec, duration_s=7.0, audio_codec="opus")
     async with aiohttp.ClientSession() as http:
         sid = (await event(http, server, "EVENT_TYPE_START", userId="agent"))["sessionEvent"][
             "sessionId"
@@ -71,10 +74,10 @@ async def test_start_pause_resume_end(
         paused = await event(http, server, "EVENT_TYPE_PAUSE", sid)
         pause = await client.wait_control("pause")
         await client.send({"t": "ack", "id": pause["id"]})
-        await publish_frames(client, split(clip, 2.0, 3.0))  # acked, not recorded
+        await publish_frames(client, split(clip, 2.0, PAUSED_UNTIL_S))  # acked, not recorded
         await event(http, server, "EVENT_TYPE_RESUME", sid)
         await client.wait_control("resume")
-        await publish_frames(client, split(clip, 3.0, 6.1))
+        await publish_frames(client, split(clip, PAUSED_UNTIL_S, 7.1))
         await event(http, server, "EVENT_TYPE_END", sid)
         code, reason = await client.closed()
         assert (code, reason) == (1000, "session ended")
@@ -107,7 +110,7 @@ async def test_start_pause_resume_end(
     assert before_s == pytest.approx(2.0, abs=0.15)
     # PAUSE answers with what was recorded up to it: the segments before the discontinuity
     assert float(paused["session"]["recordedDuration"].rstrip("s")) == pytest.approx(before_s)
-    recorded_s = 2.0 + 3.0  # 6 s of media minus the 1 s sent while paused
+    recorded_s = 2.0 + 3.0  # 7 s of media minus the 2 s sent while paused
     assert sum(durations) == pytest.approx(recorded_s, abs=DURATION_TOLERANCE_S)
 
     probe = await asyncio.to_thread(
@@ -117,10 +120,11 @@ async def test_start_pause_resume_end(
     assert kinds == {"video": "h264", "audio": "aac"}
 
     video, audio = await asyncio.to_thread(count_frames, mp4)
-    sent_video = sum(1 for f in split(clip, 0, 2.0) + split(clip, 3.0, 6.1) if f.kind == "video")
+    recorded = split(clip, 0, 2.0) + split(clip, PAUSED_UNTIL_S, 7.1)
+    sent_video = sum(1 for f in recorded if f.kind == "video")
     assert abs(video - sent_video) <= 1
     # the audio of both periods, all of it (Opus's 960 samples a frame become AAC's 1024)
-    sent_audio = sum(1 for f in split(clip, 0, 2.0) + split(clip, 3.0, 6.1) if f.kind == "audio")
+    sent_audio = sum(1 for f in recorded if f.kind == "audio")
     assert abs(audio - sent_audio * OPUS_FRAME / AAC_FRAME) <= 2 * AAC_FRAMES_SLACK, audio
     mp4_probe = await asyncio.to_thread(
         ffprobe, mp4, "-show_entries", "format=duration:stream=codec_type"
