@@ -226,3 +226,55 @@ async def test_readme_example_runs(server: Server) -> None:
     assert float(summary["recordedDuration"].rstrip("s")) == pytest.approx(2.0, abs=0.2)
     assert set(summary["files"]) == {"playlist", "mp4"}
     assert all(url.startswith(server.url + "/v1/objects/") for url in summary["files"].values())
+
+
+class _HeldPublisher(Publisher):
+    """A publisher that counts the video frames it sends and holds its sender at a count."""
+
+    def __init__(self, *args: Any, hold_at: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.video_sent = 0
+        self.held, self.go = asyncio.Event(), asyncio.Event()
+        self._hold_at = hold_at
+
+    async def _send_frame(self, ws: Any, frame: EncodedFrame) -> None:
+        await super()._send_frame(ws, frame)
+        if frame.kind == "video":
+            self.video_sent += 1
+            if self.video_sent == self._hold_at:
+                self.held.set()
+                await self.go.wait()
+
+
+async def test_the_publisher_resumes_on_a_keyframe(server: Server, tmp_path: Path) -> None:
+    """After RESUME the reference client starts again on a keyframe (it forces one): P-frames
+    first would be dropped by the server, which waits for a keyframe after a pause, so up to
+    a keyframe interval (2 s) of sent video would not be recorded."""
+    controls: list[str] = []
+    paused = asyncio.Event()
+
+    def on_event(name: str, info: dict[str, Any]) -> None:
+        if name == "control":
+            controls.append(info["action"])
+            if info["action"] == "pause":
+                paused.set()
+
+    async with aiohttp.ClientSession() as http:
+        sid = await start_session(http, server)
+        source = TestPattern(width=320, height=240, duration_s=4.0)
+        pub = _HeldPublisher(
+            source, server=server.url, api_key=server.api_key, session_id=sid,
+            realtime=False, on_event=on_event, session=http, hold_at=20,
+        )  # fmt: skip
+        publishing = asyncio.create_task(pub.publish())
+        await asyncio.wait_for(pub.held.wait(), 30)  # (frame 20: no keyframe comes till 30)
+        await event(http, server, "EVENT_TYPE_PAUSE", sessionId=sid)
+        await asyncio.wait_for(paused.wait(), 30)
+        pub.go.set()
+        await event(http, server, "EVENT_TYPE_RESUME", sessionId=sid)
+        result = await asyncio.wait_for(publishing, 60)
+        await event(http, server, "EVENT_TYPE_END", sessionId=sid)
+        _, mp4 = await fetch_recording(server, sid, tmp_path)
+    assert "resume" in controls and result.frames_sent == result.frames_acked
+    video, _ = await asyncio.to_thread(count_frames, mp4)
+    assert video == pub.video_sent and video > 20
