@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -12,7 +13,7 @@ import msgpack
 import pytest
 from conftest import Server
 from media import encode_clip
-from recording import event, recording_client, start_session
+from recording import count_frames, event, fetch_recording, recording_client, start_session
 from wsclient import RECEIVE_TIMEOUT_S, RawClient
 
 from api.keys import INGEST, META
@@ -77,7 +78,7 @@ BAD_AFTER_HELLO: list[tuple[str, list[Any], int, str]] = [
     ("bad", "frames", "code", "fragment"), BAD_AFTER_HELLO, ids=[b[0] for b in BAD_AFTER_HELLO]
 )
 async def test_bad_input_closes_with_its_code_and_spares_other_sessions(
-    server_factory: Any, bad: str, frames: list[Any], code: int, fragment: str
+    server_factory: Any, bad: str, frames: list[Any], code: int, fragment: str, tmp_path: Path
 ) -> None:
     server = await server_factory(ingest={"max_frame_bytes": 256 * 1024})
     clip = encode_clip("h264", duration_s=2.0, audio_codec="opus")
@@ -112,6 +113,13 @@ async def test_bad_input_closes_with_its_code_and_spares_other_sessions(
         await good.wait_ack(len(clip.frames))
         await event(http, server, "EVENT_TYPE_END", good_sid)
         assert (await good.closed())[0] == 1000
+        # its recording is whole: both sessions shared one writer lane, which wrote the bad
+        # frames after acknowledging them
+        playlist, mp4 = await fetch_recording(server, good_sid, tmp_path)
+    video, audio = await asyncio.to_thread(count_frames, mp4)
+    assert video == clip.video_frames
+    assert abs(audio - clip.audio_frames * 960 / 1024) <= 2  # (Opus 960 → AAC 1024 samples)
+    assert "#EXT-X-DISCONTINUITY" not in playlist.read_text()
 
 
 @pytest.mark.parametrize(
