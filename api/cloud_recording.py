@@ -39,7 +39,7 @@ from ingest.channels import ChannelEvent, ChannelRegistry, Subscription
 from ingest.individual import UidRecorder
 from mixer.layout import LayoutSpec
 from mixer.member_writer import MemberOutputs, OutputKind
-from mixer.mix import FileType, MixConfig, MixStyle
+from mixer.mix_config import FileType, MixConfig, MixStyle
 from mixer.playlist import PlaylistSegment
 from mixer.segmenter import SegmentInfo
 from storage.meta import CloudRecordingStore

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from mixer.mix import FileType
+from mixer.mix_config import FileType
 from mixer.mp4 import build_mp4_queued
 from storage.errors import SpoolFull
 from storage.meta import CloudRecordingStore, CloudSegmentRow

@@ -17,7 +17,7 @@ from aiohttp import web
 
 from ingest.channel_mix import UidSelector
 from ingest.tokens import Role, TokenError, verify
-from mixer.mix import FileType, fetch_style
+from mixer.mix_config import FileType, fetch_style
 from storage.errors import StorageError
 from storage.meta import AppRow
 

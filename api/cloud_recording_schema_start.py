@@ -4,7 +4,8 @@ The body is read section by section (``storageConfig``, ``recordingConfig``,
 ``recordingFileConfig``, ``snapshotConfig``) so that a section of an acquire's
 ``startParameter`` can be read the same way and compared with the start that follows it.
 The mixer's own checks (``transcodingConfig``, ``audioProfile``, the 1920 x 1080 cap) come from
-:class:`mixer.mix.MixConfig`; ``storageConfig`` from :func:`storage.vendors.parse_storage_config`.
+:class:`mixer.mix_config.MixConfig`; ``storageConfig`` from
+:func:`storage.vendors.parse_storage_config`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 from ingest.tokens import MAX_TOKEN_CHARS
 from mixer.audiomix import AudioProfile
 from mixer.errors import ConfigError
-from mixer.mix import FileType, MixConfig
+from mixer.mix_config import FileType, MixConfig
 from storage.errors import StorageConfigError
 from storage.vendors import StorageConfig, parse_storage_config
 

@@ -4,7 +4,7 @@
 credentials (the seed's hourly stsToken), or, in web mode, pauses the page and sets its CDN
 outputs. ``updateLayout`` replaces a mix's whole layout: a field left
 out goes back to its default, so it is read with the same rules as the start's
-``transcodingConfig`` (through :class:`mixer.mix.MixConfig`), and every fault answers 1028.
+``transcodingConfig`` (through :class:`mixer.mix_config.MixConfig`), and every fault answers 1028.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from mixer.audiomix import AudioProfile
 from mixer.layout import TRANSCODING_FIELD, LayoutSpec
-from mixer.mix import UserBackground
+from mixer.mix_config import UserBackground
 from storage.vendors import StorageConfig
 
 from .cloud_recording_schema_fields import (

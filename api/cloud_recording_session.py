@@ -15,7 +15,7 @@ from typing import Any
 from ingest.channel_mix import EVERYONE, ChannelMixRecorder, UidSelector
 from ingest.individual import UidRecorder
 from mixer.member_writer import DEFAULT_OUTPUTS, SEPARATE, MemberOutputs, OutputKind
-from mixer.mix import FileType
+from mixer.mix_config import FileType
 from mixer.playlist import Playlist, PlaylistSegment
 
 from .cloud_recording_notices import WarnCode

@@ -28,7 +28,7 @@ from typing import Any
 from ingest.channel_mix import UidSelector
 from mixer.layout import LayoutSpec
 from mixer.member_writer import MemberOutputs, OutputKind
-from mixer.mix import FileType, MixStyle, fetch_style
+from mixer.mix_config import FileType, MixStyle, fetch_style
 from mixer.playlist import PlaylistSegment
 from storage.group_commit import GroupCommit
 from storage.meta import (

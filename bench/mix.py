@@ -42,7 +42,8 @@ import av  # noqa: E402
 from rusage import cpu_children, cpu_self  # noqa: E402 - bench/ is the script's folder
 
 from mixer.layout import LayoutMode, LayoutSpec, compute_layout  # noqa: E402
-from mixer.mix import MixConfig, MixSession  # noqa: E402
+from mixer.mix import MixSession  # noqa: E402
+from mixer.mix_config import MixConfig  # noqa: E402
 from mixer.transcode import X264_PRESET  # noqa: E402
 
 CACHE = ROOT / "bench" / ".cache"

@@ -25,7 +25,8 @@ import av
 
 from mixer.errors import InvalidMedia
 from mixer.layout import LayoutSpec
-from mixer.mix import MixConfig, MixOutput, MixRecorder, MixStyle
+from mixer.mix import MixOutput, MixRecorder
+from mixer.mix_config import MixConfig, MixStyle
 from mixer.segmenter import SegmentInfo
 from mixer.throttle import LogThrottle
 from mixer.tracks import Codec

@@ -1,10 +1,10 @@
 """The mix recorder: decoded tracks of many users in, one composited H.264 + AAC recording out.
 
-:class:`MixConfig` reads the cloud recording API's `transcodingConfig`, `audioProfile` and
-`recordingFileConfig`. :class:`MixSession` is the synchronous core (compositor, audio mixer,
-libx264, AAC, and the existing :class:`~mixer.hls.HlsWriter` for segments and playlist, plus
-MP4 parts remuxed from those segments by :func:`~mixer.mp4.build_mp4`). :class:`MixRecorder`
-runs a session on its own worker thread for asyncio callers.
+:class:`~mixer.mix_config.MixConfig` holds what the cloud recording API asked for.
+:class:`MixSession` is the synchronous core (compositor, audio mixer, libx264, AAC, and the
+existing :class:`~mixer.hls.HlsWriter` for segments and playlist, plus MP4 parts remuxed from
+those segments by :func:`~mixer.mp4.build_mp4`, on the MP4 thread). :class:`MixRecorder` runs
+a session on its own worker thread for asyncio callers.
 
 Time is driven by the timestamps callers pass (µs on any clock shared by all inputs): an
 output frame at time T is painted once every input has had `latency_us` past T to arrive, so
@@ -19,10 +19,9 @@ import asyncio
 import heapq
 import itertools
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
-from enum import StrEnum
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, TypeVar
@@ -33,12 +32,11 @@ from av.audio.frame import AudioFrame
 from av.video.codeccontext import VideoCodecContext
 from av.video.frame import PictureType, VideoFrame
 
-from mixer.audiomix import MIX_RATE_HZ, AacEncoder, AudioMixer, AudioProfile, input_key
-from mixer.compositor import Compositor, parse_color
-from mixer.errors import ConfigError
+from mixer.audiomix import MIX_RATE_HZ, AacEncoder, AudioMixer, input_key
+from mixer.compositor import Compositor
 from mixer.hls import HlsWriter
-from mixer.images import fetch_images
-from mixer.layout import TRANSCODING_FIELD, LayoutSpec, RenderMode, check_number
+from mixer.layout import LayoutSpec
+from mixer.mix_config import FileType, MixConfig, MixStyle, fetch_style
 from mixer.mp4 import Mp4Info, submit_build
 from mixer.segmenter import DEFAULT_SEGMENT_TARGET_S, SegmentInfo
 from mixer.tracks import Codec, Kind, TrackSpec
@@ -47,10 +45,6 @@ from mixer.transcode import X264_PRESET
 log = logging.getLogger(__name__)
 
 US_PER_S = 1_000_000
-MAX_CANVAS_PIXELS = 1920 * 1080
-MIN_CANVAS_SIDE = 16
-MAX_FPS = 60
-MAX_BITRATE_KBPS = 50_000
 # How long a painted frame waits for late input: covers jitter between users' pushes.
 MIX_LATENCY_US = 100_000
 MP4_MAX_DURATION_S = 2 * 3600.0  # "a new MP4 file ... exceeds ~2 hours or ~2 GB".
@@ -62,184 +56,6 @@ BT601 = 6
 LIMITED_RANGE = 1
 VIDEO_TRACK, AUDIO_TRACK = 1, 2
 _T = TypeVar("_T")
-
-
-class FileType(StrEnum):
-    """`avFileType` entries."""
-
-    HLS = "hls"
-    MP4 = "mp4"
-
-
-@dataclass(frozen=True, slots=True)
-class UserBackground:
-    """One `backgroundConfig` entry: a user's image while their video is stale."""
-
-    uid: str
-    image_url: str
-    render_mode: RenderMode = RenderMode.CROP
-
-
-def _url(value: object, field: str) -> str:
-    if not isinstance(value, str) or not value.startswith(("http://", "https://")):
-        raise ConfigError(field, "must be an http or https URL")
-    return value
-
-
-def _backgrounds(raw: object, prefix: str) -> tuple[UserBackground, ...]:
-    if not isinstance(raw, list):
-        raise ConfigError(prefix, "must be an array")
-    out: list[UserBackground] = []
-    for i, obj in enumerate(raw):
-        at = f"{prefix}[{i}]"
-        if not isinstance(obj, Mapping):
-            raise ConfigError(at, "must be an object")
-        uid = obj.get("uid")
-        if not isinstance(uid, str) or not uid:
-            raise ConfigError(f"{at}.uid", "is required")
-        url = _url(obj.get("image_url"), f"{at}.image_url")
-        mode = obj.get("render_mode")
-        mode = 0 if mode is None else check_number(mode, f"{at}.render_mode", 0, 1, integer=True)
-        if any(b.uid == uid for b in out):
-            raise ConfigError(f"{at}.uid", "names a user twice")
-        out.append(UserBackground(uid, url, RenderMode(int(mode))))
-    return tuple(out)
-
-
-@dataclass(frozen=True, slots=True)
-class MixStyle:
-    """What updateLayout sets besides the layout, its images fetched already (None: none)."""
-
-    background_color: str = "#000000"
-    background_image: VideoFrame | None = None
-    default_user_background: VideoFrame | None = None
-    user_backgrounds: tuple[tuple[str, VideoFrame | None, RenderMode], ...] = ()
-
-
-async def fetch_style(
-    background_color: str,
-    background_image: str | None,
-    default_user_background_image: str | None,
-    user_backgrounds: tuple[UserBackground, ...],
-    http: aiohttp.ClientSession | None = None,
-) -> MixStyle:
-    """A :class:`MixStyle` with its images fetched (one that fails is left out, logged)."""
-    named = (
-        background_image,
-        default_user_background_image,
-        *(b.image_url for b in user_backgrounds),
-    )
-    urls = [u for u in named if u]
-    images: Mapping[str, VideoFrame | None] = {}
-    if urls:
-        if http is None:
-            async with aiohttp.ClientSession() as own:
-                images = await fetch_images(own, urls)
-        else:
-            images = await fetch_images(http, urls)
-    return MixStyle(
-        background_color,
-        images.get(background_image) if background_image else None,
-        images.get(default_user_background_image) if default_user_background_image else None,
-        tuple((b.uid, images.get(b.image_url), b.render_mode) for b in user_backgrounds),
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class MixConfig:
-    """Everything a mix needs, with the cloud recording API's defaults."""
-
-    width: int = 360
-    height: int = 640
-    fps: int = 15
-    bitrate_kbps: int = 500
-    layout: LayoutSpec = field(default_factory=LayoutSpec)
-    background_color: str = "#000000"
-    background_image: str | None = None
-    default_user_background_image: str | None = None
-    user_backgrounds: tuple[UserBackground, ...] = ()
-    audio_profile: AudioProfile = AudioProfile.MONO_48K
-    file_types: frozenset[FileType] = frozenset({FileType.HLS})
-
-    def __post_init__(self) -> None:
-        prefix = TRANSCODING_FIELD
-        for name, value in (("width", self.width), ("height", self.height)):
-            check_number(
-                value, f"{prefix}.{name}", MIN_CANVAS_SIDE, MAX_CANVAS_PIXELS, integer=True
-            )
-            if value % 2:
-                raise ConfigError(f"{prefix}.{name}", "must be even (4:2:0 video)")
-        if self.width * self.height > MAX_CANVAS_PIXELS:
-            raise ConfigError(f"{prefix}.width", "width x height cannot exceed 1920 x 1080")
-        check_number(self.fps, f"{prefix}.fps", 1, MAX_FPS, integer=True)
-        check_number(self.bitrate_kbps, f"{prefix}.bitrate", 1, MAX_BITRATE_KBPS, integer=True)
-        parse_color(self.background_color, f"{prefix}.backgroundColor")
-        if FileType.HLS not in self.file_types:
-            raise ConfigError(
-                "clientRequest.recordingFileConfig.avFileType", '["mp4"] alone is not allowed'
-            )
-
-    @classmethod
-    def from_json(
-        cls,
-        transcoding: Mapping[str, Any] | None,
-        audio_profile: object = None,
-        recording_file: Mapping[str, Any] | None = None,
-    ) -> MixConfig:
-        """Validate the API's fields; ConfigError names the first bad one."""
-        prefix = TRANSCODING_FIELD
-        t: Mapping[str, Any] = transcoding or {}
-        if not isinstance(t, Mapping):
-            raise ConfigError(prefix, "must be an object")
-        sizes = {}
-        for name, default in (("width", 360), ("height", 640), ("fps", 15), ("bitrate", 500)):
-            value = t.get(name)
-            high = {"fps": MAX_FPS, "bitrate": MAX_BITRATE_KBPS}.get(name, MAX_CANVAS_PIXELS)
-            number = (
-                default
-                if value is None
-                else check_number(value, f"{prefix}.{name}", 1, high, integer=True)
-            )
-            sizes[name] = int(number)
-        color = t.get("backgroundColor")
-        images = {}
-        for name in ("backgroundImage", "defaultUserBackgroundImage"):
-            value = t.get(name)
-            images[name] = None if value is None else _url(value, f"{prefix}.{name}")
-        raw_bgs = t.get("backgroundConfig")
-        return cls(
-            width=sizes["width"],
-            height=sizes["height"],
-            fps=sizes["fps"],
-            bitrate_kbps=sizes["bitrate"],
-            layout=LayoutSpec.from_json(t, prefix),
-            background_color=parse_color(
-                "#000000" if color is None else color, f"{prefix}.backgroundColor"
-            ),
-            background_image=images["backgroundImage"],
-            default_user_background_image=images["defaultUserBackgroundImage"],
-            user_backgrounds=()
-            if raw_bgs is None
-            else _backgrounds(raw_bgs, f"{prefix}.backgroundConfig"),
-            audio_profile=AudioProfile.from_json(audio_profile),
-            file_types=_file_types(recording_file),
-        )
-
-
-def _file_types(recording_file: Mapping[str, Any] | None) -> frozenset[FileType]:
-    field = "clientRequest.recordingFileConfig.avFileType"
-    raw = (recording_file or {}).get("avFileType")
-    if raw is None:
-        return frozenset({FileType.HLS})
-    if not isinstance(raw, list) or not raw:
-        raise ConfigError(field, 'must be ["hls"] or ["hls", "mp4"]')
-    try:
-        types = frozenset(FileType(v) for v in raw)
-    except ValueError as exc:
-        raise ConfigError(field, f"unknown file type in {raw!r}") from exc
-    if FileType.HLS not in types:
-        raise ConfigError(field, '["mp4"] alone is not allowed')
-    return types
 
 
 class _H264Encoder:

@@ -20,7 +20,7 @@ from ingest.channels import ChannelRegistry
 from ingest.individual import UidRecorder
 from ingest.webrtc import WebRtcSettings, WhipServer
 from mixer.member_writer import MemberOutput, MemberOutputs, OutputKind
-from mixer.mix import MixConfig
+from mixer.mix_config import MixConfig
 from mixer.playlist import Playlist
 
 pytestmark = pytest.mark.slow

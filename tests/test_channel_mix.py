@@ -18,7 +18,7 @@ from ingest.channels import ChannelRegistry, MediaFrame, TrackInfo, Transport
 from ingest.webrtc import WebRtcSettings, WhipServer
 from mixer.compositor import rgb_to_yuv, solid_frame
 from mixer.layout import LayoutMode, LayoutSpec, compute_layout
-from mixer.mix import FileType, MixConfig
+from mixer.mix_config import FileType, MixConfig
 
 pytestmark = pytest.mark.slow
 

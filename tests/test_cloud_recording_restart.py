@@ -40,7 +40,7 @@ from api.cloud_recording_routes import start_options
 from api.cloud_recording_schema import parse_start, parse_update_layout
 from api.keys import SPOOL
 from api.webhooks_wire import SIGNATURE_HEADER, verify_signature
-from mixer.mix import MixStyle
+from mixer.mix_config import MixStyle
 from mixer.playlist import Playlist
 
 pytestmark = pytest.mark.slow

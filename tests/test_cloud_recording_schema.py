@@ -35,7 +35,7 @@ from api.cloud_recording_schema import (
 )
 from mixer.audiomix import AudioProfile
 from mixer.layout import LayoutMode, RenderMode
-from mixer.mix import FileType
+from mixer.mix_config import FileType
 
 # The request example of the seed, byte for byte as its curl command sends it.
 SEED_START_BODY = """{

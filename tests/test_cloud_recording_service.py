@@ -19,7 +19,7 @@ from ingest.channel_mix import UidSelector
 from ingest.channels import ChannelRegistry
 from ingest.webrtc import WebRtcSettings, WhipServer
 from mixer.layout import LayoutMode, LayoutSpec
-from mixer.mix import FileType, MixConfig
+from mixer.mix_config import FileType, MixConfig
 from mixer.playlist import Playlist
 from storage.objects_local import LocalObjectStore
 from storage.registry import StoreRegistry

@@ -26,7 +26,8 @@ from mixer.layout import (
     RenderMode,
     compute_layout,
 )
-from mixer.mix import FileType, MixConfig, MixSession
+from mixer.mix import MixSession
+from mixer.mix_config import FileType, MixConfig
 
 W, H = 320, 180
 FRAME_US = 66_667  # 15 fps

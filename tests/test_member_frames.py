@@ -13,7 +13,8 @@ from media import encode_clip, encode_webm
 
 from ingest.channels import MediaFrame
 from ingest.member_frames import FrameDecoders, TrackClock
-from mixer.mix import MixConfig, MixSession
+from mixer.mix import MixSession
+from mixer.mix_config import MixConfig
 
 
 def test_a_member_that_left_holds_no_decoder_and_no_thread() -> None:

@@ -27,7 +27,8 @@ from mixer.audiomix import AudioProfile
 from mixer.compositor import frame_planes, rgb_to_yuv, solid_frame
 from mixer.errors import ConfigError
 from mixer.layout import LayoutMode, LayoutSpec, Region, RenderMode, compute_layout
-from mixer.mix import FileType, MixConfig, MixOutput, MixRecorder, MixSession
+from mixer.mix import MixOutput, MixRecorder, MixSession
+from mixer.mix_config import FileType, MixConfig
 
 W, H, FPS = 320, 180, 15
 T0_US = 1_700_000_000_000_000  # Publishers' clocks are wall clocks.
