@@ -178,7 +178,10 @@ class WhipSession:
     etag: str
     member: Member | None = None
     closed: bool = False
-    clocks: dict[str, ArrivalClock] = field(default_factory=dict)  # by track id: lip sync
+    clocks: dict[str, ArrivalClock] = field(default_factory=dict)  # by track name: lip sync
+    # each received track's name: its kind and m-line (mid), which the offer cannot make two
+    # tracks share (aiortc names a track by the offer's msid, and two m-lines may say one)
+    names: dict[MediaStreamTrack, str] = field(default_factory=dict)
     candidates: int = 0  # remote candidates trickled in (PATCH)
 
 
@@ -229,9 +232,10 @@ class WhipServer:
         try:
             await pc.setRemoteDescription(RTCSessionDescription(_without_mdns(offer), "offer"))
             for transceiver in pc.getTransceivers():  # before any packet can arrive
-                if transceiver.receiver.track is not None:
-                    clock = ArrivalClock(transceiver.receiver)
-                    session.clocks[transceiver.receiver.track.id] = clock
+                track = transceiver.receiver.track
+                if track is not None:
+                    name = session.names[track] = f"{track.kind}-{transceiver.mid}"
+                    session.clocks[name] = ArrivalClock(transceiver.receiver)
             answer = await pc.createAnswer()
             async with asyncio.timeout(self.settings.gather_timeout_s):
                 await pc.setLocalDescription(answer)  # gathers every candidate first
@@ -265,8 +269,9 @@ class WhipServer:
             track = transceiver.receiver.track
             if track is not None:
                 codec = codecs.get(transceiver.mid or "", "unknown")
+                name = session.names.get(track, track.id)
                 self.registry.set_track(
-                    appid, cname, session.member, TrackInfo(track.id, track.kind, codec)
+                    appid, cname, session.member, TrackInfo(name, track.kind, codec)
                 )
         self._spawn(self._expect_connection(session))
         log.info("WHIP %s: %s joined %s/%s", session.resource_id, uid, appid, cname)
@@ -294,6 +299,7 @@ class WhipServer:
 
     async def _pump(self, session: WhipSession, track: MediaStreamTrack) -> None:
         """Received frames (decoded by aiortc) to the channel's subscribers."""
+        name = session.names.get(track, track.id)
         while not session.closed:
             try:
                 frame = await track.recv()
@@ -306,7 +312,7 @@ class WhipServer:
                 continue  # still joining: nobody can be subscribed to it yet
             base = frame.time_base
             pts_us = int(frame.pts * base * US) if frame.pts is not None and base else 0
-            clock = session.clocks.get(track.id)
+            clock = session.clocks.get(name)
             wall_us = None
             if clock is not None and frame.pts is not None and base and base.numerator == 1:
                 wall_us = clock.wall_us(frame.pts, base.denominator)
@@ -314,11 +320,11 @@ class WhipServer:
                 pts_us = wall_us
             shared = wall_us is not None
             frame_out = MediaFrame(
-                session.uid, track.id, track.kind, frame, pts_us, True, shared_clock=shared
+                session.uid, name, track.kind, frame, pts_us, True, shared_clock=shared
             )
             channel.publish(member, frame_out)
         if session.member is not None:
-            self.registry.end_track(session.appid, session.cname, session.member, track.id)
+            self.registry.end_track(session.appid, session.cname, session.member, name)
 
     def _on_state(self, session: WhipSession) -> None:
         if session.pc.connectionState in ("failed", "closed"):

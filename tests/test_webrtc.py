@@ -303,3 +303,26 @@ async def test_two_publishers_share_a_channel_and_one_rejoins(whip: WhipServer) 
     finally:
         for pc in peers:
             await pc.close()
+
+
+async def test_two_tracks_under_one_msid_stay_two(whip: WhipServer) -> None:
+    """An offer whose audio and video name the same msid track: aiortc names both tracks
+    so, and the channel took them for one (the video's announcement replaced by the audio's,
+    one clock for both). Tracks are named by kind and m-line now."""
+    pc = await make_offer("vp8")
+    try:
+        offer = re.sub(r"^a=msid:(\S+) \S+", r"a=msid:\1 same", pc.localDescription.sdp, flags=re.M)
+        assert offer.count(" same") == 2
+        sub = whip.registry.subscribe("app", "room")
+        _, answer = await whip.publish("app", "room", "carol", offer)
+        member = whip.registry.get("app", "room").members["carol"]  # type: ignore[union-attr]
+        assert sorted(t.kind for t in member.tracks.values()) == ["audio", "video"]
+        await accept_answer(pc, answer)
+        kinds: set[str] = set()
+        async with asyncio.timeout(WAIT_S):
+            while kinds != {"audio", "video"}:
+                frame = await sub.next_media()
+                assert frame is not None and frame.track_id in member.tracks
+                kinds.add(frame.kind)
+    finally:
+        await pc.close()
