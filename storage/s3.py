@@ -43,7 +43,7 @@ MIN_PART_BYTES = 5 * 1024**2  # S3's floor for every part but the last
 MAX_PARTS = 10_000  # S3's ceiling on parts per upload
 ADDRESSING_STYLES = ("auto", "path", "virtual")
 SSE_MODES = ("AES256", "aws:kms")
-CHECK_KEY = ".reelhouse-write-check"  # probe object when credentials may write but not list
+CHECK_KEY = ".reelhouse-write-check"  # the check's probe object (never listed)
 # the slowest upload taken as alive (``S3ObjectStore._deadline_s``)
 MIN_UPLOAD_BYTES_PER_S = 64 * 1024
 
@@ -267,23 +267,14 @@ class S3ObjectStore:
     async def check(self) -> None:
         """Prove the bucket exists and the credentials may write to it, or raise.
 
-        Listing answers for bucket and credentials at once; credentials that may write but
-        not list (a common least-privilege policy for recorders) are proved with a probe
-        object instead, deleted right after where the policy allows.
+        A probe object is written (and deleted again where the policy allows): a listing
+        proves only that keys may read, and keys that list but may not write (a recorder's
+        wrong or read-only keys) passed it, every file then waiting in the spool for a stop.
         """
         self._check_token("check")
-        try:
-            client = await self._get_client()
-            await client.list_objects_v2(
-                Bucket=self.config.bucket, Prefix=self.config.prefix, MaxKeys=1
-            )
-            return
-        except Exception as exc:
-            error = _map_error(exc, "check", self.config)
-            if error.code != "AccessDenied":
-                raise error from exc
         probe = self.config.prefix + CHECK_KEY
         try:
+            client = await self._get_client()
             await client.put_object(
                 Bucket=self.config.bucket,
                 Key=probe,
@@ -292,7 +283,7 @@ class S3ObjectStore:
             )
         except Exception as exc:
             raise _map_error(exc, "check (write)", self.config) from exc
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(Exception):  # (write-only keys may not delete: left, unlisted)
             await client.delete_object(Bucket=self.config.bucket, Key=probe)
 
     # the ObjectStore protocol -------------------------------------------------------------

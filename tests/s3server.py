@@ -30,6 +30,12 @@ SECRET_KEY = "reelhouse-test-secret-0123456789"
 # that still pass a listing check
 READ_ONLY_ACCESS_KEY = "reelhouse-test-readonly"
 READ_ONLY_SECRET_KEY = "reelhouse-test-readonly-secret-0123"
+# keys that may write but not list or read (a least-privilege recorder's)
+WRITE_ONLY_ACCESS_KEY = "reelhouse-test-writeonly"
+WRITE_ONLY_SECRET_KEY = "reelhouse-test-writeonly-secret-01"
+# a second pair of full keys (credentials renewed during a recording)
+RENEWED_ACCESS_KEY = "reelhouse-test-renewed"
+RENEWED_SECRET_KEY = "reelhouse-test-renewed-secret-0123"
 ALREADY = ("BucketAlreadyExists", "BucketAlreadyOwnedByYou")
 
 
@@ -108,6 +114,20 @@ class SeaweedS3:
                         {"accessKey": READ_ONLY_ACCESS_KEY, "secretKey": READ_ONLY_SECRET_KEY}
                     ],
                     "actions": ["Read", "List"],
+                },
+                {
+                    "name": "write-only",
+                    "credentials": [
+                        {"accessKey": WRITE_ONLY_ACCESS_KEY, "secretKey": WRITE_ONLY_SECRET_KEY}
+                    ],
+                    "actions": ["Write"],
+                },
+                {
+                    "name": "renewed",
+                    "credentials": [
+                        {"accessKey": RENEWED_ACCESS_KEY, "secretKey": RENEWED_SECRET_KEY}
+                    ],
+                    "actions": ["Read", "Write", "List", "Tagging"],
                 },
             ]
         }

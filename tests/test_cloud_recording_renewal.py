@@ -1,7 +1,8 @@
 """An update's ``storageConfig`` renews a recording's credentials (the seed renews an STS token
 this way every hour): checked first, then used for every file still to upload, the ones already
 waiting in the spool included, across a restart; the old keys leave the disk. A real server,
-a WebSocket publisher, the test S3 server with keys that may read and list but not write."""
+a WebSocket publisher, the test S3 server whose bucket goes away after the start and comes
+back."""
 
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ from s3server import (
     ACCESS_KEY,
     READ_ONLY_ACCESS_KEY,
     READ_ONLY_SECRET_KEY,
-    SECRET_KEY,
+    RENEWED_ACCESS_KEY,
+    RENEWED_SECRET_KEY,
     SeaweedS3,
 )
 from test_cloud_recording_functional import AUD, packets_of
@@ -69,35 +71,43 @@ async def test_an_update_renews_the_credentials_of_waiting_and_later_files(
     clip = encode_clip("h264", duration_s=CLIP_S, audio_codec="aac")
     body = start_body(s3, s3_bucket, cname)
     writer_keys = body["clientRequest"]["storageConfig"]
-    # keys that list (the start's check passes) but may not write: the hour is up
-    body["clientRequest"]["storageConfig"] = {
-        **writer_keys, "accessKey": READ_ONLY_ACCESS_KEY, "secretKey": READ_ONLY_SECRET_KEY
+    renewed_keys = {
+        **writer_keys, "accessKey": RENEWED_ACCESS_KEY, "secretKey": RENEWED_SECRET_KEY
     }  # fmt: skip
     async with aiohttp.ClientSession(headers=app.headers) as http:
         member = await publisher(http, app, cname, "123")
         rid = await acquire(http, app, cname)
         sid = await start(http, app, rid, "individual", body)
         session_url = app.session_url(rid, sid, "individual")
+        # the start's keys stop working (the hour is up; here the bucket goes away and comes
+        # back): every upload fails, and waits
+        await asyncio.to_thread(s3.client().delete_bucket, Bucket=s3_bucket)
         await member.send(clip)
         spool = first.app[SPOOL]
         assert await spool.wait_until(lambda: spool.upload_failures_total > 0, WAIT_S)
-        assert spool.depth > 0 and await asyncio.to_thread(bucket_keys, s3, s3_bucket) == []
-        assert kept_keys(data) == [READ_ONLY_ACCESS_KEY]
+        assert spool.depth > 0
+        assert kept_keys(data) == [ACCESS_KEY]
 
         def update(storage: dict[str, Any]) -> dict[str, Any]:
             return {"cname": cname, "uid": RECORDER_UID,
                     "clientRequest": {"storageConfig": storage}}  # fmt: skip
 
+        await asyncio.to_thread(s3.client().create_bucket, Bucket=s3_bucket)
         # keys the bucket refuses: the API's error, and nothing changes
-        wrong = {**writer_keys, "secretKey": SECRET_KEY + "-wrong"}
+        wrong = {**renewed_keys, "secretKey": RENEWED_SECRET_KEY + "-wrong"}
         refused = await call(http, "POST", f"{session_url}/update", update(wrong), status=400)
         assert refused["code"] == 2 and refused["reason"].startswith("storageConfig:"), refused
-        assert kept_keys(data) == [READ_ONLY_ACCESS_KEY]
+        assert kept_keys(data) == [ACCESS_KEY]
+        # keys that may read but not write: refused too (a listing passed them once)
+        reader = {**writer_keys, "accessKey": READ_ONLY_ACCESS_KEY,
+                  "secretKey": READ_ONLY_SECRET_KEY}  # fmt: skip
+        refused = await call(http, "POST", f"{session_url}/update", update(reader), status=400)
+        assert refused["code"] == 2 and "AccessDenied" in refused["reason"], refused
 
-        await call(http, "POST", f"{session_url}/update", update(writer_keys))
+        await call(http, "POST", f"{session_url}/update", update(renewed_keys))
         assert await spool.wait_group(sid, WAIT_S)  # what waited went up with the new keys
         assert await asyncio.to_thread(bucket_keys, s3, s3_bucket)
-        assert kept_keys(data) == [ACCESS_KEY]  # the old keys left the disk
+        assert kept_keys(data) == [RENEWED_ACCESS_KEY]  # the old keys left the disk
 
         await first.close()  # a restart records on with the renewed keys
         second = await serve(aiohttp_server, data)

@@ -14,10 +14,19 @@ from pathlib import Path
 import aiohttp
 import pytest
 from botocore.exceptions import ClientError, NoCredentialsError
-from s3server import ACCESS_KEY, SECRET_KEY, SeaweedS3, free_port_pair
+from s3server import (
+    ACCESS_KEY,
+    READ_ONLY_ACCESS_KEY,
+    READ_ONLY_SECRET_KEY,
+    SECRET_KEY,
+    WRITE_ONLY_ACCESS_KEY,
+    WRITE_ONLY_SECRET_KEY,
+    SeaweedS3,
+    free_port_pair,
+)
 
 from storage.errors import ObjectNotFound, StoreRefused, StoreUnavailable
-from storage.s3 import MIN_PART_BYTES, S3Config, S3ObjectStore, _map_error
+from storage.s3 import CHECK_KEY, MIN_PART_BYTES, S3Config, S3ObjectStore, _map_error
 
 NEVER_S = 20.0  # far past any deadline the test sets: a put still running then hangs
 
@@ -153,6 +162,28 @@ async def test_expired_presigned_url_is_refused(store: S3ObjectStore) -> None:
 
 async def test_check_passes_for_a_good_bucket(store: S3ObjectStore) -> None:
     await store.check()
+
+
+async def test_check_proves_the_keys_may_write(s3: SeaweedS3, s3_bucket: str) -> None:
+    """Keys that may read and list but not write are refused at the check (a listing passed
+    them, and every file then waited in the spool); keys that may write but not list pass,
+    leaving no probe object behind."""
+    reader = S3ObjectStore(
+        config(s3, s3_bucket, access_key=READ_ONLY_ACCESS_KEY, secret_key=READ_ONLY_SECRET_KEY)
+    )
+    writer = S3ObjectStore(
+        config(s3, s3_bucket, access_key=WRITE_ONLY_ACCESS_KEY, secret_key=WRITE_ONLY_SECRET_KEY)
+    )
+    try:
+        with pytest.raises(StoreRefused) as err:
+            await reader.check()
+        assert err.value.code == "AccessDenied"
+        await writer.check()
+        listed = await asyncio.to_thread(s3.client().list_objects_v2, Bucket=s3_bucket)
+        assert CHECK_KEY not in [o["Key"] for o in listed.get("Contents", [])]
+    finally:
+        await reader.aclose()
+        await writer.aclose()
 
 
 @pytest.mark.parametrize(
