@@ -345,6 +345,9 @@ class WhipServer:
         if not transceivers:
             raise TrickleError("the session has no media to add candidates to")
         mid = transceivers[0].mid
+        if candidates and remote is not None and "a=end-of-candidates" in remote.sdp:
+            # (its ICE agent takes no more once told the list is whole: said, not dropped)
+            raise TrickleError("the offer ended its candidates (a=end-of-candidates)")
         if session.candidates + len(candidates) > MAX_REMOTE_CANDIDATES:
             raise TrickleError(
                 f"at most {MAX_REMOTE_CANDIDATES} candidates a session (each is checked)"

@@ -157,14 +157,23 @@ async def test_offers_that_come_together_cannot_pass_the_session_cap_together() 
 async def test_a_session_takes_a_bounded_number_of_trickled_candidates(whip: WhipServer) -> None:
     pc = await make_offer("vp8")
     try:
-        rid, _ = await whip.publish("app", "room", "bob", pc.localDescription.sdp)
+        # (a client that trickles sends no end-of-candidates in its offer: after one, later
+        # candidates are dropped)
+        offer = pc.localDescription.sdp.replace("a=end-of-candidates\r\n", "")
+        rid, _ = await whip.publish("app", "room", "bob", offer)
         session = whip.sessions[rid]
         line = "a=candidate:1 1 udp 2130706431 127.0.0.1 {} typ host\r\n"
         await whip.patch(session, "".join(line.format(9000 + i) for i in range(60)))
+        ice = session.pc.getTransceivers()[0].receiver.transport.transport
+        ports = {c.port for c in ice.getRemoteCandidates()}
+        assert set(range(9000, 9060)) <= ports  # (applied, not only counted)
         with pytest.raises(TrickleError, match="at most 64 candidates"):
             await whip.patch(session, "".join(line.format(9100 + i) for i in range(5)))
         with pytest.raises(TrickleError, match="not an ICE candidate"):  # (aiortc asserted: 500)
             await whip.patch(session, "a=candidate:1 1\r\n")
+        whole, _ = await whip.publish("app", "room", "eve", pc.localDescription.sdp)
+        with pytest.raises(TrickleError, match="ended its candidates"):  # (dropped unsaid)
+            await whip.patch(whip.sessions[whole], line.format(9200))
     finally:
         await pc.close()
 
@@ -182,7 +191,7 @@ async def test_mdns_candidates_are_left_out(whip: WhipServer) -> None:
     5353 on every interface, on a server told to stay on loopback. Left out, in the offer and
     trickled; ICE connects through the candidates the server learns from the checks."""
     pc = await make_offer("vp8")
-    offer = pc.localDescription.sdp.replace(
+    offer = pc.localDescription.sdp.replace("a=end-of-candidates\r\n", "").replace(
         "a=sendonly",
         "a=candidate:9 1 udp 2113937151 4f0f7a1e-1b1e.local 50000 typ host\r\na=sendonly",
         1,
