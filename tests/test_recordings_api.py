@@ -206,3 +206,30 @@ async def test_bad_bodies_get_clear_errors(server: Any) -> None:
 async def _tmp(server: Any) -> Any:
     for path in await asyncio.to_thread(lambda: list((server.data_dir / "tmp").iterdir())):
         yield path
+
+
+async def test_documented_limits_and_answers(server: Any) -> None:
+    """docs/recordings.md's limits (name, navigations, one field) and the 409 of a playlist
+    asked for before the video is ready."""
+    auth = await tenant_headers(server, "acme")
+    many = [{"url": "u", "timestamp_ms": 0}] * 10_001
+    cases = {
+        "name": body(name="n" * 1001),
+        "navigations": body(navigations=many),
+    }
+    async with aiohttp.ClientSession() as http:
+        for field, payload in cases.items():
+            status, answer = await post_raw(http, server, auth, json.dumps(payload))
+            assert status == 400 and answer["error"]["field"] == field, (field, answer)
+        status, answer = await post_raw(
+            http, server, auth, json.dumps(body(name="n" * 1000, navigations=many[:10_000]))
+        )
+        assert status == 201, answer  # (the limits themselves are taken)
+        async with http.post(
+            server.url + "/v1/recordings", json=body(has_video=True), headers=auth
+        ) as resp:
+            waiting = await resp.json()
+        url = f"{server.url}/v1/recordings/{waiting['id']}/video/index.m3u8"
+        async with http.get(url, headers=auth) as resp:
+            error = (await resp.json())["error"]
+        assert resp.status == 409 and error["code"] == "not_ready"
