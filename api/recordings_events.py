@@ -83,7 +83,12 @@ _DECODER = json.JSONDecoder(parse_constant=_no_constants)
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # (an integer past any float: not a number rrweb writes)
+        return False
 
 
 class _Reader:
@@ -254,16 +259,34 @@ def _check_event(event: Any, where: str, result: ParsedUpload) -> None:
     result.last_ms = ts if result.last_ms is None else max(result.last_ms, ts)
 
 
-def _inflate(dobj: Any, data: memoryview, limit: int) -> tuple[bytes, int]:
-    """Decompress ``data`` from its start until ``limit`` bytes came out or it is used up:
-    (what came out, the bytes of ``data`` taken). Fed in ``INFLATE_STEP_BYTES`` pieces, since
-    zstd has no output bound per call and a few KiB of it can expand to a whole recording."""
-    out = bytearray()
-    pos = 0
-    while pos < len(data) and len(out) < limit:
-        out += dobj.decompress(data[pos : pos + INFLATE_STEP_BYTES])
-        pos += INFLATE_STEP_BYTES
-    return bytes(out), min(pos, len(data))
+class _Inflater:
+    """Decompresses a stored events object (zstd frames one after another: the writer ends
+    with an empty one) in bounded steps."""
+
+    def __init__(self) -> None:
+        self._dobj = zstandard.ZstdDecompressor().decompressobj()
+
+    def step(self, data: memoryview, limit: int) -> tuple[bytes, int]:
+        """Decompress ``data`` from its start until ``limit`` bytes came out or it is used
+        up: (what came out, the bytes of ``data`` taken). Fed in ``INFLATE_STEP_BYTES``
+        pieces, since zstd has no output bound per call and a few KiB of it can expand to a
+        whole recording."""
+        out = bytearray()
+        pos = 0
+        while pos < len(data) and len(out) < limit:
+            out += self._feed(bytes(data[pos : pos + INFLATE_STEP_BYTES]))
+            pos += INFLATE_STEP_BYTES
+        return bytes(out), min(pos, len(data))
+
+    def _feed(self, piece: bytes) -> bytes:
+        out = self._dobj.decompress(piece)
+        while self._dobj.eof:  # a frame ended: the next begins with what is left of the piece
+            rest = self._dobj.unused_data
+            self._dobj = zstandard.ZstdDecompressor().decompressobj()
+            if not rest:
+                break
+            out += self._dobj.decompress(rest)
+        return out
 
 
 async def decompress_stream(
@@ -272,11 +295,11 @@ async def decompress_stream(
     """Yield the decompressed bytes of a zstd stream as its compressed chunks arrive, in
     pieces of about ``INFLATE_OUT_BYTES`` (at most that plus 8 MiB), decompressed by
     ``threads`` (``asyncio.to_thread``), off the event loop."""
-    dobj = zstandard.ZstdDecompressor().decompressobj()
+    inflater = _Inflater()
     async for chunk in chunks:
         view, pos = memoryview(chunk), 0
         while pos < len(view):
-            data, used = await threads(_inflate, dobj, view[pos:], INFLATE_OUT_BYTES)
+            data, used = await threads(inflater.step, view[pos:], INFLATE_OUT_BYTES)
             pos += used
             if data:
                 yield data

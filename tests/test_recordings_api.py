@@ -178,6 +178,9 @@ async def test_bad_bodies_get_clear_errors(server: Any) -> None:
         raw = json.dumps(body(navigations=[{"url": "x", "timestamp_ms": 0}]))
         status, answer = await post_raw(http, server, auth, raw.replace('": 0}', '": 1e400}'))
         assert status == 400 and answer["error"]["field"] == "navigations[0].timestamp_ms"
+        huge = body(events=[{"type": 1, "timestamp": 10**400}])  # (no float holds it)
+        status, answer = await post_raw(http, server, auth, json.dumps(huge))
+        assert status == 400 and answer["error"]["field"] == "events[0].timestamp", answer
         early = {**body(), "started_at": "0001-01-01T00:00:00+01:00"}  # (before UTC's year 1)
         status, answer = await post_raw(http, server, auth, json.dumps(early))
         assert status == 400 and answer["error"]["field"] == "started_at", answer

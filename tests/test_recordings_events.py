@@ -151,3 +151,24 @@ async def test_a_highly_compressible_recording_streams_back_in_bounded_pieces(
         out += piece
     assert max(sizes) <= recordings_events.INFLATE_OUT_BYTES + 8 * 1024 * 1024, max(sizes)
     assert json.loads(out) == [event]
+
+
+async def test_every_stored_length_streams_back(tmp_path: Path) -> None:
+    """The stored object is zstd frames one after another (its writer ends with an empty
+    one): wherever a frame ends against the decompression's steps, it streams back whole
+    (one recording in ~28, by its length, answered 500 or a cut body every time)."""
+    for n in range(1, 120):
+        events = [{"type": 3, "timestamp": i, "data": "abc" * ((i * 7919) % 13)} for i in range(n)]
+        body, stored = tmp_path / "body.json", tmp_path / f"{n}.zst"
+        await asyncio.to_thread(body.write_text, json.dumps({"events": events}))
+        await asyncio.to_thread(parse_upload, body, stored)
+        packed = await asyncio.to_thread(stored.read_bytes)
+
+        async def chunks(data: bytes = packed) -> Any:
+            for i in range(0, len(data), 1000):
+                yield data[i : i + 1000]
+
+        got = bytearray()
+        async for piece in recordings_events.decompress_stream(chunks(), asyncio.to_thread):
+            got += piece
+        assert json.loads(got) == events, n
