@@ -38,8 +38,10 @@ SIDECAR_SUFFIX = ".json"
 _TRANSIENT_ERRNOS = frozenset({errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EAGAIN, errno.EROFS})
 
 
-def validate_key(key: str) -> str:
-    """Return ``key`` when it is a safe relative object key; raise ``ValueError`` otherwise."""
+def validate_key(key: str, max_segment_bytes: int | None = MAX_KEY_SEGMENT_BYTES) -> str:
+    """Return ``key`` when it is a safe relative object key; raise ``ValueError`` otherwise.
+    ``max_segment_bytes``: a segment's limit where segments are file names (None: S3's keys,
+    which have none: a cloud recording's file name, channel and uid in it, may be longer)."""
     if not key:
         raise ValueError("object key must not be empty")
     if len(key.encode()) > MAX_KEY_BYTES:
@@ -52,8 +54,8 @@ def validate_key(key: str) -> str:
     for segment in segments:
         if segment in ("", ".", ".."):
             raise ValueError(f"object key has an empty, '.' or '..' segment: {key!r}")
-        if len(segment.encode()) > MAX_KEY_SEGMENT_BYTES:
-            raise ValueError(f"object key has a segment longer than {MAX_KEY_SEGMENT_BYTES} bytes")
+        if max_segment_bytes is not None and len(segment.encode()) > max_segment_bytes:
+            raise ValueError(f"object key has a segment longer than {max_segment_bytes} bytes")
         if segment.startswith(TEMP_PREFIX):
             raise ValueError(f"object key segment must not start with {TEMP_PREFIX!r}")
     if segments[0] == META_DIR:

@@ -245,7 +245,7 @@ class S3ObjectStore:
         await self._stack.aclose()
 
     def _key(self, key: str) -> str:
-        return self.config.prefix + validate_key(key)
+        return self.config.prefix + validate_key(key, max_segment_bytes=None)
 
     def _check_token(self, what: str) -> None:
         expiry = self.config.session_expiration

@@ -87,6 +87,16 @@ async def test_put_head_get_list_delete(store: S3ObjectStore, tmp_path: Path) ->
         await store.get_bytes("rec/a/index0.ts")
 
 
+async def test_a_long_key_segment_is_fine_on_s3(store: S3ObjectStore) -> None:
+    """The local store's 200-byte segment limit (file names) is not S3's: a cloud recording
+    whose channel name and uid make a long file name uploads (its files waited forever)."""
+    key = (
+        "rec/" + "n" * 64 + "__uid_s_" + "u" * 150 + "__uid_e_av.m3u8"
+    )  # (235: SeaweedFS takes 255)
+    await store.put_bytes(key, b"#EXTM3U\n")
+    assert await store.get_bytes(key) == b"#EXTM3U\n"
+
+
 async def test_multipart_upload_of_a_large_file(
     s3: SeaweedS3, s3_bucket: str, tmp_path: Path
 ) -> None:
