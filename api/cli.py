@@ -56,7 +56,7 @@ async def _serve(args: argparse.Namespace) -> int:
     try:
         # before anything reads the directory: a second server on it would replay (and then
         # delete) the running one's write-ahead log and rewrite its open segments
-        lock_directory(settings.data_dir)
+        await asyncio.to_thread(lock_directory, settings.data_dir)
     except DirectoryInUse as exc:
         print(f"reelhouse: cannot start: data directory {exc}", file=sys.stderr, flush=True)
         return 2
@@ -78,8 +78,18 @@ async def _serve(args: argparse.Namespace) -> int:
         keepalive_timeout=settings.http.keepalive_timeout_s,
         access_log=None,
     )
+    setup = asyncio.ensure_future(runner.setup())
+    stopped = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({setup, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    if not setup.done():  # stopped during a start that takes long (a bucket that never answers)
+        setup.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await setup  # (what recovery began stays on disk for the next start)
+        await runner.cleanup()
+        return 0
     try:
-        await runner.setup()
+        setup.result()
     except (StorageError, ValueError) as exc:  # a wrong bucket, key or setting: say which
         print(f"reelhouse: cannot start: {exc}", file=sys.stderr, flush=True)
         await runner.cleanup()

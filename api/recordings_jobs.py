@@ -14,7 +14,7 @@ import shutil
 import threading
 from pathlib import Path
 
-from storage.errors import ObjectNotFound, StorageError
+from storage.errors import ObjectNotFound, StorageError, StoreUnavailable
 from storage.meta import MetaStore
 from storage.objects import ObjectStore
 from storage.recordings import RecordingRow, RecordingStatus
@@ -147,10 +147,12 @@ class VideoProcessor:
             log.warning(
                 "recording %s: storage failed (%s); retry in %.0f s", recording_id, exc, delay
             )
-            # an outage is no fault of the video: the run is not counted against it
-            await self._meta.update_recording(
-                recording_id, only_from=_PROCESSING, attempts=row.attempts - 1
-            )
+            if isinstance(exc, StoreUnavailable):
+                # an outage is no fault of the video: the run is not counted against it (a
+                # refusal, or the work disk too small, is counted: those do not pass)
+                await self._meta.update_recording(
+                    recording_id, only_from=_PROCESSING, attempts=row.attempts - 1
+                )
             retry = asyncio.create_task(self._retry_later(recording_id, delay))
             self._retries.add(retry)
             retry.add_done_callback(self._retries.discard)

@@ -32,8 +32,10 @@ class HttpSettings:
     # a connection must send a whole request's headers within this from connecting, and a
     # kept-alive one its next within this of the last answer (else it is closed): one that
     # trickles a byte a minute no longer holds its socket and memory for an hour (aiohttp's
-    # default); WebSockets, taken over at once, are not concerned
-    keepalive_timeout_s: float = 30.0
+    # default); WebSockets, taken over at once, are not concerned. nginx's default; behind a
+    # load balancer, set it above the balancer's idle timeout (AWS ALB 60 s, GCP 600 s), or
+    # the balancer meets connections closed under it (502s)
+    keepalive_timeout_s: float = 75.0
 
 
 @dataclass(frozen=True, slots=True)
