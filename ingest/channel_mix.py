@@ -167,6 +167,7 @@ class ChannelMixRecorder:
         if uid in self._joined:
             self._joined.discard(uid)
             self._seen.discard(uid)
+            self._video_tracks.pop(uid, None)  # (one that comes back shows its new track)
             self._gone.add(uid)
             self.stats.leaves += 1
             await self._mix.leave(uid, self._now_us())
@@ -211,7 +212,7 @@ class ChannelMixRecorder:
                     continue
             elif not self._wanted(uid, media.kind):
                 continue
-            now_us = self._now_us()
+            now_us = self._wall0_us + int((media.received - self._mono0) * US)  # (its arrival)
             track_clock = "shared" if media.shared_clock else media.track_id  # ingest.arrival
             clock = self._clocks.setdefault((uid, track_clock), TrackClock(follow_arrival=True))
             for _, data, pts_us in await self._decoded(media):
@@ -259,11 +260,15 @@ class ChannelMixRecorder:
         channel = self._registry.get(self._appid, self._cname)
         present = list(channel.members) if channel is not None else []
         for uid in list(self._joined):
-            seen = uid in self._seen
-            if not (self._wanted(uid, "video") or self._wanted(uid, "audio")):
+            seen, wanted = uid in self._seen, self._wanted(uid, "video")
+            if not (wanted or self._wanted(uid, "audio")):
                 await self._leave(uid)
-            elif seen != self._wanted(uid, "video"):  # seen now, or no more: a window, or none
-                await self._leave(uid)
+            elif seen and not wanted:  # heard on, without its window (its decoders kept)
+                self._seen.discard(uid)
+                await self._mix.hide(uid, self._now_us())
+            elif wanted and not seen:
+                self._seen.add(uid)
+                await self._mix.join(uid, self._now_us())
         for uid in present:
             await self._join(uid)
 

@@ -135,6 +135,9 @@ class MediaFrame:
     # pts_us is on a clock all of this member's tracks share (a WebRTC member's packet
     # arrivals: ingest.arrival), so recorders place the tracks together, keeping lip sync
     shared_clock: bool = False
+    # when the server had it (``time.monotonic``): a recorder that took it from its queue
+    # later (busy) still knows when it came
+    received: float = field(default_factory=time.monotonic)
 
 
 class Subscription:

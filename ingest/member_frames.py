@@ -34,10 +34,11 @@ RESYNC_AHEAD_US = 60_000_000
 # the least of those delays (a slow clock: its audio would come too late to be mixed); one
 # whose every frame came more than ``AHEAD_US`` before its place moves back by the least of
 # those leads (a fast clock: it would be heard later and later). Only a whole window counts:
-# jitter, and a burst sent faster than real time, pass. The audio mixer keeps a member's
-# samples contiguous across such small steps.
+# jitter, and a burst sent faster than real time, pass. The mix waits 100 ms for late input,
+# so a few tens of ms of drift plus the network's jitter stay within it; the audio mixer
+# places a track anew at such a step (audiomix.RESYNC_SAMPLES is smaller).
 AHEAD_US = 20_000
-LATE_US = 60_000
+LATE_US = 20_000
 DRIFT_WINDOW_US = 2_000_000
 
 

@@ -34,7 +34,11 @@ US_PER_S = 1_000_000
 CHUNK_SAMPLES = AAC_FRAME_SAMPLES  # The mix is made in AAC-frame-sized chunks.
 # Input whose timestamps drift this far from the samples received is re-anchored (a gap or a
 # clock jump); smaller jitter is ignored so the samples stay contiguous.
-RESYNC_SAMPLES = MIX_RATE_HZ // 10  # 100 ms.
+# An input whose next frame is placed this far from where its samples run on is placed anew
+# (a gap of silence, or a cut); nearer, its samples stay contiguous (timestamps carry no
+# jitter: they count samples). Under ingest.member_frames.LATE_US, so that a slow sender's
+# track moved on by its clock follows at once rather than lagging into lateness.
+RESYNC_SAMPLES = MIX_RATE_HZ * 15 // 1000  # 15 ms.
 LIMIT_CEILING = 0.89  # -1 dBFS: headroom for the AAC encoder's own overshoot.
 LIMIT_ATTACK_SAMPLES = 64  # 1.3 ms: fast enough to catch a transient, slow enough not to click.
 LIMIT_RELEASE_S = 0.25  # Time constant of the gain coming back up after a loud moment.
@@ -126,7 +130,7 @@ class _Input:
     late_samples: int = 0
 
 
-TRACK_SEPARATOR = "\x00"  # (in no uid: the protocols' uids are printable)
+TRACK_SEPARATOR = "/"  # (in no uid: the channel protocols' uids have no "/")
 
 
 def input_key(uid: str, track: str = "") -> str:
@@ -158,9 +162,13 @@ class AudioMixer:
         return round((t_us - self.origin_us) * MIX_RATE_HZ / US_PER_S)
 
     def late_samples(self, uid: str) -> int:
-        """Samples of `uid` that arrived after their time was mixed (logged, not mixed)."""
-        entry = self._inputs.get(uid)
-        return 0 if entry is None else entry.late_samples
+        """Samples of `uid` (all its tracks) that arrived after their time was mixed (logged,
+        not mixed)."""
+        return sum(entry.late_samples for key, entry in self._inputs.items() if self._of(key, uid))
+
+    @staticmethod
+    def _of(key: str, uid: str) -> bool:
+        return key == uid or key.startswith(uid + TRACK_SEPARATOR)
 
     def push(self, uid: str, frame: AudioFrame, t_us: int) -> None:
         """Take one decoded frame of `uid` whose first sample is at `t_us`."""
@@ -220,7 +228,7 @@ class AudioMixer:
     def remove(self, uid: str) -> None:
         """Drop a user, every track of theirs (``input_key``); what they sent but was not
         mixed yet is mixed no more."""
-        for key in [k for k in self._inputs if k == uid or k.startswith(uid + TRACK_SEPARATOR)]:
+        for key in [k for k in self._inputs if self._of(k, uid)]:
             del self._inputs[key]
 
     def mix_until(self, t_us: int) -> list[np.ndarray]:

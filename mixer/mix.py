@@ -171,6 +171,7 @@ class MixSession:
         self.segments: list[SegmentInfo] = []
         self.mp4s: list[tuple[Path, Mp4Info]] = []
         self._mp4_builds: list[tuple[Path, Future[Mp4Info]]] = []  # handed to the MP4 thread
+        self.failed_mp4s = 0  # parts whose build failed (logged; the segments stay)
         self._finished = False
 
     @property
@@ -240,6 +241,19 @@ class MixSession:
             self.compositor.leave(uid)
             self._mixer.remove(uid)
             self._ranks.pop(uid, None)  # joining again goes to the end
+
+        self._at(t_us, apply)
+        return self.advance(t_us)
+
+    def hide(self, uid: str, t_us: int) -> list[SegmentInfo]:
+        """`uid` keeps being heard but has no window from `t_us` on (its video is no longer
+        recorded); `join` gives it one again."""
+        self._check_open()
+        self._start(t_us)
+
+        def apply() -> None:
+            self.compositor.leave(uid)
+            self._ranks.pop(uid, None)
 
         self._at(t_us, apply)
         return self.advance(t_us)
@@ -347,18 +361,16 @@ class MixSession:
         self._mp4_part = []
 
     def _built_mp4s(self) -> None:
-        """Wait for the parts handed over (``finish``): each built one is listed; the first
-        failure is raised once all are in."""
+        """Wait for the parts handed over (``finish``): each built one is listed; one that
+        failed is logged and left out (its segments are in the playlist all the same), so the
+        recording made so far is still handed over whole."""
         builds, self._mp4_builds = self._mp4_builds, []
-        failed: BaseException | None = None
         for path, build in builds:
             try:
                 self.mp4s.append((path, build.result()))
             except Exception as exc:
-                log.error("building %s failed: %s", path.name, exc)
-                failed = failed or exc
-        if failed is not None:
-            raise failed
+                self.failed_mp4s += 1
+                log.error("building %s failed: its segments stay, no MP4 of them: %s", path, exc)
 
     def finish(self) -> MixOutput:
         """Paint up to the last time seen, drain the encoders, close the playlist and MP4s."""
@@ -501,6 +513,10 @@ class MixRecorder:
     async def leave(self, uid: str, t_us: int) -> None:
         """`uid` leaves at `t_us`."""
         await self._produce(lambda: self._open().leave(uid, t_us))
+
+    async def hide(self, uid: str, t_us: int) -> None:
+        """`uid` is heard without a window from `t_us` on."""
+        await self._produce(lambda: self._open().hide(uid, t_us))
 
     async def update_layout(
         self, layout: LayoutSpec, t_us: int, style: MixStyle | None = None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -230,3 +231,40 @@ async def test_a_member_only_heard_takes_no_window(tmp_path: Path) -> None:
     for x, y in ((W // 2, H // 2), (8, 8), (W - 8, H - 8)):  # red all over: no other window
         r, g, b = (int(v) for v in last[y, x])
         assert r > 180 and g < 80 and b < 80, ((x, y), (r, g, b))
+
+
+async def test_a_member_unseen_midway_is_heard_on(tmp_path: Path) -> None:
+    """update stops recording a WebM member's video a third of the way in: it is heard to
+    the end (taking its window away used to make it leave and join again, and the leave
+    dropped its WebM demuxer: every later chunk undecodable, its audio gone)."""
+    registry = ChannelRegistry()
+    config = MixConfig(width=W, height=H, fps=15, bitrate_kbps=200)
+    mix = ChannelMixRecorder(registry, "app", "room", tmp_path, config)
+    member = await registry.join("app", "room", "42", Transport.WS)
+    registry.set_track("app", "room", member, TrackInfo("0", "video", "webm"))
+    data, _, audio_frames = await asyncio.to_thread(encode_webm, 3.0)
+    await mix.start()
+    channel = registry.get("app", "room")
+    assert channel is not None and mix._sub is not None
+    chunks = [data[i : i + 8_000] for i in range(0, len(data), 8_000)]
+    third = len(chunks) // 3
+    idle, taken = asyncio.Event(), [0]
+    next_media = mix._sub.next_media
+
+    async def watched() -> Any:  # (the media task asks for its next frame: it is idle)
+        if taken[0] == third:
+            idle.set()
+        taken[0] += 1
+        return await next_media()
+
+    mix._sub.next_media = watched  # type: ignore[method-assign]
+    for i, chunk in enumerate(chunks[:third]):
+        channel.publish(member, MediaFrame("42", "0", "video", chunk, i, True, "webm"))
+    await idle.wait()
+    # a chunk comes, and at once the update: the media task wakes to it while the update waits
+    channel.publish(member, MediaFrame("42", "0", "video", chunks[third], third, True, "webm"))
+    await mix.update_subscriptions(UidSelector(), UidSelector(exclude=frozenset({"42"})))
+    for i, chunk in enumerate(chunks[third + 1 :], third + 1):
+        channel.publish(member, MediaFrame("42", "0", "video", chunk, i, True, "webm"))
+    await mix.stop()
+    assert mix.stats.undecodable == 0 and mix.stats.audio_in >= audio_frames - 1, mix.stats

@@ -476,3 +476,26 @@ def test_bitrate_and_audio_profile_reach_the_output(tmp_path: Path) -> None:
     assert (low["channels"], high["channels"]) == (1, 2)
     assert low["kbps"]["audio"] == pytest.approx(48, rel=0.4), low
     assert high["kbps"]["audio"] == pytest.approx(192, rel=0.4), high
+
+
+async def test_a_part_whose_build_fails_loses_only_itself(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One MP4 part failing to build: the others are listed and the playlist ended (the
+    failure used to raise from finish, losing every part and the last segments)."""
+    build, calls = mp4.build_mp4, [0]
+
+    def second_fails(segments: Any, out: Path) -> Any:
+        calls[0] += 1
+        if calls[0] == 2:
+            raise mp4.InvalidMedia("a damaged segment")
+        return build(segments, out)
+
+    monkeypatch.setattr(mp4, "build_mp4", second_fails)
+    users = publishers(1, stop_s=3.0)
+    config = MixConfig(
+        width=W, height=H, fps=FPS, file_types=frozenset({FileType.HLS, FileType.MP4})
+    )
+    output = await record(tmp_path, config, Scenario(users), mp4_max_duration_s=1.0)
+    assert [p.name for p, _ in output.mp4s] == ["mix_000.mp4", "mix_002.mp4"]
+    assert output.playlist.read_text().rstrip().endswith("#EXT-X-ENDLIST")
