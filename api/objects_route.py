@@ -9,6 +9,7 @@ import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
@@ -25,10 +26,22 @@ from .keys import SETTINGS, SIGNER, STORE
 MAX_PUT_BYTES = 4 * 1024**3
 PUT_CHUNK_BYTES = 1024 * 1024
 
+
+@dataclass(frozen=True, slots=True)
+class PutRefusal:
+    """Why a presigned PUT may not land; ``owner_gone``: what the key belonged to is deleted,
+    so an object stored under it meanwhile is an orphan to take back."""
+
+    reason: str
+    owner_gone: bool = False
+
+
 # Says whether a presigned PUT of a key may still land (e.g. its recording not deleted, its
-# video not in yet); by key prefix. Asked before the body is read and again once it is
-# stored: a PUT the answer turned against meanwhile is taken back.
-PutGuard = Callable[[web.Application, str], Awaitable[str | None]]  # None: yes; else why not
+# video not in yet); by key prefix. Asked before the body is read, again before it is stored,
+# and once more after: an object whose owner was deleted meanwhile is taken back. (One stored
+# while its owner moved on is kept: it replaced what was there, and deleting it would lose
+# that too.)
+PutGuard = Callable[[web.Application, str], Awaitable[PutRefusal | None]]  # None: it may
 PUT_GUARDS: web.AppKey[dict[str, PutGuard]] = web.AppKey("put_guards")
 
 
@@ -121,7 +134,7 @@ def _set_413(exc: web.HTTPException) -> web.HTTPException:
     return exc
 
 
-async def _refusal(app: web.Application, key: str) -> str | None:
+async def _refusal(app: web.Application, key: str) -> PutRefusal | None:
     for prefix, guard in app.get(PUT_GUARDS, {}).items():
         if key.startswith(prefix):
             return await guard(app, key)
@@ -132,7 +145,7 @@ async def put_object(request: web.Request) -> web.Response:
     """Store the body under the key for a holder of a valid presigned PUT URL."""
     key = _verify(request, "PUT")
     if (refused := await _refusal(request.app, key)) is not None:
-        raise rpc_error(RpcCode.FAILED_PRECONDITION, refused)
+        raise rpc_error(RpcCode.FAILED_PRECONDITION, refused.reason)
     if request.content_length is not None and request.content_length > MAX_PUT_BYTES:
         raise _set_413(_too_large())
     tmp_dir = request.app[SETTINGS].data_dir / "tmp"
@@ -140,13 +153,15 @@ async def put_object(request: web.Request) -> web.Response:
     path = tmp_dir / f"put-{uuid.uuid4().hex}"
     try:
         await _receive(request, path)
+        if (refused := await _refusal(request.app, key)) is not None:  # (changed while it came)
+            raise rpc_error(RpcCode.FAILED_PRECONDITION, refused.reason)
         content_type = request.headers.get("Content-Type") or None
         info = await request.app[STORE].put_file(key, path, content_type)
     finally:
         await asyncio.to_thread(_unlink, path)
-    if (refused := await _refusal(request.app, key)) is not None:  # (changed while it came)
+    if (refused := await _refusal(request.app, key)) is not None and refused.owner_gone:
         await request.app[STORE].delete(key)
-        raise rpc_error(RpcCode.FAILED_PRECONDITION, refused)
+        raise rpc_error(RpcCode.FAILED_PRECONDITION, refused.reason)
     return web.Response(status=200, headers={"ETag": f'"{info.etag}"'})
 
 

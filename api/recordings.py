@@ -27,7 +27,7 @@ from storage.recordings import RecordingRow, RecordingStatus
 
 from .auth import Principal
 from .keys import API_KEYS, META, STORE
-from .objects_route import PLAYLIST_TYPE, absolute_url, presigned_playlist
+from .objects_route import PLAYLIST_TYPE, PutRefusal, absolute_url, presigned_playlist
 from .recordings_events import EVENTS_CONTENT_TYPE, BodyError, decompress_stream, parse_upload
 from .recordings_jobs import VideoProcessor
 from .recordings_schema import (
@@ -315,7 +315,7 @@ async def confirm_video(request: web.Request) -> web.Response:
     return web.json_response(recording_json(updated))
 
 
-async def video_put_refusal(app: web.Application, key: str) -> str | None:
+async def video_put_refusal(app: web.Application, key: str) -> PutRefusal | None:
     """Why a presigned PUT of ``key`` (under ``captures/``) may not land, None when it may:
     only a recording's original video, while the recording waits for it (``uploading``, or
     ``failed`` for a new upload). A PUT after a delete left an orphan of up to 4 GiB that
@@ -326,20 +326,25 @@ async def video_put_refusal(app: web.Application, key: str) -> str | None:
         with contextlib.suppress(ValueError):
             row = await app[META].get_recording(str(uuid.UUID(parts[2])), parts[1])
     if row is None or row.video_key != key:
-        return "no recording waits for this upload (deleted, or not a video's key)"
+        return PutRefusal(
+            "no recording waits for this upload (deleted, or not a video's key)", owner_gone=True
+        )
     if row.status not in (RecordingStatus.UPLOADING, RecordingStatus.FAILED):
-        return f"the recording's video is in already (status {row.status})"
+        return PutRefusal(f"the recording's video is in already (status {row.status})")
     return None
 
 
 async def delete_recording(request: web.Request) -> web.Response:
     """``DELETE /v1/recordings/{id}``: its processing stopped, every object removed, then the
-    row (so a failed delete can simply be retried)."""
+    row (so a failed delete can simply be retried), then a last sweep: a presigned PUT stored
+    after the first listing but before the row went is caught there, a later one takes
+    itself back (:func:`video_put_refusal`)."""
     row = await _load(request)
     meta, store = request.config_dict[META], request.config_dict[STORE]
     await request.config_dict[RECORDINGS].processor.cancel(row.recording_id)
     await delete_objects(store, row)
     await meta.delete_recording(row.recording_id, row.tenant_id)
+    await delete_objects(store, row)
     return web.Response(status=204)
 
 

@@ -57,8 +57,13 @@ class VideoResult:
 
 def _said(exc: Exception) -> str:
     """What went wrong, without the file's path (FFmpeg's and the OS's messages name it: a
-    tenant would read the server's directory layout in ``failure_reason``)."""
-    return str(getattr(exc, "strerror", None) or exc)
+    tenant would read the server's directory layout in ``failure_reason``). A MediaError
+    quotes its cause's text: that part is said without the path too."""
+    text = str(getattr(exc, "strerror", None) or exc)
+    cause = exc.__cause__
+    if isinstance(cause, Exception) and str(cause):
+        text = text.replace(str(cause), _said(cause))
+    return text
 
 
 def _open(src: Path) -> av.container.InputContainer:
@@ -145,7 +150,7 @@ def process_video(src: Path, work: Path, stop: threading.Event) -> VideoResult:
                 TrackSpec(1, Kind.VIDEO, codec, video.width, video.height, extradata=extradata)
             )
         except MediaError as exc:  # (a damaged avcC, ...)
-            raise VideoFailed(f"video track cannot be read: {exc}") from None
+            raise VideoFailed(f"video track cannot be read: {_said(exc)}") from None
         streams: list[av.stream.Stream] = [video]
         track_of = {video.index: 1}
         if container.streams.audio:
@@ -189,7 +194,7 @@ def process_video(src: Path, work: Path, stop: threading.Event) -> VideoResult:
         except av.error.FFmpegError as exc:
             raise VideoFailed(f"video does not demux: {_said(exc)}") from None
         except MediaError as exc:  # (the last segment failing to close)
-            raise VideoFailed(f"video cannot be written: {exc}") from None
+            raise VideoFailed(f"video cannot be written: {_said(exc)}") from None
         duration_s = container.duration / av.time_base if container.duration else None
     segments = sorted(hls_dir.glob("index_*.ts"))
     if not segments:

@@ -32,7 +32,9 @@ CORS = {
     "Access-Control-Allow-Origin": "*",
     "Access-Control-Allow-Methods": "POST, PATCH, DELETE, OPTIONS",
     "Access-Control-Allow-Headers": "Authorization, Content-Type, If-Match",
-    "Access-Control-Expose-Headers": "Location, ETag, Link, Accept-Patch, X-Reelhouse-Uid",
+    "Access-Control-Expose-Headers": (
+        "Location, ETag, Link, Accept-Patch, Retry-After, X-Reelhouse-Uid"
+    ),
     "Access-Control-Max-Age": "600",
 }
 

@@ -197,7 +197,12 @@ class LocalObjectStore:
                 raise ObjectNotFound(key)
             return fd
 
-        fd = await asyncio.to_thread(_open)
+        opening = asyncio.get_running_loop().run_in_executor(None, _open)
+        try:
+            fd = await asyncio.shield(opening)
+        except asyncio.CancelledError:  # the thread goes on: its descriptor is closed after it
+            opening.add_done_callback(_close_opened)
+            raise
         try:
             offset = 0
             while chunk := await asyncio.to_thread(os.pread, fd, chunk_size, offset):
@@ -240,3 +245,9 @@ class LocalObjectStore:
 
     async def aclose(self) -> None:
         """Nothing to release; present for the protocol."""
+
+
+def _close_opened(opening: asyncio.Future[int]) -> None:
+    """Close the descriptor an open left behind when its reader was cancelled meanwhile."""
+    if not opening.cancelled() and opening.exception() is None:
+        asyncio.get_running_loop().run_in_executor(None, os.close, opening.result())

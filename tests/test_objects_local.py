@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import os
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -111,6 +114,46 @@ async def test_stream_keeps_the_object_it_began_with(store: LocalObjectStore) ->
     with pytest.raises(ObjectNotFound):  # a directory is no object
         async for _ in store.stream("dir"):
             pass
+
+
+async def test_a_stream_cancelled_while_opening_closes_its_file(
+    store: LocalObjectStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The open runs in a thread that a cancel does not stop: the descriptor it returns late
+    is closed (it leaked, one per recording deleted while its job began to download)."""
+    await store.put_bytes("big.bin", b"x" * 100)
+    loop = asyncio.get_running_loop()
+    opening, release, closed = asyncio.Event(), threading.Event(), asyncio.Event()
+    opened: list[int] = []
+    real_open, real_close = os.open, os.close
+
+    def slow_open(path: Any, flags: int, *args: Any) -> int:
+        if not str(path).endswith("big.bin"):
+            return real_open(path, flags, *args)
+        loop.call_soon_threadsafe(opening.set)
+        release.wait(10)
+        opened.append(fd := real_open(path, flags, *args))
+        return fd
+
+    def watched_close(fd: int) -> None:
+        real_close(fd)
+        if fd in opened:
+            loop.call_soon_threadsafe(closed.set)
+
+    monkeypatch.setattr(os, "open", slow_open)
+    monkeypatch.setattr(os, "close", watched_close)
+
+    async def read() -> None:
+        async for _ in store.stream("big.bin"):
+            pass
+
+    reader = asyncio.create_task(read())
+    await opening.wait()
+    reader.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reader
+    release.set()
+    await asyncio.wait_for(closed.wait(), 10)
 
 
 async def test_list_in_key_order_with_prefix(store: LocalObjectStore) -> None:

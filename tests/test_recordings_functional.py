@@ -18,6 +18,7 @@ from api import objects_route, recordings_jobs, recordings_video
 from api.auth import create_tenant_key
 from api.keys import META, STORE
 from api.recordings import RECORDINGS
+from mixer.errors import InvalidMedia
 
 SETTLE_TIMEOUT_S = 60.0  # one 2 s clip transcoded on a shared 2-core machine
 T0 = 1714816800000
@@ -202,6 +203,17 @@ async def test_undecodable_video_fails_with_a_reason(server: Any) -> None:
     assert "/" not in detail["failure_reason"]  # (FFmpeg's message named the server's path)
 
 
+def test_a_mux_refusal_is_said_without_the_path() -> None:
+    """The segmenter quotes PyAV's error, which names the output file: the tenant's
+    ``failure_reason`` says what went wrong, not where the server keeps its files."""
+    cause = av.error.ArgumentError(22, "Invalid argument", "/srv/data/tmp/out/index_00003.ts")
+    try:
+        raise InvalidMedia(f"muxer refused a packet: {cause}") from cause
+    except InvalidMedia as exc:
+        said = recordings_video._said(exc)
+    assert said == "muxer refused a packet: Invalid argument"
+
+
 @pytest.mark.parametrize(
     ("limit", "value", "words"),
     [
@@ -332,6 +344,50 @@ async def test_an_upload_url_lands_only_while_its_recording_waits_for_it(server:
             assert resp.status == 400 and "in already" in (await resp.json())["message"]
     keys = [info.key async for info in server.app[STORE].list("captures/")]
     assert keys and all(f"/{ready['id']}/" in key for key in keys)  # no orphan of the others
+    original = next(k for k in keys if k.endswith("video/original"))
+    assert await server.app[STORE].get_bytes(original) == video
+
+
+async def test_an_upload_overtaken_by_a_confirm_leaves_the_original_in_use(server: Any) -> None:
+    """Two PUTs of one video: the slow one's body is still coming when the fast one lands and
+    is confirmed. The slow one is refused before it is stored; it used to replace the original
+    and then delete it, under the job processing it."""
+    auth = await tenant_headers(server, "acme")
+    video, _, _ = await asyncio.to_thread(encode_webm, 1.0)
+    halfway, go_on = asyncio.Event(), asyncio.Event()
+
+    async def slow_body() -> Any:
+        yield b"\x1a" * 1000
+        halfway.set()
+        await go_on.wait()
+        yield b"\x1a" * 1000
+
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            server.url + "/v1/recordings", json=body(has_video=True), headers=auth
+        ) as resp:
+            made = await resp.json()
+        url = f"{server.url}/v1/recordings/{made['id']}"
+
+        async def slow_put() -> tuple[int, Any]:
+            async with http.put(made["video_upload_url"], data=slow_body()) as resp:
+                return resp.status, await resp.json()
+
+        slow = asyncio.create_task(slow_put())
+        await halfway.wait()
+        async with http.put(made["video_upload_url"], data=video) as resp:
+            assert resp.status == 200
+        async with http.post(url + "/video/confirm", headers=auth) as resp:
+            assert resp.status == 200
+        go_on.set()
+        status, refused = await slow
+        assert status == 400 and "in already" in refused["message"]
+        await asyncio.wait_for(
+            server.app[RECORDINGS].processor.wait_settled(made["id"]), SETTLE_TIMEOUT_S
+        )
+        async with http.get(url, headers=auth) as resp:
+            assert (await resp.json())["status"] == "ready"
+    keys = [info.key async for info in server.app[STORE].list("captures/")]
     original = next(k for k in keys if k.endswith("video/original"))
     assert await server.app[STORE].get_bytes(original) == video
 

@@ -234,12 +234,14 @@ async def test_a_full_server_says_try_later(server_factory: Any) -> None:
                         (
                             resp.status,
                             resp.headers.get("Retry-After"),
+                            resp.headers.get("Access-Control-Expose-Headers", ""),
                             await resp.json(content_type=None) if resp.status != 201 else None,
                         )
                     )
         assert answers[0][0] == 201
-        status, retry, body = answers[1]
+        status, retry, exposed, body = answers[1]
         assert status == 503 and retry is not None and int(retry) > 0
+        assert "Retry-After" in exposed  # (not CORS-safelisted: a page could not read it)
         assert body["code"] == 14 and "try again later" in body["message"]
     finally:
         for pc in peers:
