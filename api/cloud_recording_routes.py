@@ -21,6 +21,7 @@ from mixer.mix_config import FileType, fetch_style
 from storage.errors import StorageError
 from storage.meta import AppRow
 
+from .bodies import read_limited
 from .cloud_recording import CloudFailure, CloudRecordingService, CloudSession, member_outputs
 from .cloud_recording_schema import (
     CloudError,
@@ -110,6 +111,8 @@ async def cloud_middleware(request: web.Request, handler: Handler) -> web.Stream
             return error(405, f"{request.method} is not allowed here", 405)
         if exc.status == 413:
             return error(8, f"the body is larger than {MAX_BODY_BYTES} bytes")
+        if exc.status == 408:  # (api.bodies: the body stopped coming)
+            return error(408, exc.reason, 408)
         raise
     except Exception:  # a bug of ours: in this API's shape too (details in the log)
         log.exception("cloud recording %s %s failed", request.method, request.path)
@@ -118,11 +121,8 @@ async def cloud_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 async def read_json(request: web.Request) -> Any:
     """The body as JSON, or the API's code 8."""
-
-    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-        raise CloudFailure(8, f"the body is larger than {MAX_BODY_BYTES} bytes")
-    raw = await request.content.read(MAX_BODY_BYTES + 1)
-    if len(raw) > MAX_BODY_BYTES:
+    raw = await read_limited(request, MAX_BODY_BYTES)
+    if raw is None:
         raise CloudFailure(8, f"the body is larger than {MAX_BODY_BYTES} bytes")
     return parse_json(raw)
 

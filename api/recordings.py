@@ -100,7 +100,12 @@ async def recordings_middleware(request: web.Request, handler: Handler) -> web.S
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+        code = {
+            404: "not_found",
+            405: "method_not_allowed",
+            408: "request_timeout",
+            413: "payload_too_large",
+        }
         return RecordingsError(
             exc.status, code.get(exc.status, "bad_request"), exc.reason
         ).response()

@@ -12,6 +12,7 @@ from ingest.errors import InvalidEvent, RpcCode
 from ingest.events import SESSION_ID_RE, parse_event
 from storage.meta import FileRow, SessionEventRow, SessionRow
 
+from .bodies import read_limited
 from .errors import rpc_error
 from .keys import SESSIONS, SETTINGS, SIGNER, STORE
 from .objects_route import absolute_url
@@ -79,12 +80,8 @@ def session_json(
 
 
 async def _json_body(request: web.Request) -> Any:
-    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-        raise rpc_error(
-            RpcCode.INVALID_ARGUMENT, f"request body larger than {MAX_BODY_BYTES} bytes"
-        )
-    raw = await request.content.read(MAX_BODY_BYTES + 1)
-    if len(raw) > MAX_BODY_BYTES:
+    raw = await read_limited(request, MAX_BODY_BYTES)
+    if raw is None:
         raise rpc_error(
             RpcCode.INVALID_ARGUMENT, f"request body larger than {MAX_BODY_BYTES} bytes"
         )

@@ -36,6 +36,9 @@ class HttpSettings:
     # load balancer, set it above the balancer's idle timeout (AWS ALB 60 s, GCP 600 s), or
     # the balancer meets connections closed under it (502s)
     keepalive_timeout_s: float = 75.0
+    # a request body with no byte for this long, while its handler waits for one, is answered
+    # 408 and its connection closed (``api.bodies``; nginx's client_body_timeout)
+    body_timeout_s: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)

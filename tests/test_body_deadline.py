@@ -1,0 +1,132 @@
+"""Request bodies (``api.bodies``): one split across TCP segments is read whole; one that stops
+coming is answered 408 in its API's error shape and its connection closed; one that keeps
+coming, however slowly, is not cut off."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import pytest
+from conftest import API_KEY
+from recording import EVENT_PATH
+from test_recordings_functional import body, tenant_headers
+
+from api.apps import create_app_row
+from api.customers import create_customer
+from api.keys import META, STORE
+
+BODY_TIMEOUT_S = 0.5
+ANSWER_TIMEOUT_S = 20.0
+
+
+@pytest.fixture
+async def server(server_factory: Any) -> Any:
+    return await server_factory(http={"body_timeout_s": BODY_TIMEOUT_S})
+
+
+async def stalled(server: Any, method: str, target: str, headers: dict[str, str]) -> Any:
+    """Send the headers and 10 of 1000 announced body bytes, then nothing: the status line,
+    the JSON answer, and whether the server closed the connection afterwards."""
+    url = urlsplit(server.url)
+    reader, writer = await asyncio.open_connection(url.hostname, url.port)
+    lines = [f"{method} {target} HTTP/1.1", f"Host: {url.netloc}", "Content-Length: 1000"]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + b"{" * 10)
+    await writer.drain()
+    try:
+        async with asyncio.timeout(ANSWER_TIMEOUT_S):
+            raw = await reader.read()  # to the close: the answer, then EOF
+    finally:
+        writer.close()
+    head, _, payload = raw.partition(b"\r\n\r\n")
+    return head.split(b"\r\n")[0].decode(), json.loads(payload)
+
+
+async def test_a_body_in_two_segments_is_read_whole(server: Any) -> None:
+    """The JSON of a START event sent in two writes, a pause apart (headers and body apart is
+    what many clients do): the API took the first write for the whole body, 400 "not JSON"."""
+    document = json.dumps(
+        {"sessionEvent": {"eventType": "EVENT_TYPE_START", "platformCallId": "c1"}}
+    )
+    url = urlsplit(server.url)
+    reader, writer = await asyncio.open_connection(url.hostname, url.port)
+    head = (
+        f"POST {EVENT_PATH} HTTP/1.1\r\nHost: {url.netloc}\r\nConnection: close\r\n"
+        f"Authorization: Bearer {API_KEY}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(document)}\r\n\r\n"
+    )
+    writer.write(head.encode() + document[:20].encode())
+    await writer.drain()
+    await asyncio.sleep(BODY_TIMEOUT_S / 5)  # (the network's pause between the two)
+    writer.write(document[20:].encode())
+    async with asyncio.timeout(ANSWER_TIMEOUT_S):
+        raw = await reader.read()
+    writer.close()
+    head_out, _, payload = raw.partition(b"\r\n\r\n")
+    assert head_out.startswith(b"HTTP/1.1 200"), raw
+    assert json.loads(payload)["sessionEvent"]["sessionId"]
+
+
+async def test_a_stalled_body_is_answered_408_in_each_apis_shape(server: Any) -> None:
+    """Before: each handler waited for the rest as long as the client held the connection."""
+    status, answer = await stalled(
+        server, "POST", EVENT_PATH, {"Authorization": f"Bearer {API_KEY}"}
+    )
+    assert status == "HTTP/1.1 408 Request Timeout"
+    assert answer["code"] == 3 and "no byte of the request body" in answer["message"]
+    status, answer = await stalled(
+        server, "POST", "/v1/recordings", await tenant_headers(server, "acme")
+    )
+    assert status.startswith("HTTP/1.1 408") and answer["error"]["code"] == "request_timeout"
+    assert "no byte of the request body" in answer["error"]["message"]
+    app = await create_app_row(server.app[META], token_required=False)
+    customer_id, secret = await create_customer(server.app[META])
+    basic = base64.b64encode(f"{customer_id}:{secret}".encode()).decode()
+    status, answer = await stalled(
+        server,
+        "POST",
+        f"/v1/apps/{app.appid}/cloud_recording/acquire",
+        {"Authorization": f"Basic {basic}"},
+    )
+    assert status.startswith("HTTP/1.1 408")
+    assert answer["code"] == 408 and "no byte of the request body" in answer["reason"]
+
+
+async def test_a_stalled_upload_stores_nothing(server: Any) -> None:
+    """A presigned PUT of a tab video that stops halfway: refused, and no object made."""
+    auth = await tenant_headers(server, "acme")
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            server.url + "/v1/recordings", json=body(has_video=True), headers=auth
+        ) as resp:
+            upload = urlsplit((await resp.json())["video_upload_url"])
+    status, answer = await stalled(server, "PUT", f"{upload.path}?{upload.query}", {})
+    assert status.startswith("HTTP/1.1 408") and answer["code"] == 3
+    keys = [info.key async for info in server.app[STORE].list("captures/")]
+    assert keys and not [key for key in keys if key.endswith("video/original")]
+
+
+async def test_a_slow_body_that_keeps_coming_is_taken(server: Any) -> None:
+    """Bytes every fifth of the timeout, for four timeouts: no deadline is met."""
+    document = json.dumps(body()).encode()
+    steps = 40
+    piece = -(-len(document) // steps)
+
+    async def trickle() -> Any:
+        for i in range(0, len(document), piece):
+            yield document[i : i + piece]
+            await asyncio.sleep(BODY_TIMEOUT_S / 5)  # (the slow client under test)
+
+    auth = await tenant_headers(server, "acme")
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            server.url + "/v1/recordings",
+            data=trickle(),
+            headers={**auth, "Content-Type": "application/json"},
+        ) as resp:
+            assert resp.status == 201, await resp.text()
