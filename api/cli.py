@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import resource
 import signal
 import sys
 from collections.abc import Callable, Coroutine
@@ -23,6 +24,8 @@ from .logs import setup_logging
 from .settings import load_settings
 
 log = logging.getLogger("reelhouse")
+
+NOFILE_CEILING = 1 << 20  # when the hard limit is unlimited: Linux's default fs.nr_open
 
 
 def _serve_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -43,6 +46,23 @@ def _serve_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def raise_open_file_limit() -> int:
+    """Lift the soft limit on open files to the hard one, as Go's runtime and nginx's
+    ``worker_rlimit_nofile`` do: every connection is a descriptor, and so is every segment,
+    WAL and spool file in use; at the usual soft 1024 a few hundred publishers made the next
+    accept, and the next spooled segment of every session, fail with EMFILE. Returns the
+    limit now."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = NOFILE_CEILING if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:  # (a sandbox that forbids it: keep the soft one)
+            log.warning("the open files limit stays at %d: %s", soft, exc)
+    return int(soft)
+
+
 async def _serve(args: argparse.Namespace) -> int:
     from .app import create_app  # imported late: `reelhouse publish` needs none of it
     from .auth import CREDENTIALS_FILE, load_or_create_credentials
@@ -53,6 +73,7 @@ async def _serve(args: argparse.Namespace) -> int:
         print(f"reelhouse: cannot start: configuration: {exc}", file=sys.stderr, flush=True)
         return 2
     setup_logging(settings.log_level, settings.log_json)
+    log.info("open files: at most %d at once", raise_open_file_limit())
     try:
         # before anything reads the directory: a second server on it would replay (and then
         # delete) the running one's write-ahead log and rewrite its open segments

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import sys
 from pathlib import Path
 
 from conftest import API_KEY
+
+from api.cli import NOFILE_CEILING
 
 KEEPALIVE_S = 1.0
 START_TIMEOUT_S = 30.0
@@ -38,6 +41,34 @@ async def test_a_request_that_trickles_its_headers_is_cut_off(tmp_path: Path) ->
         async with asyncio.timeout(KEEPALIVE_S + 5):
             assert await slow_reader.read() == b""  # closed, nothing answered
         slow.close()
+    finally:
+        proc.terminate()
+        await proc.wait()
+
+
+async def test_serve_lifts_its_open_files_limit(tmp_path: Path) -> None:
+    """Started with a soft limit of 256 open files (the usual default is 1024) under a higher
+    hard one, the server runs with the hard one: each publisher holds descriptors, and at the
+    soft limit the next accept and every session's next segment failed with EMFILE."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert hard > 256  # (the test needs room to lift into)
+
+    def low_soft_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "api.cli", "serve", "--host", "127.0.0.1", "--port", "0",
+        "--data-dir", str(tmp_path / "data"), "--api-key", API_KEY,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+        preexec_fn=low_soft_limit,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        await asyncio.wait_for(proc.stdout.readline(), START_TIMEOUT_S)  # (listening)
+        limits = await asyncio.to_thread(Path(f"/proc/{proc.pid}/limits").read_text)
+        row = next(line for line in limits.splitlines() if line.startswith("Max open files"))
+        soft = int(row.split()[3])
+        assert soft == (NOFILE_CEILING if hard == resource.RLIM_INFINITY else hard)
     finally:
         proc.terminate()
         await proc.wait()
