@@ -29,14 +29,17 @@ RESYNC_AHEAD_US = 60_000_000
 
 
 # A mix's tracks follow their arrival (``follow_arrival``): a sender's clock runs some ppm
-# off the server's (100 ppm is 100 ms in 17 minutes). A track whose every frame of a window
+# off the server's (100 ppm is 100 ms in 17 minutes). A track whose every arrival of a window
 # of ``DRIFT_WINDOW_US`` (wall time) came more than ``LATE_US`` after its place moves on by
 # the least of those delays (a slow clock: its audio would come too late to be mixed); one
-# whose every frame came more than ``AHEAD_US`` before its place moves back by the least of
+# whose every arrival came more than ``AHEAD_US`` before its place moves back by the least of
 # those leads (a fast clock: it would be heard later and later). Only a whole window counts:
 # jitter, and a burst sent faster than real time, pass. The mix waits 100 ms for late input,
 # so a few tens of ms of drift plus the network's jitter stay within it; the audio mixer
-# places a track anew at such a step (audiomix.RESYNC_SAMPLES is smaller).
+# places a track anew at such a step (audiomix.RESYNC_SAMPLES is smaller). Frames that arrive
+# together (the frames of one WebM chunk) count as one arrival, by the earliest placed of them:
+# the later ones sit up to a chunk ahead of it, so their lead hid a slow clock until its drift
+# passed the chunk's length, and the start of every chunk came too late to be mixed.
 AHEAD_US = 20_000
 LATE_US = 20_000
 DRIFT_WINDOW_US = 2_000_000
@@ -52,6 +55,8 @@ class TrackClock:
     last_pts_us: int = 0
     window_start_us: int = 0
     window_lags: tuple[int, int] | None = None  # the least and most delay in this window
+    batch_now_us: int | None = None  # the arrival time of the frames being placed now
+    batch_lag: int = 0  # ... and the delay of the earliest placed of them
 
     def place(self, pts_us: int, now_us: int) -> int:
         """``pts_us`` on the recording's clock, the frame having arrived at ``now_us``."""
@@ -61,7 +66,7 @@ class TrackClock:
             or self.origin_wall_us + pts_us - self.origin_pts_us > now_us + RESYNC_AHEAD_US
         ):
             self.origin_pts_us, self.origin_wall_us = pts_us, now_us
-            self.window_start_us, self.window_lags = now_us, None
+            self.window_start_us, self.window_lags, self.batch_now_us = now_us, None, None
         self.last_pts_us = pts_us
         placed = self.origin_wall_us + pts_us - self.origin_pts_us
         if self.follow_arrival:
@@ -69,15 +74,23 @@ class TrackClock:
         return placed
 
     def _follow(self, lag: int, now_us: int) -> None:
-        least, most = self.window_lags or (lag, lag)
-        self.window_lags = (min(least, lag), max(most, lag))
-        if now_us - self.window_start_us < DRIFT_WINDOW_US:
+        if now_us == self.batch_now_us:  # (another frame of the same arrival)
+            self.batch_lag = max(self.batch_lag, lag)
+            return
+        if self.batch_now_us is not None:  # the previous arrival is whole: it counts now
+            least, most = self.window_lags or (self.batch_lag, self.batch_lag)
+            self.window_lags = (min(least, self.batch_lag), max(most, self.batch_lag))
+        self.batch_now_us, self.batch_lag = now_us, lag
+        if now_us - self.window_start_us < DRIFT_WINDOW_US or self.window_lags is None:
             return
         least, most = self.window_lags
+        step = 0
         if least > LATE_US:  # late all along: the sender's clock is slow
-            self.origin_wall_us += least
+            step = least
         elif most < -AHEAD_US:  # early all along: it is fast
-            self.origin_wall_us += most
+            step = most
+        self.origin_wall_us += step
+        self.batch_lag -= step  # (this arrival's frames are placed by the new origin)
         self.window_start_us, self.window_lags = now_us, None
 
 

@@ -432,6 +432,7 @@ class MixRecorder:
         self._on_segment = on_segment
         self._output: MixOutput | None = None
         self.dropped_video_frames = 0
+        self._reported = 0  # segments told to on_segment so far
 
     async def __aenter__(self) -> MixRecorder:
         await self.start()
@@ -478,8 +479,20 @@ class MixRecorder:
             return await loop.run_in_executor(self._executor, fn)
 
     async def _produce(self, fn: Callable[[], list[SegmentInfo]]) -> None:
-        for info in await self._call(fn):
-            if self._on_segment is not None:
+        try:
+            await self._call(fn)
+        finally:
+            if self._session is not None:
+                self._report(self._session.segments)
+
+    def _report(self, segments: list[SegmentInfo]) -> None:
+        """Tell ``on_segment`` of the segments cut since the last report, in order. Counted,
+        not taken from a call's result: a call whose waiter was cancelled (the ticker at
+        stop) still cuts its segment on the thread, which the next report then tells."""
+        new = segments[self._reported :]
+        self._reported += len(new)
+        if self._on_segment is not None:
+            for info in new:
                 self._on_segment(info)
 
     async def push_video(
@@ -533,16 +546,13 @@ class MixRecorder:
         if self._executor is None or self._output is not None:
             return self._output
         session = self._open()
-        before = len(session.segments)
         try:
             self._output = await self._call(session.finish)
         except BaseException:
             self._executor.shutdown(wait=False)  # a failed finish must not leave the thread
             self._executor = None
             raise
-        if self._on_segment is not None:
-            for info in self._output.segments[before:]:
-                self._on_segment(info)
+        self._report(self._output.segments)
         self._output.dropped_video_frames += self.dropped_video_frames
         self._executor.shutdown(wait=False)
         return self._output

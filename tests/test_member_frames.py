@@ -80,3 +80,27 @@ def test_a_member_whose_clock_drifts_does_not_mute_the_mix(tmp_path: Path, ppm: 
     late = {uid: mix._mixer.late_samples(uid) for uid in clocks}
     mix.finish()
     assert late["A"] == 0 and late["B"] <= 960, late  # (of 1 920 000 samples)
+
+
+@pytest.mark.parametrize("chunk_frames", [12, 50])
+def test_a_slow_member_sending_chunks_is_followed(tmp_path: Path, chunk_frames: int) -> None:
+    """B's audio comes in chunks (a MediaRecorder's 240 ms or 1 s WebM timeslices: every frame
+    of a chunk arrives at once) from a clock 5000 ppm slow (200 ms in 40 s). The last frames of
+    a chunk sit ahead of its arrival, which hid the drift: the clock did not move until the
+    drift passed the chunk's length, and the start of each chunk came too late to be mixed
+    (a fifth of B's audio at 240 ms chunks)."""
+    mix = MixSession(MixConfig(width=16, height=16, fps=5), tmp_path)
+    clocks = {"A": TrackClock(follow_arrival=True), "B": TrackClock(follow_arrival=True)}
+    wall0, frame_us, frames = 1_000_000_000_000, 20_000, 40 * 50
+    arrivals = [(wall0 + (k + 1) * frame_us, 0, "A", k * frame_us) for k in range(frames)]
+    for start in range(0, frames, chunk_frames):  # B: a chunk once its last frame is in
+        batch = range(start, min(frames, start + chunk_frames))
+        arrival = wall0 + int((batch[-1] + 1) * frame_us * (1 + 5000 / 1e6))
+        arrivals += [(arrival, 1, "B", k * frame_us) for k in batch]
+    for now, _, uid, pts in sorted(arrivals):
+        frame = AudioFrame.from_ndarray(np.full((1, 960), 0.1, np.float32), "fltp", "mono")
+        frame.sample_rate = 48_000
+        mix.push_audio(uid, frame, clocks[uid].place(pts, now), now)
+    late = {uid: mix._mixer.late_samples(uid) for uid in clocks}
+    mix.finish()
+    assert late["A"] == 0 and late["B"] <= 960, late  # (of 1 920 000 samples)

@@ -8,6 +8,7 @@ by the timestamps pushed, never by sleeping.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -499,3 +500,43 @@ async def test_a_part_whose_build_fails_loses_only_itself(
     output = await record(tmp_path, config, Scenario(users), mp4_max_duration_s=1.0)
     assert [p.name for p, _ in output.mp4s] == ["mix_000.mp4", "mix_002.mp4"]
     assert output.playlist.read_text().rstrip().endswith("#EXT-X-ENDLIST")
+
+
+async def test_a_segment_cut_under_a_cancelled_call_is_still_told(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The channel's ticker is cancelled at stop while its ``advance`` runs on the mix thread:
+    the segment that call cut is in the output, and was never handed to ``on_segment`` (the
+    cloud recording then never uploaded it nor listed it)."""
+    loop = asyncio.get_running_loop()
+    inside, gate = asyncio.Event(), threading.Event()
+    advance = MixSession.advance
+
+    def held(self: MixSession, t_us: int) -> Any:
+        finished = advance(self, t_us)
+        if finished and not gate.is_set():
+            loop.call_soon_threadsafe(inside.set)
+            gate.wait(30)
+        return finished
+
+    monkeypatch.setattr(MixSession, "advance", held)
+    told: list[Any] = []
+    config = MixConfig(width=W, height=H, fps=FPS)
+    recorder = MixRecorder(
+        config, tmp_path / "out", segment_target_s=SEGMENT_S, on_segment=told.append
+    )
+    await recorder.start()
+    waiting = asyncio.ensure_future(inside.wait())
+    for step in range(1, 10 * FPS):
+        ticker = asyncio.ensure_future(recorder.advance(step * 1_000_000 // FPS))
+        await asyncio.wait({ticker, waiting}, return_when=asyncio.FIRST_COMPLETED)
+        if waiting.done():
+            break
+    assert waiting.done(), "no segment was cut"
+    ticker.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await ticker
+    gate.set()
+    output = await recorder.aclose()
+    assert output is not None and len(output.segments) >= 2
+    assert [s.path.name for s in told] == [s.path.name for s in output.segments]
