@@ -111,6 +111,9 @@ class ChannelMixRecorder:
         self._clocks: dict[tuple[str, str], TrackClock] = {}
         self._video_tracks: dict[str, tuple[str, int]] = {}  # uid: (track shown, its last)
         self._joined: set[str] = set()
+        # joins and leaves (the events task) and update's changes, one at a time: each reads
+        # who is in and acts on the mix thread in between
+        self._membership = asyncio.Lock()
         self._seen: set[str] = set()  # members with a window (their video is recorded)
         # members that left: their decoders and clocks go before the next frame is decoded
         # (by the media task, which decodes one frame at a time: never under a decode)
@@ -177,16 +180,17 @@ class ChannelMixRecorder:
             await self._on_event(event)
 
     async def _on_event(self, event: ChannelEvent) -> None:
-        if event.kind == "snapshot":  # first event, or a resync after falling behind
-            present = [m["uid"] for m in event.members]
-            for uid in sorted(self._joined - set(present)):
-                await self._leave(uid)
-            for uid in present:
-                await self._join(uid)
-        elif event.kind == "join":
-            await self._join(event.uid)
-        elif event.kind == "leave":
-            await self._leave(event.uid)
+        async with self._membership:
+            if event.kind == "snapshot":  # first event, or a resync after falling behind
+                present = [m["uid"] for m in event.members]
+                for uid in sorted(self._joined - set(present)):
+                    await self._leave(uid)
+                for uid in present:
+                    await self._join(uid)
+            elif event.kind == "join":
+                await self._join(event.uid)
+            elif event.kind == "leave":
+                await self._leave(event.uid)
 
     async def _decoded(self, media: MediaFrame) -> list[tuple[str, av.frame.Frame, int]]:
         try:
@@ -255,22 +259,25 @@ class ChannelMixRecorder:
         await self._mix.update_layout(layout, self._now_us(), style)
 
     async def update_subscriptions(self, audio: UidSelector, video: UidSelector) -> None:
-        """update: who is heard and seen from now on (members not wanted at all leave)."""
-        self.audio_uids, self.video_uids = audio, video
-        channel = self._registry.get(self._appid, self._cname)
-        present = list(channel.members) if channel is not None else []
-        for uid in list(self._joined):
-            seen, wanted = uid in self._seen, self._wanted(uid, "video")
-            if not (wanted or self._wanted(uid, "audio")):
-                await self._leave(uid)
-            elif seen and not wanted:  # heard on, without its window (its decoders kept)
-                self._seen.discard(uid)
-                await self._mix.hide(uid, self._now_us())
-            elif wanted and not seen:
-                self._seen.add(uid)
-                await self._mix.join(uid, self._now_us())
-        for uid in present:
-            await self._join(uid)
+        """update: who is heard and seen from now on (members not wanted at all leave).
+        Under the membership lock: a leave handled while it waits on the mix thread gave the
+        member its window back (a ghost for the rest of the recording)."""
+        async with self._membership:
+            self.audio_uids, self.video_uids = audio, video
+            channel = self._registry.get(self._appid, self._cname)
+            present = list(channel.members) if channel is not None else []
+            for uid in list(self._joined):
+                seen, wanted = uid in self._seen, self._wanted(uid, "video")
+                if not (wanted or self._wanted(uid, "audio")):
+                    await self._leave(uid)
+                elif seen and not wanted:  # heard on, without its window (its decoders kept)
+                    self._seen.discard(uid)
+                    await self._mix.hide(uid, self._now_us())
+                elif wanted and not seen:
+                    self._seen.add(uid)
+                    await self._mix.join(uid, self._now_us())
+            for uid in present:  # (one that left since is told by its queued leave event)
+                await self._join(uid)
 
     @property
     def members(self) -> set[str]:

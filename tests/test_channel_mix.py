@@ -268,3 +268,38 @@ async def test_a_member_unseen_midway_is_heard_on(tmp_path: Path) -> None:
         channel.publish(member, MediaFrame("42", "0", "video", chunk, i, True, "webm"))
     await mix.stop()
     assert mix.stats.undecodable == 0 and mix.stats.audio_in >= audio_frames - 1, mix.stats
+
+
+async def test_a_member_leaving_during_an_update_stays_gone(tmp_path: Path) -> None:
+    """update works through the members while it waits on the mix thread; one that left
+    meanwhile was given its window back or joined again, and stayed as an empty window for
+    the rest of the recording (its leave had been handled already)."""
+    registry = ChannelRegistry()
+    config = MixConfig(width=W, height=H, fps=10, bitrate_kbps=100)
+    mix = ChannelMixRecorder(registry, "app", "room", tmp_path, config)
+    members = {uid: await registry.join("app", "room", uid, Transport.WS) for uid in "ABC"}
+    all_in, leave_taken = asyncio.Event(), asyncio.Event()
+    on_event = mix._on_event
+
+    async def watched(event: Any) -> None:
+        if event.kind == "leave":
+            leave_taken.set()  # (the events task took it: as far as it may, it goes on now)
+        await on_event(event)
+        if mix.members == set("ABC"):
+            all_in.set()
+
+    mix._on_event = watched  # type: ignore[method-assign]
+    await mix.start()
+    await all_in.wait()
+    hide = mix._mix.hide
+
+    async def leave_meanwhile(uid: str, t_us: int) -> None:
+        registry.leave("app", "room", members["C"])
+        await leave_taken.wait()
+        await hide(uid, t_us)
+
+    mix._mix.hide = leave_meanwhile  # type: ignore[method-assign]
+    await mix.update_subscriptions(UidSelector(), UidSelector(exclude=frozenset({"A"})))
+    output = await mix.stop()
+    assert output is not None
+    assert mix.members == {"A", "B"} and mix._seen == {"B"}, (mix.members, mix._seen)

@@ -540,3 +540,38 @@ async def test_a_segment_cut_under_a_cancelled_call_is_still_told(
     output = await recorder.aclose()
     assert output is not None and len(output.segments) >= 2
     assert [s.path.name for s in told] == [s.path.name for s in output.segments]
+
+
+def test_a_member_back_before_its_leave_is_applied_keeps_sound_and_place(tmp_path: Path) -> None:
+    """A reconnect: a leave and a join at once (the channel says both). The mix applies the
+    leave 100 ms later, on its timeline; it used to drop the audio the new connection had
+    sent meanwhile (~130 ms of silence in the decoded MP4) and keep the member's old rank in
+    a layout that then said it had none."""
+    config = MixConfig(
+        width=W, height=H, fps=FPS, file_types=frozenset({FileType.HLS, FileType.MP4})
+    )
+    session = MixSession(config, tmp_path / "out", segment_target_s=SEGMENT_S)
+    rate, t0 = 48_000, 10_000_000
+    wave = 0.3 * np.sin(np.arange(960) * 2 * np.pi * 480 / rate).astype(np.float32)
+
+    def push(k: int) -> None:
+        frame = AudioFrame.from_ndarray(wave[None, :], format="fltp", layout="mono")
+        frame.sample_rate = rate
+        t = t0 + k * 20_000
+        session.push_audio("a", frame, t, t, track="1")
+
+    session.join("a", t0)
+    session.join("b", t0)
+    for k in range(100):
+        push(k)
+    back = t0 + 100 * 20_000
+    session.leave("a", back)
+    session.join("a", back + 1)
+    for k in range(100, 200):
+        push(k)
+    assert list(session.compositor.users) == ["a", "b"]  # (its place kept)
+    output = session.finish()
+    audio = decode(output.mp4s[0][0]).audio
+    level = np.sqrt(np.convolve(audio**2, np.ones(480) / 480, mode="valid"))  # 10 ms windows
+    heard = level[int(0.5 * rate) : int(3.5 * rate)]
+    assert heard.min() > 0.1, f"{(heard < 0.1).sum() / rate * 1000:.0f} ms of silence"
