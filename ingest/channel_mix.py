@@ -217,8 +217,9 @@ class ChannelMixRecorder:
             elif not self._wanted(uid, media.kind):
                 continue
             now_us = self._wall0_us + int((media.received - self._mono0) * US)  # (its arrival)
-            track_clock = "shared" if media.shared_clock else media.track_id  # ingest.arrival
-            clock = self._clocks.setdefault((uid, track_clock), TrackClock(follow_arrival=True))
+            # (a WebSocket member's tracks share one clock: placed apart, the video's later
+            # arrival, its encoder's latency, was an A/V offset in the mix)
+            clock = self._clocks.setdefault((uid, media.clock), TrackClock(follow_arrival=True))
             for _, data, pts_us in await self._decoded(media):
                 t_us = clock.place(pts_us, now_us)
                 if isinstance(data, av.VideoFrame):

@@ -34,6 +34,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 DEFAULT_EVENT_QUEUE = 256
+SHARED_CLOCK = "shared"  # MediaFrame.clock of the tracks that share their member's clock
 DEFAULT_MEDIA_QUEUE = 512  # frames: ~8 s of 15 fps video and 50 fps audio for one publisher
 # video bytes queued for one subscriber (encoded, or decoded pictures at 1.5 bytes a pixel):
 # past them video is dropped as past the frame count (512 WebSocket frames of 4 MiB would be
@@ -138,6 +139,15 @@ class MediaFrame:
     # when the server had it (``time.monotonic``): a recorder that took it from its queue
     # later (busy) still knows when it came
     received: float = field(default_factory=time.monotonic)
+
+    @property
+    def clock(self) -> str:
+        """The clock its pts_us is on, of the member's clocks: a WebSocket publisher's tracks
+        (encoded data) share one, as do a WebRTC member's placed by packet arrival; other
+        tracks have one each (recorders place each clock by its first arrival)."""
+        if self.shared_clock or isinstance(self.data, bytes | bytearray | memoryview):
+            return SHARED_CLOCK
+        return self.track_id
 
 
 class Subscription:

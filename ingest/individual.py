@@ -40,7 +40,6 @@ log = logging.getLogger(__name__)
 
 US = 1_000_000
 MAX_BATCH_FRAMES = 64  # frames handed to the worker thread at once (one hop for many frames)
-ENCODED_CLOCK = "encoded"  # a WebSocket publisher's tracks share its clock
 _T = TypeVar("_T")
 
 
@@ -118,10 +117,7 @@ class UidRecorder:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
     def _place(self, media: MediaFrame, now_us: int) -> MemberFrame:
-        encoded = isinstance(media.data, bytes | bytearray | memoryview)
-        # a WebSocket publisher's tracks share its clock, and so do a WebRTC member's once
-        # placed by packet arrival (ingest.arrival); other tracks keep clocks of their own
-        key = ENCODED_CLOCK if encoded or media.shared_clock else media.track_id
+        key = media.clock  # (a WebSocket publisher's tracks share one, see MediaFrame.clock)
         clock = self._clocks.get(key)
         if clock is None:
             clock = self._clocks[key] = TrackClock()

@@ -4,6 +4,7 @@ windows hold their colours where the layout puts them."""
 from __future__ import annotations
 
 import asyncio
+import time
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -303,3 +304,61 @@ async def test_a_member_leaving_during_an_update_stays_gone(tmp_path: Path) -> N
     output = await mix.stop()
     assert output is not None
     assert mix.members == {"A", "B"} and mix._seen == {"B"}, (mix.members, mix._seen)
+
+
+async def test_a_websocket_members_audio_and_video_share_its_clock(tmp_path: Path) -> None:
+    """A WebSocket publisher's video reaches the server 80 ms after its pts (its encoder's
+    latency) and its audio 5 ms after: both are placed on its one clock, so frames of the same
+    pts land at the same place (each track placed by its own first arrival put the video
+    75 ms late against the audio, for good)."""
+    registry = ChannelRegistry()
+    config = MixConfig(width=W, height=H, fps=15, bitrate_kbps=200)
+    mix = ChannelMixRecorder(registry, "app", "room", tmp_path, config)
+    member = await registry.join("app", "room", "42", Transport.WS)
+    registry.set_track("app", "room", member, TrackInfo("0", "video", "h264"))
+    registry.set_track("app", "room", member, TrackInfo("1", "audio", "opus"))
+    clip = await asyncio.to_thread(encode_clip, "h264", duration_s=4.0, audio_codec="opus")
+    placed: dict[str, list[tuple[int, int]]] = {"audio": [], "video": []}  # (t_us, pts_us)
+    decoded_pts: dict[int, int] = {}
+    decoders = mix._decoders
+    frames_of = decoders.frames_of
+
+    async def watched(media: MediaFrame) -> Any:
+        out = await frames_of(media)
+        for _, data, pts_us in out:
+            decoded_pts[id(data)] = pts_us
+        return out
+
+    decoders.frames_of = watched  # type: ignore[method-assign]
+    inner = mix._mix
+    push_audio, push_video = inner.push_audio, inner.push_video
+
+    async def audio(uid: str, frame: Any, t_us: int, *args: Any, **kwargs: Any) -> None:
+        placed["audio"].append((t_us, decoded_pts[id(frame)]))
+        await push_audio(uid, frame, t_us, *args, **kwargs)
+
+    async def video(uid: str, frame: Any, t_us: int, *args: Any) -> bool:
+        placed["video"].append((t_us, decoded_pts[id(frame)]))
+        return await push_video(uid, frame, t_us, *args)
+
+    inner.push_audio, inner.push_video = audio, video  # type: ignore[method-assign]
+    await mix.start()
+    channel = registry.get("app", "room")
+    assert channel is not None
+    base = time.monotonic() - 10.0  # arrivals in the recent past: nothing waits
+    arrivals = sorted(
+        (f.pts_us + (80_000 if f.kind == "video" else 5_000), i) for i, f in enumerate(clip.frames)
+    )
+    for delay_us, i in arrivals:
+        f = clip.frames[i]
+        track = "0" if f.kind == "video" else "1"
+        channel.publish(
+            member,
+            MediaFrame(
+                "42", track, f.kind, f.data, f.pts_us, f.keyframe, f.codec,
+                received=base + delay_us / 1e6,
+            ),
+        )  # fmt: skip
+    await mix.stop()
+    offsets = {kind: {t - pts for t, pts in placed[kind]} for kind in placed}
+    assert len(offsets["audio"]) == 1 and offsets["audio"] == offsets["video"], offsets
