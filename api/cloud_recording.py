@@ -565,7 +565,18 @@ class CloudRecordingService(CloudFiles):
                     session.mp4s.append(
                         FileEntry(key, "audio_and_video", "0", True, session.started_ms)
                     )
-                session.run_segments = [seg.path.name for seg in mixed.segments]
+                unbuilt: set[str] = set()
+                for _, part, reason in mixed.failed_mp4s:  # (the playlist keeps its segments)
+                    unbuilt.update(seg.path.name for seg in part)
+                    first, last = part[0].path.name, part[-1].path.name
+                    # (201 is the uploader module's code, as the notices table lists it)
+                    message = f"the MP4 of segments {first} to {last} could not be built: {reason}"
+                    await self._error(session, NoticeModule.UPLOADER, ErrorCode.FILE_NOT_SPOOLED,
+                                      message, ErrorLevel.MAJOR, fileName=first)  # fmt: skip
+                # a failed part's segments are not covered: a suspend's restart builds them
+                session.run_segments = [
+                    seg.path.name for seg in mixed.segments if seg.path.name not in unbuilt
+                ]
         for uid, recorder in list(session.members.items()):
             try:
                 await recorder.stop()

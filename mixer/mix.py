@@ -19,9 +19,10 @@ import asyncio
 import heapq
 import itertools
 import logging
+import os
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, TypeVar
@@ -108,6 +109,9 @@ class MixOutput:
     mp4s: list[tuple[Path, Mp4Info]]
     video_frames: int
     dropped_video_frames: int = 0
+    # MP4 parts whose build failed: the file it would have been, its segments (in the
+    # playlist all the same) and why
+    failed_mp4s: list[tuple[Path, list[SegmentInfo], str]] = field(default_factory=list)
 
 
 class MixSession:
@@ -171,8 +175,10 @@ class MixSession:
         self._mp4_part: list[SegmentInfo] = []
         self.segments: list[SegmentInfo] = []
         self.mp4s: list[tuple[Path, Mp4Info]] = []
-        self._mp4_builds: list[tuple[Path, Future[Mp4Info]]] = []  # handed to the MP4 thread
-        self.failed_mp4s = 0  # parts whose build failed (logged; the segments stay)
+        # handed to the MP4 thread: the part's file, its segments, the build
+        self._mp4_builds: list[tuple[Path, list[SegmentInfo], Future[Mp4Info]]] = []
+        # parts whose build failed (logged; the segments stay): see MixOutput.failed_mp4s
+        self.failed_mp4s: list[tuple[Path, list[SegmentInfo], str]] = []
         self._finished = False
 
     @property
@@ -372,19 +378,20 @@ class MixSession:
         if not self._mp4_part:
             return
         path = self._dir / f"{self._name}_{len(self._mp4_builds):03d}.mp4"
-        self._mp4_builds.append((path, submit_build([s.path for s in self._mp4_part], path)))
-        self._mp4_part = []
+        part, self._mp4_part = self._mp4_part, []
+        self._mp4_builds.append((path, part, submit_build([s.path for s in part], path)))
 
     def _built_mp4s(self) -> None:
         """Wait for the parts handed over (``finish``): each built one is listed; one that
         failed is logged and left out (its segments are in the playlist all the same), so the
         recording made so far is still handed over whole."""
         builds, self._mp4_builds = self._mp4_builds, []
-        for path, build in builds:
+        for path, part, build in builds:
             try:
                 self.mp4s.append((path, build.result()))
             except Exception as exc:
-                self.failed_mp4s += 1
+                said = str(exc).replace(f"{self._dir}{os.sep}", "")  # (no server paths)
+                self.failed_mp4s.append((path, part, said))
                 log.error("building %s failed: its segments stay, no MP4 of them: %s", path, exc)
 
     def finish(self) -> MixOutput:
@@ -409,6 +416,7 @@ class MixSession:
             list(self.mp4s),
             self._frames,
             dropped,
+            list(self.failed_mp4s),
         )
 
     def _check_open(self) -> None:

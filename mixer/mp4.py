@@ -201,6 +201,14 @@ def build_mp4(segments: Sequence[Path], out: Path) -> Mp4Info:
     if not segments:
         raise InvalidMedia("no segments to build an MP4 from")
     tmp = out.with_name(f".{out.name}.tmp")
+    try:
+        return _build(segments, out, tmp)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # (a failed build leaves no half file behind)
+        raise
+
+
+def _build(segments: Sequence[Path], out: Path, tmp: Path) -> Mp4Info:
     counts = {"video": 0, "audio": 0}
     first_ts: float | None = None
     last_end = 0.0

@@ -40,6 +40,7 @@ from api.cloud_recording_routes import start_options
 from api.cloud_recording_schema import parse_start, parse_update_layout
 from api.keys import SPOOL
 from api.webhooks_wire import SIGNATURE_HEADER, verify_signature
+from mixer import mp4
 from mixer.mix_config import MixStyle
 from mixer.playlist import Playlist
 
@@ -303,3 +304,48 @@ def fetch_from(s3: SeaweedS3, bucket: str, name: str, dest: Path) -> Path:
     path = dest / name
     path.write_bytes(read_bytes(s3, bucket, PREFIX + name))
     return path
+
+
+async def test_a_mix_mp4_that_fails_to_build_is_told_and_built_after_the_restart(
+    rig: Rig, s3: SeaweedS3, s3_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run's MP4 fails to build at the suspend (a full disk): error 1 (201) says so and
+    the restart builds it from its segments. It used to be silent, and its segments were
+    noted as in an MP4, so no restart ever built it."""
+    build = mp4.build_mp4
+
+    def full_disk(segments: Any, out: Path) -> Any:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(mp4, "build_mp4", full_disk)
+    body = start_body(s3, s3_bucket, "failing")
+    del body["clientRequest"]["recordingConfig"]["subscribeUidGroup"]
+    body["clientRequest"]["recordingConfig"]["transcodingConfig"] = {"width": 320, "height": 180}
+    body["clientRequest"]["recordingFileConfig"] = {"avFileType": ["hls", "mp4"]}
+    req = parse_start(body, "mix")
+    service = await rig.open()
+    service.segment_s = 0.5
+    res = await service.acquire("app", "failing", RECORDER_UID)
+    session = await service.start(
+        "app", res.resource_id, "mix", "failing", RECORDER_UID, req.config.storage,
+        **start_options(req.config), request=body["clientRequest"], config=req.config,
+    )  # fmt: skip
+    sid = session.sid
+    await rig.wait_for(sid, 42)  # a segment is out
+    await rig.close()
+    errors = [d for s, e, d in rig.notices if s == sid and e == 1]
+    assert [(d["module"], d["errorCode"], d["errorLevel"]) for d in errors] == [(1, 201, 4)]
+    assert "could not be built" in errors[0]["errorMsg"] and session.mp4s == []
+    assert "/" not in errors[0]["errorMsg"]  # (no server paths in a customer's notice)
+
+    monkeypatch.setattr(mp4, "build_mp4", build)
+    service = await rig.open()
+    resumed = service.sessions[sid]
+    assert await service.stop(resumed) == "uploaded"
+    _, files = resumed.file_list()
+    names = [f["fileName"] for f in files]  # type: ignore[index]
+    assert f"{sid}_failing_000.mp4" in names, names
+    await rig.close()
+    rebuilt = await asyncio.to_thread(fetch_from, s3, s3_bucket, f"{sid}_failing_000.mp4", tmp_path)
+    with av.open(str(rebuilt)) as container:
+        assert sum(1 for _ in container.decode(video=0)) > 0

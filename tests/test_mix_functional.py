@@ -499,6 +499,9 @@ async def test_a_part_whose_build_fails_loses_only_itself(
     )
     output = await record(tmp_path, config, Scenario(users), mp4_max_duration_s=1.0)
     assert [p.name for p, _ in output.mp4s] == ["mix_000.mp4", "mix_002.mp4"]
+    ((failed, part, reason),) = output.failed_mp4s  # told, with its segments
+    assert failed.name == "mix_001.mp4" and part and reason == "a damaged segment"
+    assert not list((tmp_path / "out").glob("*.tmp"))
     assert output.playlist.read_text().rstrip().endswith("#EXT-X-ENDLIST")
 
 
