@@ -111,18 +111,62 @@ async def get_object(request: web.Request) -> web.StreamResponse:
     info = await store.head(key)
     if info is None:
         raise rpc_error(RpcCode.NOT_FOUND, f"object {key} not found")
-    resp = web.StreamResponse(
-        headers={"Content-Type": info.content_type, "Content-Length": str(info.size)}
-    )
+    etag = f'"{info.etag}"'
+    headers = {"Content-Type": info.content_type, "Accept-Ranges": "bytes", "ETag": etag}
+    start, end, status = 0, info.size - 1, 200
+    asked = request.headers.get("Range")
+    if asked is not None and request.headers.get("If-Range", etag) == etag:  # (else: changed)
+        try:
+            span = byte_range(asked, info.size)
+        except Unsatisfiable:  # (its answer says the size, for the next try)
+            return web.Response(status=416, headers={"Content-Range": f"bytes */{info.size}"})
+        if span is not None:
+            (start, end), status = span, 206
+            headers["Content-Range"] = f"bytes {start}-{end}/{info.size}"
+    headers["Content-Length"] = str(end + 1 - start)
+    resp = web.StreamResponse(status=status, headers=headers)
     await resp.prepare(request)
+    if end < start:  # (an empty object)
+        await resp.write_eof()
+        return resp
     try:
-        async with contextlib.aclosing(store.stream(key)) as chunks:  # closed on a disconnect too
+        ranged = store.stream(key, start=start, end=end)
+        async with contextlib.aclosing(ranged) as chunks:  # closed on a disconnect too
             async for chunk in chunks:
                 await resp.write(chunk)
     except ObjectNotFound:
         pass  # deleted mid-stream: the length check on the client side tells
     await resp.write_eof()
     return resp
+
+
+class Unsatisfiable(ValueError):
+    """A ``Range`` that starts past the object's end: 416."""
+
+
+def byte_range(header: str, size: int) -> tuple[int, int] | None:
+    """The first and last byte (inclusive) a ``Range`` header asks of an object of ``size``
+    bytes (RFC 9110 §14.1.2: ``bytes=a-b``, ``bytes=a-``, ``bytes=-n``); None for one to
+    ignore (not understood, or several ranges: a server may send the whole object, and
+    players ask for one); :class:`Unsatisfiable` for one past the end."""
+    unit, _, spec = header.partition("=")
+    first, dash, last = spec.strip().partition("-")
+    if unit.strip().lower() != "bytes" or not dash or "," in spec:
+        return None
+    if not first:  # the last n bytes
+        if not last.isdigit():
+            return None
+        if int(last) == 0 or size == 0:
+            raise Unsatisfiable(header)
+        return max(0, size - int(last)), size - 1
+    if not first.isdigit() or (last and not last.isdigit()):
+        return None
+    start = int(first)
+    if last and int(last) < start:
+        return None  # (invalid: ignored)
+    if start >= size:
+        raise Unsatisfiable(header)
+    return start, min(int(last), size - 1) if last else size - 1
 
 
 def _too_large() -> web.HTTPException:

@@ -66,9 +66,14 @@ class ObjectStore(Protocol):
         ...
 
     def stream(
-        self, key: str, chunk_size: int = DEFAULT_CHUNK_BYTES
+        self,
+        key: str,
+        chunk_size: int = DEFAULT_CHUNK_BYTES,
+        start: int = 0,
+        end: int | None = None,
     ) -> AsyncGenerator[bytes, None]:
-        """Yield the object's bytes in chunks; raises ``ObjectNotFound`` on first iteration."""
+        """Yield the object's bytes in chunks, those from ``start`` to ``end`` (inclusive, as an
+        HTTP range; None: to the end) when given; raises ``ObjectNotFound`` on first iteration."""
         ...
 
     async def get_bytes(self, key: str) -> bytes:

@@ -177,7 +177,11 @@ class LocalObjectStore:
         return await asyncio.to_thread(self._put_sync, key, content_type, None, data)
 
     async def stream(
-        self, key: str, chunk_size: int = DEFAULT_CHUNK_BYTES
+        self,
+        key: str,
+        chunk_size: int = DEFAULT_CHUNK_BYTES,
+        start: int = 0,
+        end: int | None = None,
     ) -> AsyncGenerator[bytes, None]:
         """Yield the object's bytes in chunks read in a worker thread.
 
@@ -204,8 +208,11 @@ class LocalObjectStore:
             opening.add_done_callback(_close_opened)
             raise
         try:
-            offset = 0
-            while chunk := await asyncio.to_thread(os.pread, fd, chunk_size, offset):
+            offset = start
+            while end is None or offset <= end:
+                size = chunk_size if end is None else min(chunk_size, end + 1 - offset)
+                if not (chunk := await asyncio.to_thread(os.pread, fd, size, offset)):
+                    break
                 offset += len(chunk)
                 yield chunk
         finally:

@@ -391,13 +391,20 @@ class S3ObjectStore:
         return cfg.connect_timeout_s + cfg.read_timeout_s + body_bytes / MIN_UPLOAD_BYTES_PER_S
 
     async def stream(
-        self, key: str, chunk_size: int = DEFAULT_CHUNK_BYTES
+        self,
+        key: str,
+        chunk_size: int = DEFAULT_CHUNK_BYTES,
+        start: int = 0,
+        end: int | None = None,
     ) -> AsyncGenerator[bytes, None]:
-        """Yield the object's bytes as they arrive; one response held open while iterating."""
+        """Yield the object's bytes as they arrive (from ``start`` to ``end`` inclusive, a
+        ``Range`` of the GET, when given); one response held open while iterating."""
         full = self._key(key)
+        last = "" if end is None else str(end)
+        ranged = {} if start == 0 and end is None else {"Range": f"bytes={start}-{last}"}
         try:
             client = await self._get_client()
-            resp = await client.get_object(Bucket=self.config.bucket, Key=full)
+            resp = await client.get_object(Bucket=self.config.bucket, Key=full, **ranged)
         except Exception as exc:
             raise _map_error(exc, f"get {key}", self.config) from exc
         body = resp["Body"]

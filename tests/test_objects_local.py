@@ -255,3 +255,17 @@ async def test_put_file_copies_across_filesystems(
     await store.put_file("c/copied.ts", src)
     assert src.stat().st_nlink == 1 and src.read_bytes() == b"C" * 10
     assert await store.get_bytes("c/copied.ts") == b"C" * 10
+
+
+async def test_stream_a_range(store: LocalObjectStore) -> None:
+    data = os.urandom(10_000)
+    await store.put_bytes("r.bin", data)
+
+    async def read(start: int, end: int | None) -> bytes:
+        return b"".join([c async for c in store.stream("r.bin", 1000, start=start, end=end)])
+
+    assert await read(0, None) == data
+    assert await read(1500, 4499) == data[1500:4500]
+    assert await read(9990, None) == data[9990:]
+    assert await read(9990, 20_000) == data[9990:]
+    assert await read(7, 7) == data[7:8]

@@ -331,3 +331,17 @@ def test_what_a_failure_means_retry_or_refused(code: str, status: int, kind: typ
 def test_missing_credentials_are_refused_not_retried() -> None:
     """No credentials in the chain is this server's configuration: an operator must act."""
     assert isinstance(_map_error(NoCredentialsError(), "put k", S3Config(bucket="b")), StoreRefused)
+
+
+async def test_stream_a_range(store: S3ObjectStore) -> None:
+    """A ranged stream is a ranged GET: only the bytes asked come."""
+    data = os.urandom(10_000)
+    await store.put_bytes("rec/r.bin", data)
+
+    async def read(start: int, end: int | None) -> bytes:
+        return b"".join([c async for c in store.stream("rec/r.bin", start=start, end=end)])
+
+    assert await read(0, None) == data
+    assert await read(1500, 4499) == data[1500:4500]
+    assert await read(9990, None) == data[9990:]
+    assert await read(0, 0) == data[:1]
