@@ -251,21 +251,28 @@ async def test_a_stop_cut_short_by_a_restart_is_finished(
     await rig.close()
 
 
-async def test_a_mix_goes_on_with_its_layout_and_mp4s_numbered_on(
-    rig: Rig, s3: SeaweedS3, s3_bucket: str, tmp_path: Path
-) -> None:
-    body = start_body(s3, s3_bucket, "mixed")
+async def start_mix(rig: Rig, s3: SeaweedS3, bucket: str, cname: str) -> tuple[Any, Any]:
+    """The service opened on ``rig`` and a mix of ``cname`` started on it: 320x180, HLS and
+    MP4, half-second segments (kept with the session: a resumed mix cuts the same)."""
+    body = start_body(s3, bucket, cname)
     del body["clientRequest"]["recordingConfig"]["subscribeUidGroup"]
     body["clientRequest"]["recordingConfig"]["transcodingConfig"] = {"width": 320, "height": 180}
     body["clientRequest"]["recordingFileConfig"] = {"avFileType": ["hls", "mp4"]}
     req = parse_start(body, "mix")
     service = await rig.open()
-    service.segment_s = 0.5  # kept with the session: the resumed mix cuts the same
-    res = await service.acquire("app", "mixed", RECORDER_UID)
+    service.segment_s = 0.5
+    res = await service.acquire("app", cname, RECORDER_UID)
     session = await service.start(
-        "app", res.resource_id, "mix", "mixed", RECORDER_UID, req.config.storage,
+        "app", res.resource_id, "mix", cname, RECORDER_UID, req.config.storage,
         **start_options(req.config), request=body["clientRequest"], config=req.config,
     )  # fmt: skip
+    return service, session
+
+
+async def test_a_mix_goes_on_with_its_layout_and_mp4s_numbered_on(
+    rig: Rig, s3: SeaweedS3, s3_bucket: str, tmp_path: Path
+) -> None:
+    service, session = await start_mix(rig, s3, s3_bucket, "mixed")
     sid = session.sid
     await rig.wait_for(sid, 42)  # black, the start's background
     on_green = {"mixedVideoLayout": 1, "backgroundColor": "#00FF00"}
@@ -318,18 +325,7 @@ async def test_a_mix_mp4_that_fails_to_build_is_told_and_built_after_the_restart
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(mp4, "build_mp4", full_disk)
-    body = start_body(s3, s3_bucket, "failing")
-    del body["clientRequest"]["recordingConfig"]["subscribeUidGroup"]
-    body["clientRequest"]["recordingConfig"]["transcodingConfig"] = {"width": 320, "height": 180}
-    body["clientRequest"]["recordingFileConfig"] = {"avFileType": ["hls", "mp4"]}
-    req = parse_start(body, "mix")
-    service = await rig.open()
-    service.segment_s = 0.5
-    res = await service.acquire("app", "failing", RECORDER_UID)
-    session = await service.start(
-        "app", res.resource_id, "mix", "failing", RECORDER_UID, req.config.storage,
-        **start_options(req.config), request=body["clientRequest"], config=req.config,
-    )  # fmt: skip
+    service, session = await start_mix(rig, s3, s3_bucket, "failing")
     sid = session.sid
     await rig.wait_for(sid, 42)  # a segment is out
     await rig.close()
