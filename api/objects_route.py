@@ -126,7 +126,7 @@ async def get_object(request: web.Request) -> web.StreamResponse:
     headers["Content-Length"] = str(end + 1 - start)
     resp = web.StreamResponse(status=status, headers=headers)
     await resp.prepare(request)
-    if end < start:  # (an empty object)
+    if end < start or request.method == "HEAD":  # (an empty object; no body to send)
         await resp.write_eof()
         return resp
     try:

@@ -3,6 +3,8 @@ by presigned links of theirs; any other line is left as it is."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import aiohttp
 from conftest import Server
 
@@ -70,3 +72,19 @@ async def test_a_range_is_served_as_players_ask_for_it(server: Server) -> None:
         same = {"Range": "bytes=0-1", "If-Range": f'"{info.etag}"'}
         async with http.get(url, headers=same) as resp:
             assert (resp.status, await resp.read()) == (206, data[:2])
+        streamed: list[str] = []
+        stream = store.stream
+
+        def watched(key: str, *args: Any, **kwargs: Any) -> Any:
+            streamed.append(key)
+            return stream(key, *args, **kwargs)
+
+        store.stream = watched
+        try:
+            async with http.head(url, headers={"Range": "bytes=0-1"}) as resp:
+                assert (resp.status, resp.headers["Content-Length"]) == (206, "2")
+            async with http.head(url) as resp:
+                assert (resp.status, resp.headers["Content-Length"]) == (200, str(len(data)))
+        finally:
+            del store.stream
+        assert streamed == []  # a HEAD reads nothing (it read a 2 GB MP4 through, unsent)
