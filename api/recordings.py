@@ -270,9 +270,10 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
             raise RecordingsError(500, "internal", "the recording's events are missing") from None
         resp = web.StreamResponse(headers={"Content-Type": "application/json"})
         await resp.prepare(request)
-        await resp.write(first)
-        async for chunk in chunks:
-            await resp.write(chunk)
+        if request.method != "HEAD":  # (aiohttp sends what is written, even to a HEAD)
+            await resp.write(first)
+            async for chunk in chunks:
+                await resp.write(chunk)
         await resp.write_eof()
     return resp
 

@@ -125,9 +125,11 @@ async def run_flow(server: Any) -> None:
             {"url": "https://app.example.com/login", "timestamp_ms": 0}
         ]
         await check_media(http, detail, auth)
+        async with http.head(f"{server.url}/v1/recordings/{rid}/events", headers=auth) as resp:
+            assert resp.status == 200 and resp.content_type == "application/json"
         async with http.get(f"{server.url}/v1/recordings/{rid}/events", headers=auth) as resp:
             assert resp.status == 200 and resp.content_type == "application/json"
-            assert await resp.json() == sent
+            assert await resp.json() == sent  # (on the HEAD's connection: it sent no body)
         prefix = f"captures/{detail['tenant_id']}/{rid}/"
         keys = await stored_keys(server, prefix)
         assert {
