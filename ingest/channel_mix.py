@@ -165,6 +165,8 @@ class ChannelMixRecorder:
             if self._wanted(uid, "video"):  # (a member only heard takes no window)
                 self._seen.add(uid)
                 await self._mix.join(uid, self._now_us())
+            else:
+                await self._mix.hear(uid)
 
     async def _leave(self, uid: str) -> None:
         if uid in self._joined:

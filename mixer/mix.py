@@ -240,6 +240,11 @@ class MixSession:
         self._at(t_us, lambda: self.compositor.join(uid, t_us, rank))
         return self.advance(t_us)
 
+    def hear(self, uid: str) -> None:
+        """`uid`, heard without a window, is in (again): a leave not yet applied (a
+        reconnect) keeps the audio its new connection sends, as for :meth:`join`."""
+        self._joins[uid] = self._joins.get(uid, 0) + 1
+
     def _still_out(self, uid: str, joins: int) -> bool:
         """Whether ``uid`` has not joined again since a leave (or hide) that saw ``joins``:
         one back before its leave is applied (a reconnect: the mix applies it ``latency``
@@ -553,6 +558,10 @@ class MixRecorder:
     async def hide(self, uid: str, t_us: int) -> None:
         """`uid` is heard without a window from `t_us` on."""
         await self._produce(lambda: self._open().hide(uid, t_us))
+
+    async def hear(self, uid: str) -> None:
+        """`uid` joins to be heard only (:meth:`MixSession.hear`)."""
+        await self._call(lambda: self._open().hear(uid))
 
     async def update_layout(
         self, layout: LayoutSpec, t_us: int, style: MixStyle | None = None

@@ -578,3 +578,24 @@ def test_a_member_back_before_its_leave_is_applied_keeps_sound_and_place(tmp_pat
     level = np.sqrt(np.convolve(audio**2, np.ones(480) / 480, mode="valid"))  # 10 ms windows
     heard = level[int(0.5 * rate) : int(3.5 * rate)]
     assert heard.min() > 0.1, f"{(heard < 0.1).sum() / rate * 1000:.0f} ms of silence"
+
+
+def test_a_member_only_heard_back_before_its_leave_is_applied_keeps_its_sound(
+    tmp_path: Path,
+) -> None:
+    """As above, for a member heard without a window (``hear`` instead of ``join``)."""
+    session = MixSession(MixConfig(width=W, height=H, fps=FPS), tmp_path / "out")
+    rate, t0 = 48_000, 10_000_000
+    wave = 0.3 * np.sin(np.arange(960) * 2 * np.pi * 480 / rate).astype(np.float32)
+    session.hear("a")
+    for k in range(200):
+        if k == 100:
+            session.leave("a", t0 + k * 20_000)
+            session.hear("a")
+        frame = AudioFrame.from_ndarray(wave[None, :], format="fltp", layout="mono")
+        frame.sample_rate = rate
+        t = t0 + k * 20_000
+        session.push_audio("a", frame, t, t, track="1", window=False)
+    audio = decode(session.finish().playlist).audio
+    level = np.sqrt(np.convolve(audio**2, np.ones(480) / 480, mode="valid"))
+    assert level[int(0.5 * rate) : int(3.5 * rate)].min() > 0.1
