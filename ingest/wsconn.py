@@ -230,7 +230,11 @@ async def take_over(request: web.Request, ws: web.WebSocketResponse, stream: WsS
     transport = request.transport
     assert transport is not None
     transport.pause_reading()  # nothing after the upgrade request reaches aiohttp's parser
-    await ws.prepare(request)
+    try:
+        await ws.prepare(request)
+    except BaseException:  # (not an upgrade: its 400 goes, and the connection reads on)
+        transport.resume_reading()
+        raise
     early = getattr(getattr(ws, "_reader", None), "_buffer", None)
     if early or transport.get_write_buffer_size():
         transport.resume_reading()  # aiohttp's close waits for the peer's answer: read it

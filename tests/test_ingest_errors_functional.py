@@ -428,3 +428,27 @@ async def test_a_server_bug_closes_with_1011_not_1000(
         _, client = await recording_client(http, server)
         await client.send({"t": "ack", "id": 1})
         assert await client.closed() == (1011, "server error")
+
+
+async def test_a_plain_get_of_the_ingest_path_leaves_its_connection_usable(
+    server: Server,
+) -> None:
+    """A GET of /v1/ingest without the upgrade (a health check, a proxy's probe) is a 400, and
+    the next request on that kept-alive connection is answered: the socket's reading was
+    paused for the take-over and never resumed, so it hung until the keep-alive timeout."""
+    host, port = server.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(f"GET /v1/ingest HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), RECEIVE_TIMEOUT_S)
+        assert head.startswith(b"HTTP/1.1 400")
+        length = next(
+            int(line.split(b":")[1]) for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        )  # fmt: skip
+        await reader.readexactly(length)
+        writer.write(f"GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        again = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), RECEIVE_TIMEOUT_S)
+        assert again.startswith(b"HTTP/1.1 200")
+    finally:
+        writer.close()
