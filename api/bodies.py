@@ -12,9 +12,13 @@ rest of the body meets the same error, a ``TimeoutError``, and gives up at once)
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Iterator
 
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage
 from aiohttp.typedefs import Handler
+from aiohttp.web_protocol import RequestPayloadError
 
 from .keys import SETTINGS
 
@@ -53,13 +57,16 @@ class _Watch:
 async def body_deadline_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Watch the body of every request that has one (WebSockets have none)."""
     timeout_s = request.app[SETTINGS].http.body_timeout_s
-    if not request.body_exists or timeout_s <= 0:
+    if not request.body_exists:
         return await handler(request)
     watch = _Watch(request, timeout_s)
     try:
-        return await handler(request)
+        response = await handler(request)
     finally:
         watch.cancel()
+    if request.get(_UNREADABLE):
+        response.force_close()
+    return response
 
 
 async def read_limited(request: web.Request, limit: int) -> bytes | None:
@@ -72,9 +79,30 @@ async def read_limited(request: web.Request, limit: int) -> bytes | None:
         return None
     parts: list[bytes] = []
     size = 0
-    while chunk := await request.content.read(limit + 1 - size):
-        parts.append(chunk)
-        size += len(chunk)
-        if size > limit:
-            return None
+    with readable_body(request):
+        while chunk := await request.content.read(limit + 1 - size):
+            parts.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                return None
     return b"".join(parts)
+
+
+# set on a request whose body could not be read: its answer closes the connection
+_UNREADABLE = web.RequestKey("unreadable_body", bool)
+
+
+@contextlib.contextmanager
+def readable_body(request: web.Request) -> Iterator[None]:
+    """Reads of ``request``'s body within: one aiohttp cannot read (a ``Content-Encoding:
+    gzip`` body that is not gzip, a broken chunked framing) is a 400 in the API's error shape,
+    and its connection is closed after the answer (what follows on it cannot be framed);
+    it was an unhandled error, a 500 and a traceback in the log for each such request."""
+    try:
+        yield
+    except (RequestPayloadError, BadHttpMessage) as exc:
+        cause = exc.__cause__ or exc
+        said = getattr(cause, "message", None) or str(cause)
+        request[_UNREADABLE] = True
+        request.content.feed_eof()  # (nothing more of it is read: aiohttp would, and fail)
+        raise web.HTTPBadRequest(reason=f"the request body cannot be read: {said}") from None

@@ -97,7 +97,9 @@ async def cloud_middleware(request: web.Request, handler: Handler) -> web.Stream
         resp.headers["WWW-Authenticate"] = 'Basic realm="reelhouse cloud recording"'
         return resp
     if not request.app[RATE].allow(request.match_info.get("appid", "")):
-        return error(429, "too many requests for this app (10 per second)", 429)
+        resp = error(429, "too many requests for this app (10 per second)", 429)
+        resp.headers["Retry-After"] = "1"  # (its bucket refills 10 a second)
+        return resp
     try:
         return await handler(request)
     except (CloudFailure, CloudError) as exc:
@@ -108,7 +110,11 @@ async def cloud_middleware(request: web.Request, handler: Handler) -> web.Stream
         if exc.status == 404:
             return error(404, "no such cloud recording path", 404)
         if exc.status == 405:
-            return error(405, f"{request.method} is not allowed here", 405)
+            resp = error(405, f"{request.method} is not allowed here", 405)
+            resp.headers["Allow"] = exc.headers.get("Allow", "")  # (RFC 9110: a 405 says)
+            return resp
+        if exc.status == 400:  # (api.bodies: a body that cannot be read)
+            return error(8, exc.reason)
         if exc.status == 413:
             return error(8, f"the body is larger than {MAX_BODY_BYTES} bytes")
         if exc.status == 408:  # (api.bodies: the body stopped coming)

@@ -18,6 +18,7 @@ from ingest.errors import RpcCode
 from storage.errors import ObjectNotFound
 from storage.objects import ObjectStore
 
+from .bodies import readable_body
 from .errors import rpc_error
 from .keys import SETTINGS, SIGNER, STORE
 
@@ -212,11 +213,12 @@ async def put_object(request: web.Request) -> web.Response:
 async def _receive(request: web.Request, path: Path) -> None:
     size = 0
     await asyncio.to_thread(path.write_bytes, b"")
-    async for chunk in request.content.iter_chunked(PUT_CHUNK_BYTES):
-        size += len(chunk)
-        if size > MAX_PUT_BYTES:
-            raise _set_413(_too_large())
-        await asyncio.to_thread(_append, path, chunk)
+    with readable_body(request):
+        async for chunk in request.content.iter_chunked(PUT_CHUNK_BYTES):
+            size += len(chunk)
+            if size > MAX_PUT_BYTES:
+                raise _set_413(_too_large())
+            await asyncio.to_thread(_append, path, chunk)
 
 
 def _append(path: Path, data: bytes) -> None:

@@ -26,6 +26,7 @@ from storage.objects import ObjectStore
 from storage.recordings import RecordingRow, RecordingStatus
 
 from .auth import Principal
+from .bodies import readable_body
 from .keys import API_KEYS, META, STORE
 from .objects_route import PLAYLIST_TYPE, PutRefusal, absolute_url, presigned_playlist
 from .recordings_events import EVENTS_CONTENT_TYPE, BodyError, decompress_stream, parse_upload
@@ -100,15 +101,18 @@ async def recordings_middleware(request: web.Request, handler: Handler) -> web.S
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
+        if exc.status == 400:  # (api.bodies: a body that cannot be read)
+            return RecordingsError(400, "validation_error", exc.reason, "body").response()
         code = {
             404: "not_found",
             405: "method_not_allowed",
             408: "request_timeout",
             413: "payload_too_large",
         }
+        kept = {k: v for k, v in exc.headers.items() if k in ("Allow", "Retry-After")}
         return RecordingsError(
             exc.status, code.get(exc.status, "bad_request"), exc.reason
-        ).response()
+        ).response(kept or None)
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return RecordingsError(500, "internal", "internal error").response()
@@ -143,11 +147,12 @@ async def _spool_body(request: web.Request, dest: Path, limit: int) -> None:
         raise _too_large(limit)
     size = 0
     await asyncio.to_thread(dest.write_bytes, b"")
-    async for chunk in request.content.iter_chunked(BODY_CHUNK_BYTES):
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(limit)
-        await asyncio.to_thread(append, dest, chunk)
+    with readable_body(request):
+        async for chunk in request.content.iter_chunked(BODY_CHUNK_BYTES):
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(limit)
+            await asyncio.to_thread(append, dest, chunk)
 
 
 def append(path: Path, data: bytes) -> None:

@@ -22,6 +22,7 @@ from ingest.errors import RpcCode
 from ingest.tokens import Role, TokenError, check_cname, check_uid, verify
 from ingest.webrtc import AtCapacity, OfferError, TrickleError, WebRtcSettings, WhipSession
 
+from .bodies import readable_body
 from .errors import rpc_error
 from .keys import APPS, WHIP
 
@@ -172,7 +173,8 @@ def _authorise(request: web.Request, certificate: str | None) -> str:
 async def _utf8(request: web.Request, what: str) -> str:
     """The body as text: SDP is UTF-8 (RFC 8866), whatever charset the request names."""
     try:
-        return (await request.read()).decode("utf-8")
+        with readable_body(request):
+            return (await request.read()).decode("utf-8")
     except UnicodeDecodeError:
         raise rpc_error(RpcCode.INVALID_ARGUMENT, f"the {what} is not UTF-8 SDP") from None
 

@@ -130,3 +130,32 @@ async def test_a_slow_body_that_keeps_coming_is_taken(server: Any) -> None:
             headers={**auth, "Content-Type": "application/json"},
         ) as resp:
             assert resp.status == 201, await resp.text()
+
+
+async def test_a_body_that_cannot_be_decoded_is_a_400_in_each_apis_shape(server: Any) -> None:
+    """``Content-Encoding: gzip`` on bytes that are not gzip: aiohttp cannot read the body.
+    Each API answered 500 and logged a traceback (any client could fill the log)."""
+    garbage = {"Content-Encoding": "gzip", "Content-Type": "application/json"}
+    tenant = await tenant_headers(server, "acme")
+    app = await create_app_row(server.app[META], token_required=False)
+    customer_id, secret = await create_customer(server.app[META])
+    basic = "Basic " + base64.b64encode(f"{customer_id}:{secret}".encode()).decode()
+    async with aiohttp.ClientSession() as http:
+        answers = {}
+        for name, url, auth in (
+            ("screen", server.url + EVENT_PATH, f"Bearer {API_KEY}"),
+            ("recordings", server.url + "/v1/recordings", tenant["Authorization"]),
+            ("cloud", f"{server.url}/v1/apps/{app.appid}/cloud_recording/acquire", basic),
+        ):
+            async with http.post(
+                url, data=b"not gzip at all", headers={**garbage, "Authorization": auth}
+            ) as resp:
+                answers[name] = (resp.status, await resp.json())
+        async with http.put(server.url + "/v1/recordings", headers=tenant) as resp:
+            allowed = resp.status, resp.headers.get("Allow", "")
+    assert answers["screen"][0] == 400 and answers["screen"][1]["code"] == 3
+    assert "cannot be read" in answers["screen"][1]["message"]
+    assert answers["recordings"][0] == 400
+    assert answers["recordings"][1]["error"]["code"] == "validation_error"
+    assert answers["cloud"][0] == 400 and answers["cloud"][1]["code"] == 8
+    assert allowed[0] == 405 and "POST" in allowed[1]  # (RFC 9110: a 405 says what is)

@@ -238,11 +238,15 @@ async def test_errors_in_the_api_shape(cloud: Any, s3: SeaweedS3, s3_bucket: str
         query = f"{base}/resourceid/{rid}/sid/{'0' * 32}/mode/individual/query"
         async with http.get(query, headers=auth) as resp:
             assert resp.status == 404
-        statuses = []
+        async with http.put(f"{base}/acquire", headers=auth) as resp:  # (RFC 9110 §15.5.6)
+            assert resp.status == 405 and "POST" in resp.headers["Allow"]
+        statuses, waits = [], set()
         for _ in range(30):  # past the per-app rate limit
             async with http.get(query, headers=auth) as resp:
                 statuses.append(resp.status)
-        assert 429 in statuses
+                if resp.status == 429:
+                    waits.add(resp.headers.get("Retry-After"))
+        assert 429 in statuses and waits == {"1"}  # (how long to back off)
 
 
 async def test_webhooks_tell_the_app(
