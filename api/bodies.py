@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage
 from aiohttp.typedefs import Handler
 from aiohttp.web_protocol import RequestPayloadError
+from aiohttp.web_urldispatcher import _default_expect_handler
 
 from .keys import SETTINGS
 
@@ -106,3 +107,23 @@ def readable_body(request: web.Request) -> Iterator[None]:
         request[_UNREADABLE] = True
         request.content.feed_eof()  # (nothing more of it is read: aiohttp would, and fail)
         raise web.HTTPBadRequest(reason=f"the request body cannot be read: {said}") from None
+
+
+ExpectCheck = Callable[[web.Request], Awaitable[web.Response | None]]
+
+
+def expect_checked(check: ExpectCheck) -> Callable[[web.Request], Awaitable[web.Response | None]]:
+    """An ``expect_handler`` for a route that takes large bodies: ``Expect: 100-continue`` is
+    answered ``100 Continue`` only once ``check`` (the credential, the size) passes; else its
+    refusal goes at once and the body is never sent. aiohttp's own answers 100 before any
+    check, so a client began a 4 GiB upload only to be refused."""
+
+    async def handler(request: web.Request) -> web.Response | None:
+        if (refused := await check(request)) is not None:
+            request.content.feed_eof()  # (no body comes: the connection closes after it)
+            refused.force_close()
+            return refused
+        await _default_expect_handler(request)
+        return None
+
+    return handler

@@ -18,7 +18,7 @@ from ingest.errors import RpcCode
 from storage.errors import ObjectNotFound
 from storage.objects import ObjectStore
 
-from .bodies import readable_body
+from .bodies import expect_checked, readable_body
 from .errors import rpc_error
 from .keys import SETTINGS, SIGNER, STORE
 
@@ -49,7 +49,7 @@ PUT_GUARDS: web.AppKey[dict[str, PutGuard]] = web.AppKey("put_guards")
 def add_routes(app: web.Application) -> None:
     """Register the object routes."""
     app.router.add_get("/v1/objects/{key:.+}", get_object)
-    app.router.add_put("/v1/objects/{key:.+}", put_object)
+    app.router.add_put("/v1/objects/{key:.+}", put_object, expect_handler=expect_checked(_may_put))
 
 
 def _verify(request: web.Request, method: str) -> str:
@@ -183,6 +183,20 @@ async def _refusal(app: web.Application, key: str) -> PutRefusal | None:
     for prefix, guard in app.get(PUT_GUARDS, {}).items():
         if key.startswith(prefix):
             return await guard(app, key)
+    return None
+
+
+async def _may_put(request: web.Request) -> web.Response | None:
+    """Whether a PUT's body may come (``Expect: 100-continue``): its signature, its key's
+    guard and its announced size, as ``put_object`` checks them."""
+    try:
+        key = _verify(request, "PUT")
+        if (refused := await _refusal(request.app, key)) is not None:
+            raise rpc_error(RpcCode.FAILED_PRECONDITION, refused.reason)
+        if request.content_length is not None and request.content_length > MAX_PUT_BYTES:
+            raise _set_413(_too_large())
+    except web.HTTPException as exc:
+        return web.Response(status=exc.status, text=exc.text, content_type="application/json")
     return None
 
 

@@ -26,7 +26,7 @@ from storage.objects import ObjectStore
 from storage.recordings import RecordingRow, RecordingStatus
 
 from .auth import Principal
-from .bodies import readable_body
+from .bodies import expect_checked, readable_body
 from .keys import API_KEYS, META, STORE
 from .objects_route import PLAYLIST_TYPE, PutRefusal, absolute_url, presigned_playlist
 from .recordings_events import EVENTS_CONTENT_TYPE, BodyError, decompress_stream, parse_upload
@@ -87,9 +87,7 @@ async def recordings_middleware(request: web.Request, handler: Handler) -> web.S
             request.headers.get("Authorization")
         )
         if principal is None:
-            return RecordingsError(
-                401, "unauthorized", "missing or invalid API key: send Authorization: Bearer <key>"
-            ).response({"WWW-Authenticate": 'Bearer realm="reelhouse"'})
+            return _unauthorized()
         request[_PRINCIPAL] = principal
         return await handler(request)
     except RecordingsError as exc:
@@ -116,6 +114,12 @@ async def recordings_middleware(request: web.Request, handler: Handler) -> web.S
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return RecordingsError(500, "internal", "internal error").response()
+
+
+def _unauthorized() -> web.Response:
+    return RecordingsError(
+        401, "unauthorized", "missing or invalid API key: send Authorization: Bearer <key>"
+    ).response({"WWW-Authenticate": 'Bearer realm="reelhouse"'})
 
 
 def _principal(request: web.Request) -> Principal:
@@ -166,6 +170,18 @@ def _remove(*paths: Path) -> None:
     for path in paths:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
+
+
+async def _may_create(request: web.Request) -> web.Response | None:
+    """Whether a create's body may come (``Expect: 100-continue``): a tenant key and an
+    announced size within the limit, as the middleware and ``_spool_body`` check them."""
+    keys = request.config_dict[API_KEYS]
+    if await keys.identify_header(request.headers.get("Authorization")) is None:
+        return _unauthorized()
+    limit = request.config_dict[RECORDINGS].max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        return _too_large(limit).response()
+    return None
 
 
 async def create_recording(request: web.Request) -> web.Response:
@@ -370,7 +386,7 @@ async def delete_objects(store: ObjectStore, row: RecordingRow) -> None:
 def create_subapp() -> web.Application:
     """The ``/v1/recordings`` application; mount it with ``app.add_subapp(PREFIX, ...)``."""
     sub = web.Application(middlewares=[recordings_middleware])
-    sub.router.add_post("", create_recording)
+    sub.router.add_post("", create_recording, expect_handler=expect_checked(_may_create))
     sub.router.add_get("", list_recordings)
     sub.router.add_get("/{id}", get_recording)
     sub.router.add_delete("/{id}", delete_recording)

@@ -159,3 +159,43 @@ async def test_a_body_that_cannot_be_decoded_is_a_400_in_each_apis_shape(server:
     assert answers["recordings"][1]["error"]["code"] == "validation_error"
     assert answers["cloud"][0] == 400 and answers["cloud"][1]["code"] == 8
     assert allowed[0] == 405 and "POST" in allowed[1]  # (RFC 9110: a 405 says what is)
+
+
+async def expect_continue(server: Any, method: str, target: str, headers: dict[str, str]) -> bytes:
+    """Send a request's headers with ``Expect: 100-continue`` and no body: the first answer."""
+    url = urlsplit(server.url)
+    reader, writer = await asyncio.open_connection(url.hostname, url.port)
+    lines = [f"{method} {target} HTTP/1.1", f"Host: {url.netloc}", "Expect: 100-continue"]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+    try:
+        async with asyncio.timeout(ANSWER_TIMEOUT_S):
+            return await reader.readuntil(b"\r\n\r\n")
+    finally:
+        writer.close()
+
+
+async def test_a_large_upload_is_refused_before_its_body_is_sent(server: Any) -> None:
+    """``Expect: 100-continue``: the refusal (bad signature, over the size, no key) comes
+    before the client sends the body. aiohttp said 100 Continue first, so a client began to
+    send 4 GiB only to be refused; an upload that may come still hears 100 Continue."""
+    auth = await tenant_headers(server, "acme")
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            server.url + "/v1/recordings", json=body(has_video=True), headers=auth
+        ) as resp:
+            upload = urlsplit((await resp.json())["video_upload_url"])
+    target = f"{upload.path}?{upload.query}"
+    forged = target.replace("signature=", "signature=0")
+    huge = {"Content-Length": str(5 * 1024**3)}
+    fine = {"Content-Length": "1000"}
+    assert (await expect_continue(server, "PUT", forged, fine)).startswith(b"HTTP/1.1 403")
+    assert (await expect_continue(server, "PUT", target, huge)).startswith(b"HTTP/1.1 413")
+    assert (await expect_continue(server, "PUT", target, fine)).startswith(b"HTTP/1.1 100")
+    too_big = {**auth, "Content-Length": str(10 * 1024**3)}
+    refused = await expect_continue(server, "POST", "/v1/recordings", too_big)
+    assert refused.startswith(b"HTTP/1.1 413")
+    nobody = await expect_continue(server, "POST", "/v1/recordings", fine)
+    assert nobody.startswith(b"HTTP/1.1 401")
+    welcome = await expect_continue(server, "POST", "/v1/recordings", {**auth, **fine})
+    assert welcome.startswith(b"HTTP/1.1 100")
