@@ -113,7 +113,13 @@ async def get_object(request: web.Request) -> web.StreamResponse:
     if info is None:
         raise rpc_error(RpcCode.NOT_FOUND, f"object {key} not found")
     etag = f'"{info.etag}"'
-    headers = {"Content-Type": info.content_type, "Accept-Ranges": "bytes", "ETag": etag}
+    headers = {
+        "Content-Type": info.content_type,
+        "Accept-Ranges": "bytes",
+        "ETag": etag,
+        # (a presigned PUT names its own type: a browser must not take an upload for a page)
+        "X-Content-Type-Options": "nosniff",
+    }
     start, end, status = 0, info.size - 1, 200
     asked = request.headers.get("Range")
     if asked is not None and request.headers.get("If-Range", etag) == etag:  # (else: changed)

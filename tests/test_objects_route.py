@@ -66,6 +66,7 @@ async def test_a_range_is_served_as_players_ask_for_it(server: Server) -> None:
                 assert got == (status, body, content_range), asked
                 if status != 416:
                     assert resp.headers["Accept-Ranges"] == "bytes"
+                    assert resp.headers["X-Content-Type-Options"] == "nosniff"
         changed = {"Range": "bytes=0-1", "If-Range": '"not-its-etag"'}
         async with http.get(url, headers=changed) as resp:
             assert (resp.status, len(await resp.read())) == (200, len(data))
