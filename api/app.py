@@ -30,7 +30,7 @@ from storage.spool import Spool, SpoolItem
 from . import cloud_recording_routes, metrics, objects_route, recordings, screen_recording, whip
 from .apps import AppDirectory
 from .auth import ApiKeys, load_or_create_credentials
-from .bodies import body_deadline_middleware
+from .bodies import bodies_middleware
 from .cloud_recording import CloudRecordingService, CloudSession
 from .customers import CustomerAuth
 from .errors import rpc_error, rpc_status
@@ -418,7 +418,7 @@ def create_app(settings: Settings) -> web.Application:
     """The aiohttp application with every service opened in ``cleanup_ctx``."""
     app = web.Application(
         middlewares=[
-            body_deadline_middleware,
+            bodies_middleware,
             whip.cors_middleware,
             errors_middleware,
             cloud_recording_routes.cloud_middleware,

@@ -55,12 +55,12 @@ class _Watch:
 
 
 @web.middleware
-async def body_deadline_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Watch the body of every request that has one (WebSockets have none)."""
-    timeout_s = request.app[SETTINGS].http.body_timeout_s
+async def bodies_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Watch the body of every request that has one (WebSockets have none) for its deadline,
+    and close the connection after one that could not be read (:func:`readable_body`)."""
     if not request.body_exists:
         return await handler(request)
-    watch = _Watch(request, timeout_s)
+    watch = _Watch(request, request.app[SETTINGS].http.body_timeout_s)
     try:
         response = await handler(request)
     finally:

@@ -121,10 +121,9 @@ async def get_object(request: web.Request) -> web.StreamResponse:
         "X-Content-Type-Options": "nosniff",
     }
     start, end, status = 0, info.size - 1, 200
-    asked = request.headers.get("Range")
-    if asked is not None and request.headers.get("If-Range", etag) == etag:  # (else: changed)
+    if request.headers.get("If-Range", etag) == etag:  # (else it changed: the whole object)
         try:
-            span = byte_range(asked, info.size)
+            span = byte_range(request, info.size)
         except Unsatisfiable:  # (its answer says the size, for the next try)
             return web.Response(status=416, headers={"Content-Range": f"bytes */{info.size}"})
         if span is not None:
@@ -151,29 +150,25 @@ class Unsatisfiable(ValueError):
     """A ``Range`` that starts past the object's end: 416."""
 
 
-def byte_range(header: str, size: int) -> tuple[int, int] | None:
-    """The first and last byte (inclusive) a ``Range`` header asks of an object of ``size``
-    bytes (RFC 9110 §14.1.2: ``bytes=a-b``, ``bytes=a-``, ``bytes=-n``); None for one to
-    ignore (not understood, or several ranges: a server may send the whole object, and
-    players ask for one); :class:`Unsatisfiable` for one past the end."""
-    unit, _, spec = header.partition("=")
-    first, dash, last = spec.strip().partition("-")
-    if unit.strip().lower() != "bytes" or not dash or "," in spec:
+def byte_range(request: web.Request, size: int) -> tuple[int, int] | None:
+    """The first and last byte (inclusive) the request's one ``Range`` asks of an object of
+    ``size`` bytes (``bytes=a-b``, ``bytes=a-``, ``bytes=-n``, parsed by aiohttp); None for
+    none, or one to ignore (not understood, or several ranges: a server may send the whole
+    object, and players ask for one); :class:`Unsatisfiable` for one past the end."""
+    try:
+        asked = request.http_range
+    except ValueError:
         return None
-    if not first:  # the last n bytes
-        if not last.isdigit():
-            return None
-        if int(last) == 0 or size == 0:
-            raise Unsatisfiable(header)
-        return max(0, size - int(last)), size - 1
-    if not first.isdigit() or (last and not last.isdigit()):
+    start, stop = asked.start, asked.stop
+    if start is None:
         return None
-    start = int(first)
-    if last and int(last) < start:
-        return None  # (invalid: ignored)
+    if start < 0:  # the last -start bytes
+        if size == 0:
+            raise Unsatisfiable(request.headers["Range"])
+        return max(0, size + start), size - 1
     if start >= size:
-        raise Unsatisfiable(header)
-    return start, min(int(last), size - 1) if last else size - 1
+        raise Unsatisfiable(request.headers["Range"])
+    return start, size - 1 if stop is None else min(stop - 1, size - 1)
 
 
 def _too_large() -> web.HTTPException:
@@ -192,15 +187,21 @@ async def _refusal(app: web.Application, key: str) -> PutRefusal | None:
     return None
 
 
+async def _admitted(request: web.Request) -> str:
+    """The key a PUT may store its body under: its signature, its key's guard and its
+    announced size checked (an HTTPException in the ``rpcStatus`` shape when not)."""
+    key = _verify(request, "PUT")
+    if (refused := await _refusal(request.app, key)) is not None:
+        raise rpc_error(RpcCode.FAILED_PRECONDITION, refused.reason)
+    if request.content_length is not None and request.content_length > MAX_PUT_BYTES:
+        raise _set_413(_too_large())
+    return key
+
+
 async def _may_put(request: web.Request) -> web.Response | None:
-    """Whether a PUT's body may come (``Expect: 100-continue``): its signature, its key's
-    guard and its announced size, as ``put_object`` checks them."""
+    """Whether a PUT's body may come (``Expect: 100-continue``; before the middlewares)."""
     try:
-        key = _verify(request, "PUT")
-        if (refused := await _refusal(request.app, key)) is not None:
-            raise rpc_error(RpcCode.FAILED_PRECONDITION, refused.reason)
-        if request.content_length is not None and request.content_length > MAX_PUT_BYTES:
-            raise _set_413(_too_large())
+        await _admitted(request)
     except web.HTTPException as exc:
         return web.Response(status=exc.status, text=exc.text, content_type="application/json")
     return None
@@ -208,11 +209,7 @@ async def _may_put(request: web.Request) -> web.Response | None:
 
 async def put_object(request: web.Request) -> web.Response:
     """Store the body under the key for a holder of a valid presigned PUT URL."""
-    key = _verify(request, "PUT")
-    if (refused := await _refusal(request.app, key)) is not None:
-        raise rpc_error(RpcCode.FAILED_PRECONDITION, refused.reason)
-    if request.content_length is not None and request.content_length > MAX_PUT_BYTES:
-        raise _set_413(_too_large())
+    key = await _admitted(request)
     tmp_dir = request.app[SETTINGS].data_dir / "tmp"
     await asyncio.to_thread(tmp_dir.mkdir, parents=True, exist_ok=True)
     path = tmp_dir / f"put-{uuid.uuid4().hex}"

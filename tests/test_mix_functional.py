@@ -36,6 +36,7 @@ T0_US = 1_700_000_000_000_000  # Publishers' clocks are wall clocks.
 US = 1_000_000
 AUDIO_FRAME_US = 20_000
 SEGMENT_S = 1.0
+HLS_AND_MP4 = frozenset({FileType.HLS, FileType.MP4})
 # x264 at these rates keeps a flat colour within a few steps; window edges ring more, so
 # colours are read at a window's centre only.
 COLOR_TOLERANCE = 12
@@ -359,9 +360,7 @@ async def test_stale_video_shows_background_images(tmp_path: Path, aiohttp_serve
 
 async def test_hls_and_mp4_with_rollover(tmp_path: Path) -> None:
     users = publishers(2, stop_s=5.0)
-    config = MixConfig(
-        width=W, height=H, fps=FPS, file_types=frozenset({FileType.HLS, FileType.MP4})
-    )
+    config = MixConfig(width=W, height=H, fps=FPS, file_types=HLS_AND_MP4)
     output = await record(tmp_path, config, Scenario(users), mp4_max_duration_s=2.0)
     assert [p.name for p, _ in output.mp4s] == ["mix_000.mp4", "mix_001.mp4", "mix_002.mp4"]
     assert sum(info.video_frames for _, info in output.mp4s) == output.video_frames == 5 * FPS
@@ -371,6 +370,13 @@ async def test_hls_and_mp4_with_rollover(tmp_path: Path) -> None:
     with av.open(str(output.mp4s[0][0])) as mp4:
         assert mp4.streams.audio[0].codec_context.name == "aac"
         assert mp4.streams.video[0].codec_context.width == W
+
+
+async def three_mp4_parts(tmp_path: Path) -> MixOutput:
+    """One publisher for 3 s, recorded as HLS and MP4 parts of 1 s: three parts."""
+    config = MixConfig(width=W, height=H, fps=FPS, file_types=HLS_AND_MP4)
+    users = publishers(1, stop_s=3.0)
+    return await record(tmp_path, config, Scenario(users), mp4_max_duration_s=1.0)
 
 
 async def test_mp4_parts_are_built_off_the_mix_thread(
@@ -386,11 +392,7 @@ async def test_mp4_parts_are_built_off_the_mix_thread(
         return build(segments, out)
 
     monkeypatch.setattr(mp4, "build_mp4", watched)
-    users = publishers(1, stop_s=3.0)
-    config = MixConfig(
-        width=W, height=H, fps=FPS, file_types=frozenset({FileType.HLS, FileType.MP4})
-    )
-    output = await record(tmp_path, config, Scenario(users), mp4_max_duration_s=1.0)
+    output = await three_mp4_parts(tmp_path)
     assert len(output.mp4s) == 3 and len(threads) == 3
     assert all(name.startswith("mp4-build") for name in threads), threads
     assert sum(info.video_frames for _, info in output.mp4s) == output.video_frames
@@ -444,7 +446,7 @@ def _noisy_mix(tmp_path: Path, bitrate_kbps: int, profile: AudioProfile) -> dict
     rng = np.random.default_rng(5)
     config = MixConfig(
         width=320, height=180, fps=15, bitrate_kbps=bitrate_kbps, audio_profile=profile,
-        file_types=frozenset({FileType.HLS, FileType.MP4}),
+        file_types=HLS_AND_MP4,
     )  # fmt: skip
     session = MixSession(config, tmp_path / f"{bitrate_kbps}-{profile}", segment_target_s=1.0)
     for k in range(150):  # 20 ms steps
@@ -493,11 +495,7 @@ async def test_a_part_whose_build_fails_loses_only_itself(
         return build(segments, out)
 
     monkeypatch.setattr(mp4, "build_mp4", second_fails)
-    users = publishers(1, stop_s=3.0)
-    config = MixConfig(
-        width=W, height=H, fps=FPS, file_types=frozenset({FileType.HLS, FileType.MP4})
-    )
-    output = await record(tmp_path, config, Scenario(users), mp4_max_duration_s=1.0)
+    output = await three_mp4_parts(tmp_path)
     assert [p.name for p, _ in output.mp4s] == ["mix_000.mp4", "mix_002.mp4"]
     ((failed, part, reason),) = output.failed_mp4s  # told, with its segments
     assert failed.name == "mix_001.mp4" and part and reason == "a damaged segment"
@@ -550,9 +548,7 @@ def test_a_member_back_before_its_leave_is_applied_keeps_sound_and_place(tmp_pat
     leave 100 ms later, on its timeline; it used to drop the audio the new connection had
     sent meanwhile (~130 ms of silence in the decoded MP4) and keep the member's old rank in
     a layout that then said it had none."""
-    config = MixConfig(
-        width=W, height=H, fps=FPS, file_types=frozenset({FileType.HLS, FileType.MP4})
-    )
+    config = MixConfig(width=W, height=H, fps=FPS, file_types=HLS_AND_MP4)
     session = MixSession(config, tmp_path / "out", segment_target_s=SEGMENT_S)
     rate, t0 = 48_000, 10_000_000
     wave = 0.3 * np.sin(np.arange(960) * 2 * np.pi * 480 / rate).astype(np.float32)

@@ -51,6 +51,18 @@ async def tenant_headers(server: Any, tenant: str, user: str = "u") -> dict[str,
     return {"Authorization": f"Bearer {key}"}
 
 
+async def created_with_video(
+    http: aiohttp.ClientSession, server: Any, auth: dict[str, str]
+) -> dict[str, Any]:
+    """A recording created with ``has_video``: its create answer (id, status, upload URL)."""
+    async with http.post(
+        server.url + "/v1/recordings", json=body(has_video=True), headers=auth
+    ) as resp:
+        assert resp.status == 201
+        created: dict[str, Any] = await resp.json()
+    return created
+
+
 async def stored_keys(server: Any, prefix: str = "captures/") -> list[str]:
     """Every object key the server's store holds under ``prefix``."""
     return [info.key async for info in server.app[STORE].list(prefix)]
@@ -182,10 +194,7 @@ async def processed(server: Any, video: bytes) -> dict[str, Any]:
     """Create a recording with ``video``, confirm it and wait for its processing: its GET."""
     auth = await tenant_headers(server, "acme")
     async with aiohttp.ClientSession() as http:
-        async with http.post(
-            server.url + "/v1/recordings", json=body(has_video=True), headers=auth
-        ) as resp:
-            created = await resp.json()
+        created = await created_with_video(http, server, auth)
         async with http.put(created["video_upload_url"], data=video) as resp:
             assert resp.status == 200
         url = f"{server.url}/v1/recordings/{created['id']}"
@@ -259,10 +268,7 @@ async def test_delete_while_processing_leaves_nothing(server: Any) -> None:
     auth = await tenant_headers(server, "acme")
     video, _, _ = encode_webm(4.0)
     async with aiohttp.ClientSession() as http:
-        async with http.post(
-            server.url + "/v1/recordings", json=body(has_video=True), headers=auth
-        ) as resp:
-            created = await resp.json()
+        created = await created_with_video(http, server, auth)
         async with http.put(created["video_upload_url"], data=video) as resp:
             assert resp.status == 200
         url = f"{server.url}/v1/recordings/{created['id']}"
@@ -281,10 +287,7 @@ async def test_presigned_put_checks_signature_and_size(
 ) -> None:
     auth = await tenant_headers(server, "acme")
     async with aiohttp.ClientSession() as http:
-        async with http.post(
-            server.url + "/v1/recordings", json=body(has_video=True), headers=auth
-        ) as resp:
-            upload = (await resp.json())["video_upload_url"]
+        upload = (await created_with_video(http, server, auth))["video_upload_url"]
         forged = upload.replace("signature=", "signature=0")
         for bad in (forged, upload.replace("method=PUT", "method=GET")):
             async with http.put(bad, data=b"x") as resp:
@@ -328,10 +331,7 @@ async def test_an_upload_url_lands_only_while_its_recording_waits_for_it(server:
                 pass
             yield video[1000:]
 
-        async with http.post(
-            server.url + "/v1/recordings", json=body(has_video=True), headers=auth
-        ) as resp:
-            late = await resp.json()
+        late = await created_with_video(http, server, auth)
         async with http.put(late["video_upload_url"], data=delete_while_it_comes()) as resp:
             assert resp.status == 400
         url = f"{server.url}/v1/recordings/{ready['id']}"
@@ -365,10 +365,7 @@ async def test_an_upload_overtaken_by_a_confirm_leaves_the_original_in_use(serve
         yield b"\x1a" * 1000
 
     async with aiohttp.ClientSession() as http:
-        async with http.post(
-            server.url + "/v1/recordings", json=body(has_video=True), headers=auth
-        ) as resp:
-            made = await resp.json()
+        made = await created_with_video(http, server, auth)
         url = f"{server.url}/v1/recordings/{made['id']}"
 
         async def slow_put() -> tuple[int, Any]:
@@ -451,10 +448,7 @@ async def test_a_new_upload_after_failures_gets_its_own_runs(
     monkeypatch.setattr(recordings_jobs, "MAX_ATTEMPTS", 1)
     auth = await tenant_headers(server, "acme")
     async with aiohttp.ClientSession() as http:
-        async with http.post(
-            server.url + "/v1/recordings", json=body(has_video=True), headers=auth
-        ) as resp:
-            created = await resp.json()
+        created = await created_with_video(http, server, auth)
         url = f"{server.url}/v1/recordings/{created['id']}"
         good, _, _ = await asyncio.to_thread(encode_webm, 2.0)
         for video, status in ((b"not a video" * 1000, "failed"), (good, "ready")):

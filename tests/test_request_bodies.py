@@ -8,13 +8,13 @@ import asyncio
 import base64
 import json
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import aiohttp
 import pytest
 from conftest import API_KEY
 from recording import EVENT_PATH
-from test_recordings_functional import body, tenant_headers
+from test_recordings_functional import body, created_with_video, tenant_headers
 
 from api.apps import create_app_row
 from api.customers import create_customer
@@ -97,14 +97,17 @@ async def test_a_stalled_body_is_answered_408_in_each_apis_shape(server: Any) ->
     assert answer["code"] == 408 and "no byte of the request body" in answer["reason"]
 
 
+async def upload_url(server: Any, auth: dict[str, str]) -> SplitResult:
+    """The presigned PUT URL of a new recording's tab video, split."""
+    async with aiohttp.ClientSession() as http:
+        created = await created_with_video(http, server, auth)
+    return urlsplit(created["video_upload_url"])
+
+
 async def test_a_stalled_upload_stores_nothing(server: Any) -> None:
     """A presigned PUT of a tab video that stops halfway: refused, and no object made."""
     auth = await tenant_headers(server, "acme")
-    async with aiohttp.ClientSession() as http:
-        async with http.post(
-            server.url + "/v1/recordings", json=body(has_video=True), headers=auth
-        ) as resp:
-            upload = urlsplit((await resp.json())["video_upload_url"])
+    upload = await upload_url(server, auth)
     status, answer = await stalled(server, "PUT", f"{upload.path}?{upload.query}", {})
     assert status.startswith("HTTP/1.1 408") and answer["code"] == 3
     keys = [info.key async for info in server.app[STORE].list("captures/")]
@@ -180,11 +183,7 @@ async def test_a_large_upload_is_refused_before_its_body_is_sent(server: Any) ->
     before the client sends the body. aiohttp said 100 Continue first, so a client began to
     send 4 GiB only to be refused; an upload that may come still hears 100 Continue."""
     auth = await tenant_headers(server, "acme")
-    async with aiohttp.ClientSession() as http:
-        async with http.post(
-            server.url + "/v1/recordings", json=body(has_video=True), headers=auth
-        ) as resp:
-            upload = urlsplit((await resp.json())["video_upload_url"])
+    upload = await upload_url(server, auth)
     target = f"{upload.path}?{upload.query}"
     forged = target.replace("signature=", "signature=0")
     huge = {"Content-Length": str(5 * 1024**3)}
