@@ -254,32 +254,26 @@ class MixSession:
 
     def leave(self, uid: str, t_us: int) -> list[SegmentInfo]:
         """`uid` leaves at `t_us`: their window goes and the others are laid out again."""
-        self._check_open()
-        self._start(t_us)
-
-        joins = self._joins.get(uid, 0)
-
-        def apply() -> None:
-            if self._still_out(uid, joins):
-                self.compositor.leave(uid)
-                self._mixer.remove(uid)
-                self._ranks.pop(uid, None)  # joining again goes to the end
-
-        self._at(t_us, apply)
-        return self.advance(t_us)
+        return self._take_out(uid, t_us, heard=False)
 
     def hide(self, uid: str, t_us: int) -> list[SegmentInfo]:
         """`uid` keeps being heard but has no window from `t_us` on (its video is no longer
         recorded); `join` gives it one again."""
+        return self._take_out(uid, t_us, heard=True)
+
+    def _take_out(self, uid: str, t_us: int, *, heard: bool) -> list[SegmentInfo]:
+        """At `t_us`, unless `uid` joined again before: its window goes (and its place: joining
+        again goes to the end), and its audio too unless it is still `heard`."""
         self._check_open()
         self._start(t_us)
-
         joins = self._joins.get(uid, 0)
 
         def apply() -> None:
             if self._still_out(uid, joins):
                 self.compositor.leave(uid)
                 self._ranks.pop(uid, None)
+                if not heard:
+                    self._mixer.remove(uid)
 
         self._at(t_us, apply)
         return self.advance(t_us)
