@@ -21,17 +21,20 @@ from __future__ import annotations
 
 import logging
 import time
+from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
 from mixer.errors import MediaError
-from mixer.hls import HlsWriter, SegmentInfo
+from mixer.hls import HlsWriter, SegmentInfo, WebmPoint
 from mixer.tracks import Codec, Kind, TrackSpec
+from mixer.webm import WebmDemuxer
 
 from .errors import CloseCode
-from .wal import BREAK, CUT, MEDIA, PRIME, TRACK, Wal
+from .wal import BREAK, CUT, MEDIA, PRIME, TRACK, WEBM, Wal
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +43,8 @@ SEGMENT_NAME = "index"
 KEEP_DIR = "keep"  # hard links of closed segments, for the MP4 built at END
 SKIPPED = "its writer crashed on this frame: dropped, not recorded"
 
+# a `webm` track's chunks kept to find where a point's cluster begins (``_webm_points``)
+MAX_WEBM_CHUNKS = 4096
 Cut = tuple[SegmentInfo, int]  # a closed segment and the WAL file its successor starts in
 # told (session id, sequence, payload) before each frame is written into HLS, so that a lane
 # dying in a codec can name the frame (``ingest.lanes``)
@@ -139,6 +144,7 @@ def replay_from(records: list[list[Any]], next_index: int) -> list[list[Any]]:
             (i for i, rec in enumerate(records) if rec[1] == MEDIA and rec[2] >= from_seq), start
         )
     leading = [[rec[0], TRACK, fields] for rec in records[:1] for fields in tracks]
+    leading += [[rec[0], WEBM, *point] for rec in records[:1] for point in extra.get("webm", [])]
     held_from, held = extra.get("held", (0, []))
     priming = {track: (first, end) for track, first, end in extra.get("prime", [])}
 
@@ -189,6 +195,9 @@ class SessionWriter:
         # each transcoded video track's last input keyframe (sequence, WAL file): a segment
         # that begins past it replays from it (``HlsWriter.prime``)
         self._keys: dict[int, tuple[int, int | None]] = {}
+        # each `webm` track's chunks from the one its open segment is demuxed again from
+        # (``HlsWriter.webm_point``) on: (sequence, WAL file, stream offset of its data)
+        self._webm: dict[int, list[tuple[int, int | None, int]]] = {}
 
     def open(self, records: list[list[Any]]) -> Opened:
         """Open the HLS writer, replaying what the WAL held of the open segment."""
@@ -216,8 +225,14 @@ class SessionWriter:
             if rec[1] == PRIME:
                 span = spans.setdefault(rec[3], [rec[2], rec[2] + 1])
                 span[1] = rec[2] + 1
-        extra = [{"prime": [[t, first, end] for t, (first, end) in spans.items()]}] if spans else []
-        wal_from = self._wal.append([sid, CUT, p.next_index, 0, [], *extra])
+        # (and a `webm` track's stream is demuxed again from the same place)
+        resumes = {rec[2]: rec[2:] for rec in replaying if rec[1] == WEBM}
+        extra: dict[str, Any] = {}
+        if spans:
+            extra["prime"] = [[t, first, end] for t, (first, end) in spans.items()]
+        if resumes:
+            extra["webm"] = list(resumes.values())
+        wal_from = self._wal.append([sid, CUT, p.next_index, 0, [], *([extra] if extra else [])])
         self._cuts = []
         acked = p.acked_seq
         last_seq = 0
@@ -227,6 +242,22 @@ class SessionWriter:
                 self._add_track(rec[2])
             elif tag == BREAK:
                 self._break()
+            elif tag in (PRIME, MEDIA) and rec[3] in self._webm and rec[2] > last_seq:
+                # a `webm` chunk: demuxed from the resume point on, and written from the
+                # segment's first packet on (``HlsWriter.resume_webm``)
+                last_seq = seq = rec[2]
+                if tag == MEDIA:
+                    acked = max(acked, seq)
+                rec = [sid, MEDIA, *rec[2:]]
+                skip = self._resume_webm(resumes, rec[3], seq, rec[8])
+                if seq in p.skip and tag == MEDIA:
+                    self._refuse(seq, SKIPPED)
+                elif seq not in p.skip and skip is not None:
+                    self._mark(sid, seq, rec[8])
+                    try:
+                        self._media(*rec[2:], skip=skip)
+                    except MediaError as exc:
+                        log.warning("replay: seq %d: %s", seq, exc, extra={"session_id": sid})
             elif tag == PRIME and rec[2] > last_seq:
                 last_seq = rec[2]
                 rec = [sid, MEDIA, *rec[2:]]  # (logged again as it came)
@@ -349,12 +380,56 @@ class SessionWriter:
         if fields["id"] not in self._tracks:  # a replay may repeat announcements
             self._tracks[fields["id"]] = fields
             self._writer.add_track(track_spec(fields))
+            if fields["codec"] == Codec.WEBM:
+                self._webm.setdefault(fields["id"], [])
+
+    def _webm_points(self) -> list[list[Any]]:
+        """Where each `webm` track's open segment is demuxed again from, as a CUT record
+        names it; a track's chunks before that one are forgotten, and its frames from that
+        one on are the "prime" span before the segment's first frame (``_keys``)."""
+        assert self._writer is not None
+        points = []
+        for track, chunks in self._webm.items():
+            point = self._writer.webm_point(track)
+            at = bisect_right(chunks, point.cluster, key=itemgetter(2)) - 1 if point else -1
+            if point is None or at < 0:
+                self._keys.pop(track, None)
+                continue
+            del chunks[:at]
+            seq, wal_file, start = chunks[0]
+            self._keys[track] = (seq, wal_file)
+            points.append(
+                [track, point.header, point.base_us, point.cluster, point.first, seq,
+                 point.cluster - start]
+            )  # fmt: skip
+        return points
 
     def _break(self, from_seq: int = 0, wal_file: int | None = None) -> None:
         assert self._writer is not None
         # (no priming: after a discontinuity the writer waits for an input keyframe anyway)
         self._cut(self._writer.discontinuity(), from_seq, wal_file, prime=False)
         self._last_pts.clear()
+
+    def _resume_webm(
+        self, resumes: dict[int, list[Any]], track: int, seq: int, data: bytes
+    ) -> int | None:
+        """A replayed chunk of a `webm` track: the bytes of its data before its resume
+        point's cluster (the point's own chunk: the stream is resumed there), 0 (the chunks
+        after it, or a track with no point), or None (one before it: not written)."""
+        if track not in resumes:
+            return 0
+        _, header, base_us, cluster, first, point_seq, offset = resumes[track]
+        assert self._writer is not None
+        if seq < point_seq:
+            return None
+        del resumes[track]
+        if seq > point_seq:  # its chunk is not in the log (a new stream needs none)
+            if not WebmDemuxer.starts_stream(data):
+                log.warning("replay: the WebM stream of track %d cannot be resumed", track,
+                            extra={"session_id": self.session_id})  # fmt: skip
+            return 0
+        self._writer.resume_webm(track, WebmPoint(header, base_us, cluster, first))
+        return int(offset)
 
     def _media(
         self,
@@ -366,9 +441,12 @@ class SessionWriter:
         arrival: float,
         data: bytes,
         wal_file: int | None = None,
+        *,
+        skip: int = 0,
     ) -> None:
         """Write one frame; ``wal_file``: the WAL file its record went to, when it was logged
-        before (a backlog's frame: a segment it starts starts there)."""
+        before (a backlog's frame: a segment it starts starts there). ``skip``: the bytes of
+        a replayed `webm` chunk before its resume point."""
         assert self._writer is not None
         last = self._last_pts.get(track)
         if last is not None and (
@@ -380,9 +458,22 @@ class SessionWriter:
         self._last_pts[track] = pts
         writer = self._writer
         held_before = writer.held
+        chunks = self._webm.get(track)
+        if chunks is not None:
+            if not skip and WebmDemuxer.starts_stream(data):
+                chunks.clear()
+                start = 0
+            else:
+                start = writer.webm_fed(track) - skip
+            data = data[skip:] if skip else data
         done = writer.write(track, data, pts, keyframe=key, dts_us=dts, arrival=arrival)
         if key and writer.transcodes(track):
             self._keys[track] = (seq, wal_file)
+        if chunks is not None:
+            chunks.append((seq, wal_file, start))
+            if len(chunks) > MAX_WEBM_CHUNKS:  # (no point found for that long)
+                del chunks[0]
+            self._webm_points()  # (forgets the chunks no point needs)
         self._cut(done, seq, wal_file)
         if writer.held > (0 if done else held_before):  # this frame's packets wait too
             if self._held is None:
@@ -411,12 +502,17 @@ class SessionWriter:
             from_seq = 0
         extra: dict[str, Any] = {}
         files = [wal_file]
+        if webm := self._webm_points():
+            extra["webm"] = webm
         held, self._held = self._held, None
         if held is not None:  # (they go into the segment this cut opens)
             extra["held"] = [held[0], sorted(held[2])]
             files.append(held[1])
         # a transcoded track whose last input keyframe came before the segment's first frame
-        primes = [(t, k) for t, k in self._keys.items() if k[0] < first] if prime and first else []
+        # (a `webm` track's chunks from its resume point on, whatever the cut: ``_webm_points``)
+        primes = [
+            (t, k) for t, k in self._keys.items() if k[0] < first and (prime or t in self._webm)
+        ] if first else []  # fmt: skip
         if primes:
             extra["prime"] = [[t, k[0], first] for t, k in primes]
             files += [k[1] for _, k in primes]

@@ -42,9 +42,13 @@ BREAK = "d"  # [sid, "d"]: a pause or a gap: the writer starts a discontinuity h
 # a TRACK record per track. A sixth item, a map, when the segment needs frames logged before
 # that one: "held": [seq, [track ids]], frames of tracks added mid-segment that waited for
 # it (from seq on, written into it); "prime": [[track, seq, end seq], ...], a transcoded
-# track's frames from its last input keyframe to the segment's first frame (only decoded)
+# track's frames from its last input keyframe to the segment's first frame (only decoded);
+# "webm": [[track, header, base µs, cluster, first, seq, offset], ...], where a `webm` track's
+# stream is demuxed again from (``mixer.hls.WebmPoint``): the cluster begins ``offset`` bytes
+# into the data of frame ``seq`` (the first of its "prime" span, or the segment's first)
 CUT = "c"
 PRIME = "p"  # never logged: a replay's name for a MEDIA record it only decodes
+WEBM = "w"  # never logged: a replay's record of a "webm" resume point, before the frames
 RECOVERING = "recovering"  # ["", "recovering", [old file indices]]: first record of a recovery
 RECOVERED = "recovered"  # ["", "recovered"]: the recovery finished; the old files are redundant
 

@@ -59,6 +59,28 @@ class _Track:
     webm: WebmDemuxer | None = None
     webm_base_us: int = 0
     subs: dict[Kind, _Track] = field(default_factory=dict)
+    # a `webm` track's place in its stream (offsets in bytes): the last packet taken, the
+    # last video keyframe, packets below ``prime_below`` only decoded (a resumed stream), the
+    # open segment's first packet and keyframe, and a stream to resume at the next chunk
+    last_pos: int = -1
+    key_pos: int | None = None
+    prime_below: int = 0
+    seg_from: int = 0
+    seg_key: int | None = None
+    lost_pos: bool = False  # a packet came without its offset: no resume point
+    resume: WebmPoint | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WebmPoint:
+    """Where a `webm` track's open segment can be demuxed again from: the stream's header,
+    its time base, the cluster to start at and the first packet of the segment (those before
+    it are only decoded). ``HlsWriter.webm_point`` gives it; ``resume_webm`` takes it."""
+
+    header: bytes
+    base_us: int
+    cluster: int
+    first: int
 
 
 def _us_to_ticks(us: int) -> int:
@@ -152,12 +174,46 @@ class HlsWriter:
         track = self._tracks.get(track_id)
         return track is not None and isinstance(track.normaliser, VideoTranscoder)
 
+    def webm_fed(self, track_id: int) -> int:
+        """The stream offset the next chunk of a `webm` track goes on from (unless it begins a
+        new stream)."""
+        track = self._tracks[track_id]
+        assert track.webm is not None
+        return track.webm.scanner.fed if track.resume is None else track.resume.cluster
+
+    def webm_point(self, track_id: int) -> WebmPoint | None:
+        """Where the open segment of a `webm` track can be demuxed again from; None when the
+        stream cannot be resumed (no header yet, or a stream the scanner cannot follow). The
+        stream's clusters before that point are forgotten."""
+        track = self._tracks[track_id]
+        assert track.webm is not None
+        scanner = track.webm.scanner
+        if scanner.header is None or scanner.broken or track.lost_pos:
+            return None
+        key = track.seg_key if track.seg_key is not None else track.seg_from
+        cluster = scanner.cluster_at(min(key, track.seg_from))
+        if cluster is None:
+            return None
+        scanner.forget_before(cluster)
+        return WebmPoint(scanner.header, track.webm_base_us, cluster, track.seg_from)
+
+    def resume_webm(self, track_id: int, point: WebmPoint) -> None:
+        """Demux the next chunk of a `webm` track as the stream's bytes from ``point.cluster``
+        on (a writer started again on its log): packets before ``point.first`` are only
+        decoded, the ones after it written."""
+        track = self._tracks[track_id]
+        assert track.webm is not None
+        track.resume = point
+
     def prime(self, track_id: int, data: bytes, keyframe: bool) -> None:
         """Feed a frame to a transcoded track's decoder only: nothing is written, and the
         frames after it decode (from an input keyframe on)."""
         track = self._tracks.get(track_id)
         if track is None:
             raise InvalidMedia(f"track {track_id} was not added")
+        self._prime(track, data, keyframe)
+
+    def _prime(self, track: _Track, data: bytes, keyframe: bool) -> None:
         if not isinstance(track.normaliser, VideoTranscoder):
             return
         if track.need_keyframe and not keyframe:
@@ -232,10 +288,20 @@ class HlsWriter:
         self, track: _Track, data: bytes, pts_us: int, arrival: float | None
     ) -> list[SegmentInfo]:
         assert track.webm is not None  # narrowed for mypy.
-        if WebmDemuxer.starts_stream(data):
-            # WebM times start at 0 with each recorder; the chunk's own time anchors them.
-            track.webm_base_us = pts_us
-        return self._write_webm_packets(track, track.webm.feed(data), arrival, strict=True)
+        point, track.resume = track.resume, None
+        if point is not None:
+            track.webm_base_us, track.prime_below = point.base_us, point.first
+            track.last_pos, track.key_pos, track.lost_pos = point.first - 1, None, False
+            track.seg_from, track.seg_key = point.first, point.cluster
+            packets = track.webm.resume(point.header, point.cluster, data)
+        else:
+            if WebmDemuxer.starts_stream(data):
+                # WebM times start at 0 with each recorder; the chunk's own time anchors them.
+                track.webm_base_us = pts_us
+                track.last_pos, track.key_pos, track.prime_below = -1, None, 0
+                track.seg_from, track.seg_key, track.lost_pos = 0, None, False
+            packets = track.webm.feed(data)
+        return self._write_webm_packets(track, packets, arrival, strict=True)
 
     def _write_webm_packets(
         self, track: _Track, packets: list[WebmPacket], arrival: float | None, *, strict: bool
@@ -246,13 +312,26 @@ class HlsWriter:
             if sub.normaliser is None:
                 spec = TrackSpec(-1, packet.kind, packet.codec, channels=packet.channels)
                 sub.normaliser = create_normaliser(spec, self._target_s, self._aac_coder)
-            pts = track.webm_base_us + packet.pts_us
+            pos = packet.pos
+            if pos is None:
+                track.lost_pos = True
+            elif packet.kind is Kind.VIDEO and packet.keyframe:
+                track.key_pos = pos
             try:
-                finished += self._write_frame(sub, packet.data, pts, None, packet.keyframe, arrival)
+                if pos is not None and pos < track.prime_below:  # written before the restart
+                    if packet.kind is Kind.VIDEO:
+                        self._prime(sub, packet.data, packet.keyframe)
+                else:
+                    pts = track.webm_base_us + packet.pts_us
+                    finished += self._write_frame(
+                        sub, packet.data, pts, None, packet.keyframe, arrival
+                    )
             except MediaError as exc:
                 if strict:
                     raise
                 log.warning("dropped a bad frame at the end of a WebM stream: %s", exc)
+            if pos is not None:
+                track.last_pos = pos
         return finished
 
     def _write_frame(
@@ -381,9 +460,16 @@ class HlsWriter:
         self._seg_discontinuity = self._next_discontinuity
         self._next_discontinuity = False
         self._cut_asap = False
+        self._mark_webm_starts()
         pending, self._pending = self._pending, []
         for slot, packet, _ in pending:
             self._segment.mux(slot, packet)
+
+    def _mark_webm_starts(self) -> None:
+        """A segment begins: each `webm` track's next packet is its first (``webm_point``)."""
+        for track in self._tracks.values():
+            if track.webm is not None:
+                track.seg_from, track.seg_key = track.last_pos + 1, track.key_pos
 
     def _close(self, end: int) -> SegmentInfo:
         assert self._segment is not None  # only called with a segment open.
@@ -422,6 +508,7 @@ class HlsWriter:
             self._next_discontinuity = True
         self._resume_ticks = self._end_ticks
         self._offset_us = None
+        self._mark_webm_starts()
         for track in self._tracks.values():
             for t in (track, *track.subs.values()):
                 t.need_keyframe = True

@@ -7,6 +7,12 @@ packets that chunk completed, synchronously. Memory is bounded: at most one chun
 queue, and the thread holds only what the demuxer buffers. Re-demuxing a growing buffer would be
 simpler but quadratic in the session length. A bad stream ends the thread; the next chunk that
 starts a new WebM stream (EBML header) starts a fresh one.
+
+Demuxing again from the middle (a writer restarted on its log): a WebM stream can be read from
+the start of any of its clusters, given the stream's header (everything before the first
+cluster: the EBML header, the Segment's, Info, Tracks). `ClusterScanner` walks the element
+headers of the bytes fed and keeps both; every packet carries its offset in the stream, so a
+writer can tell which cluster holds a frame, and `WebmDemuxer.resume` starts a demuxer there.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from bisect import bisect_right
 from dataclasses import dataclass
 
 import av
@@ -28,6 +35,18 @@ EBML_MAGIC = b"\x1a\x45\xdf\xa3"
 # A chunk that the demuxer thread has not consumed within this time means it is stuck.
 FEED_TIMEOUT_S = 10.0
 US_PER_S = 1_000_000
+CLUSTER_ID = 0x1F43B675
+SEGMENT_ID = 0x18538067
+EBML_ID = 0x1A45DFA3
+# The Segment's children (Matroska level 1): one of them ends a cluster of unknown size.
+LEVEL1_IDS = frozenset(
+    {0x114D9B74, 0x1549A966, 0x1654AE6B, CLUSTER_ID, 0x1C53BB6B, 0x1043A770, 0x1254C367, 0x1941A469}
+)
+# A stream whose header runs past this is not one a recorder made: it is not tracked.
+MAX_HEADER_BYTES = 1 << 20
+# Cluster starts kept (an hour of them at one a second): a reader that never lets go of old
+# ones (``forget_before``) holds no more, and a resume point before them is not found.
+MAX_CLUSTERS = 4096
 # The WebM header names codecs and sizes; probing further would hold back the first packets
 # until seconds of media have arrived.
 PROBE_OPTIONS = {"probesize": "32", "analyzeduration": "0"}
@@ -44,6 +63,113 @@ class WebmPacket:
     pts_us: int
     keyframe: bool
     channels: int = 1
+    pos: int | None = None  # where its block's data begins in the stream (bytes)
+
+
+def _vint(data: bytes, i: int, *, marker: bool) -> tuple[int, int] | None:
+    """The EBML variable-size integer at ``data[i]`` and its length; None when it is cut off.
+    ``marker``: an element ID keeps its length bits; a size drops them, and all ones reads
+    as -1 (unknown size)."""
+    first = data[i]
+    if not first:
+        raise ValueError("an EBML number longer than 8 bytes")
+    length = 9 - first.bit_length()
+    if len(data) - i < length:
+        return None
+    value = int.from_bytes(data[i : i + length], "big")
+    if marker:
+        return value, length
+    value &= (1 << (7 * length)) - 1
+    return (-1 if value == (1 << (7 * length)) - 1 else value), length
+
+
+class ClusterScanner:
+    """Follows one WebM stream's element headers as its chunks go by, to know its header (the
+    bytes before the first cluster) and where each cluster begins. It reads headers only and
+    skips bodies, so it costs a few steps per block. A stream it cannot follow (a child of
+    unknown size, a header over ``MAX_HEADER_BYTES``) is given up on: ``broken``."""
+
+    def __init__(self, origin: int = 0) -> None:
+        self.header: bytes | None = None  # known once the first cluster begins
+        self.clusters: list[int] = []  # where clusters begin, in order (see ``forget_before``)
+        self.broken = False
+        self.fed = origin  # the stream offset of the next byte fed
+        self._head = bytearray()  # the stream so far, until its header is known
+        self._rest = b""  # an element header cut off by the end of a chunk
+        self._skip = 0  # bytes of an element's body still to pass over
+        self._level = 0  # 0: before the Segment; 1: in it; 2: in a cluster
+        self._cluster_end: int | None = None  # a cluster of known size ends there
+
+    def feed(self, chunk: bytes) -> None:
+        if self.broken:
+            self.fed += len(chunk)
+            return
+        if self.header is None:
+            self._head += chunk
+            if len(self._head) > MAX_HEADER_BYTES:
+                self._give_up()
+        data = self._rest + chunk if self._rest else chunk
+        base = self.fed - len(self._rest)
+        self.fed += len(chunk)
+        try:
+            self._rest = data[self._walk(data, base) :]
+        except ValueError:
+            self._give_up()
+
+    def cluster_at(self, pos: int) -> int | None:
+        """The start of the cluster that holds stream offset ``pos``."""
+        i = bisect_right(self.clusters, pos)
+        return self.clusters[i - 1] if i else None
+
+    def forget_before(self, pos: int) -> None:
+        """Keep only the clusters from the one holding ``pos`` on."""
+        i = bisect_right(self.clusters, pos)
+        if i > 1:
+            del self.clusters[: i - 1]
+
+    def _give_up(self) -> None:
+        self.broken = True
+        self._head = bytearray()
+        self._rest = b""
+
+    def _walk(self, data: bytes, base: int) -> int:
+        """Parse from ``data[0]`` (stream offset ``base``); returns where parsing stopped."""
+        i = min(self._skip, len(data))
+        self._skip -= i
+        while not self._skip and i < len(data):
+            if self._cluster_end is not None and base + i >= self._cluster_end:
+                self._level, self._cluster_end = 1, None
+            found = _vint(data, i, marker=True)
+            if found is None:
+                break
+            eid, id_len = found
+            if len(data) - i - id_len < 1:
+                break
+            found = _vint(data, i + id_len, marker=False)
+            if found is None:
+                break
+            size, size_len = found
+            start, body = base + i, i + id_len + size_len
+            if self._level == 2 and (eid in LEVEL1_IDS or eid == EBML_ID):
+                self._level, self._cluster_end = 1, None  # a cluster of unknown size ended
+            if self._level == 0 and eid == SEGMENT_ID:
+                self._level, i = 1, body
+                continue
+            if self._level == 1 and eid == CLUSTER_ID:
+                if self.header is None:
+                    self.header = bytes(self._head[: start - (self.fed - len(self._head))])
+                    self._head = bytearray()
+                self.clusters.append(start)
+                if len(self.clusters) > MAX_CLUSTERS:
+                    del self.clusters[0]
+                self._level, self._cluster_end = 2, None if size < 0 else base + body + size
+                i = body
+                continue
+            if size < 0 or (self._level == 0 and eid != EBML_ID):
+                raise ValueError("not a WebM stream this scanner can follow")
+            i = body + min(size, len(data) - body)
+            self._skip = size - (i - body)
+        return i
 
 
 class _ChunkFile:
@@ -71,8 +197,9 @@ class _ChunkFile:
 class _Reader(threading.Thread):
     """Runs libavformat's WebM demuxer over a `_ChunkFile`, collecting packets."""
 
-    def __init__(self) -> None:
+    def __init__(self, origin: int = 0) -> None:
         super().__init__(name="webm-demux", daemon=True)
+        self.origin = origin  # the stream offset of the first byte it reads
         self.file = _ChunkFile()
         self.lock = threading.Lock()
         self.packets: list[WebmPacket] = []
@@ -88,6 +215,7 @@ class _Reader(threading.Thread):
                         raise UnsupportedCodec(f"WebM carries {stream.codec_context.name}")
                     if packet.pts is None or packet.time_base is None or not packet.size:
                         continue  # The flush packet at the end of each stream.
+                    pos = packet.pos
                     out = WebmPacket(
                         kind=Kind.AUDIO if codec is Codec.OPUS else Kind.VIDEO,
                         codec=codec,
@@ -95,6 +223,7 @@ class _Reader(threading.Thread):
                         pts_us=int(packet.pts * packet.time_base * US_PER_S),
                         keyframe=packet.is_keyframe,
                         channels=getattr(stream.codec_context, "channels", 1) or 1,
+                        pos=None if pos is None or pos < 0 else self.origin + pos,
                     )
                     with self.lock:
                         self.packets.append(out)
@@ -114,6 +243,7 @@ class WebmDemuxer:
 
     def __init__(self) -> None:
         self._reader: _Reader | None = None
+        self.scanner = ClusterScanner()
 
     @staticmethod
     def starts_stream(chunk: bytes) -> bool:
@@ -125,8 +255,26 @@ class WebmDemuxer:
         out: list[WebmPacket] = []
         if self.starts_stream(chunk):
             out += self.close()
-            self._reader = _Reader()
-            self._reader.start()
+            self._start(0)
+        self.scanner.feed(chunk)
+        return out + self._demux(chunk)
+
+    def resume(self, header: bytes, at: int, chunk: bytes) -> list[WebmPacket]:
+        """Start demuxing a stream again at the cluster that begins at offset ``at``:
+        ``header`` is the stream's (``ClusterScanner.header``), ``chunk`` its bytes from that
+        cluster on. Packets and clusters keep the offsets of the original stream."""
+        out = self.close()
+        self._start(at - len(header))
+        self.scanner.feed(header + chunk)
+        return out + self._demux(header + chunk)
+
+    def _start(self, origin: int) -> None:
+        self.scanner = ClusterScanner(origin)
+        self._reader = _Reader(origin)
+        self._reader.start()
+
+    def _demux(self, chunk: bytes) -> list[WebmPacket]:
+        out: list[WebmPacket] = []
         reader = self._reader
         if reader is None or not reader.is_alive():
             out += self._stop()

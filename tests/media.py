@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import subprocess
 from dataclasses import dataclass
@@ -192,3 +193,20 @@ def encode_webm(duration_s: float, fps: int = 15) -> tuple[bytes, int, int]:
             p.stream = v if f.kind == "video" else a
             out.mux(p)
     return buf.getvalue(), clip.video_frames, clip.audio_frames
+
+
+def unknown_size_clusters(data: bytes) -> bytes:
+    """The same WebM stream with each cluster's size unknown, as MediaRecorder writes them
+    (a cluster then ends where the next level-1 element begins)."""
+    from mixer.webm import ClusterScanner
+
+    scanner = ClusterScanner()
+    scanner.feed(data)
+    assert scanner.header is not None and not scanner.broken
+    starts = [*scanner.clusters, len(data)]
+    out = bytearray(scanner.header)
+    for start, end in itertools.pairwise(starts):
+        size_len = 9 - data[start + 4].bit_length()  # (the 4-byte cluster ID, then its size)
+        out += data[start : start + 4] + b"\x01\xff\xff\xff\xff\xff\xff\xff"
+        out += data[start + 4 + size_len : end]
+    return bytes(out)

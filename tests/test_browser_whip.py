@@ -17,6 +17,7 @@ from api.keys import CHANNELS, META
 from ingest.individual import UidRecorder
 from ingest.tokens import mint
 from mixer.member_writer import SEPARATE, MemberOutputs, OutputKind
+from mixer.webm import WebmDemuxer
 
 pytestmark = [
     pytest.mark.slow,
@@ -104,13 +105,13 @@ async def test_chromium_media_recorder_over_the_websocket(
         {"appid": app.appid, "cname": "room1", "token": token, "transport": "ws", "autostart": "1"}
     )
     async with Chromium(f"{server.url}/publish?{query}") as browser:
-        chunks = 0
+        chunks: list[bytes] = []
         async with asyncio.timeout(WAIT_S):
-            while chunks < 3:  # three 1 s MediaRecorder chunks
+            while len(chunks) < 3:  # three 1 s MediaRecorder chunks
                 frame = await watch.next_media()
                 assert frame is not None and frame.uid == "recorder-page"
                 assert frame.codec == "webm" and isinstance(frame.data, bytes)
-                chunks += 1
+                chunks.append(frame.data)
         assert await browser.evaluate("document.getElementById('state').dataset.state") == (
             "publishing"
         )
@@ -129,3 +130,18 @@ async def test_chromium_media_recorder_over_the_websocket(
     assert streams["video"]["codec_name"] == "h264" and streams["audio"]["codec_name"] == "aac"
     assert (streams["video"]["width"], streams["video"]["height"]) == (640, 480)
     assert float(probe["format"]["duration"]) >= 2.0
+    await asyncio.to_thread(resumes_like_the_whole, chunks)
+
+
+def resumes_like_the_whole(chunks: list[bytes]) -> None:
+    """Chromium's WebM (clusters of unknown size) is followed by the scanner, and demuxed
+    again from its last cluster gives the packets the whole stream gave from there (what a
+    writer restarted on its log does: ``mixer.webm``)."""
+    whole = WebmDemuxer()
+    packets = [p for chunk in chunks for p in whole.feed(chunk)] + whole.close()
+    scanner = whole.scanner
+    assert not scanner.broken and scanner.header is not None and scanner.clusters, scanner
+    at, data = scanner.clusters[-1], b"".join(chunks)
+    again = WebmDemuxer()
+    resumed = again.resume(scanner.header, at, data[at:]) + again.close()
+    assert resumed and resumed == [p for p in packets if p.pos is not None and p.pos >= at]

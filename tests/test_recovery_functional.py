@@ -36,6 +36,8 @@ from ingest.sessions import SessionManager
 START_TIMEOUT_S = 30.0
 LUMA_ERROR_LIMIT = 12.0  # mean |Δluma| per frame: x264 stays far below it, garbage far above
 SPOOLED_POLL_S = 0.05  # the child's spool is in another process: no event to await, so we poll
+OPUS_FRAME, AAC_FRAME = 960, 1024  # samples per frame at 48 kHz
+AAC_FRAMES_SLACK = 2  # encoder priming and the partial last frame
 SEGMENT_S = 0.7  # not a multiple of the clips' 1 s GOP: cuts must still land on input keyframes
 
 pytestmark = pytest.mark.slow
@@ -371,13 +373,14 @@ def segment_rows(data_dir: Path, sid: str) -> list[tuple[str, str | None]]:
         )
 
 
-async def test_a_session_whose_log_cannot_replay_still_recovers(
-    proc: ServerProcess, server_factory: Any
+async def test_a_webm_session_is_replayed_whole_after_a_crash(
+    proc: ServerProcess, server_factory: Any, tmp_path: Path
 ) -> None:
-    """WebM chunks from mid-stream cannot be demuxed again after a restart: the session is
-    still recovered (and can be ended), the frames that cannot be replayed are logged."""
-    data, _, _ = await asyncio.to_thread(encode_webm, 3.0)
-    chunks = [data[i : i + 8_000] for i in range(0, len(data), 8_000)]
+    """WebM chunks are pieces of one byte stream: after a crash mid-segment, the stream is
+    demuxed again from the cluster its open segment needs (the stream's header kept with the
+    cut), so the recording holds every frame that was acknowledged."""
+    data, video_frames, audio_frames = await asyncio.to_thread(encode_webm, 4.0)
+    chunks = [data[i : i + 3_000] for i in range(0, len(data), 3_000)]  # cut mid-cluster
     async with aiohttp.ClientSession() as http:
         sid = await start_session(http, proc)
         client = RawClient(http, proc.url)
@@ -389,13 +392,18 @@ async def test_a_session_whose_log_cannot_replay_still_recovers(
                 {"t": "media", "seq": i, "track": 0, "pts": i * 1000, "key": i == 1, "data": chunk}
             )
         await client.wait_ack(len(chunks))
-        await spooled_segments(http, proc, sid, 1)  # the replay starts after a cut: mid-stream
+        await spooled_segments(http, proc, sid, 2)  # the replay starts after a cut: mid-stream
         assert await proc.stop(signal.SIGKILL) == -signal.SIGKILL
         server = await server_factory(
             data_dir=proc.data_dir, recorder={"segment_target_s": SEGMENT_S}
         )
         assert sid in server.app[SESSIONS].sessions  # type: ignore[index]
         await event(http, server, "EVENT_TYPE_END", sid)
+        _, mp4 = await fetch_recording(server, sid, tmp_path)
+    video, audio = await asyncio.to_thread(count_frames, mp4)
+    assert abs(video - video_frames) <= 1  # transcoded: the encoder may hold the last frame
+    expected_audio = audio_frames * OPUS_FRAME / AAC_FRAME
+    assert abs(audio - expected_audio) <= 2 * AAC_FRAMES_SLACK, (audio, expected_audio)
 
 
 async def test_a_segment_whose_spooling_a_crash_cut_short_is_spooled_again(

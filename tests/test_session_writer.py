@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from media import Frame, decode_counts, encode_clip
+from media import Frame, decode_counts, encode_clip, encode_webm, unknown_size_clusters
 
 from ingest import lanes
 from ingest.session_writer import SessionWriter, WriterParams
@@ -184,3 +184,52 @@ def records_of_segment_start(records: list[list[Any]], index: int) -> int:
     """How many frames the decoder needs before segment ``index``'s first (its CUT names)."""
     cut = next(rec for rec in records if rec[1] == "c" and rec[2] == index)
     return sum(end - first for _, first, end in (cut[5] if len(cut) > 5 else {}).get("prime", []))
+
+
+@pytest.mark.parametrize("spooled_count", [1, 2, 3])
+@pytest.mark.parametrize("unknown_sizes", [False, True])
+@pytest.mark.parametrize("crashes", [1, 2])
+def test_a_webm_segment_is_replayed_whole_from_mid_stream(
+    tmp_path: Path, spooled_count: int, unknown_sizes: bool, crashes: int
+) -> None:
+    """WebM chunks are pieces of one byte stream, cut anywhere (a timeslice): a segment that
+    begins mid-stream is replayed by demuxing the stream again from the cluster it needs,
+    behind the stream's header (both named by its cut), so every frame is in the recording
+    once. A second crash replays the replay's open segment the same way, from the cut the
+    replay made (or, with none, the one it logged first). MediaRecorder writes clusters of
+    unknown size; FFmpeg's muxer, sized ones."""
+    data, video_frames, _ = encode_webm(4.0)
+    if unknown_sizes:
+        data = unknown_size_clusters(data)
+    chunks = [data[i : i + 3_000] for i in range(0, len(data), 3_000)]
+    items = [("media", seq, 0, seq * 1000, seq * 1000, seq == 1, 0.0, chunk)
+             for seq, chunk in enumerate(chunks, 1)]  # fmt: skip
+    short = dataclasses.replace(params(tmp_path / "first", 0), segment_target_s=0.7)
+    wal = opened_wal(tmp_path / "wal")
+    first = SessionWriter(short, wal)
+    first.open([])
+    first.process([("track", {"id": 0, "kind": "video", "codec": "webm"}), *items])
+    first.write_backlog()
+    news = first.news()
+    assert news is not None and len(news.done) >= spooled_count
+    spooled = [seg for seg, _ in news.done[:spooled_count]]  # these reach the spool
+    wal.sync()
+    wal.close()
+    for crash in range(1, crashes + 1):
+        left = Wal(tmp_path / f"wal{crash - 1 or ''}")
+        records = left.open()[SID]
+        left.close()
+        wal = opened_wal(tmp_path / f"wal{crash}")
+        again = dataclasses.replace(
+            short, live_dir=tmp_path / f"replay{crash}", next_index=len(spooled), resumed=True
+        )
+        writer = SessionWriter(again, wal)
+        spooled += [seg for seg, _ in writer.open(records).cuts]  # reach the spool too
+        if crash == crashes:
+            spooled += [seg for seg, _ in writer.finish()]
+        wal.sync()
+        wal.close()
+    counts = [decode_counts(seg.path) for seg in spooled]
+    # (the encoder may hold the last frame: H.264 from VP8)
+    assert video_frames - 1 <= sum(c["video"] for c in counts) <= video_frames
+    assert all(c["audio"] > 0 for c in counts)

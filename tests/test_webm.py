@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from media import decode_counts, encode_webm
+from media import decode_counts, encode_webm, unknown_size_clusters
 
 from mixer.errors import InvalidMedia
 from mixer.hls import HlsWriter
 from mixer.tracks import Codec, Kind, TrackSpec
-from mixer.webm import WebmDemuxer
+from mixer.webm import MAX_HEADER_BYTES, ClusterScanner, WebmDemuxer
 
 CHUNK_BYTES = 4_000  # Arbitrary cuts, as a 1 s timeslice cuts mid-cluster.
 FPS = 15
@@ -60,3 +60,58 @@ def test_webm_track_records(tmp_path: Path) -> None:
     counts = decode_counts(tmp_path / "index.m3u8")
     assert abs(counts["video"] - video) <= 1
     assert counts["audio"] > 0
+
+
+@pytest.mark.parametrize("unknown_sizes", [False, True])
+def test_the_scanner_finds_the_header_and_each_cluster(unknown_sizes: bool) -> None:
+    """However the stream is cut into chunks (a header cut in two included), the scanner
+    finds every cluster where it begins and the header before the first; clusters of unknown
+    size (MediaRecorder's) end where the next one begins. Each video keyframe opens one (as
+    FFmpeg's muxer and MediaRecorder cluster), and every block lies in one."""
+    data, _, _ = encode_webm(3.0)
+    if unknown_sizes:
+        data = unknown_size_clusters(data)
+    found = []
+    for chunk_bytes in (1, 7, 3_000, len(data)):
+        scanner = ClusterScanner()
+        for i in range(0, len(data), chunk_bytes):
+            scanner.feed(data[i : i + chunk_bytes])
+        assert not scanner.broken and scanner.fed == len(data)
+        found.append((scanner.header, scanner.clusters))
+    assert found[1:] == found[:-1]
+    header, clusters = found[0]
+    assert header is not None and data.startswith(header) and clusters[0] == len(header)
+    assert len(clusters) >= 3 and all(data[c : c + 4] == b"\x1f\x43\xb6\x75" for c in clusters)
+    demuxer = WebmDemuxer()
+    blocks = [p for chunk in _chunks(data) for p in demuxer.feed(chunk)] + demuxer.close()
+    assert demuxer.scanner.clusters == clusters
+    assert all(p.pos is not None and p.pos > clusters[0] for p in blocks)
+    keys = [p.pos for p in blocks if p.kind is Kind.VIDEO and p.keyframe]
+    assert [demuxer.scanner.cluster_at(k) for k in keys] == clusters[: len(keys)]
+
+
+@pytest.mark.parametrize("cluster", [1, 2])
+def test_a_stream_resumed_at_a_cluster_gives_the_same_packets(cluster: int) -> None:
+    """The header and the bytes from a cluster on demux to the packets (times, offsets,
+    data) the whole stream gave from that cluster on."""
+    data, _, _ = encode_webm(3.0)
+    whole = WebmDemuxer()
+    packets = [p for chunk in _chunks(data) for p in whole.feed(chunk)] + whole.close()
+    header, at = whole.scanner.header, whole.scanner.clusters[cluster]
+    assert header is not None
+    resumed = WebmDemuxer()
+    rest = _chunks(data[at:])
+    again = resumed.resume(header, at, rest[0])
+    again += [p for chunk in rest[1:] for p in resumed.feed(chunk)] + resumed.close()
+    assert again == [p for p in packets if p.pos is not None and p.pos >= at]
+    assert resumed.scanner.clusters == whole.scanner.clusters[cluster:]
+
+
+def test_the_scanner_gives_up_on_what_it_cannot_follow() -> None:
+    scanner = ClusterScanner()
+    scanner.feed(b"\x1a\x45\xdf\xa3\x84webm" + b"\x42\x86\x01\xff\xff\xff\xff\xff\xff\xff")
+    assert scanner.broken and scanner.header is None  # a header element of unknown size
+    endless = ClusterScanner()
+    endless.feed(b"\x1a\x45\xdf\xa3\x80\x18\x53\x80\x67\x01\xff\xff\xff\xff\xff\xff\xff")
+    endless.feed(b"\xec" + b"\x10" * 16 + bytes(MAX_HEADER_BYTES))  # a Void, then no cluster
+    assert endless.broken and endless.header is None
