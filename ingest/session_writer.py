@@ -34,7 +34,7 @@ from mixer.tracks import Codec, Kind, TrackSpec
 from mixer.webm import WebmDemuxer
 
 from .errors import CloseCode
-from .wal import BREAK, CUT, MEDIA, PRIME, TRACK, WEBM, Wal
+from .wal import BREAK, CUT, MEDIA, PRIME, SKIM, TRACK, WEBM, Wal
 
 log = logging.getLogger(__name__)
 
@@ -148,8 +148,8 @@ def replay_from(records: list[list[Any]], next_index: int) -> list[list[Any]]:
     held_from, held = extra.get("held", (0, []))
     priming = {track: (first, end) for track, first, end in extra.get("prime", [])}
 
-    def primes(rec: list[Any]) -> bool:
-        span = priming.get(rec[3]) if rec[1] == MEDIA else None
+    def primes(rec: list[Any]) -> bool:  # (a paused `webm` chunk is replayed as it was)
+        span = priming.get(rec[3]) if rec[1] in (MEDIA, SKIM) else None
         return span is not None and span[0] <= rec[2] < span[1]
 
     # before the cut's frame: a late track's frames held for this segment (written), and a
@@ -160,7 +160,7 @@ def replay_from(records: list[list[Any]], next_index: int) -> list[list[Any]]:
         if primes(rec) or (rec[1] == MEDIA and rec[3] in held and rec[2] >= held_from)
     ]
     return [
-        [rec[0], PRIME, *rec[2:]] if primes(rec) else rec
+        [rec[0], PRIME, *rec[2:]] if rec[1] == MEDIA and primes(rec) else rec
         for rec in [*leading, *early, *records[start:]]
     ]
 
@@ -198,6 +198,7 @@ class SessionWriter:
         # each `webm` track's chunks from the one its open segment is demuxed again from
         # (``HlsWriter.webm_point``) on: (sequence, WAL file, stream offset of its data)
         self._webm: dict[int, list[tuple[int, int | None, int]]] = {}
+        self._logged = 0  # the highest sequence logged
 
     def open(self, records: list[list[Any]]) -> Opened:
         """Open the HLS writer, replaying what the WAL held of the open segment."""
@@ -242,20 +243,20 @@ class SessionWriter:
                 self._add_track(rec[2])
             elif tag == BREAK:
                 self._break()
-            elif tag in (PRIME, MEDIA) and rec[3] in self._webm and rec[2] > last_seq:
+            elif tag in (PRIME, MEDIA, SKIM) and rec[3] in self._webm and rec[2] > last_seq:
                 # a `webm` chunk: demuxed from the resume point on, and written from the
-                # segment's first packet on (``HlsWriter.resume_webm``)
+                # segment's first packet on (``HlsWriter.resume_webm``); or skimmed (paused)
                 last_seq = seq = rec[2]
-                if tag == MEDIA:
+                if tag != PRIME:
                     acked = max(acked, seq)
-                rec = [sid, MEDIA, *rec[2:]]
+                rec = [sid, SKIM if tag == SKIM else MEDIA, *rec[2:]]
                 skip = self._resume_webm(resumes, rec[3], seq, rec[8])
                 if seq in p.skip and tag == MEDIA:
                     self._refuse(seq, SKIPPED)
                 elif seq not in p.skip and skip is not None:
                     self._mark(sid, seq, rec[8])
                     try:
-                        self._media(*rec[2:], skip=skip)
+                        self._media(*rec[2:], skip=skip, skim=tag == SKIM)
                     except MediaError as exc:
                         log.warning("replay: seq %d: %s", seq, exc, extra={"session_id": sid})
             elif tag == PRIME and rec[2] > last_seq:
@@ -282,6 +283,8 @@ class SessionWriter:
             else:
                 continue  # cuts (the writer makes its own) and resent duplicates
             self._wal.append(rec)
+            if rec[1] in (MEDIA, SKIM):
+                self._logged = max(self._logged, rec[2])
         cuts, self._cuts = self._cuts, []
         refused, self._error = self._error, None
         return Opened(cuts, acked, dict(self._tracks), wal_from, refused)
@@ -299,11 +302,16 @@ class SessionWriter:
                 acked = item[1]
                 if first_arrival is None:
                     first_arrival = item[6]
+                tag = MEDIA
                 if self.paused:
-                    continue
+                    if item[2] not in self._webm:
+                        continue
+                    # a `webm` chunk: its stream goes on, demuxed and not recorded
+                    tag, item = SKIM, ("skim", *item[1:])
                 if not self._backlog:
                     self.backlog_since = time.monotonic()
-                self._backlog.append((wal.append([sid, MEDIA, *item[1:]]), item))
+                self._backlog.append((wal.append([sid, tag, *item[1:]]), item))
+                self._logged = item[1]
                 self.backlog_bytes += len(item[7])
                 continue
             elif kind == "skip":  # its lane died writing this frame: acknowledged, dropped
@@ -325,7 +333,7 @@ class SessionWriter:
             elif kind == "recut" and self._writer is not None and self._writer.idle:
                 # nothing of the open segment is in the WAL yet: start it again in the newest
                 # file, so an idle or paused session does not hold older files forever
-                recut = wal.append([sid, CUT, self._writer.next_index, 0, self._track_list()])
+                recut = self._log_cut(self._writer.next_index, 0, None, prime=False)
         return self._outcome(acked, recut, first_arrival)
 
     def write_backlog(self) -> None:
@@ -336,10 +344,10 @@ class SessionWriter:
         backlog, self._backlog = self._backlog, []
         self.backlog_since, self.backlog_bytes = None, 0
         mark, sid = self._mark, self.session_id
-        for wal_file, (_, seq, track, pts, dts, key, arrival, data) in backlog:
+        for wal_file, (kind, seq, track, pts, dts, key, arrival, data) in backlog:
             mark(sid, seq, data)
             try:
-                self._media(seq, track, pts, dts, key, arrival, data, wal_file)
+                self._media(seq, track, pts, dts, key, arrival, data, wal_file, skim=kind == "skim")
             except MediaError as exc:
                 self._refuse(seq, str(exc))
 
@@ -443,11 +451,16 @@ class SessionWriter:
         wal_file: int | None = None,
         *,
         skip: int = 0,
+        skim: bool = False,
     ) -> None:
         """Write one frame; ``wal_file``: the WAL file its record went to, when it was logged
         before (a backlog's frame: a segment it starts starts there). ``skip``: the bytes of
-        a replayed `webm` chunk before its resume point."""
+        a replayed `webm` chunk before its resume point; ``skim``: a `webm` chunk sent while
+        paused (demuxed, its video decoded, nothing written)."""
         assert self._writer is not None
+        if skim:
+            self._skim(seq, track, pts, data, wal_file, skip)
+            return
         last = self._last_pts.get(track)
         if last is not None and (
             pts - last > self.params.gap_s * US or last - pts > CLOCK_RESTART_US
@@ -460,26 +473,46 @@ class SessionWriter:
         held_before = writer.held
         chunks = self._webm.get(track)
         if chunks is not None:
-            if not skip and WebmDemuxer.starts_stream(data):
-                chunks.clear()
-                start = 0
-            else:
-                start = writer.webm_fed(track) - skip
+            start = self._chunk_start(track, chunks, data, skip)
             data = data[skip:] if skip else data
         done = writer.write(track, data, pts, keyframe=key, dts_us=dts, arrival=arrival)
         if key and writer.transcodes(track):
             self._keys[track] = (seq, wal_file)
         if chunks is not None:
-            chunks.append((seq, wal_file, start))
-            if len(chunks) > MAX_WEBM_CHUNKS:  # (no point found for that long)
-                del chunks[0]
-            self._webm_points()  # (forgets the chunks no point needs)
+            self._chunk_fed(chunks, seq, wal_file, start)
         self._cut(done, seq, wal_file)
         if writer.held > (0 if done else held_before):  # this frame's packets wait too
             if self._held is None:
                 self._held = (seq, wal_file, {track})
             else:
                 self._held[2].add(track)
+
+    def _skim(
+        self, seq: int, track: int, pts: int, data: bytes, wal_file: int | None, skip: int
+    ) -> None:
+        assert self._writer is not None
+        chunks = self._webm[track]
+        start = self._chunk_start(track, chunks, data, skip)
+        self._writer.skim(track, data[skip:] if skip else data, pts)
+        self._chunk_fed(chunks, seq, wal_file, start)
+
+    def _chunk_start(
+        self, track: int, chunks: list[tuple[int, int | None, int]], data: bytes, skip: int
+    ) -> int:
+        """The stream offset a `webm` chunk's data begins at (a new stream: 0)."""
+        assert self._writer is not None
+        if not skip and WebmDemuxer.starts_stream(data):
+            chunks.clear()
+            return 0
+        return self._writer.webm_fed(track) - skip
+
+    def _chunk_fed(
+        self, chunks: list[tuple[int, int | None, int]], seq: int, wal_file: int | None, start: int
+    ) -> None:
+        chunks.append((seq, wal_file, start))
+        if len(chunks) > MAX_WEBM_CHUNKS:  # (no point found for that long)
+            del chunks[0]
+        self._webm_points()  # (forgets the chunks no point needs)
 
     def _track_list(self) -> list[dict[str, Any]]:
         return list(self._tracks.values())
@@ -495,8 +528,15 @@ class SessionWriter:
         """Mark in the WAL where the next segment starts (at frame ``from_seq``, logged in
         ``wal_file``; 0: at the next frame logged), with the tracks it needs to replay, the
         frames held for it, and (``prime``) those a transcoded track's decoder needs first."""
-        if not done:
-            return
+        if done:
+            start = self._log_cut(done[-1].index + 1, from_seq, wal_file, prime=prime)
+            self._cuts.extend((seg, start) for seg in done)
+
+    def _log_cut(
+        self, index: int, from_seq: int, wal_file: int | None, *, prime: bool = True
+    ) -> int:
+        """Log the CUT record of segment ``index`` (``_cut``); returns the oldest WAL file
+        its replay needs."""
         first = from_seq  # the segment's first frame (0: unknown, the next one logged)
         if wal_file is None:
             from_seq = 0
@@ -508,15 +548,17 @@ class SessionWriter:
         if held is not None:  # (they go into the segment this cut opens)
             extra["held"] = [held[0], sorted(held[2])]
             files.append(held[1])
-        # a transcoded track whose last input keyframe came before the segment's first frame
-        # (a `webm` track's chunks from its resume point on, whatever the cut: ``_webm_points``)
-        primes = [
-            (t, k) for t, k in self._keys.items() if k[0] < first and (prime or t in self._webm)
-        ] if first else []  # fmt: skip
+        # a transcoded track whose last input keyframe came before the segment's first frame,
+        # and a `webm` track's chunks from its resume point on, whatever the cut (up to the
+        # next one logged: ``_webm_points``)
+        primes = []
+        for track, (seq, key_file) in self._keys.items():
+            end = (first or self._logged + 1) if track in self._webm else first if prime else 0
+            if seq < end:
+                primes.append([track, seq, end])
+                files.append(key_file)
         if primes:
-            extra["prime"] = [[t, k[0], first] for t, k in primes]
-            files += [k[1] for _, k in primes]
-        record = [self.session_id, CUT, done[-1].index + 1, from_seq, self._track_list()]
+            extra["prime"] = primes
+        record = [self.session_id, CUT, index, from_seq, self._track_list()]
         cut_file = self._wal.append([*record, extra] if extra else record)
-        start = min(f for f in [cut_file, *files] if f is not None)
-        self._cuts.extend((seg, start) for seg in done)
+        return min(f for f in [cut_file, *files] if f is not None)

@@ -36,6 +36,9 @@ MAX_RECORD_BYTES = 64 * 1024 * 1024
 TRACK = "t"  # [sid, "t", {track fields}]
 MEDIA = "m"  # [sid, "m", seq, track, pts_us, dts_us, key, arrival, data]
 BREAK = "d"  # [sid, "d"]: a pause or a gap: the writer starts a discontinuity here
+# [sid, "s", seq, ...] as MEDIA: a `webm` chunk sent while paused, demuxed and not recorded
+# (its stream goes on after the pause)
+SKIM = "s"
 # [sid, "c", segment index, first seq, [track fields]]: that segment starts with frame ``first
 # seq``, logged before this record (the cut was made when the frame was written), or with the
 # next frame logged after it (first seq 0); older versions wrote [sid, "c", index] followed by

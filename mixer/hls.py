@@ -205,6 +205,15 @@ class HlsWriter:
         assert track.webm is not None
         track.resume = point
 
+    def skim(self, track_id: int, data: bytes, pts_us: int) -> None:
+        """A chunk of a `webm` track sent while paused: demuxed (the chunks after it go on
+        from it), its video decoded (the frames after the pause decode at once), nothing
+        written."""
+        track = self._tracks.get(track_id)
+        if track is None or track.webm is None:
+            raise InvalidMedia(f"track {track_id} is not a webm track")
+        self._write_webm(track, data, pts_us, None, skim=True)
+
     def prime(self, track_id: int, data: bytes, keyframe: bool) -> None:
         """Feed a frame to a transcoded track's decoder only: nothing is written, and the
         frames after it decode (from an input keyframe on)."""
@@ -285,7 +294,7 @@ class HlsWriter:
         return self._write_webm(track, data, pts_us, arrival)
 
     def _write_webm(
-        self, track: _Track, data: bytes, pts_us: int, arrival: float | None
+        self, track: _Track, data: bytes, pts_us: int, arrival: float | None, *, skim: bool = False
     ) -> list[SegmentInfo]:
         assert track.webm is not None  # narrowed for mypy.
         point, track.resume = track.resume, None
@@ -301,10 +310,16 @@ class HlsWriter:
                 track.last_pos, track.key_pos, track.prime_below = -1, None, 0
                 track.seg_from, track.seg_key, track.lost_pos = 0, None, False
             packets = track.webm.feed(data)
-        return self._write_webm_packets(track, packets, arrival, strict=True)
+        return self._write_webm_packets(track, packets, arrival, strict=True, skim=skim)
 
     def _write_webm_packets(
-        self, track: _Track, packets: list[WebmPacket], arrival: float | None, *, strict: bool
+        self,
+        track: _Track,
+        packets: list[WebmPacket],
+        arrival: float | None,
+        *,
+        strict: bool,
+        skim: bool = False,
     ) -> list[SegmentInfo]:
         finished: list[SegmentInfo] = []
         for packet in packets:
@@ -318,7 +333,8 @@ class HlsWriter:
             elif packet.kind is Kind.VIDEO and packet.keyframe:
                 track.key_pos = pos
             try:
-                if pos is not None and pos < track.prime_below:  # written before the restart
+                # (skimmed, or written before the restart)
+                if skim or (pos is not None and pos < track.prime_below):
                     if packet.kind is Kind.VIDEO:
                         self._prime(sub, packet.data, packet.keyframe)
                 else:
@@ -511,7 +527,8 @@ class HlsWriter:
         self._mark_webm_starts()
         for track in self._tracks.values():
             for t in (track, *track.subs.values()):
-                t.need_keyframe = True
+                if track.webm is None:  # (a `webm` stream goes on: skimmed while paused)
+                    t.need_keyframe = True
                 t.last_dts_us = None
                 if t.normaliser is not None:
                     t.normaliser.reset()
