@@ -32,6 +32,7 @@ from .apps import AppDirectory
 from .auth import ApiKeys, load_or_create_credentials
 from .bodies import bodies_middleware
 from .cloud_recording import CloudRecordingService, CloudSession
+from .cors import add_cors_headers
 from .customers import CustomerAuth
 from .errors import rpc_error, rpc_status
 from .keys import (
@@ -419,7 +420,6 @@ def create_app(settings: Settings) -> web.Application:
     app = web.Application(
         middlewares=[
             bodies_middleware,
-            whip.cors_middleware,
             errors_middleware,
             cloud_recording_routes.cloud_middleware,
             auth_middleware,
@@ -427,6 +427,7 @@ def create_app(settings: Settings) -> web.Application:
         client_max_size=1024**2,
     )
     app[SETTINGS] = settings
+    app.on_response_prepare.append(add_cors_headers)
     app.cleanup_ctx.append(_services)
     app.on_shutdown.append(_on_shutdown)
     app.router.add_get("/healthz", healthz)

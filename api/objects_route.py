@@ -10,15 +10,17 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from email.utils import formatdate
 from pathlib import Path
 
 from aiohttp import web
 
 from ingest.errors import RpcCode
 from storage.errors import ObjectNotFound
-from storage.objects import ObjectStore
+from storage.objects import ObjectInfo, ObjectStore
 
 from .bodies import expect_checked, readable_body
+from .cors import objects_preflight
 from .errors import rpc_error
 from .keys import SETTINGS, SIGNER, STORE
 
@@ -49,6 +51,7 @@ PUT_GUARDS: web.AppKey[dict[str, PutGuard]] = web.AppKey("put_guards")
 def add_routes(app: web.Application) -> None:
     """Register the object routes."""
     app.router.add_get("/v1/objects/{key:.+}", get_object)
+    app.router.add_route("OPTIONS", "/v1/objects/{key:.+}", objects_preflight)
     app.router.add_put("/v1/objects/{key:.+}", put_object, expect_handler=expect_checked(_may_put))
 
 
@@ -117,9 +120,13 @@ async def get_object(request: web.Request) -> web.StreamResponse:
         "Content-Type": info.content_type,
         "Accept-Ranges": "bytes",
         "ETag": etag,
+        "Last-Modified": formatdate(info.modified.timestamp(), usegmt=True),
         # (a presigned PUT names its own type: a browser must not take an upload for a page)
         "X-Content-Type-Options": "nosniff",
     }
+    if unchanged(request, info):  # the client's copy is this one (a cache revalidating)
+        del headers["Content-Type"]
+        return web.Response(status=304, headers=headers)
     start, end, status = 0, info.size - 1, 200
     if request.headers.get("If-Range", etag) == etag:  # (else it changed: the whole object)
         try:
@@ -144,6 +151,15 @@ async def get_object(request: web.Request) -> web.StreamResponse:
         pass  # deleted mid-stream: the length check on the client side tells
     await resp.write_eof()
     return resp
+
+
+def unchanged(request: web.Request, info: ObjectInfo) -> bool:
+    """The request's ``If-None-Match`` names the object's ETag (weakly, or ``*``), or, without
+    one, its ``If-Modified-Since`` is no earlier than the object's time (RFC 9110 13.1.2-3)."""
+    if (tags := request.if_none_match) is not None:
+        return any(tag.value in (info.etag, "*") for tag in tags)
+    since = request.if_modified_since
+    return since is not None and int(info.modified.timestamp()) <= since.timestamp()
 
 
 class Unsatisfiable(ValueError):

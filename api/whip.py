@@ -16,7 +16,6 @@ from pathlib import Path
 from urllib.parse import quote
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
 from ingest.errors import RpcCode
 from ingest.tokens import Role, TokenError, check_cname, check_uid, verify
@@ -29,17 +28,6 @@ from .keys import APPS, WHIP
 BASE = "/v1/apps/{appid}/channels/{cname}/whip"
 SDP = "application/sdp"
 SDPFRAG = "application/trickle-ice-sdpfrag"
-CORS = {
-    "Access-Control-Allow-Origin": "*",
-    "Access-Control-Allow-Methods": "POST, PATCH, DELETE, OPTIONS",
-    "Access-Control-Allow-Headers": "Authorization, Content-Type, If-Match",
-    "Access-Control-Expose-Headers": (
-        "Location, ETag, Link, Accept-Patch, Retry-After, X-Reelhouse-Uid"
-    ),
-    "Access-Control-Max-Age": "600",
-}
-
-
 PUBLISH_PAGE = Path(__file__).parent / "static" / "publish.html"
 
 
@@ -56,20 +44,6 @@ def add_routes(app: web.Application) -> None:
     app.router.add_route("OPTIONS", BASE + "/{resource}", preflight)
     app.router.add_patch(BASE + "/{resource}", patch)
     app.router.add_delete(BASE + "/{resource}", delete)
-
-
-@web.middleware
-async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """CORS headers on every WHIP response, errors included (else a page cannot read them)."""
-    if not (request.path.startswith("/v1/apps/") and "/whip" in request.path):
-        return await handler(request)
-    try:
-        response = await handler(request)
-    except web.HTTPException as exc:
-        exc.headers.update(CORS)
-        raise
-    response.headers.update(CORS)
-    return response
 
 
 def ice_links(settings: WebRtcSettings, *, credentials: bool = True) -> list[str]:

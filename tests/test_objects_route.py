@@ -89,3 +89,66 @@ async def test_a_range_is_served_as_players_ask_for_it(server: Server) -> None:
         finally:
             del store.stream
         assert streamed == []  # a HEAD reads nothing (it read a 2 GB MP4 through, unsent)
+
+
+async def test_a_page_of_another_origin_may_play_a_link(server: Server) -> None:
+    """hls.js on a page of another origin fetches the playlist, the segments and, for an MP4,
+    byte ranges: each answer (errors too) allows any origin and shows the headers a player
+    reads; a ranged fetch's preflight is answered without a signature."""
+    store = server.app[STORE]
+    await store.put_bytes("rec/s2/index.m3u8", PLAYLIST.encode())
+    await store.put_bytes("rec/s2/whole.mp4", b"0123456789")
+    playlist = server.url + str(await store.presigned_url("rec/s2/index.m3u8", expires_s=60))
+    mp4 = server.url + str(await store.presigned_url("rec/s2/whole.mp4", expires_s=60))
+    page = {"Origin": "https://player.example"}
+    async with aiohttp.ClientSession() as http:
+        asks = {"Access-Control-Request-Method": "GET", "Access-Control-Request-Headers": "range"}
+        async with http.options(mp4, headers={**page, **asks}) as resp:
+            assert resp.status == 204
+            assert resp.headers["Access-Control-Allow-Origin"] == "*"
+            assert "Range" in resp.headers["Access-Control-Allow-Headers"]
+            assert "GET" in resp.headers["Access-Control-Allow-Methods"]
+        async with http.get(mp4, headers={**page, "Range": "bytes=2-3"}) as resp:
+            assert (resp.status, await resp.read()) == (206, b"23")
+            assert resp.headers["Access-Control-Allow-Origin"] == "*"
+            exposed = resp.headers["Access-Control-Expose-Headers"]
+            assert "Content-Range" in exposed and "Content-Length" in exposed
+        async with http.get(playlist, headers=page) as resp:
+            assert resp.status == 200 and resp.headers["Access-Control-Allow-Origin"] == "*"
+        async with http.get(mp4.replace("signature=", "signature=0"), headers=page) as resp:
+            assert resp.status == 403 and resp.headers["Access-Control-Allow-Origin"] == "*"
+        # (the APIs that take the server's key are not for pages of other origins)
+        async with http.get(f"{server.url}/v1/recordings", headers=page) as resp:
+            assert "Access-Control-Allow-Origin" not in resp.headers
+
+
+async def test_a_cache_revalidates_an_object_without_fetching_it(server: Server) -> None:
+    """An object's answer carries its ETag and Last-Modified; a request naming them again
+    (``If-None-Match``, or else ``If-Modified-Since``) gets 304 and no body, one naming
+    another version the object."""
+    store = server.app[STORE]
+    await store.put_bytes("rec/s3/index_00000.ts", b"segment bytes")
+    url = server.url + str(await store.presigned_url("rec/s3/index_00000.ts", expires_s=60))
+    async with aiohttp.ClientSession() as http:
+        async with http.get(url) as resp:
+            assert resp.status == 200
+            etag, modified = resp.headers["ETag"], resp.headers["Last-Modified"]
+        cases = {
+            (etag, None): 304,
+            (f'W/{etag}, "other"', None): 304,  # (If-None-Match compares weakly)
+            ("*", None): 304,
+            ('"other"', None): 200,
+            (None, modified): 304,
+            (None, "Mon, 01 Jan 2001 00:00:00 GMT"): 200,
+            ('"other"', modified): 200,  # (If-None-Match decides when both are sent)
+        }
+        for (tags, since), status in cases.items():
+            headers = {"If-None-Match": tags} if tags else {}
+            headers |= {"If-Modified-Since": since} if since else {}
+            async with http.get(url, headers=headers) as resp:
+                body = await resp.read()
+                assert (resp.status, len(body) if status == 304 else body) == (
+                    status,
+                    0 if status == 304 else b"segment bytes",
+                ), (tags, since)
+                assert resp.headers["ETag"] == etag
