@@ -67,17 +67,20 @@ STORAGE_CODES = {
     503: RpcCode.UNAVAILABLE,
     507: RpcCode.RESOURCE_EXHAUSTED,
 }
-# /v1/recordings checks its own (tenant-bound) keys and answers in its own error shape
-# /v1/apps/ (WHIP) checks channel tokens of its own
-PUBLIC_PATHS = (
-    "/healthz",
-    "/metrics",
-    "/v1/ingest",
-    "/v1/objects/",
-    "/v1/apps/",
-    "/publish",
-    recordings.PREFIX,
+# paths, and the folders under them, that take no server key: /v1/recordings checks its
+# own (tenant-bound) keys and answers in its own error shape, /v1/apps (WHIP, cloud
+# recording) checks channel tokens and Basic credentials of its own
+PUBLIC_PATHS = frozenset(
+    ("/healthz", "/metrics", "/v1/ingest", "/v1/objects", "/v1/apps", "/publish", recordings.PREFIX)
 )
+
+
+def public(path: str) -> bool:
+    """``path`` is one of ``PUBLIC_PATHS`` or under one (a path that only begins like one,
+    such as ``/healthzX``, is not)."""
+    return any(path == p or path.startswith(p + "/") for p in PUBLIC_PATHS)
+
+
 META_FILE = "meta.sqlite3"
 
 
@@ -110,7 +113,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """``Authorization: Bearer KEY`` on every API route but the public ones."""
-    if not request.path.startswith(PUBLIC_PATHS):
+    if not public(request.path):
         keys = request.app[API_KEYS]
         if not await keys.check_server_header(request.headers.get("Authorization")):
             raise rpc_error(

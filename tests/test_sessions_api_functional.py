@@ -308,6 +308,20 @@ async def test_missing_or_wrong_credentials_are_unauthenticated(
             assert resp.status == 401 and (await resp.json())["code"] == 16
 
 
+async def test_a_path_that_only_begins_like_a_public_one_needs_the_key(server: Server) -> None:
+    """The public paths are whole names (and the folders under them): ``/healthzX`` or
+    ``/v1/recordingsX`` is one more path that takes the server's key, 401 as the docs say,
+    not a 404 that tells an unauthenticated caller what is not there."""
+    async with aiohttp.ClientSession() as http:
+        for path in ("/healthzX", "/metrics.txt", "/v1/recordingsX", "/v1/ingest2", "/publishing"):
+            async with http.get(server.url + path) as resp:
+                assert (resp.status, (await resp.json())["code"]) == (401, 16), path
+        async with http.get(server.url + "/healthz") as resp:
+            assert resp.status == 200
+        async with http.get(server.url + "/v1/recordings") as resp:  # (its own keys and shape)
+            assert (resp.status, (await resp.json())["error"]["code"]) == (401, "unauthorized")
+
+
 async def test_a_tenant_key_of_the_recordings_api_reaches_no_session(server: Server) -> None:
     """Tenant keys are handed to a browser extension's users: the recordings API takes them,
     the operator's APIs (every customer's sessions, their downloads, ingest) do not."""
