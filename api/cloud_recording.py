@@ -452,7 +452,7 @@ class CloudRecordingService(CloudFiles):
         name = info.path.name.rsplit("_", 1)[0] + ".m3u8"  # the writer's playlist
         slice_ms = int(info.program_date_time.timestamp() * 1000)
         if name not in session.playlists:
-            track_type = "audio_and_video" if kind is None else kind.track_type
+            track_type = session.mixed_track_type if kind is None else kind.track_type
             session.playlists[name] = FileEntry(name, track_type, uid, mixed, slice_ms)
             self._save(session)  # a new fileList entry
         listed = session.listed.setdefault(name, [])
@@ -563,7 +563,7 @@ class CloudRecordingService(CloudFiles):
                     key = self._next_mp4(session)
                     mp4s.append((path, key))
                     session.mp4s.append(
-                        FileEntry(key, "audio_and_video", "0", True, session.started_ms)
+                        FileEntry(key, session.mixed_track_type, "0", True, session.started_ms)
                     )
                 unbuilt: set[str] = set()
                 for _, part, reason in mixed.failed_mp4s:  # (the playlist keeps its segments)

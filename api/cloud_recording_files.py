@@ -382,7 +382,9 @@ class CloudFiles:
         for part in parts:
             key = self._next_mp4(session)
             note.planned[key] = [p.name for p in part]
-            session.mp4s.append(FileEntry(key, "audio_and_video", "0", True, session.started_ms))
+            session.mp4s.append(
+                FileEntry(key, session.mixed_track_type, "0", True, session.started_ms)
+            )
         await asyncio.to_thread(write_note, folder, note)  # the plan, then the row
         if parts:
             await self._saved(session)

@@ -211,7 +211,13 @@ def check_start_parameter(start_parameter: Mapping[str, Any], start: StartReques
             recording, transcoding = read_recording_config(rec, start.mode, rec_at)
             _differ(join(at, "recordingConfig"), cfg.recording, recording)
             if start.mode is RecordingMode.MIX:
-                mix = mix_config(transcoding, recording.audio_profile, cfg.recording_file, sp)
+                mix = mix_config(
+                    transcoding,
+                    recording.audio_profile,
+                    cfg.recording_file,
+                    sp,
+                    recording.stream_types,
+                )
                 _differ(
                     join(at, "recordingConfig.transcodingConfig"),
                     cfg.mix,

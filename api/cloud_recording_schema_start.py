@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
@@ -461,13 +462,19 @@ def mix_config(
     audio_profile: AudioProfile,
     recording_file: RecordingFileConfig | None,
     prefix: str = "clientRequest",
+    stream_types: StreamTypes = StreamTypes.AUDIO_AND_VIDEO,
 ) -> MixConfig:
-    """The mixer's settings; its ConfigError becomes code 2 naming the field under ``prefix``."""
+    """The mixer's settings; its ConfigError becomes code 2 naming the field under ``prefix``.
+    ``stream_types``: the kinds the mix records (audio only: no video track, nothing
+    painted; video only: no audio track)."""
     files = {
         "avFileType": [t.value for t in (recording_file or RecordingFileConfig()).av_file_types]
     }
     try:
-        return MixConfig.from_json(transcoding, int(audio_profile), files)
+        config = MixConfig.from_json(transcoding, int(audio_profile), files)
+        return dataclasses.replace(
+            config, video=stream_types.has_video, audio=stream_types.has_audio
+        )
     except ConfigError as exc:
         raise invalid(rebase(exc.field, prefix), exc.reason) from None
 
@@ -514,7 +521,9 @@ def parse_start_config(
         _check_snapshot(recording, mode, prefix)
     mix = None
     if mode is RecordingMode.MIX:
-        mix = mix_config(transcoding, recording.audio_profile, recording_file, prefix)
+        mix = mix_config(
+            transcoding, recording.audio_profile, recording_file, prefix, recording.stream_types
+        )
     return StartConfig(storage, recording, token, recording_file, snapshot, mix)
 
 

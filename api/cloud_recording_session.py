@@ -158,6 +158,12 @@ class CloudSession:
             return "string", entries[0].name if entries else ""
         return "json", [e.to_json() for e in entries]
 
+    @property
+    def mixed_track_type(self) -> str:
+        """The ``trackType`` of a mix's files: what its ``streamTypes`` records."""
+        mix = getattr(self.config, "mix", None)
+        return "audio_and_video" if mix is None else mix.track_type
+
     def render(self, name: str, end: bool, count: int | None = None) -> bytes:
         """Playlist ``name`` as uploaded: its first ``count`` segments (all by default)."""
         segments = self.listed.get(name, [])

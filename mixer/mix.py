@@ -143,22 +143,25 @@ class MixSession:
         self._mixer = AudioMixer(config.audio_profile)
         self._aac = AacEncoder(config.audio_profile)
         gop = max(1, round(config.fps * segment_target_s))
-        self._h264 = _H264Encoder(config, gop)
+        # (an audio-only mix has no frames to paint: audio cuts its segments, HlsWriter)
+        self._h264 = _H264Encoder(config, gop) if config.video else None
         self._writer = HlsWriter(
             self._dir, target_segment_s=segment_target_s, name=name, utc_names=utc_segment_names
         )
-        self._writer.add_track(
-            TrackSpec(VIDEO_TRACK, Kind.VIDEO, Codec.H264, config.width, config.height)
-        )
-        self._writer.add_track(
-            TrackSpec(
-                AUDIO_TRACK,
-                Kind.AUDIO,
-                Codec.AAC,
-                sample_rate=MIX_RATE_HZ,
-                channels=config.audio_profile.channels,
+        if config.video:
+            self._writer.add_track(
+                TrackSpec(VIDEO_TRACK, Kind.VIDEO, Codec.H264, config.width, config.height)
             )
-        )
+        if config.audio:
+            self._writer.add_track(
+                TrackSpec(
+                    AUDIO_TRACK,
+                    Kind.AUDIO,
+                    Codec.AAC,
+                    sample_rate=MIX_RATE_HZ,
+                    channels=config.audio_profile.channels,
+                )
+            )
         self._origin_us = origin_us
         if origin_us is not None:
             self._mixer.origin_us = origin_us
@@ -200,11 +203,13 @@ class MixSession:
         self, uid: str, frame: VideoFrame, t_us: int, now_us: int | None = None
     ) -> list[SegmentInfo]:
         """A decoded video frame of `uid`, shown from `t_us`; returns the segments finished.
-        ``now_us``: when it arrived, which the mix's clock does not pass (``advance``)."""
+        ``now_us``: when it arrived, which the mix's clock does not pass (``advance``). (An
+        audio-only mix keeps the time and the member's place, and not the frame.)"""
         self._check_open()
         self._start(t_us)
         self.compositor.join(uid, t_us, self._rank(uid))  # in its place if it is new
-        self.compositor.push_video(uid, frame, t_us)
+        if self._h264 is not None:
+            self.compositor.push_video(uid, frame, t_us)
         self._latest_us = t_us if self._latest_us is None else max(self._latest_us, t_us)
         return self.advance(t_us if now_us is None else min(t_us, now_us))
 
@@ -227,7 +232,8 @@ class MixSession:
         self._start(t_us)
         if window:
             self.compositor.join(uid, t_us, self._rank(uid))
-        self._mixer.push(input_key(uid, track), frame, t_us)
+        if self.config.audio:  # (a video-only mix keeps the time, not the sound)
+            self._mixer.push(input_key(uid, track), frame, t_us)
         self._latest_us = t_us if self._latest_us is None else max(self._latest_us, t_us)
         return self.advance(t_us if now_us is None else min(t_us, now_us))
 
@@ -322,24 +328,28 @@ class MixSession:
     def _produce(self, until_us: int) -> list[SegmentInfo]:
         """Paint and encode every frame due at or before `until_us`, with the audio up to it."""
         done: list[SegmentInfo] = []
+        h264 = self._h264
         while True:
-            frame_us = self.frame_time_us(self._frames)
+            frame_us = self.frame_time_us(self._frames) if h264 is not None else None
             event_us = self._events[0][0] if self._events else None
-            if event_us is not None and event_us <= min(frame_us, until_us):
+            due = until_us if frame_us is None else min(frame_us, until_us)
+            if event_us is not None and event_us <= due:
                 done += self._mix_audio(event_us)
                 heapq.heappop(self._events)[2]()
                 continue
-            if frame_us > until_us:
+            if h264 is None or frame_us is None or frame_us > until_us:
                 break
             done += self._mix_audio(frame_us)
             frame = self.compositor.render(frame_us)
-            done += self._write_video(self._h264.encode(frame, self._frames))
+            done += self._write_video(h264.encode(frame, self._frames))
             self._frames += 1
         done += self._mix_audio(until_us)
         return done
 
     def _mix_audio(self, until_us: int) -> list[SegmentInfo]:
         done: list[SegmentInfo] = []
+        if not self.config.audio:
+            return done
         position = self._mixer.position
         for chunk in self._mixer.mix_until(until_us):
             for data, pts in self._aac.encode(chunk, position):
@@ -402,9 +412,11 @@ class MixSession:
                     self._produce(max(self._clock_us, self._latest_us or self._clock_us))
                 except Exception:  # the recording made so far is closed and kept all the same
                     log.exception("painting the mix's last frames failed: closed without them")
-            self._write_video(self._h264.encode(None))
-            for data, pts in self._aac.encode(None):
-                self._write(AUDIO_TRACK, data, pts * US_PER_S // MIX_RATE_HZ, True)
+            if self._h264 is not None:
+                self._write_video(self._h264.encode(None))
+            if self.config.audio:
+                for data, pts in self._aac.encode(None):
+                    self._write(AUDIO_TRACK, data, pts * US_PER_S // MIX_RATE_HZ, True)
             self._collect(self._writer.finish())
             self._build_mp4()
             self._built_mp4s()

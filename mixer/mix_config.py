@@ -120,6 +120,10 @@ class MixConfig:
     user_backgrounds: tuple[UserBackground, ...] = ()
     audio_profile: AudioProfile = AudioProfile.MONO_48K
     file_types: frozenset[FileType] = frozenset({FileType.HLS})
+    # the kinds recorded (``streamTypes``: 0 audio, 1 video, 2 both): a kind not recorded
+    # has no track in the output, and is neither painted nor mixed
+    video: bool = True
+    audio: bool = True
 
     def __post_init__(self) -> None:
         prefix = TRANSCODING_FIELD
@@ -134,10 +138,19 @@ class MixConfig:
         check_number(self.fps, f"{prefix}.fps", 1, MAX_FPS, integer=True)
         check_number(self.bitrate_kbps, f"{prefix}.bitrate", 1, MAX_BITRATE_KBPS, integer=True)
         parse_color(self.background_color, f"{prefix}.backgroundColor")
+        if not (self.video or self.audio):
+            raise ConfigError("clientRequest.recordingConfig.streamTypes", "records no kind")
         if FileType.HLS not in self.file_types:
             raise ConfigError(
                 "clientRequest.recordingFileConfig.avFileType", '["mp4"] alone is not allowed'
             )
+
+    @property
+    def track_type(self) -> str:
+        """The mix's files' ``trackType`` in a ``fileList``."""
+        return (
+            "audio_and_video" if self.video and self.audio else "video" if self.video else "audio"
+        )
 
     @classmethod
     def from_json(

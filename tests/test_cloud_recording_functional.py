@@ -13,7 +13,7 @@ import aiohttp
 import av
 import pytest
 from cloud_api import start_body
-from media import Clip, encode_clip, ffprobe
+from media import Clip, decode_counts, encode_clip, ffprobe
 from s3server import SeaweedS3
 from webrtc_peer import publish_into, wait_video
 from wsclient import RawClient
@@ -345,17 +345,21 @@ async def send_clip(client: RawClient, clip: Clip) -> None:
 
 
 async def record_over_api(
-    http: aiohttp.ClientSession, base: str, cname: str, body: dict[str, Any]
+    http: aiohttp.ClientSession,
+    base: str,
+    cname: str,
+    body: dict[str, Any],
+    mode: str = "individual",
 ) -> tuple[str, str]:
     """acquire and start; the sid and the session's URL."""
     acquire = {"cname": cname, "uid": "527841", "clientRequest": {}}
     async with http.post(f"{base}/acquire", json=acquire) as resp:
         rid = (await resp.json())["resourceId"]
-    async with http.post(f"{base}/resourceid/{rid}/mode/individual/start", json=body) as resp:
+    async with http.post(f"{base}/resourceid/{rid}/mode/{mode}/start", json=body) as resp:
         started = await resp.json()
         assert resp.status == 200, started
     sid = started["sid"]
-    return sid, f"{base}/resourceid/{rid}/sid/{sid}/mode/individual"
+    return sid, f"{base}/resourceid/{rid}/sid/{sid}/mode/{mode}"
 
 
 async def stop_over_api(http: aiohttp.ClientSession, session_url: str, cname: str) -> Any:
@@ -481,3 +485,38 @@ async def test_subscribe_uid_group_caps_the_recorded_uids(
     assert {f["uid"] for f in response["fileList"]} == {"1", "2"}  # joined first
     assert set(server.app[CLOUD].sessions[sid].members) == {"1", "2"}
     assert "uid 3 is not recorded: subscribeUidGroup allows 2 uids" in caplog.text
+
+
+@pytest.mark.parametrize(("types", "kinds"), [(0, {"audio"}), (1, {"video"})])
+async def test_a_mix_records_only_the_kinds_of_its_stream_types(
+    cloud: Any, s3: SeaweedS3, s3_bucket: str, tmp_path: Path, types: int, kinds: set[str]
+) -> None:
+    """``streamTypes`` 0 mixes the audio only: the files hold no video (nothing is painted),
+    and the fileList says ``audio``; 1, the video only. The publisher sends both kinds."""
+    server, app, auth, base = cloud
+    cname = f"mixkinds{types}"
+    body = start_body(s3, s3_bucket, cname, streamTypes=types)
+    recording = body["clientRequest"]["recordingConfig"]
+    del recording["subscribeUidGroup"]
+    del recording["subscribeVideoUids" if types == 0 else "subscribeAudioUids"]
+    recording["transcodingConfig"] = {"width": 320, "height": 180}
+    body["clientRequest"]["recordingFileConfig"] = {"avFileType": ["hls", "mp4"]}
+    clip = encode_clip("h264", duration_s=3.0, audio_codec="opus")
+    async with aiohttp.ClientSession(headers=auth) as http:
+        publisher = await ws_publisher(http, server, app.appid, cname, "123", "h264", "opus")
+        _, session_url = await record_over_api(http, base, cname, body, mode="mix")
+        await send_clip(publisher, clip)
+        response = await stop_over_api(http, session_url, cname)
+        await publisher.close()
+    files = response["fileList"]
+    track_type = "audio" if types == 0 else "video"
+    assert [f["trackType"] for f in files] == [track_type, track_type], files
+    client = s3.client()
+    playlist = await asyncio.to_thread(fetch, client, s3_bucket, files[0]["fileName"], tmp_path)
+    assert await asyncio.to_thread(stream_types, client, s3_bucket, playlist) == kinds
+    mp4 = await asyncio.to_thread(fetch, client, s3_bucket, files[1]["fileName"], tmp_path)
+    info = await asyncio.to_thread(ffprobe, mp4, "-show_streams", "-show_format")
+    assert {s["codec_type"] for s in info["streams"]} == kinds
+    assert float(info["format"]["duration"]) >= 2.0  # (the mix runs on the wall clock)
+    counts = await asyncio.to_thread(decode_counts, mp4)
+    assert (counts["video"] > 0, counts["audio"] > 0) == ("video" in kinds, "audio" in kinds)

@@ -595,3 +595,29 @@ def test_a_member_only_heard_back_before_its_leave_is_applied_keeps_its_sound(
     audio = decode(session.finish().playlist).audio
     level = np.sqrt(np.convolve(audio**2, np.ones(480) / 480, mode="valid"))
     assert level[int(0.5 * rate) : int(3.5 * rate)].min() > 0.1
+
+
+@pytest.mark.parametrize(("video", "audio"), [(False, True), (True, False)])
+def test_a_mix_of_one_kind_writes_that_kind_only(tmp_path: Path, video: bool, audio: bool) -> None:
+    """``streamTypes`` 0 or 1: the mix has one track, of that kind; an audio-only mix paints
+    nothing and its audio cuts the segments at the target, as video's keyframes would."""
+    config = MixConfig(
+        width=W, height=H, fps=FPS, file_types=HLS_AND_MP4, video=video, audio=audio
+    )  # fmt: skip
+    session = MixSession(config, tmp_path, segment_target_s=SEGMENT_S)
+    tone = np.sin(2 * np.pi * 440 * np.arange(960) / 48_000).astype(np.float32)[None, :] * 0.2
+    for k in range(150):  # 3 s in 20 ms steps: a red frame every 4th, a tone in each
+        t = T0_US + k * AUDIO_FRAME_US
+        if k % 4 == 0:
+            session.push_video("u", solid_frame(W, H, rgb_to_yuv("#FF0000")), t)
+        frame = AudioFrame.from_ndarray(tone, format="fltp", layout="mono")
+        frame.sample_rate = 48_000
+        session.push_audio("u", frame, t)
+    output = session.finish()
+    assert (output.video_frames > 0) == video
+    kinds = {"video"} if video else {"audio"}
+    for path in (output.playlist, output.mp4s[0][0]):
+        with av.open(str(path)) as container:
+            assert {s.type for s in container.streams} == kinds
+    assert len(output.segments) >= 3  # (1 s segments, cut by the audio when it is alone)
+    assert sum(s.duration_s for s in output.segments) == pytest.approx(3.0, abs=0.15)
