@@ -34,7 +34,9 @@ the pool restarts it on the same WAL and the session manager replays its session
 server start (``WriterPool.lane_died``, ``SessionManager._recover_lane``). Before writing each
 frame into HLS a lane notes which (``MARK_FILE``, a shared memory page that outlives the
 process): a lane that dies twice on the same frame (writing it, then replaying it) has it
-skipped by the next restart, acknowledged and not recorded, and goes on.
+skipped by the next restart, acknowledged and not recorded, and goes on (a `webm` chunk
+leaves a hole in its stream: the next chunk is demuxed again behind the stream's header, from
+the next cluster, ``HlsWriter.webm_hole``).
 """
 
 from __future__ import annotations

@@ -352,7 +352,7 @@ class SessionRecorder:
         seq = msg["seq"]
         self.received_seq = seq
         if seq in self.skip:  # its lane died writing it: acknowledged, not written again
-            self._queue(("skip", seq))
+            self._queue(("skip", seq, msg["track"], len(msg["data"])))
             return
         data = msg["data"]
         self.stats.frames_in += 1
@@ -399,7 +399,8 @@ class SessionRecorder:
             self._queue(("recut",))
 
     async def pause(self) -> None:
-        """Stop recording: close the current segment; frames that arrive are acked, not kept.
+        """Stop recording: close the current segment; frames that arrive are acked, not kept
+        (a `webm` track's chunks are logged and demuxed, not recorded: its stream goes on).
         Returns once the closed segment is in the session's row (or after ``PAUSE_SETTLE_S``)."""
         self._queue(("pause",))
         with contextlib.suppress(TimeoutError):

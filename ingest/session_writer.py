@@ -44,7 +44,7 @@ KEEP_DIR = "keep"  # hard links of closed segments, for the MP4 built at END
 SKIPPED = "its writer crashed on this frame: dropped, not recorded"
 
 # a `webm` track's chunks kept to find where a point's cluster begins (``_webm_points``)
-MAX_WEBM_CHUNKS = 4096
+MAX_WEBM_CHUNKS = 1 << 16  # (18 h of 1 s chunks with no keyframe)
 Cut = tuple[SegmentInfo, int]  # a closed segment and the WAL file its successor starts in
 # told (session id, sequence, payload) before each frame is written into HLS, so that a lane
 # dying in a codec can name the frame (``ingest.lanes``)
@@ -199,6 +199,7 @@ class SessionWriter:
         # (``HlsWriter.webm_point``) on: (sequence, WAL file, stream offset of its data)
         self._webm: dict[int, list[tuple[int, int | None, int]]] = {}
         self._logged = 0  # the highest sequence logged
+        self._webm_lost: set[int] = set()  # tracks told their resume point was lost
 
     def open(self, records: list[list[Any]]) -> Opened:
         """Open the HLS writer, replaying what the WAL held of the open segment."""
@@ -249,11 +250,14 @@ class SessionWriter:
                 last_seq = seq = rec[2]
                 if tag != PRIME:
                     acked = max(acked, seq)
+                if seq in p.skip:  # (as any frame; a hole in its stream, too)
+                    if tag == MEDIA:
+                        self._refuse(seq, SKIPPED)
+                    self._webm_hole(resumes, rec[3], seq, len(rec[8]))
+                    continue
                 rec = [sid, SKIM if tag == SKIM else MEDIA, *rec[2:]]
                 skip = self._resume_webm(resumes, rec[3], seq, rec[8])
-                if seq in p.skip and tag == MEDIA:
-                    self._refuse(seq, SKIPPED)
-                elif seq not in p.skip and skip is not None:
+                if skip is not None:
                     self._mark(sid, seq, rec[8])
                     try:
                         self._media(*rec[2:], skip=skip, skim=tag == SKIM)
@@ -317,6 +321,9 @@ class SessionWriter:
             elif kind == "skip":  # its lane died writing this frame: acknowledged, dropped
                 acked = item[1]
                 self._refuse(acked, SKIPPED)
+                if item[2] in self._webm and self._writer is not None:  # (a hole in its stream
+                    self.write_backlog()  # after the chunks before it)
+                    self._writer.webm_hole(item[2], item[3])
                 continue
             self.write_backlog()  # what follows acts after the frames before it ("flush":
             # only that, for END and a server stop: their segments are reported in order)
@@ -401,7 +408,10 @@ class SessionWriter:
             point = self._writer.webm_point(track)
             at = bisect_right(chunks, point.cluster, key=itemgetter(2)) - 1 if point else -1
             if point is None or at < 0:
-                self._keys.pop(track, None)
+                if chunks and chunks[0][2] == 0:  # (a stream begun, its header not all in:
+                    self._keys[track] = chunks[0][:2]  # a replay reads it from its start)
+                else:
+                    self._keys.pop(track, None)
                 continue
             del chunks[:at]
             seq, wal_file, start = chunks[0]
@@ -418,6 +428,18 @@ class SessionWriter:
         self._cut(self._writer.discontinuity(), from_seq, wal_file, prime=False)
         self._last_pts.clear()
 
+    def _webm_hole(self, resumes: dict[int, list[Any]], track: int, seq: int, size: int) -> None:
+        """A `webm` chunk its lane died on twice is left out of the replay: its stream goes
+        on after the hole, demuxed again behind its header from the next chunk (the demuxer
+        finds the next cluster there)."""
+        assert self._writer is not None
+        resume = resumes.get(track)
+        if resume is None:
+            self._writer.webm_hole(track, size)
+        elif resume[5] == seq:  # (its stream was to be resumed in this one: in the next)
+            _, header, base_us, cluster, first, _, offset = resume
+            resumes[track] = [track, header, base_us, cluster - offset + size, first, -1, 0]
+
     def _resume_webm(
         self, resumes: dict[int, list[Any]], track: int, seq: int, data: bytes
     ) -> int | None:
@@ -431,7 +453,7 @@ class SessionWriter:
         if seq < point_seq:
             return None
         del resumes[track]
-        if seq > point_seq:  # its chunk is not in the log (a new stream needs none)
+        if seq > point_seq >= 0:  # its chunk is not in the log (a new stream needs none)
             if not WebmDemuxer.starts_stream(data):
                 log.warning("replay: the WebM stream of track %d cannot be resumed", track,
                             extra={"session_id": self.session_id})  # fmt: skip
@@ -475,11 +497,13 @@ class SessionWriter:
         if chunks is not None:
             start = self._chunk_start(track, chunks, data, skip)
             data = data[skip:] if skip else data
-        done = writer.write(track, data, pts, keyframe=key, dts_us=dts, arrival=arrival)
+        try:
+            done = writer.write(track, data, pts, keyframe=key, dts_us=dts, arrival=arrival)
+        finally:  # (a chunk that did not decode was read all the same: its bytes count)
+            if chunks is not None:
+                self._chunk_fed(track, seq, wal_file, start)
         if key and writer.transcodes(track):
-            self._keys[track] = (seq, wal_file)
-        if chunks is not None:
-            self._chunk_fed(chunks, seq, wal_file, start)
+            self._keys[track] = (seq, self._logged_in(wal_file))
         self._cut(done, seq, wal_file)
         if writer.held > (0 if done else held_before):  # this frame's packets wait too
             if self._held is None:
@@ -493,8 +517,10 @@ class SessionWriter:
         assert self._writer is not None
         chunks = self._webm[track]
         start = self._chunk_start(track, chunks, data, skip)
-        self._writer.skim(track, data[skip:] if skip else data, pts)
-        self._chunk_fed(chunks, seq, wal_file, start)
+        try:
+            self._writer.skim(track, data[skip:] if skip else data, pts)
+        finally:
+            self._chunk_fed(track, seq, wal_file, start)
 
     def _chunk_start(
         self, track: int, chunks: list[tuple[int, int | None, int]], data: bytes, skip: int
@@ -506,12 +532,22 @@ class SessionWriter:
             return 0
         return self._writer.webm_fed(track) - skip
 
-    def _chunk_fed(
-        self, chunks: list[tuple[int, int | None, int]], seq: int, wal_file: int | None, start: int
-    ) -> None:
-        chunks.append((seq, wal_file, start))
-        if len(chunks) > MAX_WEBM_CHUNKS:  # (no point found for that long)
+    def _logged_in(self, wal_file: int | None) -> int:
+        """The WAL file a frame's record is in: ``wal_file``, or for a replayed frame (logged
+        again after it is written) the current one. A cut that needs the frame keeps it."""
+        return self._wal.index if wal_file is None else wal_file
+
+    def _chunk_fed(self, track: int, seq: int, wal_file: int | None, start: int) -> None:
+        chunks = self._webm[track]
+        chunks.append((seq, self._logged_in(wal_file), start))
+        if len(chunks) > MAX_WEBM_CHUNKS:  # no keyframe for that long: the point is lost
             del chunks[0]
+            if track not in self._webm_lost:
+                self._webm_lost.add(track)
+                log.warning(
+                    "track %d: no video keyframe in %d WebM chunks: a crash would lose its "
+                    "open segment", track, MAX_WEBM_CHUNKS, extra={"session_id": self.session_id},
+                )  # fmt: skip
         self._webm_points()  # (forgets the chunks no point needs)
 
     def _track_list(self) -> list[dict[str, Any]]:

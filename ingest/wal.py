@@ -3,8 +3,10 @@ fsync'd once per tick for all sessions together (group commit), so acknowledging
 costs one shared fsync, not one per session.
 
 Files are ``wal-000001.bin``…, rotated by size. A session needs the log from the first frame
-of its open segment on (closed segments are safe in the spool); a file older than what every
-open session needs is deleted. After a crash the log is read once, each session's records
+of its open segment on (closed segments are safe in the spool), or from further back when
+decoding that frame again needs more (a transcoded track's last keyframe; a `webm` track's
+chunk its stream is demuxed again from); a file older than what every open session needs is
+deleted. After a crash the log is read once, each session's records
 are replayed into its recorder, which appends them again to a new file; that file then says
 ``recovered`` and the old ones go. A recovery cut short leaves its new file without that
 record: it is dropped and the old files, still whole, are read again.
@@ -45,12 +47,16 @@ SKIM = "s"
 # a TRACK record per track. A sixth item, a map, when the segment needs frames logged before
 # that one: "held": [seq, [track ids]], frames of tracks added mid-segment that waited for
 # it (from seq on, written into it); "prime": [[track, seq, end seq], ...], a transcoded
-# track's frames from its last input keyframe to the segment's first frame (only decoded);
+# track's frames from its last input keyframe to the segment's first frame (only decoded), a
+# `webm` track's chunks from its resume point to the segment's first frame or, for a cut
+# that knows none (a pause, an idle recut), to the next frame logged (SKIM ones stay SKIM);
 # "webm": [[track, header, base µs, cluster, first, seq, offset], ...], where a `webm` track's
 # stream is demuxed again from (``mixer.hls.WebmPoint``): the cluster begins ``offset`` bytes
 # into the data of frame ``seq`` (the first of its "prime" span, or the segment's first)
 CUT = "c"
-PRIME = "p"  # never logged: a replay's name for a MEDIA record it only decodes
+# never logged: a replay's name for a MEDIA record it only decodes (a `webm` chunk's: it is
+# demuxed, and its packets from the segment's first on written)
+PRIME = "p"
 WEBM = "w"  # never logged: a replay's record of a "webm" resume point, before the frames
 RECOVERING = "recovering"  # ["", "recovering", [old file indices]]: first record of a recovery
 RECOVERED = "recovered"  # ["", "recovered"]: the recovery finished; the old files are redundant

@@ -44,9 +44,9 @@ LEVEL1_IDS = frozenset(
 )
 # A stream whose header runs past this is not one a recorder made: it is not tracked.
 MAX_HEADER_BYTES = 1 << 20
-# Cluster starts kept (an hour of them at one a second): a reader that never lets go of old
+# Cluster starts kept (18 hours of them at one a second): a reader that never lets go of old
 # ones (``forget_before``) holds no more, and a resume point before them is not found.
-MAX_CLUSTERS = 4096
+MAX_CLUSTERS = 1 << 16
 # The WebM header names codecs and sizes; probing further would hold back the first packets
 # until seconds of media have arrived.
 PROBE_OPTIONS = {"probesize": "32", "analyzeduration": "0"}
@@ -106,8 +106,6 @@ class ClusterScanner:
             return
         if self.header is None:
             self._head += chunk
-            if len(self._head) > MAX_HEADER_BYTES:
-                self._give_up()
         data = self._rest + chunk if self._rest else chunk
         base = self.fed - len(self._rest)
         self.fed += len(chunk)
@@ -115,6 +113,9 @@ class ClusterScanner:
             self._rest = data[self._walk(data, base) :]
         except ValueError:
             self._give_up()
+            return
+        if self.header is None and len(self._head) > MAX_HEADER_BYTES:
+            self._give_up()  # (a chunk of any size may hold the header and go on past it)
 
     def cluster_at(self, pos: int) -> int | None:
         """The start of the cluster that holds stream offset ``pos``."""
@@ -157,7 +158,10 @@ class ClusterScanner:
                 continue
             if self._level == 1 and eid == CLUSTER_ID:
                 if self.header is None:
-                    self.header = bytes(self._head[: start - (self.fed - len(self._head))])
+                    size = start - (self.fed - len(self._head))
+                    if size > MAX_HEADER_BYTES:
+                        raise ValueError("a header over the limit")
+                    self.header = bytes(self._head[:size])
                     self._head = bytearray()
                 self.clusters.append(start)
                 if len(self.clusters) > MAX_CLUSTERS:

@@ -60,10 +60,17 @@ def _video_frame(i: int, width: int, height: int) -> VideoFrame:
 
 
 def encode_video(
-    codec: str, width: int, height: int, fps: int, duration_s: float, bframes: int = 0
+    codec: str,
+    width: int,
+    height: int,
+    fps: int,
+    duration_s: float,
+    bframes: int = 0,
+    gop: int | None = None,
 ) -> list[Frame]:
-    """Encode a moving pattern; H.264 comes out as Annex B with a keyframe every second
-    (``bframes``: H.264 with B-frames, so frames come in decode order with dts before pts)."""
+    """Encode a moving pattern; H.264 comes out as Annex B with a keyframe every second, or
+    every ``gop`` frames (``bframes``: H.264 with B-frames, so frames come in decode order with
+    dts before pts)."""
     encoder = av.CodecContext.create("libx264" if codec == "h264" else "libvpx", "w")
     if codec == "vp9":
         encoder = av.CodecContext.create("libvpx-vp9", "w")
@@ -71,7 +78,7 @@ def encode_video(
     encoder.width, encoder.height, encoder.pix_fmt = width, height, "yuv420p"
     encoder.time_base = Fraction(1, fps)
     encoder.framerate = Fraction(fps)
-    encoder.gop_size = fps
+    encoder.gop_size = gop or fps
     encoder.max_b_frames = bframes
     encoder.thread_count = 1
     if codec == "h264" and bframes:
@@ -80,6 +87,8 @@ def encode_video(
         encoder.options = {"preset": "ultrafast", "tune": "zerolatency"}
     else:
         encoder.options = {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0"}
+        if gop:  # (no keyframe of libvpx's own choosing either)
+            encoder.options |= {"kf-max-dist": str(gop), "kf-min-dist": str(gop)}
     frames: list[Frame] = []
     count = round(duration_s * fps)
     for i in range(count + 1):
@@ -140,10 +149,13 @@ def encode_clip(
     *,
     adts: bool = True,
     bframes: int = 0,
+    gop: int | None = None,
 ) -> Clip:
     """Encode a clip and interleave its frames by time, as a client would send them."""
     video = (
-        encode_video(video_codec, width, height, fps, duration_s, bframes) if video_codec else []
+        encode_video(video_codec, width, height, fps, duration_s, bframes, gop)
+        if video_codec
+        else []
     )
     audio, config = (
         encode_audio(audio_codec, duration_s, tone_hz, adts=adts) if audio_codec else ([], b"")
@@ -177,9 +189,10 @@ def decode_counts(path: Path) -> dict[str, int]:
     return counts
 
 
-def encode_webm(duration_s: float, fps: int = 15) -> tuple[bytes, int, int]:
-    """A VP8 + Opus WebM stream as MediaRecorder makes one: bytes, video and audio frame counts."""
-    clip = encode_clip("vp8", fps=fps, duration_s=duration_s, audio_codec="opus")
+def encode_webm(duration_s: float, fps: int = 15, gop: int | None = None) -> tuple[bytes, int, int]:
+    """A VP8 + Opus WebM stream as MediaRecorder makes one: bytes, video and audio frame counts
+    (a keyframe a second, or every ``gop`` frames: MediaRecorder sends one, at the start)."""
+    clip = encode_clip("vp8", fps=fps, duration_s=duration_s, audio_codec="opus", gop=gop)
     buf = io.BytesIO()
     with av.open(buf, mode="w", format="webm") as out:
         v = out.add_mux_stream("vp8", width=320, height=240)

@@ -8,13 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from media import Frame, decode_counts, encode_clip, encode_webm, unknown_size_clusters
+from media import Frame, decode_counts, encode_clip
 
 from ingest import lanes
 from ingest.session_writer import SessionWriter, WriterParams
 from ingest.wal import Wal
-from mixer.tracks import Kind
-from mixer.webm import WebmDemuxer
 
 SID = "s"
 AAC_FRAMES_SLACK = 2  # the AAC encoder's priming and the partial last frame
@@ -186,106 +184,3 @@ def records_of_segment_start(records: list[list[Any]], index: int) -> int:
     """How many frames the decoder needs before segment ``index``'s first (its CUT names)."""
     cut = next(rec for rec in records if rec[1] == "c" and rec[2] == index)
     return sum(end - first for _, first, end in (cut[5] if len(cut) > 5 else {}).get("prime", []))
-
-
-@pytest.mark.parametrize("spooled_count", [1, 2, 3])
-@pytest.mark.parametrize("unknown_sizes", [False, True])
-@pytest.mark.parametrize("crashes", [1, 2])
-def test_a_webm_segment_is_replayed_whole_from_mid_stream(
-    tmp_path: Path, spooled_count: int, unknown_sizes: bool, crashes: int
-) -> None:
-    """WebM chunks are pieces of one byte stream, cut anywhere (a timeslice): a segment that
-    begins mid-stream is replayed by demuxing the stream again from the cluster it needs,
-    behind the stream's header (both named by its cut), so every frame is in the recording
-    once. A second crash replays the replay's open segment the same way, from the cut the
-    replay made (or, with none, the one it logged first). MediaRecorder writes clusters of
-    unknown size; FFmpeg's muxer, sized ones."""
-    data, video_frames, _ = encode_webm(4.0)
-    if unknown_sizes:
-        data = unknown_size_clusters(data)
-    chunks = [data[i : i + 3_000] for i in range(0, len(data), 3_000)]
-    items = [("media", seq, 0, seq * 1000, seq * 1000, seq == 1, 0.0, chunk)
-             for seq, chunk in enumerate(chunks, 1)]  # fmt: skip
-    short = dataclasses.replace(params(tmp_path / "first", 0), segment_target_s=0.7)
-    wal = opened_wal(tmp_path / "wal")
-    first = SessionWriter(short, wal)
-    first.open([])
-    first.process([("track", {"id": 0, "kind": "video", "codec": "webm"}), *items])
-    first.write_backlog()
-    news = first.news()
-    assert news is not None and len(news.done) >= spooled_count
-    spooled = [seg for seg, _ in news.done[:spooled_count]]  # these reach the spool
-    wal.sync()
-    wal.close()
-    for crash in range(1, crashes + 1):
-        left = Wal(tmp_path / f"wal{crash - 1 or ''}")
-        records = left.open()[SID]
-        left.close()
-        wal = opened_wal(tmp_path / f"wal{crash}")
-        again = dataclasses.replace(
-            short, live_dir=tmp_path / f"replay{crash}", next_index=len(spooled), resumed=True
-        )
-        writer = SessionWriter(again, wal)
-        spooled += [seg for seg, _ in writer.open(records).cuts]  # reach the spool too
-        if crash == crashes:
-            spooled += [seg for seg, _ in writer.finish()]
-        wal.sync()
-        wal.close()
-    counts = [decode_counts(seg.path) for seg in spooled]
-    # (the encoder may hold the last frame: H.264 from VP8)
-    assert video_frames - 1 <= sum(c["video"] for c in counts) <= video_frames
-    assert all(c["audio"] > 0 for c in counts)
-
-
-@pytest.mark.parametrize("crash", [False, True])
-def test_a_webm_stream_goes_on_through_a_pause(tmp_path: Path, crash: bool) -> None:
-    """Chunks sent while paused are acknowledged and not recorded, but they are pieces of the
-    stream the chunks after the pause continue: they are demuxed (and their video decoded)
-    without being written, so every frame after the pause is recorded, from the first chunk
-    on, not from the next keyframe. A crash after the pause replays them the same way, from
-    the cut the pause made."""
-    data, _, _ = encode_webm(6.0)
-    chunks = [data[i : i + 3_000] for i in range(0, len(data), 3_000)]
-    paused = range(len(chunks) // 3, 2 * len(chunks) // 3)
-    # the video frames each chunk completes (a frame is written with the chunk that ends it)
-    demuxer = WebmDemuxer()
-    completed = [sum(p.kind is Kind.VIDEO for p in demuxer.feed(chunk)) for chunk in chunks]
-    expected = sum(n for i, n in enumerate(completed) if i not in paused)
-    items: list[tuple[Any, ...]] = [("track", {"id": 0, "kind": "video", "codec": "webm"})]
-    for i, chunk in enumerate(chunks):
-        if i == paused.start:
-            items.append(("pause",))
-        elif i == paused.stop:
-            items.append(("resume",))
-        items.append(("media", i + 1, 0, (i + 1) * 1000, (i + 1) * 1000, i == 0, 0.0, chunk))
-    short = dataclasses.replace(params(tmp_path / "first", 0), segment_target_s=0.7)
-    wal = opened_wal(tmp_path / "wal")
-    first = SessionWriter(short, wal)
-    first.open([])
-    outcome = first.process(items)
-    assert outcome.acked == len(chunks) and outcome.error is None
-    first.write_backlog()
-    done = [*outcome.done, *(news.done if (news := first.news()) else [])]
-    if not crash:
-        segments = [seg for seg, _ in [*done, *first.finish()]]
-        wal.close()
-    else:
-        # the segments up to the pause reach the spool, then the lane dies
-        after = next(i for i, (seg, _) in enumerate(done) if seg.discontinuity)
-        segments = [seg for seg, _ in done[:after]]
-        wal.sync()
-        wal.close()
-        left = Wal(tmp_path / "wal")
-        records = left.open()[SID]
-        left.close()
-        wal = opened_wal(tmp_path / "wal2")
-        again = dataclasses.replace(
-            short, live_dir=tmp_path / "second", next_index=after, resumed=True
-        )
-        second = SessionWriter(again, wal)
-        opened = second.open(records)
-        assert opened.acked_seq == len(chunks) and opened.refused is None
-        segments += [seg for seg, _ in [*opened.cuts, *second.finish()]]
-        wal.close()
-    recorded = sum(decode_counts(seg.path)["video"] for seg in segments)
-    assert expected - 1 <= recorded <= expected  # (the encoder may hold the last frame)

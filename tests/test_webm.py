@@ -115,3 +115,21 @@ def test_the_scanner_gives_up_on_what_it_cannot_follow() -> None:
     endless.feed(b"\x1a\x45\xdf\xa3\x80\x18\x53\x80\x67\x01\xff\xff\xff\xff\xff\xff\xff")
     endless.feed(b"\xec" + b"\x10" * 16 + bytes(MAX_HEADER_BYTES))  # a Void, then no cluster
     assert endless.broken and endless.header is None
+
+
+def test_a_first_chunk_over_the_header_limit_is_followed() -> None:
+    """Only the header is bounded (``MAX_HEADER_BYTES``): a first chunk larger than that (a
+    MediaRecorder timeslice of several seconds) that holds the header and clusters after it
+    is followed (the scanner gave up on it, and the stream could not be replayed)."""
+    data, _, _ = encode_webm(2.0)
+    whole = ClusterScanner()
+    whole.feed(data)
+    void = b"\xec\x01" + (MAX_HEADER_BYTES + 1).to_bytes(7, "big") + bytes(MAX_HEADER_BYTES + 1)
+    big = ClusterScanner()
+    big.feed(data + void)  # (a Void element after the clusters: any bytes of the stream)
+    assert not big.broken and big.header == whole.header and big.clusters == whole.clusters
+    header = whole.header
+    assert header is not None
+    late = ClusterScanner()  # a header that does run past the limit is given up on
+    late.feed(header + void + data[len(header) :])
+    assert late.broken and late.header is None
