@@ -269,14 +269,8 @@ class HlsWriter:
         """Register an input track; allowed before or after the first write."""
         if spec.track_id in self._tracks:
             raise InvalidMedia(f"track {spec.track_id} is already added")
-        if spec.codec is Codec.WEBM:
+        if spec.codec is Codec.WEBM:  # (its streams come when its header says which)
             track = _Track(Kind.VIDEO, -1, None, webm=WebmDemuxer())
-            track.subs[Kind.VIDEO] = _Track(
-                Kind.VIDEO, self._new_slot(StreamSlot(Kind.VIDEO)), None
-            )
-            track.subs[Kind.AUDIO] = _Track(
-                Kind.AUDIO, self._new_slot(StreamSlot(Kind.AUDIO)), None
-            )
         else:
             normaliser = create_normaliser(spec, self._target_s, self._aac_coder)
             slot = StreamSlot(spec.kind, spec.width, spec.height, spec.sample_rate)
@@ -335,9 +329,17 @@ class HlsWriter:
         strict: bool,
         skim: bool = False,
     ) -> list[SegmentInfo]:
+        assert track.webm is not None  # narrowed for mypy.
+        for kind in (Kind.VIDEO, Kind.AUDIO):  # the kinds its header announced: an audio-only
+            if kind in track.webm.kinds and kind not in track.subs:  # stream has no video
+                track.subs[kind] = _Track(kind, self._new_slot(StreamSlot(kind)), None)
         finished: list[SegmentInfo] = []
         for packet in packets:
-            sub = track.subs[packet.kind]
+            sub = track.subs.get(packet.kind)
+            if sub is None:  # (not announced: a header the demuxer read past)
+                sub = track.subs[packet.kind] = _Track(
+                    packet.kind, self._new_slot(StreamSlot(packet.kind)), None
+                )
             if sub.normaliser is None:
                 spec = TrackSpec(-1, packet.kind, packet.codec, channels=packet.channels)
                 sub.normaliser = create_normaliser(spec, self._target_s, self._aac_coder)

@@ -208,10 +208,16 @@ class _Reader(threading.Thread):
         self.lock = threading.Lock()
         self.packets: list[WebmPacket] = []
         self.error: Exception | None = None
+        self.kinds: frozenset[Kind] = frozenset()  # what the stream's header announces
 
     def run(self) -> None:
         try:
             with av.open(self.file, mode="r", format="webm", options=PROBE_OPTIONS) as container:
+                self.kinds = frozenset(
+                    Kind.AUDIO if codec is Codec.OPUS else Kind.VIDEO
+                    for stream in container.streams
+                    if (codec := _CODECS.get(stream.codec_context.name)) is not None
+                )
                 for packet in container.demux():
                     stream = packet.stream
                     codec = _CODECS.get(stream.codec_context.name)
@@ -262,6 +268,11 @@ class WebmDemuxer:
             self._start(0)
         self.scanner.feed(chunk)
         return out + self._demux(chunk)
+
+    @property
+    def kinds(self) -> frozenset[Kind]:
+        """The kinds the current stream's header announces (none before it is read)."""
+        return frozenset() if self._reader is None else self._reader.kinds
 
     def resume(self, header: bytes, at: int, chunk: bytes) -> list[WebmPacket]:
         """Start demuxing a stream again at the cluster that begins at offset ``at``:

@@ -189,15 +189,21 @@ def decode_counts(path: Path) -> dict[str, int]:
     return counts
 
 
-def encode_webm(duration_s: float, fps: int = 15, gop: int | None = None) -> tuple[bytes, int, int]:
+def encode_webm(
+    duration_s: float, fps: int = 15, gop: int | None = None, *, video: bool = True
+) -> tuple[bytes, int, int]:
     """A VP8 + Opus WebM stream as MediaRecorder makes one: bytes, video and audio frame counts
-    (a keyframe a second, or every ``gop`` frames: MediaRecorder sends one, at the start)."""
-    clip = encode_clip("vp8", fps=fps, duration_s=duration_s, audio_codec="opus", gop=gop)
+    (a keyframe a second, or every ``gop`` frames: MediaRecorder sends one, at the start;
+    ``video`` false: Opus alone, as ``audio/webm``)."""
+    codec = "vp8" if video else None
+    clip = encode_clip(codec, fps=fps, duration_s=duration_s, audio_codec="opus", gop=gop)
     buf = io.BytesIO()
     with av.open(buf, mode="w", format="webm") as out:
-        v = out.add_mux_stream("vp8", width=320, height=240)
+        v = out.add_mux_stream("vp8", width=320, height=240) if video else None
         a = out.add_mux_stream("opus", rate=48_000)
-        v.time_base = a.time_base = Fraction(1, 1000)
+        a.time_base = Fraction(1, 1000)
+        if v is not None:
+            v.time_base = Fraction(1, 1000)
         for f in clip.frames:
             p = av.Packet(f.data)
             p.pts = p.dts = f.pts_us // 1000

@@ -17,6 +17,7 @@ from api.keys import CHANNELS, META
 from ingest.individual import UidRecorder
 from ingest.tokens import mint
 from mixer.member_writer import SEPARATE, MemberOutputs, OutputKind
+from mixer.tracks import Kind
 from mixer.webm import WebmDemuxer
 
 pytestmark = [
@@ -139,6 +140,8 @@ def resumes_like_the_whole(chunks: list[bytes]) -> None:
     writer restarted on its log does: ``mixer.webm``)."""
     whole = WebmDemuxer()
     packets = [p for chunk in chunks for p in whole.feed(chunk)] + whole.close()
+    keys = [p for p in packets if p.kind is Kind.VIDEO and p.keyframe]
+    assert len(keys) >= 2  # (the page asks for one every 2 s: the log keeps less)
     scanner = whole.scanner
     assert not scanner.broken and scanner.header is not None and scanner.clusters, scanner
     at, data = scanner.clusters[-1], b"".join(chunks)

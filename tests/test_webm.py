@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import av
 import pytest
 from media import decode_counts, encode_webm, unknown_size_clusters
 
@@ -133,3 +134,22 @@ def test_a_first_chunk_over_the_header_limit_is_followed() -> None:
     late = ClusterScanner()  # a header that does run past the limit is given up on
     late.feed(header + void + data[len(header) :])
     assert late.broken and late.header is None
+
+
+def test_an_audio_only_stream_records_audio_only(tmp_path: Path) -> None:
+    """MediaRecorder's ``audio/webm`` (Opus alone): the recording's streams are the ones the
+    stream's header announces, so its segments hold AAC only, with no empty video stream
+    (players waited on one that never came)."""
+    data, _, audio = encode_webm(3.0, video=False)
+    writer = HlsWriter(tmp_path, target_segment_s=1.0)
+    writer.add_track(TrackSpec(7, Kind.VIDEO, Codec.WEBM))
+    segments = []
+    for i, chunk in enumerate(_chunks(data)):
+        segments += writer.write(7, chunk, 3_000_000 + i * 1000, keyframe=i == 0)
+    segments += writer.finish()
+    assert len(segments) >= 3  # (cut on the audio, at the target)
+    for segment in segments:
+        with av.open(str(segment.path)) as container:
+            assert [s.type for s in container.streams] == ["audio"]
+    counts = decode_counts(tmp_path / "index.m3u8")
+    assert counts["video"] == 0 and abs(counts["audio"] - audio * 960 / 1024) <= 3
