@@ -52,6 +52,21 @@ def whole(writer: SessionWriter, outcome: Any) -> list[Any]:
     return [seg for seg, _ in [*outcome.done, *(news.done if news else []), *writer.finish()]]
 
 
+def live(
+    directory: Path, items: list[tuple[Any, ...]]
+) -> tuple[SessionWriter, Wal, list[Any], Any]:
+    """A writer that logged and wrote ``items``: it, its WAL, the segments they closed and
+    the error it told (a frame refused)."""
+    wal = opened_wal(directory / "wal")
+    writer = SessionWriter(params(directory / "live", 0), wal)
+    writer.open([])
+    outcome = writer.process(items)
+    writer.write_backlog()
+    news = writer.news()
+    done = [seg for seg, _ in [*outcome.done, *(news.done if news else [])]]
+    return writer, wal, done, news.error if news else None
+
+
 def points_inside_their_chunks(records: list[list[Any]]) -> None:
     """Every resume point a CUT names lies in the data of the chunk it names."""
     sizes = {rec[2]: len(rec[8]) for rec in records if rec[1] in (MEDIA, SKIM)}
@@ -147,9 +162,7 @@ def test_a_webm_stream_goes_on_through_a_pause(tmp_path: Path, crash: bool) -> N
         segments = [seg for seg, _ in done[:after]]
         wal.sync()
         wal.close()
-        left = Wal(tmp_path / "wal")
-        records = left.open()[SID]
-        left.close()
+        records = records_of(tmp_path / "wal")
         wal = opened_wal(tmp_path / "wal2")
         again = dataclasses.replace(
             short, live_dir=tmp_path / "second", next_index=after, resumed=True
@@ -286,14 +299,8 @@ def test_a_chunk_that_does_not_decode_still_counts_in_the_stream(
         return write_frame(self, track, data, *args)
 
     monkeypatch.setattr(HlsWriter, "_write_frame", failing)
-    wal = opened_wal(tmp_path / "wal")
-    writer = SessionWriter(params(tmp_path / "live", 0), wal)
-    writer.open([])
-    outcome = writer.process([TRACK, *items])
-    writer.write_backlog()
-    news = writer.news()
-    assert news is not None and news.error is not None  # (refused, and told)
-    done = [seg for seg, _ in [*outcome.done, *news.done]]
+    writer, wal, done, error = live(tmp_path, [TRACK, *items])
+    assert error is not None  # (refused, and told)
     reference = video_of([*done, *(seg for seg, _ in writer.finish())])
     wal.close()
     records = records_of(tmp_path / "wal")
@@ -313,15 +320,7 @@ def test_a_chunk_left_out_leaves_a_hole_the_stream_goes_on_after(tmp_path: Path)
     its header, from the next cluster (the demuxer was resumed at the wrong place, or not at
     all)."""
     data, video_frames, _ = encode_webm(6.0)
-    items = webm_items(chunked(data))
-    wal = opened_wal(tmp_path / "wal")
-    writer = SessionWriter(params(tmp_path / "live", 0), wal)
-    writer.open([])
-    outcome = writer.process([TRACK, *items])
-    writer.write_backlog()
-    news = writer.news()
-    assert news is not None
-    done = [seg for seg, _ in [*outcome.done, *news.done]]
+    _, wal, done, _ = live(tmp_path, [TRACK, *webm_items(chunked(data))])
     wal.close()
     records = records_of(tmp_path / "wal")
     cut = next(rec for rec in records if rec[1] == CUT and rec[2] == 2)
