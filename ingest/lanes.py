@@ -35,8 +35,7 @@ server start (``WriterPool.lane_died``, ``SessionManager._recover_lane``). Befor
 frame into HLS a lane notes which (``MARK_FILE``, a shared memory page that outlives the
 process): a lane that dies twice on the same frame (writing it, then replaying it) has it
 skipped by the next restart, acknowledged and not recorded, and goes on (a `webm` chunk
-leaves a hole in its stream: the next chunk is demuxed again behind the stream's header, from
-the next cluster, ``HlsWriter.webm_hole``).
+leaves a hole in its stream, which the demuxer reads past, as libavformat resyncs).
 """
 
 from __future__ import annotations

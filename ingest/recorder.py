@@ -352,7 +352,7 @@ class SessionRecorder:
         seq = msg["seq"]
         self.received_seq = seq
         if seq in self.skip:  # its lane died writing it: acknowledged, not written again
-            self._queue(("skip", seq, msg["track"], len(msg["data"])))
+            self._queue(("skip", seq))
             return
         data = msg["data"]
         self.stats.frames_in += 1

@@ -320,10 +320,7 @@ class SessionWriter:
                 continue
             elif kind == "skip":  # its lane died writing this frame: acknowledged, dropped
                 acked = item[1]
-                self._refuse(acked, SKIPPED)
-                if item[2] in self._webm and self._writer is not None:  # (a hole in its stream
-                    self.write_backlog()  # after the chunks before it)
-                    self._writer.webm_hole(item[2], item[3])
+                self._refuse(acked, SKIPPED)  # (a `webm` chunk's hole: the demuxer reads past)
                 continue
             self.write_backlog()  # what follows acts after the frames before it ("flush":
             # only that, for END and a server stop: their segments are reported in order)
@@ -429,14 +426,12 @@ class SessionWriter:
         self._last_pts.clear()
 
     def _webm_hole(self, resumes: dict[int, list[Any]], track: int, seq: int, size: int) -> None:
-        """A `webm` chunk its lane died on twice is left out of the replay: its stream goes
-        on after the hole, demuxed again behind its header from the next chunk (the demuxer
-        finds the next cluster there)."""
-        assert self._writer is not None
+        """A `webm` chunk its lane died on twice is left out of the replay. Its stream goes
+        on after the hole: the demuxer reads past it (libavformat resyncs on the next
+        element it knows); one that was to be resumed in that chunk is resumed in the next,
+        behind the stream's header, from the next cluster."""
         resume = resumes.get(track)
-        if resume is None:
-            self._writer.webm_hole(track, size)
-        elif resume[5] == seq:  # (its stream was to be resumed in this one: in the next)
+        if resume is not None and resume[5] == seq:
             _, header, base_us, cluster, first, _, offset = resume
             resumes[track] = [track, header, base_us, cluster - offset + size, first, -1, 0]
 

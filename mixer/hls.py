@@ -216,18 +216,6 @@ class HlsWriter:
             raise InvalidMedia(f"track {track_id} is not a webm track")
         self._write_webm(track, data, pts_us, None, skim=True)
 
-    def webm_hole(self, track_id: int, size: int) -> None:
-        """The next ``size`` bytes of a `webm` track's stream will not come (a chunk left
-        out): the chunk after them is demuxed again behind the stream's header, from where
-        they end (the demuxer looks for the next cluster), rather than as the bytes that
-        follow what it has read."""
-        track = self._tracks[track_id]
-        assert track.webm is not None
-        scanner = track.webm.scanner
-        if scanner.header is not None and not scanner.broken:
-            at = scanner.fed + size
-            track.resume = WebmPoint(scanner.header, track.webm_base_us, at, track.last_pos + 1)
-
     def prime(self, track_id: int, data: bytes, keyframe: bool) -> None:
         """Feed a frame to a transcoded track's decoder only: nothing is written, and the
         frames after it decode (from an input keyframe on)."""
