@@ -67,18 +67,17 @@ STORAGE_CODES = {
     503: RpcCode.UNAVAILABLE,
     507: RpcCode.RESOURCE_EXHAUSTED,
 }
-# paths, and the folders under them, that take no server key: /v1/recordings checks its
-# own (tenant-bound) keys and answers in its own error shape, /v1/apps (WHIP, cloud
-# recording) checks channel tokens and Basic credentials of its own
-PUBLIC_PATHS = frozenset(
-    ("/healthz", "/metrics", "/v1/ingest", "/v1/objects", "/v1/apps", "/publish", recordings.PREFIX)
-)
+# paths, and folders, that take no server key: /v1/recordings checks its own (tenant-bound)
+# keys and answers in its own error shape, /v1/apps/ (WHIP, cloud recording) channel tokens
+# and Basic credentials of its own
+PUBLIC_PATHS = frozenset(("/healthz", "/metrics", "/v1/ingest", "/publish", recordings.PREFIX))
+PUBLIC_FOLDERS = ("/v1/objects/", "/v1/apps/", recordings.PREFIX + "/")
 
 
 def public(path: str) -> bool:
-    """``path`` is one of ``PUBLIC_PATHS`` or under one (a path that only begins like one,
-    such as ``/healthzX``, is not)."""
-    return any(path == p or path.startswith(p + "/") for p in PUBLIC_PATHS)
+    """``path`` is one of ``PUBLIC_PATHS`` or in one of ``PUBLIC_FOLDERS`` (a path that only
+    begins like one, such as ``/healthzX`` or ``/v1/objects``, is not)."""
+    return path in PUBLIC_PATHS or path.startswith(PUBLIC_FOLDERS)
 
 
 META_FILE = "meta.sqlite3"

@@ -155,11 +155,15 @@ async def get_object(request: web.Request) -> web.StreamResponse:
 
 def unchanged(request: web.Request, info: ObjectInfo) -> bool:
     """The request's ``If-None-Match`` names the object's ETag (weakly, or ``*``), or, without
-    one, its ``If-Modified-Since`` is no earlier than the object's time (RFC 9110 13.1.2-3)."""
+    one, its ``If-Modified-Since`` is no earlier than the object's time (RFC 9110 13.1.2-3),
+    in whole seconds (``Last-Modified``'s); a date in the future is not valid, and ignored.
+    (Two versions stored in one second look the same to a date: their ETags differ.)"""
     if (tags := request.if_none_match) is not None:
         return any(tag.value in (info.etag, "*") for tag in tags)
     since = request.if_modified_since
-    return since is not None and int(info.modified.timestamp()) <= since.timestamp()
+    if since is None or since.timestamp() > time.time():
+        return False
+    return int(info.modified.timestamp()) <= since.timestamp()
 
 
 class Unsatisfiable(ValueError):

@@ -39,6 +39,8 @@ from .member_frames import TrackClock
 log = logging.getLogger(__name__)
 
 US = 1_000_000
+# the kinds of a member's announced tracks, and whether it has a WebM track (kinds of its own)
+Published = tuple[set[Kind], bool]
 MAX_BATCH_FRAMES = 64  # frames handed to the worker thread at once (one hop for many frames)
 _T = TypeVar("_T")
 
@@ -126,17 +128,22 @@ class UidRecorder:
         kind = Kind.VIDEO if media.kind == "video" else Kind.AUDIO
         return MemberFrame(media.track_id, kind, media.codec, media.data, t_us, dts, media.keyframe)
 
-    def _published(self) -> set[Kind] | None:
-        """The kinds the member publishes (announced tracks), once it has announced any."""
+    def _published(self) -> Published | None:
+        """The kinds the member publishes (announced tracks), once it has announced any: a
+        WebM track's are the ones its stream's header announces (the writer reads them)."""
         channel = self._registry.get(self._appid, self._cname)
         member = channel.members.get(self.uid) if channel is not None else None
         if member is None or not member.tracks:
             return None
         kinds: set[Kind] = set()
+        webm = False
         for track in member.tracks.values():
-            if track.state is not TrackState.ENDED:  # a WebM track holds both kinds
-                kinds |= {Kind.VIDEO, Kind.AUDIO} if track.codec == "webm" else {Kind(track.kind)}
-        return kinds
+            if track.state is not TrackState.ENDED:
+                if track.codec == "webm":
+                    webm = True
+                else:
+                    kinds.add(Kind(track.kind))
+        return kinds, webm
 
     async def _run(self, sub: Subscription) -> None:
         writer = self._writer
@@ -146,7 +153,7 @@ class UidRecorder:
             try:
                 now_us = int(self._clock() * US)
                 frames = [self._place(m, now_us) for m in batch]
-                kinds = None
+                kinds: Published | None = None
                 if not self._expected:
                     kinds = self._published()
                     self._expected = kinds is not None
@@ -206,7 +213,7 @@ class UidRecorder:
         return output
 
 
-def _push(writer: MemberWriter, frames: list[MemberFrame], kinds: set[Kind] | None) -> Produced:
-    if kinds:
-        writer.expect(kinds)
+def _push(writer: MemberWriter, frames: list[MemberFrame], kinds: Published | None) -> Produced:
+    if kinds is not None:
+        writer.expect(*kinds)
     return writer.push(frames)

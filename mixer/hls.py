@@ -247,6 +247,36 @@ class HlsWriter:
         """Media time this writer has written (finished segments and the open one)."""
         return (self._end_ticks - self._start_ticks) / TICKS_PER_S
 
+    def _fit_webm_slots(self, track: _Track, kinds: frozenset[Kind]) -> None:
+        """A `webm` track has a stream of each kind from when it is added (a segment opened
+        by another track then has them); once its header says which it has, a kind it does
+        not have is dropped if nothing has been written yet (an audio-only stream: no empty
+        video stream), and one it has and was dropped comes back (late: the next segment)."""
+        for kind in (Kind.VIDEO, Kind.AUDIO):
+            sub = track.subs.get(kind)
+            if kind in kinds and sub is None:
+                track.subs[kind] = _Track(kind, self._new_slot(StreamSlot(kind)), None)
+            elif kinds and kind not in kinds and sub is not None and self._untouched():
+                del track.subs[kind]
+                self._drop_slot(sub.slot)
+
+    def _untouched(self) -> bool:
+        """No segment is open and no packet was ever written (the slots may still change)."""
+        return (
+            self._segment is None
+            and not self._pending
+            and self._lead_slot is None
+            and (all(last is None for last in self._last_pts))
+        )
+
+    def _drop_slot(self, index: int) -> None:
+        for slots in (self._slots, self._frame_ticks, self._last_pts):
+            del slots[index]
+        for track in self._tracks.values():
+            for t in (track, *track.subs.values()):
+                if t.slot > index:
+                    t.slot -= 1
+
     def _new_slot(self, slot: StreamSlot) -> int:
         self._slots.append(slot)
         self._frame_ticks.append(DEFAULT_FRAME_TICKS)
@@ -257,8 +287,10 @@ class HlsWriter:
         """Register an input track; allowed before or after the first write."""
         if spec.track_id in self._tracks:
             raise InvalidMedia(f"track {spec.track_id} is already added")
-        if spec.codec is Codec.WEBM:  # (its streams come when its header says which)
+        if spec.codec is Codec.WEBM:  # (both kinds, until its header says which it has)
             track = _Track(Kind.VIDEO, -1, None, webm=WebmDemuxer())
+            for kind in (Kind.VIDEO, Kind.AUDIO):
+                track.subs[kind] = _Track(kind, self._new_slot(StreamSlot(kind)), None)
         else:
             normaliser = create_normaliser(spec, self._target_s, self._aac_coder)
             slot = StreamSlot(spec.kind, spec.width, spec.height, spec.sample_rate)
@@ -318,9 +350,7 @@ class HlsWriter:
         skim: bool = False,
     ) -> list[SegmentInfo]:
         assert track.webm is not None  # narrowed for mypy.
-        for kind in (Kind.VIDEO, Kind.AUDIO):  # the kinds its header announced: an audio-only
-            if kind in track.webm.kinds and kind not in track.subs:  # stream has no video
-                track.subs[kind] = _Track(kind, self._new_slot(StreamSlot(kind)), None)
+        self._fit_webm_slots(track, track.webm.kinds)
         finished: list[SegmentInfo] = []
         for packet in packets:
             sub = track.subs.get(packet.kind)

@@ -199,6 +199,8 @@ class MemberWriter:
         self._on = {Kind.AUDIO: audio, Kind.VIDEO: video}
         self._resume = dict(resume or {})
         self._published: set[Kind] = {Kind.AUDIO, Kind.VIDEO}
+        self._webm_expected = False
+        self._webm_kinds: dict[str, frozenset[Kind]] = {}  # stream → what its header says
         self._outputs: dict[OutputKind, _Output] = {}
         self._sources: dict[Kind, _Source] = {}
         self._webm: dict[str, tuple[WebmDemuxer, int]] = {}  # stream → demuxer, its base µs
@@ -232,10 +234,15 @@ class MemberWriter:
             snapshots=c.snapshots,
         )
 
-    def expect(self, kinds: Iterable[Kind]) -> None:
+    def expect(self, kinds: Iterable[Kind], webm: bool = False) -> None:
         """The kinds the member publishes: a merged playlist gets a stream for each from its
-        first segment on (a kind that comes later joins at the next segment)."""
-        self._published = set(kinds) or {Kind.AUDIO, Kind.VIDEO}
+        first segment on (a kind that comes later joins at the next segment). ``webm``: it
+        publishes a WebM track too, whose kinds its stream's header says (audio only, as
+        MediaRecorder's ``audio/webm``, makes no video stream)."""
+        self._published = set(kinds)
+        self._webm_expected = webm
+        if not self._published and not webm:
+            self._published = {Kind.AUDIO, Kind.VIDEO}
 
     def set_kinds(self, audio: bool, video: bool) -> Produced:
         """Record only these kinds from now on (update): a kind's own playlist is paused (its
@@ -283,6 +290,8 @@ class MemberWriter:
             self._counts.undecodable += 1
             log.warning("member %s: %s", self._name, exc)
             return
+        if demuxer.kinds:
+            self._webm_kinds[chunk.stream] = demuxer.kinds
         for p in packets:
             stream = f"{chunk.stream}/{p.kind}"
             self._frame(
@@ -484,7 +493,11 @@ class MemberWriter:
             )
             output = self._outputs[okind] = _Output(writer)
             if okind is OutputKind.AV:  # both streams from the first segment, when both come
-                for other in self._published - {kind}:
+                published = set(self._published)
+                if self._webm_expected:  # (what the WebM headers say; both until one does)
+                    webm = set().union(*self._webm_kinds.values()) or {Kind.AUDIO, Kind.VIDEO}
+                    published |= webm
+                for other in published - {kind}:
                     if self._on[other]:
                         self._add_track(output, other, Codec.H264 if other is Kind.VIDEO
                                         else Codec.AAC)  # fmt: skip

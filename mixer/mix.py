@@ -388,7 +388,8 @@ class MixSession:
             return
         path = self._dir / f"{self._name}_{len(self._mp4_builds):03d}.mp4"
         part, self._mp4_part = self._mp4_part, []
-        self._mp4_builds.append((path, part, submit_build([s.path for s in part], path)))
+        kinds = self.config.video + self.config.audio
+        self._mp4_builds.append((path, part, submit_build([s.path for s in part], path, kinds)))
 
     def _built_mp4s(self) -> None:
         """Wait for the parts handed over (``finish``): each built one is listed; one that

@@ -124,7 +124,7 @@ def _open_probed(path: Path) -> InputContainer:
 
 
 def _add_streams(
-    output: OutputContainer, segments: Sequence[Path]
+    output: OutputContainer, segments: Sequence[Path], kinds: int = 2
 ) -> tuple[dict[str, Stream], bool]:
     # The MP4 header needs every stream (and the AAC config) before the first packet, and a
     # track that joined late is only in later segments: look through them all first.
@@ -144,7 +144,7 @@ def _add_streams(
                 streams[stream.type] = added
         if path == segments[0]:
             in_first = len(streams)
-        if len(streams) == 2:
+        if len(streams) == kinds:
             break
     return streams, in_first == len(streams)
 
@@ -196,24 +196,26 @@ def _inputs(segments: Sequence[Path], whole: bool) -> Iterator[InputContainer]:
             yield container
 
 
-def build_mp4(segments: Sequence[Path], out: Path) -> Mp4Info:
-    """Remux TS segments in order into `out` (temp name, fsync, rename); return what it holds."""
+def build_mp4(segments: Sequence[Path], out: Path, kinds: int = 2) -> Mp4Info:
+    """Remux TS segments in order into `out` (temp name, fsync, rename); return what it holds.
+    ``kinds``: how many streams (video, audio) the recording has, so that looking for them
+    stops once they are found (an audio-only recording's were looked for in every segment)."""
     if not segments:
         raise InvalidMedia("no segments to build an MP4 from")
     tmp = out.with_name(f".{out.name}.tmp")
     try:
-        return _build(segments, out, tmp)
+        return _build(segments, out, tmp, kinds)
     except BaseException:
         tmp.unlink(missing_ok=True)  # (a failed build leaves no half file behind)
         raise
 
 
-def _build(segments: Sequence[Path], out: Path, tmp: Path) -> Mp4Info:
+def _build(segments: Sequence[Path], out: Path, tmp: Path, kinds: int) -> Mp4Info:
     counts = {"video": 0, "audio": 0}
     first_ts: float | None = None
     last_end = 0.0
     with av.open(str(tmp), mode="w", format="mp4", options=MP4_OPTIONS) as output:
-        streams, whole = _add_streams(output, segments)
+        streams, whole = _add_streams(output, segments, kinds)
         for container in _inputs(segments, whole):
             inputs = [s for s in container.streams if s.type in streams]
             # looked up once per stream, not per packet (a 30 s session has ~1900 packets)
@@ -266,10 +268,10 @@ def _played_s(path: Path, span_s: float) -> float:
     return span_s if duration is None else duration / av.time_base
 
 
-def submit_build(segments: Sequence[Path], out: Path) -> Future[Mp4Info]:
+def submit_build(segments: Sequence[Path], out: Path, kinds: int = 2) -> Future[Mp4Info]:
     """``build_mp4`` in this process's one MP4 thread, for a caller on a thread of its own
     (a mix's worker goes on mixing meanwhile)."""
-    return _BUILDER.submit(build_mp4, list(segments), out)
+    return _BUILDER.submit(build_mp4, list(segments), out, kinds)
 
 
 async def build_mp4_queued(segments: Sequence[Path], out: Path) -> Mp4Info:

@@ -321,7 +321,7 @@ async def test_a_mix_mp4_that_fails_to_build_is_told_and_built_after_the_restart
     noted as in an MP4, so no restart ever built it."""
     build = mp4.build_mp4
 
-    def full_disk(segments: Any, out: Path) -> Any:
+    def full_disk(*args: Any) -> Any:
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(mp4, "build_mp4", full_disk)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import av
 import pytest
-from media import Clip, encode_clip, ffprobe
+from media import Clip, encode_clip, encode_webm, ffprobe
 
 from mixer.member_writer import (
     SEPARATE,
@@ -214,3 +214,30 @@ def test_opus_packet_lengths_from_the_toc() -> None:
     assert {opus_packet_samples(f.data) for f in clip.frames} == {960}  # 20 ms frames
     assert opus_packet_samples(bytes([0xFB, 0x03])) == 3 * 960  # code 3: three 20 ms frames
     assert opus_packet_samples(bytes([0x18])) == 2880  # SILK 60 ms
+
+
+@pytest.mark.parametrize("video", [False, True])
+def test_a_webm_members_merged_playlist_has_the_kinds_its_stream_has(
+    tmp_path: Path, video: bool
+) -> None:
+    """A member publishing WebM (announced as one ``webm`` track): its merged playlist's
+    streams are the ones the stream's header announces, so MediaRecorder's ``audio/webm``
+    gives an AAC-only playlist (it declared an H.264 stream that never got a packet)."""
+    data, _, _ = encode_webm(3.0, video=video)
+    writer = MemberWriter(
+        tmp_path, "m", MemberOutputs(SEPARATE | {OutputKind.AV}), segment_target_s=1.0
+    )
+    writer.expect(set(), webm=True)  # (what the recorder says of a member with a webm track)
+    chunks = [data[i : i + 4_000] for i in range(0, len(data), 4_000)]
+    produced = writer.push(
+        MemberFrame("0", Kind.VIDEO, "webm", chunk, 1_000_000 + i * 200_000)
+        for i, chunk in enumerate(chunks)
+    )
+    finished, _ = writer.finish()
+    merged = [info for okind, info in [*produced.segments, *finished.segments]
+              if okind is OutputKind.AV]  # fmt: skip
+    assert merged
+    for info in merged:
+        with av.open(str(info.path)) as container:
+            kinds = sorted(s.type for s in container.streams)
+        assert kinds == (["audio", "video"] if video else ["audio"]), info.path.name

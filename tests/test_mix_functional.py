@@ -387,9 +387,9 @@ async def test_mp4_parts_are_built_off_the_mix_thread(
     threads: list[str] = []
     build = mp4.build_mp4
 
-    def watched(segments: Any, out: Path) -> Any:
+    def watched(segments: Any, out: Path, kinds: int = 2) -> Any:
         threads.append(threading.current_thread().name)
-        return build(segments, out)
+        return build(segments, out, kinds)
 
     monkeypatch.setattr(mp4, "build_mp4", watched)
     output = await three_mp4_parts(tmp_path)
@@ -488,11 +488,11 @@ async def test_a_part_whose_build_fails_loses_only_itself(
     failure used to raise from finish, losing every part and the last segments)."""
     build, calls = mp4.build_mp4, [0]
 
-    def second_fails(segments: Any, out: Path) -> Any:
+    def second_fails(segments: Any, out: Path, kinds: int = 2) -> Any:
         calls[0] += 1
         if calls[0] == 2:
             raise mp4.InvalidMedia("a damaged segment")
-        return build(segments, out)
+        return build(segments, out, kinds)
 
     monkeypatch.setattr(mp4, "build_mp4", second_fails)
     output = await three_mp4_parts(tmp_path)

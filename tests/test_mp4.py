@@ -8,11 +8,13 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import av
 import pytest
 from media import decode_counts, encode_clip, ffprobe
 
+from mixer import mp4
 from mixer.errors import InvalidMedia
 from mixer.hls import HlsWriter
 from mixer.mp4 import BUILD_NICE, QUICK_PROBE, build_mp4, build_mp4_queued
@@ -135,3 +137,30 @@ def test_mp4_probes_a_segment_in_full_when_a_quick_look_misses_a_stream(tmp_path
     video = [s for s in probe["streams"] if s["codec_name"] == "h264"]
     assert [(s["width"], s["height"]) for s in video] == [(320, 240)]
     assert decode_counts(tmp_path / "session.mp4")["video"] == info.video_frames == 15
+
+
+def test_a_recording_of_one_kind_is_looked_through_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The MP4's streams are looked for in the segments until all are found: an audio-only
+    recording (a mix with ``streamTypes`` 0) says it has one kind, and only its first segment
+    is opened for them (each was: 351 of 601 ms for 600 segments)."""
+    clip = encode_clip(None, duration_s=4.0, audio_codec="opus")
+    writer = HlsWriter(tmp_path, target_segment_s=0.5)
+    writer.add_track(TrackSpec(2, Kind.AUDIO, Codec.OPUS))
+    segments = []
+    for f in clip.frames:
+        segments += writer.write(2, f.data, f.pts_us + BASE_US, keyframe=True)
+    paths = [s.path for s in [*segments, *writer.finish()]]
+    assert len(paths) >= 6
+    opened: list[Path] = []
+    probed = mp4._open_probed
+
+    def counting(path: Path) -> Any:
+        opened.append(path)
+        return probed(path)
+
+    monkeypatch.setattr(mp4, "_open_probed", counting)
+    info = build_mp4(paths, tmp_path / "audio.mp4", kinds=1)
+    assert opened == paths[:1]
+    assert (info.video_frames, info.duration_s > 3.5) == (0, True)

@@ -313,7 +313,9 @@ async def test_a_path_that_only_begins_like_a_public_one_needs_the_key(server: S
     ``/v1/recordingsX`` is one more path that takes the server's key, 401 as the docs say,
     not a 404 that tells an unauthenticated caller what is not there."""
     async with aiohttp.ClientSession() as http:
-        for path in ("/healthzX", "/metrics.txt", "/v1/recordingsX", "/v1/ingest2", "/publishing"):
+        paths = ("/healthzX", "/metrics.txt", "/v1/recordingsX", "/v1/ingest2", "/publishing",
+                 "/v1/objects", "/v1/apps")  # fmt: skip
+        for path in paths:
             async with http.get(server.url + path) as resp:
                 assert (resp.status, (await resp.json())["code"]) == (401, 16), path
         async with http.get(server.url + "/healthz") as resp:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import av
 import pytest
-from media import decode_counts, encode_webm, unknown_size_clusters
+from media import decode_counts, encode_clip, encode_webm, unknown_size_clusters
 
 from mixer.errors import InvalidMedia
 from mixer.hls import HlsWriter
@@ -153,3 +153,25 @@ def test_an_audio_only_stream_records_audio_only(tmp_path: Path) -> None:
             assert [s.type for s in container.streams] == ["audio"]
     counts = decode_counts(tmp_path / "index.m3u8")
     assert counts["video"] == 0 and abs(counts["audio"] - audio * 960 / 1024) <= 3
+
+
+def test_a_webm_track_announced_with_another_is_in_the_first_segment(tmp_path: Path) -> None:
+    """Tracks are announced before their media: a webm track whose first chunk comes after
+    another track's first frame opened the segment still has its streams in that segment
+    (they were made at its first chunk, and its frames waited for the next segment)."""
+    data, video, _ = encode_webm(4.0)
+    aac = encode_clip(None, duration_s=5.0, audio_codec="aac")
+    writer = HlsWriter(tmp_path, target_segment_s=2.0)
+    writer.add_track(TrackSpec(0, Kind.VIDEO, Codec.WEBM))
+    writer.add_track(TrackSpec(1, Kind.AUDIO, Codec.AAC))
+    chunks = _chunks(data)
+    sent = [(f.pts_us + 1_000_000, 1, f.data) for f in aac.of("audio")]
+    sent += [(1_500_000 + i * 4_000_000 // len(chunks), 0, c) for i, c in enumerate(chunks)]
+    segments = []
+    for t_us, track, payload in sorted(sent, key=lambda s: s[0]):
+        segments += writer.write(track, payload, t_us, keyframe=True)
+    segments += writer.finish()
+    with av.open(str(segments[0].path)) as container:
+        first = sum(1 for p in container.demux(video=0) if p.size)
+    assert first >= segments[0].duration_s * FPS - 8  # (from 0.5 s in: the webm's start)
+    assert decode_counts(tmp_path / "index.m3u8")["video"] == video
