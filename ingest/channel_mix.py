@@ -195,8 +195,9 @@ class ChannelMixRecorder:
                 await self._leave(event.uid)
 
     async def _decoded(self, media: MediaFrame) -> list[tuple[str, av.frame.Frame, int]]:
+        wanted = [kind for kind in ("video", "audio") if self._wanted(media.uid, kind)]
         try:
-            return await self._decoders.frames_of(media)
+            return await self._decoders.frames_of(media, wanted)
         except InvalidMedia as exc:
             self.stats.undecodable += 1
             if (held := self._bad_log.allow(media.uid)) is not None:

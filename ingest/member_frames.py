@@ -9,6 +9,7 @@ timestamps after that. A WebSocket publisher's tracks share the publisher's cloc
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Container
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -114,17 +115,31 @@ class FrameDecoders:
             self._contexts[key] = context
         return self._contexts[key]
 
-    def decode(self, frame: MediaFrame, codec: str) -> list[tuple[str, av.frame.Frame, int]]:
-        """(kind, decoded frame, pts µs) for every frame the encoded one completes."""
+    def decode(
+        self, frame: MediaFrame, codec: str, kinds: Container[str] = ("video", "audio")
+    ) -> list[tuple[str, av.frame.Frame, int]]:
+        """(kind, decoded frame, pts µs) for every frame the encoded one completes; of a WebM
+        stream, only its frames of ``kinds`` are decoded (an audio-only mix decodes no video)."""
         stream = f"{frame.uid}/{frame.track_id}"  # track ids repeat across publishers
         if codec == "webm":
-            # one WebM stream holds both kinds, on its own timeline (µs from its start)
+            # one WebM stream holds both kinds, on its own timeline (µs from its start); a
+            # frame that does not decode (video taken up again between keyframes) costs only
+            # itself, not the chunk's other frames
             demuxer = self._webm.setdefault(stream, WebmDemuxer())
-            return [
-                (packet.kind.value, decoded, packet.pts_us)
-                for packet in demuxer.feed(bytes(frame.data))
-                for decoded in self._decode(stream, packet.codec.value, packet.data)
-            ]
+            found: list[tuple[str, av.frame.Frame, int]] = []
+            failed: InvalidMedia | None = None
+            for packet in demuxer.feed(bytes(frame.data)):
+                if packet.kind.value not in kinds:
+                    continue
+                try:
+                    frames = self._decode(stream, packet.codec.value, packet.data)
+                except InvalidMedia as exc:
+                    failed = exc
+                    continue
+                found += [(packet.kind.value, f, packet.pts_us) for f in frames]
+            if failed is not None and not found:
+                raise failed
+            return found
         if codec not in DECODERS:
             return []
         if frame.kind != "video":
@@ -140,13 +155,15 @@ class FrameDecoders:
             out.append((frame.kind, decoded, pts))
         return out
 
-    async def frames_of(self, media: MediaFrame) -> list[tuple[str, av.frame.Frame, int]]:
+    async def frames_of(
+        self, media: MediaFrame, kinds: Container[str] = ("video", "audio")
+    ) -> list[tuple[str, av.frame.Frame, int]]:
         """The decoded frames ``media`` holds: itself when aiortc decoded it already (WebRTC),
-        else decoded in a worker thread (a WebSocket publisher's encoded frames).
-        ``InvalidMedia`` when they do not decode."""
+        else decoded in a worker thread (a WebSocket publisher's encoded frames; of WebM,
+        those of ``kinds``). ``InvalidMedia`` when they do not decode."""
         if not isinstance(media.data, bytes | bytearray | memoryview):
             return [(media.kind, media.data, media.pts_us)]
-        return await asyncio.to_thread(self.decode, media, media.codec)
+        return await asyncio.to_thread(self.decode, media, media.codec, kinds)
 
     def forget(self, uid: str | None = None) -> None:
         """Drop a member's decoders (``uid`` left; all of them when None): a member that

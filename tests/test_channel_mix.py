@@ -17,6 +17,7 @@ from webrtc_peer import accept_answer, make_offer
 
 from ingest.channel_mix import ChannelMixRecorder, UidSelector
 from ingest.channels import ChannelRegistry, MediaFrame, TrackInfo, Transport
+from ingest.member_frames import FrameDecoders
 from ingest.webrtc import WebRtcSettings, WhipServer
 from mixer.compositor import rgb_to_yuv, solid_frame
 from mixer.layout import LayoutMode, LayoutSpec, compute_layout
@@ -75,10 +76,21 @@ async def test_two_publishers_mixed_side_by_side(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("excluded", ["audio", "video"])
-async def test_a_webm_publisher_is_filtered_per_kind(tmp_path: Path, excluded: str) -> None:
+async def test_a_webm_publisher_is_filtered_per_kind(
+    tmp_path: Path, excluded: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A WebM track holds both kinds: unsubscribing a uid's audio keeps its audio out of the
     mix (it was mixed all the same), and unsubscribing its video keeps its audio in (the
-    whole track was skipped as "video")."""
+    whole track was skipped as "video"). The kind left out is not decoded either (an
+    audio-only mix decoded every WebM member's video)."""
+    decoded: list[str] = []
+    decode = FrameDecoders._decode
+
+    def counting(self: FrameDecoders, stream: str, codec: str, *args: Any) -> Any:
+        decoded.append(codec)
+        return decode(self, stream, codec, *args)
+
+    monkeypatch.setattr(FrameDecoders, "_decode", counting)
     registry = ChannelRegistry()
     nobody_but_42 = UidSelector(exclude=frozenset({"42"}))
     selectors = {"audio_uids": nobody_but_42} if excluded == "audio" else {}
@@ -101,8 +113,10 @@ async def test_a_webm_publisher_is_filtered_per_kind(tmp_path: Path, excluded: s
     stats = mix.stats
     if excluded == "audio":
         assert stats.audio_in == 0 and stats.video_in >= video_frames - 1
+        assert "opus" not in decoded and decoded.count("vp8") == video_frames
     else:
         assert stats.video_in == 0 and stats.audio_in >= audio_frames - 1
+        assert "vp8" not in decoded and decoded.count("opus") == audio_frames
     assert stats.undecodable == 0
 
 
@@ -323,8 +337,8 @@ async def test_a_websocket_members_audio_and_video_share_its_clock(tmp_path: Pat
     decoders = mix._decoders
     frames_of = decoders.frames_of
 
-    async def watched(media: MediaFrame) -> Any:
-        out = await frames_of(media)
+    async def watched(media: MediaFrame, *kinds: Any) -> Any:
+        out = await frames_of(media, *kinds)
         for _, data, pts_us in out:
             decoded_pts[id(data)] = pts_us
         return out

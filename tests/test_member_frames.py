@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from media import encode_clip, encode_webm
 
 from ingest.channels import MediaFrame
 from ingest.member_frames import FrameDecoders, TrackClock
+from mixer.errors import InvalidMedia
 from mixer.mix import MixSession
 from mixer.mix_config import MixConfig
 
@@ -104,3 +106,25 @@ def test_a_slow_member_sending_chunks_is_followed(tmp_path: Path, chunk_frames: 
     late = {uid: mix._mixer.late_samples(uid) for uid in clocks}
     mix.finish()
     assert late["A"] == 0 and late["B"] <= 960, late  # (of 1 920 000 samples)
+
+
+def test_a_webm_frame_that_does_not_decode_costs_only_itself(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A WebM chunk's frames are decoded one by one: a video frame that does not decode (a
+    member's video taken up again between keyframes, after an update) loses only itself,
+    not the chunk's audio (the whole chunk was refused)."""
+    data, _, audio = encode_webm(1.0)
+    decoders = FrameDecoders()
+    decode = FrameDecoders._decode
+
+    def vp8_fails(self: FrameDecoders, stream: str, codec: str, *args: Any) -> Any:
+        if codec == "vp8":
+            raise InvalidMedia("vp8 frame did not decode")
+        return decode(self, stream, codec, *args)
+
+    monkeypatch.setattr(FrameDecoders, "_decode", vp8_fails)
+    frames = decoders.decode(MediaFrame("u", "0", "video", data, 0, True, "webm"), "webm")
+    assert [kind for kind, _, _ in frames] == ["audio"] * audio
+    with pytest.raises(InvalidMedia):  # (nothing at all decoded: refused, and counted)
+        decoders.decode(MediaFrame("v", "0", "video", data, 0, True, "webm"), "webm", ["video"])
