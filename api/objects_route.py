@@ -121,6 +121,8 @@ async def get_object(request: web.Request) -> web.StreamResponse:
         "Accept-Ranges": "bytes",
         "ETag": etag,
         "Last-Modified": formatdate(info.modified.timestamp(), usegmt=True),
+        # (kept, and asked about again: a key's object can be replaced, a tab video's PUT)
+        "Cache-Control": "no-cache",
         # (a presigned PUT names its own type: a browser must not take an upload for a page)
         "X-Content-Type-Options": "nosniff",
     }

@@ -131,7 +131,7 @@ async def test_a_cache_revalidates_an_object_without_fetching_it(server: Server)
     url = server.url + str(await store.presigned_url("rec/s3/index_00000.ts", expires_s=60))
     async with aiohttp.ClientSession() as http:
         async with http.get(url) as resp:
-            assert resp.status == 200
+            assert resp.status == 200 and resp.headers["Cache-Control"] == "no-cache"
             etag, modified = resp.headers["ETag"], resp.headers["Last-Modified"]
         cases = {
             (etag, None): 304,
