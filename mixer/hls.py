@@ -147,6 +147,7 @@ class HlsWriter:
         # packet arrived, which after a reconnect's resend is seconds late
         self._next_date: datetime | None = None
         self._seg_discontinuity = discontinuity_first
+        self._slots_before: int | None = None  # the streams of the segment before
         self._next_discontinuity = discontinuity_first
         self._pending: list[tuple[int, av.Packet, float | None]] = []
         self._cut_asap = False
@@ -507,7 +508,11 @@ class HlsWriter:
         restart = self._next_discontinuity and not self._counters
         self._segment = TsSegment(path, list(self._slots), restart=restart)
         self._seg_start = start
-        self._seg_discontinuity = self._next_discontinuity
+        # (a track added since the segment before: RFC 8216 4.3.2.3, a change in the number
+        # of tracks needs a discontinuity, or a player keeps the streams it had)
+        grown = self._slots_before is not None and len(self._slots) > self._slots_before
+        self._slots_before = len(self._slots)
+        self._seg_discontinuity = self._next_discontinuity or grown
         self._next_discontinuity = False
         self._cut_asap = False
         self._mark_webm_starts()

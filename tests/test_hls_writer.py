@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import av
 import pytest
 from media import Clip, decode_counts, encode_clip, ffprobe
 
@@ -159,6 +160,17 @@ def test_late_audio_track_and_leading_non_keyframes(tmp_path: Path) -> None:
     counts = decode_counts(tmp_path / "index.m3u8")
     assert counts["video"] == clip.video_frames
     assert counts["audio"] > 0
+    # the first segment with the audio begins a discontinuity (RFC 8216 4.3.2.3: the number
+    # of tracks changed), the segments before and after it none
+    streams = []
+    for segment in segments:
+        with av.open(str(segment.path)) as container:
+            streams.append(len(container.streams))
+    assert streams[0] == 1 and streams[-1] == 2
+    assert [s.discontinuity for s in segments] == [
+        i > 0 and streams[i] > streams[i - 1] for i in range(len(segments))
+    ]
+    assert (tmp_path / "index.m3u8").read_text().count("#EXT-X-DISCONTINUITY\n") == 1
 
 
 def test_garbage_raises_and_writer_keeps_working(tmp_path: Path) -> None:
