@@ -754,7 +754,10 @@ class CloudRecordingService(CloudFiles):
                 await self._recover_mp4s(session)
             await self._launch(session, mix)
             if session.layout_request is not None and session.mix is not None:
-                layout, style = await rebuild_layout(session.layout_request, res.cname, res.uid)
+                paint = mix is None or mix.video
+                layout, style = await rebuild_layout(
+                    session.layout_request, res.cname, res.uid, paint=paint
+                )
                 await session.mix.update_layout(layout, style)
         except Exception as exc:
             log.exception("cloud recording %s could not be resumed", session.sid)

@@ -274,11 +274,13 @@ async def update_layout(request: web.Request) -> web.Response:
     session = _session(request)
     body = await read_json(request)
     req = parse_update_layout(body)
+    mix = getattr(session.config, "mix", None)
     style = await fetch_style(
         req.background_color,
         req.background_image,
         req.default_user_background_image,
         req.user_backgrounds,
+        paint=mix is None or mix.video,
     )
     await request.app[CLOUD].update_layout(session, req.layout, style, body["clientRequest"])
     return web.json_response(

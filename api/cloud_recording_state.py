@@ -134,15 +134,17 @@ def rebuild_config(
 
 
 async def rebuild_layout(
-    request: Mapping[str, Any], cname: str, uid: str
+    request: Mapping[str, Any], cname: str, uid: str, *, paint: bool = True
 ) -> tuple[LayoutSpec, MixStyle]:
-    """The layout (and colour and images) of the last updateLayout's ``clientRequest``."""
+    """The layout (and colour and images: ``paint``, unless the mix is audio only) of the
+    last updateLayout's ``clientRequest``."""
     req = parse_update_layout({"cname": cname, "uid": uid, "clientRequest": dict(request)})
     style = await fetch_style(
         req.background_color,
         req.background_image,
         req.default_user_background_image,
         req.user_backgrounds,
+        paint=paint,
     )
     return req.layout, style
 

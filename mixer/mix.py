@@ -498,6 +498,7 @@ class MixRecorder:
             config.default_user_background_image,
             config.user_backgrounds,
             http,
+            paint=config.video,
         )
         await self._call(lambda: self._open().apply_style(style))
 

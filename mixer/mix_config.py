@@ -82,14 +82,17 @@ async def fetch_style(
     default_user_background_image: str | None,
     user_backgrounds: tuple[UserBackground, ...],
     http: aiohttp.ClientSession | None = None,
+    *,
+    paint: bool = True,
 ) -> MixStyle:
-    """A :class:`MixStyle` with its images fetched (one that fails is left out, logged)."""
+    """A :class:`MixStyle` with its images fetched (one that fails is left out, logged);
+    ``paint`` false (an audio-only mix: nothing is painted), none is."""
     named = (
         background_image,
         default_user_background_image,
         *(b.image_url for b in user_backgrounds),
     )
-    urls = [u for u in named if u]
+    urls = [u for u in named if u] if paint else []
     images: Mapping[str, VideoFrame | None] = {}
     if urls:
         if http is None:

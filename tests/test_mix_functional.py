@@ -9,6 +9,7 @@ by the timestamps pushed, never by sleeping.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -621,3 +622,30 @@ def test_a_mix_of_one_kind_writes_that_kind_only(tmp_path: Path, video: bool, au
             assert {s.type for s in container.streams} == kinds
     assert len(output.segments) >= 3  # (1 s segments, cut by the audio when it is alone)
     assert sum(s.duration_s for s in output.segments) == pytest.approx(3.0, abs=0.15)
+
+
+@pytest.mark.parametrize("video", [False, True])
+async def test_an_audio_only_mix_fetches_no_image(
+    tmp_path: Path, aiohttp_server: Any, video: bool
+) -> None:
+    """Nothing of an audio-only mix is painted: its background images are not fetched (each
+    could hold its start up to the fetch timeout); a mix with video fetches them."""
+    asked: list[str] = []
+
+    async def serve(request: web.Request) -> web.Response:
+        asked.append(request.path)
+        return web.Response(body=_png("#FF8000"), content_type="image/png")
+
+    app = web.Application()
+    app.router.add_get("/{name}", serve)
+    server = await aiohttp_server(app)
+    base = str(server.make_url("")).rstrip("/")
+    config = MixConfig.from_json(
+        {"width": W, "height": H, "fps": FPS, "backgroundImage": f"{base}/canvas.png",
+         "defaultUserBackgroundImage": f"{base}/user.png"}
+    )  # fmt: skip
+    config = dataclasses.replace(config, video=video)
+    async with aiohttp.ClientSession() as http:
+        output = await record(tmp_path, config, Scenario(publishers(1, stop_s=1.0)), http)
+    assert sorted(asked) == (["/canvas.png", "/user.png"] if video else [])
+    assert (output.video_frames > 0) == video
