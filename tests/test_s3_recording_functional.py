@@ -186,7 +186,23 @@ async def test_store_down_mid_recording_then_back(
     dest = tmp_path / "out"
     dest.mkdir()
     types = await download_all(own_s3, bucket, f"{PREFIX}/{sid}/", dest)
-    check_recording(dest, sid, types, clip.video_frames)
+    try:
+        check_recording(dest, sid, types, clip.video_frames)
+    except AssertionError as exc:  # (failed once in CI, not since: say what the store held)
+        raise AssertionError(f"{exc}\n{await store_state(own_s3, bucket, sid)}") from exc
+
+
+async def store_state(s3: SeaweedS3, bucket: str, sid: str) -> str:
+    """The playlist object's metadata and the end of SeaweedFS's log, for a failure."""
+
+    def read() -> str:
+        key = f"{PREFIX}/{sid}/index.m3u8"
+        head = s3.client().head_object(Bucket=bucket, Key=key)
+        facts = {k: head.get(k) for k in ("ETag", "LastModified", "ContentLength")}
+        log_tail = (s3.directory / "weed.log").read_text(errors="replace")[-6000:]
+        return f"{key}: {facts}\nweed.log, last lines:\n{log_tail}"
+
+    return await asyncio.to_thread(read)
 
 
 @pytest.mark.parametrize(
