@@ -262,13 +262,9 @@ class HlsWriter:
                 self._drop_slot(sub.slot)
 
     def _untouched(self) -> bool:
-        """No segment is open and no packet was ever written (the slots may still change)."""
-        return (
-            self._segment is None
-            and not self._pending
-            and self._lead_slot is None
-            and (all(last is None for last in self._last_pts))
-        )
+        """No packet was ever written (so no segment opened, none held): the slots may still
+        change."""
+        return all(last is None for last in self._last_pts)
 
     def _drop_slot(self, index: int) -> None:
         for slots in (self._slots, self._frame_ticks, self._last_pts):

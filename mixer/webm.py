@@ -176,6 +176,10 @@ class ClusterScanner:
         return i
 
 
+def _kind(codec: Codec) -> Kind:
+    return Kind.AUDIO if codec is Codec.OPUS else Kind.VIDEO
+
+
 class _ChunkFile:
     """A read-only file whose `read` blocks for the next chunk and says when it is starved."""
 
@@ -214,7 +218,7 @@ class _Reader(threading.Thread):
         try:
             with av.open(self.file, mode="r", format="webm", options=PROBE_OPTIONS) as container:
                 self.kinds = frozenset(
-                    Kind.AUDIO if codec is Codec.OPUS else Kind.VIDEO
+                    _kind(codec)
                     for stream in container.streams
                     if (codec := _CODECS.get(stream.codec_context.name)) is not None
                 )
@@ -227,7 +231,7 @@ class _Reader(threading.Thread):
                         continue  # The flush packet at the end of each stream.
                     pos = packet.pos
                     out = WebmPacket(
-                        kind=Kind.AUDIO if codec is Codec.OPUS else Kind.VIDEO,
+                        kind=_kind(codec),
                         codec=codec,
                         data=bytes(packet),
                         pts_us=int(packet.pts * packet.time_base * US_PER_S),
