@@ -6,15 +6,23 @@ models on disk, so the first build of the process is done in a worker thread
 layer's three kinds: ``ObjectNotFound``; ``StoreRefused`` when the service answered no
 (wrong keys, missing bucket, policy: the bucket owner's problem, retrying will not help);
 ``StoreUnavailable`` when it could not be reached or failed on its side (retry later).
+
+Writes are conditional (``If-None-Match: *``, or ``If-Match`` the ETag this store last wrote
+under the key). A request the client gave up on (a timeout, a lost answer) can still be
+carried out by the service later, after a newer version of the same key went up: a
+playlist then reverted to an old one. Its condition no longer holds by then, so the
+service refuses it instead (see :meth:`S3ObjectStore._put_object`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import importlib
 import logging
 import os
+from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -46,6 +54,8 @@ SSE_MODES = ("AES256", "aws:kms")
 CHECK_KEY = ".reelhouse-write-check"  # the check's probe object (never listed)
 # the slowest upload taken as alive (``S3ObjectStore._deadline_s``)
 MIN_UPLOAD_BYTES_PER_S = 64 * 1024
+ETAGS_REMEMBERED = 8192  # keys whose ETag a store keeps for conditional overwrites
+CONDITION_TRIES = 3  # a key changed by someone else this often while being written: retry later
 
 # error codes that mean "the service is in trouble", not "the request is wrong"
 _TRANSIENT_CODES = frozenset(
@@ -196,6 +206,10 @@ class S3ObjectStore:
         self._stack = contextlib.AsyncExitStack()
         self._open_lock = asyncio.Lock()
         self._closed = False
+        # full key → the ETag (quoted, as sent) of what this store last wrote or saw there;
+        # oldest forgotten first: a forgotten key only costs a HEAD at its next overwrite
+        self._etags: OrderedDict[str, str] = OrderedDict()
+        self._conditional = True  # False once the service says it has no conditional writes
 
     # lifecycle ---------------------------------------------------------------------------
 
@@ -301,13 +315,7 @@ class S3ObjectStore:
             if size > self.config.multipart_threshold_bytes:
                 etag = await self._put_multipart(full, path, size, ctype)
             else:
-                data = await asyncio.to_thread(path.read_bytes)
-                client = await self._get_client()
-                async with asyncio.timeout(self._deadline_s(size)):
-                    resp = await client.put_object(
-                        Bucket=self.config.bucket, Key=full, Body=data, **self._put_extra(ctype)
-                    )
-                etag = str(resp.get("ETag", "")).strip('"')
+                etag = await self._put_object(full, await asyncio.to_thread(path.read_bytes), ctype)
         except Exception as exc:
             raise _map_error(exc, f"put {key}", self.config) from exc
         return ObjectInfo(key, size, ctype, etag, datetime.now(UTC))
@@ -364,7 +372,9 @@ class S3ObjectStore:
             if isinstance(exc, BaseExceptionGroup):
                 raise exc.exceptions[0] from exc
             raise
-        return str(done.get("ETag", "")).strip('"')
+        etag = str(done.get("ETag", ""))
+        self._remember(full, etag or None)
+        return etag.strip('"')
 
     async def put_bytes(self, key: str, data: bytes, content_type: str | None = None) -> ObjectInfo:
         """Upload ``data`` in one request."""
@@ -372,15 +382,97 @@ class S3ObjectStore:
         ctype = content_type or content_type_for(key)
         self._check_token(f"put {key}")
         try:
-            client = await self._get_client()
-            async with asyncio.timeout(self._deadline_s(len(data))):
-                resp = await client.put_object(
-                    Bucket=self.config.bucket, Key=full, Body=data, **self._put_extra(ctype)
-                )
+            etag = await self._put_object(full, data, ctype)
         except Exception as exc:
             raise _map_error(exc, f"put {key}", self.config) from exc
-        etag = str(resp.get("ETag", "")).strip('"')
         return ObjectInfo(key, len(data), ctype, etag, datetime.now(UTC))
+
+    async def _put_object(self, full: str, data: bytes, ctype: str) -> str:
+        """PUT ``data`` at ``full`` if the key still holds what this store last put there
+        (nothing, for a key it has not written); the new ETag, unquoted.
+
+        The condition makes a late request harmless: one this store gave up on (it timed
+        out, or its answer was lost) that the service carries out after a newer version of
+        the key went up finds the key changed, and is refused. The refusal the store itself
+        meets (412) means either that such an earlier attempt of this very write landed
+        (the key holds these bytes: done) or that the key holds what another process wrote
+        (an object from before a restart, a second writer): that is what the next try
+        replaces.
+        """
+        client = await self._get_client()
+        blind = False  # the key cannot be read (write-only keys): put as S3 always allowed
+        for _ in range(CONDITION_TRIES):
+            condition = {} if blind else self._condition(full)
+            try:
+                async with asyncio.timeout(self._deadline_s(len(data))):
+                    resp = await client.put_object(
+                        Bucket=self.config.bucket,
+                        Key=full,
+                        Body=data,
+                        **self._put_extra(ctype),
+                        **condition,
+                    )
+            except ClientError as exc:
+                code = str(exc.response.get("Error", {}).get("Code") or "")
+                status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+                if condition and (code == "NotImplemented" or status == 501):
+                    log.warning(
+                        "%s has no conditional writes (%s): a request given up on can land "
+                        "after a newer version of its key",
+                        self.config.describe(),
+                        code or status,
+                    )
+                    self._conditional = False
+                    continue
+                if not condition or code != "PreconditionFailed":
+                    raise
+                try:
+                    current = await self._etag_now(full)
+                except StoreRefused:
+                    blind = True
+                    continue
+                if current is not None and current.strip('"') == hashlib.md5(data).hexdigest():
+                    return current.strip('"')  # an earlier attempt of this write landed
+                continue  # (``_etag_now`` remembered what is there: replace that)
+            etag = str(resp.get("ETag", ""))
+            self._remember(full, etag or None)
+            return etag.strip('"')
+        raise StoreUnavailable(
+            f"put {full}: changed by another writer {CONDITION_TRIES} times while being written",
+            code="PreconditionFailed",
+        )
+
+    def _condition(self, full: str) -> dict[str, str]:
+        if not self._conditional:
+            return {}
+        etag = self._etags.get(full)
+        return {"IfNoneMatch": "*"} if etag is None else {"IfMatch": etag}
+
+    def _remember(self, full: str, etag: str | None) -> None:
+        """Note what ``full`` holds now (``None``: nothing, or not known)."""
+        if etag is None:
+            self._etags.pop(full, None)
+            return
+        self._etags[full] = etag
+        self._etags.move_to_end(full)
+        while len(self._etags) > ETAGS_REMEMBERED:
+            self._etags.popitem(last=False)
+
+    async def _etag_now(self, full: str) -> str | None:
+        """The key's ETag as the service has it now (``None``: absent), remembered."""
+        client = await self._get_client()
+        try:
+            async with asyncio.timeout(self._deadline_s(0)):
+                head = await client.head_object(Bucket=self.config.bucket, Key=full)
+        except Exception as exc:
+            error = _map_error(exc, f"head {full}", self.config)
+            if not isinstance(error, ObjectNotFound):
+                raise error from exc
+            self._remember(full, None)
+            return None
+        etag = str(head.get("ETag", "")) or None
+        self._remember(full, etag)
+        return etag
 
     def _deadline_s(self, body_bytes: int) -> float:
         """How long one request may take at most: its timeouts, plus its body at the slowest
@@ -479,6 +571,7 @@ class S3ObjectStore:
             error = _map_error(exc, f"delete {key}", self.config)
             if not isinstance(error, ObjectNotFound):
                 raise error from exc
+        self._remember(full, None)
 
     async def presigned_url(
         self, key: str, method: str = "GET", expires_s: int = DEFAULT_PRESIGN_EXPIRY_S

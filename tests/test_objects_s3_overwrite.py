@@ -1,0 +1,220 @@
+"""Overwriting a key on S3 (a playlist goes up again after every segment) with requests that
+may land late: against a real S3 server (SeaweedFS on loopback).
+
+A request the store gave up on (a timeout, an answer lost with the connection) can still be
+carried out by the service afterwards. SeaweedFS does exactly that for a PUT that waited for
+a volume while it restarted: the bucket's playlist went back to the version from before an
+outage. Every write is therefore conditional on what the key held when it was sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from s3server import (
+    ACCESS_KEY,
+    SECRET_KEY,
+    WRITE_ONLY_ACCESS_KEY,
+    WRITE_ONLY_SECRET_KEY,
+    SeaweedS3,
+)
+
+from storage.s3 import S3Config, S3ObjectStore
+
+KEY = "rec/s/index.m3u8"
+
+
+def config(endpoint: str, bucket: str, **changes: object) -> S3Config:
+    base = S3Config(
+        bucket=bucket,
+        endpoint_url=endpoint,
+        access_key=ACCESS_KEY,
+        secret_key=SECRET_KEY,
+        addressing_style="path",
+        connect_timeout_s=2.0,
+        read_timeout_s=10.0,
+    )
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def store(s3: SeaweedS3, s3_bucket: str) -> AsyncIterator[S3ObjectStore]:
+    st = S3ObjectStore(config(s3.endpoint, s3_bucket))
+    yield st
+    await st.aclose()
+
+
+class Sent:
+    """The PUT requests a store's client sends, as signed, to be sent again later."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, dict[str, str], bytes]] = []
+
+    async def watch(self, store: S3ObjectStore) -> None:
+        client = await store._get_client()
+        client.meta.events.register("before-send.s3.PutObject", self._keep)
+
+    def _keep(self, request: Any, **_: Any) -> None:
+        body = request.body  # (botocore wraps bytes in a BytesIO: read it without moving it)
+        data = body.getvalue() if hasattr(body, "getvalue") else bytes(body)
+        headers = {k: v.decode() if isinstance(v, bytes) else v for k, v in request.headers.items()}
+        self.requests.append((request.url, headers, data))
+
+    async def replay(self, index: int) -> int:
+        """Send request ``index`` again, byte for byte: a late arrival. Its HTTP status."""
+        url, headers, body = self.requests[index]
+        headers = {k: v for k, v in headers.items() if k.lower() != "expect"}
+        async with aiohttp.ClientSession() as http, http.put(url, headers=headers, data=body) as r:
+            await r.read()
+            return r.status
+
+
+async def plain_get(s3: SeaweedS3, bucket: str) -> bytes:
+    """The key's bytes, read by a plain boto3 client (in a thread: it blocks)."""
+
+    def get() -> bytes:
+        body: bytes = s3.client().get_object(Bucket=bucket, Key=KEY)["Body"].read()
+        return body
+
+    return await asyncio.to_thread(get)
+
+
+async def plain_put(s3: SeaweedS3, bucket: str, body: bytes) -> None:
+    """Write the key as another process would."""
+    await asyncio.to_thread(lambda: s3.client().put_object(Bucket=bucket, Key=KEY, Body=body))
+
+
+async def test_a_late_request_cannot_bring_back_an_old_version(
+    store: S3ObjectStore, s3: SeaweedS3, s3_bucket: str
+) -> None:
+    """The first and the second version's requests, arriving again after the third went up,
+    are refused (412): the key keeps the newest version."""
+    sent = Sent()
+    await sent.watch(store)
+    for n in (1, 2, 3):
+        await store.put_bytes(KEY, b"#EXTM3U\n#version %d\n" % n)
+    assert len(sent.requests) == 3
+    assert [await sent.replay(i) for i in (0, 1)] == [412, 412]
+    assert await plain_get(s3, s3_bucket) == b"#EXTM3U\n#version 3\n"
+
+
+async def test_an_attempt_that_landed_is_taken_as_done(
+    store: S3ObjectStore, s3: SeaweedS3, s3_bucket: str
+) -> None:
+    """An attempt whose answer was lost, and that landed: the next attempt of the same write
+    meets the key changed (412), finds these very bytes there and is done, sending no more."""
+    await store.put_bytes(KEY, b"v1")
+    # what the lost attempt did: v2 went up under the store's nose
+    await plain_put(s3, s3_bucket, b"v2")
+    sent = Sent()
+    await sent.watch(store)
+    info = await store.put_bytes(KEY, b"v2")
+    assert len(sent.requests) == 1 and "If-Match" in sent.requests[0][1]
+    assert info.etag == hashlib.md5(b"v2").hexdigest()
+    assert await plain_get(s3, s3_bucket) == b"v2"
+    # and the store now knows the key holds v2: the next version is one request
+    await store.put_bytes(KEY, b"v3")
+    assert len(sent.requests) == 2 and await plain_get(s3, s3_bucket) == b"v3"
+
+
+async def test_an_object_from_before_is_replaced(s3: SeaweedS3, s3_bucket: str) -> None:
+    """A key this store has not written that holds an object (from before a restart, or
+    another writer) is overwritten: the refused first try tells what is there."""
+    await plain_put(s3, s3_bucket, b"from the last run")
+    store = S3ObjectStore(config(s3.endpoint, s3_bucket))
+    try:
+        await store.put_bytes(KEY, b"this run")
+    finally:
+        await store.aclose()
+    assert await plain_get(s3, s3_bucket) == b"this run"
+
+
+async def test_keys_that_may_not_read_still_overwrite(s3: SeaweedS3, s3_bucket: str) -> None:
+    """Least-privilege keys (write, no read) cannot ask what the key holds after a refusal:
+    that write goes up unconditionally, as it always could."""
+    await plain_put(s3, s3_bucket, b"old")
+    store = S3ObjectStore(
+        config(
+            s3.endpoint,
+            s3_bucket,
+            access_key=WRITE_ONLY_ACCESS_KEY,
+            secret_key=WRITE_ONLY_SECRET_KEY,
+        )
+    )
+    try:
+        await store.put_bytes(KEY, b"new")
+    finally:
+        await store.aclose()
+    assert await plain_get(s3, s3_bucket) == b"new"
+
+
+@pytest.fixture
+async def no_conditions(s3: SeaweedS3) -> AsyncIterator[tuple[str, list[str]]]:
+    """A proxy to the S3 server for a service without conditional writes: a request carrying
+    If-Match or If-None-Match gets S3's 501 NotImplemented; the rest pass through."""
+    seen: list[str] = []
+    hop = {"host", "content-length", "transfer-encoding", "expect", "connection"}
+
+    async def forward(request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        conditional = {"if-match", "if-none-match"} & {k.lower() for k in request.headers}
+        seen.append(f"{request.method} {'conditional' if conditional else 'plain'}")
+        if request.method == "PUT" and conditional:
+            return web.Response(
+                status=501,
+                content_type="application/xml",
+                text="<Error><Code>NotImplemented</Code><Message>A header you provided "
+                "implies functionality that is not implemented</Message></Error>",
+            )
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in hop}
+        headers["Host"] = request.headers["Host"]  # signed by the client: passed unchanged
+        async with aiohttp.ClientSession(auto_decompress=False) as http:
+            async with http.request(
+                request.method,
+                s3.endpoint + request.path_qs,
+                headers=headers,
+                data=body,
+                skip_auto_headers=("Content-Type",),
+            ) as resp:
+                payload = await resp.read()
+                out = {k: v for k, v in resp.headers.items() if k.lower() not in hop}
+                return web.Response(status=resp.status, body=payload, headers=out)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", forward)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    yield f"http://127.0.0.1:{port}", seen
+    await runner.cleanup()
+
+
+async def test_a_service_without_conditional_writes_is_written_plainly(
+    no_conditions: tuple[str, list[str]],
+    s3: SeaweedS3,
+    s3_bucket: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """NotImplemented for the condition: said once in the log, then every write is plain."""
+    endpoint, seen = no_conditions
+    store = S3ObjectStore(config(endpoint, s3_bucket))
+    try:
+        with caplog.at_level(logging.WARNING, logger="storage.s3"):
+            for n in (1, 2, 3):
+                await store.put_bytes(KEY, b"v%d" % n)
+    finally:
+        await store.aclose()
+    assert seen == ["PUT conditional", "PUT plain", "PUT plain", "PUT plain"]
+    assert await plain_get(s3, s3_bucket) == b"v3"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "no conditional writes" in warnings[0]
