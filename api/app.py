@@ -89,7 +89,9 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     try:
         return await handler(request)
     except SessionError as exc:
-        raise rpc_error(exc.code, exc.message) from None
+        retry = exc.retry_after_s
+        headers = None if retry is None else {"Retry-After": str(retry)}
+        raise rpc_error(exc.code, exc.message, headers) from None
     except StorageError as exc:  # the store's trouble, told apart from a bug
         log.warning("storage error on %s %s: %s", request.method, request.path, exc)
         code = STORAGE_CODES.get(exc.status, RpcCode.INTERNAL)
@@ -169,6 +171,12 @@ async def metrics_handler(request: web.Request) -> web.Response:
                 "gauge",
                 "Open ingest WebSockets.",
                 len(app[INGEST].connections),
+            ),
+            (
+                "reelhouse_ws_refused_total",
+                "counter",
+                "Ingest WebSockets refused: the server held [ingest] max_connections.",
+                app[INGEST].refused,
             ),
             (
                 "reelhouse_frames_in_total",

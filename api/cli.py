@@ -46,6 +46,11 @@ def _serve_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+# descriptors a server needs besides its ingest connections: segments, WAL and spool files,
+# SQLite, the lanes' pipes, HTTP requests, WebRTC's sockets
+FILES_BESIDE_CONNECTIONS = 1024
+
+
 def raise_open_file_limit() -> int:
     """Lift the soft limit on open files to the hard one, as Go's runtime and nginx's
     ``worker_rlimit_nofile`` do: every connection is a descriptor, and so is every segment,
@@ -73,7 +78,15 @@ async def _serve(args: argparse.Namespace) -> int:
         print(f"reelhouse: cannot start: configuration: {exc}", file=sys.stderr, flush=True)
         return 2
     setup_logging(settings.log_level, settings.log_json)
-    log.info("open files: at most %d at once", raise_open_file_limit())
+    files = raise_open_file_limit()
+    log.info("open files: at most %d at once", files)
+    if files < settings.ingest.max_connections + FILES_BESIDE_CONNECTIONS:
+        log.warning(
+            "open files are limited to %d: too few for [ingest] max_connections = %d and the "
+            "files recording keeps open; raise the hard limit (ulimit -Hn) or lower it",
+            files,
+            settings.ingest.max_connections,
+        )
     try:
         # before anything reads the directory: a second server on it would replay (and then
         # delete) the running one's write-ahead log and rewrite its open segments

@@ -10,6 +10,9 @@ class IngestSettings:
     """WebSocket ingest limits and timing."""
 
     max_frame_bytes: int = 4 * 1024 * 1024
+    # open ingest WebSockets (recording apps, waiting ones too, and channel publishers); one
+    # more is answered 503 UNAVAILABLE with Retry-After before the upgrade
+    max_connections: int = 1000
     hello_timeout_s: float = 10.0
     keepalive_s: float = 15.0
     queue_frames: int = 256  # per-session bound (~4 s of 720p15 + Opus): the socket read waits

@@ -65,6 +65,7 @@ class SessionError(Exception):
     """A session event or lookup that cannot be carried out; ``code`` is its ``rpcStatus``."""
 
     code: RpcCode = RpcCode.INTERNAL
+    retry_after_s: int | None = None  # sent as Retry-After: when trying again may work
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -111,3 +112,11 @@ class StorageBacklogFull(SessionError):
     """The upload spool is full: sessions already recording go on, new ones must wait."""
 
     code = RpcCode.RESOURCE_EXHAUSTED
+
+
+class ConnectionsFull(SessionError):
+    """The server holds ``[ingest] max_connections`` WebSockets: a place frees when one
+    closes (the reference client reconnects with backoff)."""
+
+    code = RpcCode.UNAVAILABLE
+    retry_after_s = 5

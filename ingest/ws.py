@@ -15,7 +15,7 @@ from mixer.transcode import stream_framing
 
 from .channels import ChannelRegistry, MediaFrame, TrackInfo, Transport
 from .config import IngestSettings
-from .errors import CloseCode, ProtocolError
+from .errors import CloseCode, ConnectionsFull, ProtocolError
 from .protocol import PROTOCOL_VERSION, SUBPROTOCOL, decode_client, encode
 from .session_writer import track_spec
 from .sessions import PLATFORM_FIELDS, LiveSession, SessionManager
@@ -112,19 +112,30 @@ class IngestHandler:
         self._channels = channels
         self._admit = admit
         self.connections: set[WsConnection] = set()
+        self._upgrading = 0  # upgrades being answered: they count against max_connections
+        self.refused = 0  # upgrades refused at max_connections, for /metrics
         self._keepalive: asyncio.Task[None] | None = None
         self._keepalive_tasks: set[asyncio.Task[None]] = set()  # the closes it started
         self._serving: set[asyncio.Task[None]] = set()  # one per connection
 
     async def __call__(self, request: web.Request) -> web.StreamResponse:
         """Run one connection to its end."""
+        # (counted before the first await: upgrades that come together cannot all pass)
+        cap = self._settings.max_connections
+        if len(self.connections) + self._upgrading >= cap:
+            self.refused += 1
+            raise ConnectionsFull(f"this server holds {cap} ingest connections: try again later")
         # (no aiohttp heartbeat or autoping: the socket is ours once the upgrade is answered)
         ws = web.WebSocketResponse(protocols=(SUBPROTOCOL,), autoping=False, compress=False)
         stream = WsStream(self._settings.max_frame_bytes)
-        if not await take_over(request, ws, stream):
-            return ws
-        conn = WsConnection(stream, {})
-        self.connections.add(conn)
+        self._upgrading += 1
+        try:
+            if not await take_over(request, ws, stream):
+                return ws
+            conn = WsConnection(stream, {})
+            self.connections.add(conn)
+        finally:
+            self._upgrading -= 1
         if self._keepalive is None and self._settings.keepalive_s > 0:
             self._keepalive = asyncio.create_task(self._keep_alive(), name="ws-keepalive")
         # the connection is ours now, not the request's: aiohttp may cancel its handler once

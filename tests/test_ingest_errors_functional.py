@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
@@ -450,5 +451,58 @@ async def test_a_plain_get_of_the_ingest_path_leaves_its_connection_usable(
         writer.write(f"GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
         again = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), RECEIVE_TIMEOUT_S)
         assert again.startswith(b"HTTP/1.1 200")
+    finally:
+        writer.close()
+
+
+async def test_connections_past_the_cap_wait_until_one_closes(server_factory: Any) -> None:
+    """Past ``[ingest] max_connections`` an upgrade is answered 503 UNAVAILABLE, in the
+    rpcStatus shape, with Retry-After, and counted; the connections held go on; a place frees
+    when one of them closes."""
+    server = await server_factory(ingest={"max_connections": 2})
+    handler = server.app[INGEST]
+    async with aiohttp.ClientSession() as http:
+        waiting = await connect(http, server)
+        await waiting.hello(server.api_key, platform_call_id="held")
+        second = await connect(http, server)
+        head, body = await raw_upgrade(server)
+        assert head.startswith(b"HTTP/1.1 503") and b"\r\nRetry-After: 5\r\n" in head
+        assert json.loads(body) == {
+            "code": 14,
+            "message": "this server holds 2 ingest connections: try again later",
+            "details": [],
+        }
+        async with http.get(f"{server.url}/metrics") as resp:
+            assert "\nreelhouse_ws_refused_total 1\n" in await resp.text()
+        await waiting.send({"t": "ping", "ts": 7})
+        assert await waiting.recv() == {"t": "pong", "ts": 7}
+
+        serving = set(handler._serving)
+        assert second.ws is not None
+        await second.ws.close()
+        done, _ = await asyncio.wait(
+            serving, timeout=RECEIVE_TIMEOUT_S, return_when="FIRST_COMPLETED"
+        )
+        assert done
+        third = await connect(http, server)
+        assert (await third.hello(server.api_key, platform_call_id="next"))["state"] == "WAITING"
+
+
+async def raw_upgrade(server: Server) -> tuple[bytes, bytes]:
+    """An upgrade request on a plain socket: the answer's head and body, as sent."""
+    host, port = server.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(
+            f"GET /v1/ingest HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
+            "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), RECEIVE_TIMEOUT_S)
+        length = next(
+            int(line.split(b":")[1]) for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        )  # fmt: skip
+        return head, await reader.readexactly(length)
     finally:
         writer.close()
