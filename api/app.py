@@ -126,7 +126,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
 
 
 # headers of aiohttp's own error answers that say something the client needs
-KEPT_ERROR_HEADERS = ("Allow", "Retry-After", "WWW-Authenticate")
+KEPT_ERROR_HEADERS = ("Accept-Encoding", "Allow", "Retry-After", "WWW-Authenticate")
 
 
 async def healthz(request: web.Request) -> web.Response:

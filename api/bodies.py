@@ -16,12 +16,31 @@ import contextlib
 from collections.abc import Awaitable, Callable, Iterator
 
 from aiohttp import web
+from aiohttp.compression_utils import HAS_BROTLI, HAS_ZSTD
 from aiohttp.http_exceptions import BadHttpMessage
 from aiohttp.typedefs import Handler
 from aiohttp.web_protocol import RequestPayloadError
 from aiohttp.web_urldispatcher import _default_expect_handler
 
 from .keys import SETTINGS
+
+# content codings of a request body that aiohttp decodes (others it hands on as they came)
+DECODED_CODINGS = ("gzip", "deflate") + ("br",) * HAS_BROTLI + ("zstd",) * HAS_ZSTD
+
+
+def check_coding(request: web.Request) -> None:
+    """Refuse a body in a content coding that is not decoded here: 415 naming the ones that
+    are (RFC 9110 15.5.16, ``Accept-Encoding``). aiohttp reads any other (``compress``, two
+    codings in a row, a misspelt one) as if it were not coded: compressed bytes then failed
+    as "not valid JSON", or were stored as the video's bytes."""
+    coding = request.headers.get("Content-Encoding", "").strip().lower()
+    if coding in ("", "identity") or coding in DECODED_CODINGS:
+        return
+    raise web.HTTPUnsupportedMediaType(
+        reason=f"Content-Encoding {coding[:40]!r} is not supported here: send the body as it "
+        f"is, or in one of {', '.join(DECODED_CODINGS)}",
+        headers={"Accept-Encoding": ", ".join(DECODED_CODINGS)},
+    )
 
 
 class BodyTimeout(web.HTTPRequestTimeout, TimeoutError):
@@ -76,6 +95,7 @@ async def read_limited(request: web.Request, limit: int) -> bytes | None:
     ``request.content.read(n)`` returns what has come so far, not ``n`` bytes: a body split
     across TCP segments (headers and body sent apart, any body past one segment) was taken
     by its first part and refused as malformed."""
+    check_coding(request)
     if request.content_length is not None and request.content_length > limit:
         return None
     parts: list[bytes] = []
@@ -98,7 +118,9 @@ def readable_body(request: web.Request) -> Iterator[None]:
     """Reads of ``request``'s body within: one aiohttp cannot read (a ``Content-Encoding:
     gzip`` body that is not gzip, a broken chunked framing) is a 400 in the API's error shape,
     and its connection is closed after the answer (what follows on it cannot be framed);
-    it was an unhandled error, a 500 and a traceback in the log for each such request."""
+    it was an unhandled error, a 500 and a traceback in the log for each such request.
+    A body in a coding not decoded here is refused first (:func:`check_coding`)."""
+    check_coding(request)
     try:
         yield
     except (RequestPayloadError, BadHttpMessage) as exc:

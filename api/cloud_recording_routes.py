@@ -113,7 +113,7 @@ async def cloud_middleware(request: web.Request, handler: Handler) -> web.Stream
             resp = error(405, f"{request.method} is not allowed here", 405)
             resp.headers["Allow"] = exc.headers.get("Allow", "")  # (RFC 9110: a 405 says)
             return resp
-        if exc.status == 400:  # (api.bodies: a body that cannot be read)
+        if exc.status in (400, 415):  # (api.bodies: a body that cannot be read, or its coding)
             return error(8, exc.reason)
         if exc.status == 413:
             return error(8, f"the body is larger than {MAX_BODY_BYTES} bytes")

@@ -106,8 +106,11 @@ async def recordings_middleware(request: web.Request, handler: Handler) -> web.S
             405: "method_not_allowed",
             408: "request_timeout",
             413: "payload_too_large",
+            415: "unsupported_media_type",
         }
-        kept = {k: v for k, v in exc.headers.items() if k in ("Allow", "Retry-After")}
+        kept = {
+            k: v for k, v in exc.headers.items() if k in ("Accept-Encoding", "Allow", "Retry-After")
+        }
         return RecordingsError(
             exc.status, code.get(exc.status, "bad_request"), exc.reason
         ).response(kept or None)

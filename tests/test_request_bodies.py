@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gzip
 import json
 from typing import Any
 from urllib.parse import SplitResult, urlsplit
@@ -162,6 +163,47 @@ async def test_a_body_that_cannot_be_decoded_is_a_400_in_each_apis_shape(server:
     assert answers["recordings"][1]["error"]["code"] == "validation_error"
     assert answers["cloud"][0] == 400 and answers["cloud"][1]["code"] == 8
     assert allowed[0] == 405 and "POST" in allowed[1]  # (RFC 9110: a 405 says what is)
+
+
+async def test_a_coding_not_decoded_here_is_a_415_in_each_apis_shape(server: Any) -> None:
+    """``Content-Encoding: compress`` (or any coding aiohttp does not decode): aiohttp read the
+    body as if it were plain, so the API judged compressed bytes ("not valid JSON") or stored
+    them as they came. Now 415, naming the codings taken; a gzip body is still read."""
+    document = json.dumps({"sessionEvent": {"eventType": "EVENT_TYPE_START"}}).encode()
+    tenant = await tenant_headers(server, "acme")
+    app = await create_app_row(server.app[META], token_required=False)
+    customer_id, secret = await create_customer(server.app[META])
+    basic = "Basic " + base64.b64encode(f"{customer_id}:{secret}".encode()).decode()
+    coded = {"Content-Encoding": "compress", "Content-Type": "application/json"}
+    answers = {}
+    async with aiohttp.ClientSession() as http:
+        for name, url, auth in (
+            ("screen", server.url + EVENT_PATH, f"Bearer {API_KEY}"),
+            ("recordings", server.url + "/v1/recordings", tenant["Authorization"]),
+            ("cloud", f"{server.url}/v1/apps/{app.appid}/cloud_recording/acquire", basic),
+        ):
+            async with http.post(
+                url, data=document, headers={**coded, "Authorization": auth}
+            ) as resp:
+                answers[name] = (
+                    resp.status,
+                    resp.headers.get("Accept-Encoding"),
+                    await resp.json(),
+                )
+        zipped = {"Content-Encoding": "gzip", "Authorization": f"Bearer {API_KEY}"}
+        async with http.post(
+            server.url + EVENT_PATH, data=gzip.compress(document), headers=zipped
+        ) as resp:
+            started = resp.status, await resp.json()
+    status, accepted, screen = answers["screen"]
+    assert (status, accepted, screen["code"]) == (415, "gzip, deflate", 3)
+    assert "'compress' is not supported" in screen["message"]
+    status, accepted, recordings = answers["recordings"]
+    assert (status, accepted) == (415, "gzip, deflate")
+    assert recordings["error"]["code"] == "unsupported_media_type"
+    assert answers["cloud"][0] == 400 and answers["cloud"][2]["code"] == 8
+    assert "'compress' is not supported" in answers["cloud"][2]["reason"]
+    assert started[0] == 200 and started[1]["sessionEvent"]["sessionId"], started
 
 
 async def expect_continue(server: Any, method: str, target: str, headers: dict[str, str]) -> bytes:
