@@ -224,6 +224,12 @@ async def metrics_handler(request: web.Request) -> web.Response:
                 spool.uploaded_bytes_total,
             ),
             (
+                "reelhouse_uploads_superseded_total",
+                "counter",
+                "Queued files dropped unsent: a later file of their session replaced them.",
+                spool.superseded_total,
+            ),
+            (
                 "reelhouse_upload_failures_total",
                 "counter",
                 "Failed upload attempts.",

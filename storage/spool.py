@@ -4,7 +4,10 @@ Each item is two files in the spool directory: ``<item_id>.data`` (the bytes) an
 ``<item_id>.json`` (its manifest). The manifest is written last, atomically, so an item is
 durable exactly when its manifest exists; a data file without one is a half-done ``add``
 and is dropped on recovery. Items of one group upload strictly in add order, one at a time;
-groups upload in parallel on a fixed pool of workers.
+groups upload in parallel on a fixed pool of workers. A queued file that a later file of
+its group replaces (the same key in the same store: a playlist written again after every
+segment) is dropped unsent: after an outage, a session's backlog holds one playlist, not one
+per segment recorded meanwhile.
 """
 
 from __future__ import annotations
@@ -108,6 +111,7 @@ class Spool:
         self.uploaded_total = 0
         self.uploaded_bytes_total = 0
         self.upload_failures_total = 0
+        self.superseded_total = 0  # queued files dropped unsent: a later one replaced them
         self.unreadable = 0  # items kept for a person: their manifest did not parse
 
     @property
@@ -142,11 +146,15 @@ class Spool:
             return
         self._started = True
         items = await asyncio.to_thread(self._recover_sync)
+        dropped: list[SpoolItem] = []
         for item in items:
             self._next_id = max(self._next_id, item.item_id + 1)
             self._pending += 1
             self._bytes += item.size
-            self._enqueue(item)
+            dropped += self._enqueue(item, settle=False)  # (no head is in flight yet)
+        for group in list(self._groups):
+            self._settle_group(group)
+        await self._forget(dropped)
         if items:
             log.info("spool recovered %d items (%d bytes)", len(items), self._bytes)
         for n in range(self._workers):
@@ -329,9 +337,10 @@ class Spool:
             del self._writing[item_id]
         self._full_logged = False
         self._groups[group].adding.discard(item_id)
-        self._enqueue(item)
+        dropped = self._enqueue(item)
         async with self._changed:
             self._changed.notify_all()
+        await self._forget(dropped)
         return item
 
     def _write_sync(
@@ -414,10 +423,47 @@ class Spool:
 
     # scheduling --------------------------------------------------------------------------
 
-    def _enqueue(self, item: SpoolItem) -> None:
+    def _enqueue(self, item: SpoolItem, *, settle: bool = True) -> list[SpoolItem]:
+        """Queue ``item``; returns the queued items it leaves nothing to do for (them or it),
+        no longer counted: see :meth:`_supersede`. Their files are the caller's to remove."""
         state = self._groups.setdefault(item.group, _Group())
         heapq.heappush(state.queue, (item.item_id, item))
-        self._settle_group(item.group)
+        dropped = self._supersede(state, item)
+        if settle:
+            self._settle_group(item.group)
+        return dropped
+
+    def _supersede(self, state: _Group, item: SpoolItem) -> list[SpoolItem]:
+        """Drop the group's queued items for ``item``'s key and store but the newest (maybe
+        not ``item``: an add that began later may be queued already), which overwrites them
+        and goes up after all they follow. A head being tried (``busy``) stays: it may land."""
+        same = [
+            (item_id, queued)
+            for n, (item_id, queued) in enumerate(state.queue)
+            if queued.key == item.key
+            and queued.store_id == item.store_id
+            and not (n == 0 and state.busy)
+        ]
+        if len(same) < 2:
+            return []
+        newest = max(item_id for item_id, _ in same)
+        dropped = [queued for item_id, queued in same if item_id != newest]
+        gone = {queued.item_id for queued in dropped}
+        state.queue = [entry for entry in state.queue if entry[0] not in gone]
+        heapq.heapify(state.queue)
+        for queued in dropped:
+            self._pending -= 1
+            self._bytes -= queued.size
+        self.superseded_total += len(dropped)
+        return dropped
+
+    async def _forget(self, dropped: list[SpoolItem]) -> None:
+        """Remove superseded items' files (left behind, recovery supersedes them again)."""
+        for item in dropped:
+            try:
+                await asyncio.to_thread(self._remove_sync, item.item_id)
+            except OSError:
+                log.exception("could not remove superseded spooled %s", item.key)
 
     def _settle_group(self, group: str) -> None:
         """Hand the group to a worker if its head may go now, or forget it when it is empty."""

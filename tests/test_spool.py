@@ -447,3 +447,63 @@ async def test_move_across_filesystems_copies_then_removes_source(
     store.down = False
     assert await spool.wait_idle(WAIT_S)
     assert await store.get_bytes("e/x.ts") == b"E" * 32
+
+
+async def test_a_file_written_again_replaces_its_queued_copies(
+    tmp_path: Path, store: FlakyStore, make_spool: MakeSpool
+) -> None:
+    """A session's playlist goes into the spool after every segment: through an outage the
+    backlog kept every version, each sent when the store came back. Queued copies of a key are
+    dropped for the newest one; the copy already being tried stays (that attempt may land),
+    and the order of what is sent is kept."""
+    store.down = True
+    spool = make_spool(store)
+    await spool.start()
+    await spool.add_bytes("s/seg0.ts", b"0", group="s")
+    await store.wait_failures(1)  # the head is being tried (it waits for its retry)
+    for n in range(1, 4):
+        await spool.add_bytes("s/index.m3u8", b"v%d" % n, group="s")
+        await spool.add_bytes(f"s/seg{n}.ts", b"%d" % n, group="s")
+    await spool.add_bytes("s/index.m3u8", b"v4", group="s")
+    await spool.add_bytes("t/index.m3u8", b"other group", group="t")
+    assert (spool.depth, spool.superseded_total) == (6, 3)
+    assert spool.bytes == 1 + 3 + 2 + len(b"other group")
+    assert len(_spool_files(tmp_path)) == 12  # the dropped ones' files are gone
+    store.down = False
+    assert await spool.wait_idle(WAIT_S)
+    assert [k for k in store.uploaded if k.startswith("s/")] == [
+        "s/seg0.ts", "s/seg1.ts", "s/seg2.ts", "s/seg3.ts", "s/index.m3u8",
+    ]  # fmt: skip
+    assert await store.get_bytes("s/index.m3u8") == b"v4"
+    assert _spool_files(tmp_path) == []
+
+
+async def test_the_copy_being_sent_stays_and_recovery_supersedes_too(
+    tmp_path: Path, make_spool: MakeSpool
+) -> None:
+    """A key whose copy is being uploaded gets the newer one after it; and copies the last run
+    left behind are superseded when the spool starts again."""
+    down = FlakyStore(tmp_path / "objects")
+    down.down = True
+    first = make_spool(down)
+    await first.start()
+    await first.add_bytes("s/index.m3u8", b"v1", group="s")
+    await down.wait_failures(1)
+    await first.add_bytes("s/index.m3u8", b"v2", group="s")  # v1 is the head: both stay
+    assert (first.depth, first.superseded_total) == (2, 0)
+    await first.aclose(drain_timeout=0)
+    for name, data in (("00000000000000000003", b"v3"), ("00000000000000000004", b"v4")):
+        # as a run that crashed after adding them (each durable: manifest written last)
+        (tmp_path / "spool" / f"{name}.data").write_bytes(data)
+        manifest = json.loads((tmp_path / "spool" / "00000000000000000002.json").read_bytes())
+        manifest.update(item_id=int(name), size=len(data))
+        (tmp_path / "spool" / f"{name}.json").write_text(json.dumps(manifest))
+
+    up = FlakyStore(tmp_path / "objects")
+    second = make_spool(up)
+    await second.start()
+    assert second.superseded_total == 3  # (recovered: nothing is in flight yet)
+    assert await second.wait_idle(WAIT_S)
+    assert up.uploaded == ["s/index.m3u8"]
+    assert await up.get_bytes("s/index.m3u8") == b"v4"
+    assert _spool_files(tmp_path) == []
