@@ -7,6 +7,8 @@ import logging
 import sys
 from datetime import UTC, datetime
 
+from aiohttp.http_exceptions import HttpProcessingError
+
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
 
@@ -42,6 +44,26 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
+class ClientErrorsQuiet(logging.Filter):
+    """aiohttp logs every request it cannot parse (a malformed header, a line over 8 KiB, a
+    bad ``Content-Length``: the client's fault, answered 400) as an ERROR with a traceback,
+    so any client could fill the log with them. Such a record becomes one INFO line; the
+    server's own failures keep their level and traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        client = isinstance(exc, HttpProcessingError) and 400 <= (exc.code or 400) < 500
+        if client and record.levelno > logging.INFO:  # (aiohttp says some at DEBUG already)
+            assert isinstance(exc, HttpProcessingError)
+            said = " ".join(str(exc.message).split())
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.msg = "bad request from %s: %d %s"
+            who = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+            record.args = (who, exc.code or 400, said[:200])
+            record.exc_info = record.exc_text = None
+        return True
+
+
 def setup_logging(level: str = "INFO", json_lines: bool = False) -> None:
     """Route the root logger to stderr in the chosen format."""
     handler = logging.StreamHandler(sys.stderr)
@@ -50,3 +72,6 @@ def setup_logging(level: str = "INFO", json_lines: bool = False) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    server = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, ClientErrorsQuiet) for f in server.filters):
+        server.addFilter(ClientErrorsQuiet())

@@ -72,3 +72,33 @@ async def test_serve_lifts_its_open_files_limit(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         await proc.wait()
+
+
+async def test_a_request_that_does_not_parse_is_one_info_line_in_the_log(tmp_path: Path) -> None:
+    """aiohttp logged each request it could not parse (the client's fault, answered 400) as
+    an ERROR with a traceback: any client could fill the log. Now one INFO line says who
+    and why."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "api.cli", "serve", "--host", "127.0.0.1", "--port", "0",
+        "--data-dir", str(tmp_path / "data"), "--api-key", API_KEY,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), START_TIMEOUT_S)
+        host, port = line.decode().split()[-1].removeprefix("http://").split(":")
+        for bad in (b"Bad Header\r\n", b"Content-Length: abc\r\n", b"X: " + b"a" * 9000 + b"\r\n"):
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(b"POST /healthz HTTP/1.1\r\nHost: x\r\n" + bad + b"\r\n")
+            answer = await asyncio.wait_for(reader.read(), START_TIMEOUT_S)
+            assert answer.startswith(b"HTTP/1.0 400"), answer[:100]
+            writer.close()
+    finally:
+        proc.terminate()
+        _, err = await asyncio.wait_for(proc.communicate(), START_TIMEOUT_S)
+    log = err.decode()
+    assert "Traceback" not in log and "ERROR" not in log, log[-3000:]
+    told = [line for line in log.splitlines() if "bad request from 127.0.0.1: 400" in line]
+    assert len(told) == 3 and all(" INFO " in line for line in told), told
+    assert "Invalid header token: b'Bad Header' ^" in told[0]
+    assert "Got more than 8190 bytes" in told[2]
