@@ -3,9 +3,7 @@
 One client per store, opened on first use and kept: botocore builds a client from JSON
 models on disk, so the first build of the process is done in a worker thread
 (:func:`warm_up`) and later builds only hit its caches. Errors are mapped onto the storage
-layer's three kinds: ``ObjectNotFound``; ``StoreRefused`` when the service answered no
-(wrong keys, missing bucket, policy: the bucket owner's problem, retrying will not help);
-``StoreUnavailable`` when it could not be reached or failed on its side (retry later).
+layer's three kinds (``storage.s3_errors``).
 
 Writes are conditional (``If-None-Match: *``, or ``If-Match`` the ETag this store last wrote
 under the key). A request the client gave up on (a timeout, a lost answer) can still be
@@ -30,20 +28,14 @@ from pathlib import Path
 from typing import Any
 
 import aioboto3
-import aiohttp
 from botocore.config import Config
-from botocore.exceptions import (
-    BotoCoreError,
-    ClientError,
-    NoCredentialsError,
-    ParamValidationError,
-    PartialCredentialsError,
-)
+from botocore.exceptions import ClientError
 
 from .errors import ObjectNotFound, StorageError, StoreRefused, StoreUnavailable
 from .objects import DEFAULT_CHUNK_BYTES, DEFAULT_PRESIGN_EXPIRY_S, ObjectInfo, content_type_for
 from .objects_local import validate_key
 from .presign import MAX_EXPIRY_S
+from .s3_errors import map_error
 
 log = logging.getLogger(__name__)
 
@@ -55,42 +47,7 @@ CHECK_KEY = ".reelhouse-write-check"  # the check's probe object (never listed)
 # the slowest upload taken as alive (``S3ObjectStore._deadline_s``)
 MIN_UPLOAD_BYTES_PER_S = 64 * 1024
 ETAGS_REMEMBERED = 8192  # keys whose ETag a store keeps for conditional overwrites
-CONDITION_TRIES = 3  # a key changed by someone else this often while being written: retry later
-
-# error codes that mean "the service is in trouble", not "the request is wrong"
-_TRANSIENT_CODES = frozenset(
-    {
-        "InternalError",
-        "ServiceUnavailable",
-        "SlowDown",
-        "RequestTimeout",
-        "RequestTimeTooSkewed",
-        "OperationAborted",
-        "ThrottlingException",
-        "Throttling",
-        "TooManyRequests",
-        "RequestLimitExceeded",
-        "BadDigest",  # (the body was damaged on its way: sending it again is the cure)
-        "IncompleteBody",
-        "XAmzContentSHA256Mismatch",
-        # a multipart upload aborted under us (a lifecycle rule, another abort): the whole
-        # upload is done again, so the file goes up rather than reading as "not found"
-        "NoSuchUpload",
-    }
-)
-_NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
-# what an operator reads for the refusals users make most
-_REFUSAL_HINTS = {
-    "NoSuchBucket": "the bucket does not exist",
-    "InvalidAccessKeyId": "the access key is not known to the storage service",
-    "SignatureDoesNotMatch": "the secret key does not match the access key",
-    "AccessDenied": "the credentials may not do this on the bucket",
-    "ExpiredToken": "the STS token has expired",
-    "InvalidToken": "the STS token is not valid",
-    "InvalidBucketName": "the bucket name is not valid",
-    "AllAccessDisabled": "all access to the bucket is disabled",
-    "403": "the credentials were refused",
-}
+CONDITION_TRIES = 4  # tries of one write (a key changed by another writer: retry later)
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,30 +125,11 @@ async def warm_up() -> aioboto3.Session:
     return _session
 
 
-def _map_error(exc: BaseException, what: str, config: S3Config) -> StorageError:
-    """One storage error for any failure of the S3 client."""
-    if isinstance(exc, StorageError):
-        return exc
-    where = config.describe()
-    if isinstance(exc, ClientError):
-        error = exc.response.get("Error", {})
-        code = str(error.get("Code") or "")
-        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-        message = str(error.get("Message") or code)
-        if code in _NOT_FOUND_CODES or (
-            status == 404 and code != "NoSuchBucket" and code not in _TRANSIENT_CODES
-        ):
-            return ObjectNotFound(f"{what}: not found in {where}", code="NoSuchKey")
-        if code in _TRANSIENT_CODES or status >= 500 or status == 429:
-            return StoreUnavailable(f"{what}: {where} failed: {code} {message}", code=code)
-        hint = _REFUSAL_HINTS.get(code, message)
-        return StoreRefused(f"{what}: {where} refused: {code}: {hint}", code=code or str(status))
-    if isinstance(exc, NoCredentialsError | PartialCredentialsError | ParamValidationError):
-        # this server's configuration, not the network: retrying cannot help
-        return StoreRefused(f"{what}: {where}: {exc}", code="Configuration")
-    if isinstance(exc, BotoCoreError | aiohttp.ClientError | OSError | TimeoutError):
-        return StoreUnavailable(f"{what}: {where} unreachable: {exc}", code="Unreachable")
-    return StoreUnavailable(f"{what}: {where} failed: {exc!r}", code=type(exc).__name__)
+async def _md5(data: bytes) -> str:
+    """The hex MD5 of ``data`` (a single-part object's ETag), large bodies off the loop."""
+    if len(data) <= 1 << 20:
+        return hashlib.md5(data, usedforsecurity=False).hexdigest()
+    return await asyncio.to_thread(lambda: hashlib.md5(data, usedforsecurity=False).hexdigest())
 
 
 class S3ObjectStore:
@@ -296,7 +234,7 @@ class S3ObjectStore:
                 **self._put_extra("application/octet-stream"),
             )
         except Exception as exc:
-            raise _map_error(exc, "check (write)", self.config) from exc
+            raise map_error(exc, "check (write)", self.config) from exc
         with contextlib.suppress(Exception):  # (write-only keys may not delete: left, unlisted)
             await client.delete_object(Bucket=self.config.bucket, Key=probe)
 
@@ -317,7 +255,7 @@ class S3ObjectStore:
             else:
                 etag = await self._put_object(full, await asyncio.to_thread(path.read_bytes), ctype)
         except Exception as exc:
-            raise _map_error(exc, f"put {key}", self.config) from exc
+            raise map_error(exc, f"put {key}", self.config) from exc
         return ObjectInfo(key, size, ctype, etag, datetime.now(UTC))
 
     async def _put_multipart(self, full: str, path: Path, size: int, ctype: str) -> str:
@@ -384,7 +322,7 @@ class S3ObjectStore:
         try:
             etag = await self._put_object(full, data, ctype)
         except Exception as exc:
-            raise _map_error(exc, f"put {key}", self.config) from exc
+            raise map_error(exc, f"put {key}", self.config) from exc
         return ObjectInfo(key, len(data), ctype, etag, datetime.now(UTC))
 
     async def _put_object(self, full: str, data: bytes, ctype: str) -> str:
@@ -393,16 +331,24 @@ class S3ObjectStore:
 
         The condition makes a late request harmless: one this store gave up on (it timed
         out, or its answer was lost) that the service carries out after a newer version of
-        the key went up finds the key changed, and is refused. The refusal the store itself
-        meets (412) means either that such an earlier attempt of this very write landed
-        (the key holds these bytes: done) or that the key holds what another process wrote
-        (an object from before a restart, a second writer): that is what the next try
-        replaces.
+        the key went up finds the key changed, and is refused. What the store itself meets:
+
+        * 412 (409 on Amazon S3 when another write raced it): the key's ETag is read. These
+          very bytes there (an earlier attempt of this write landed) mean done; anything else
+          (an object from before a restart, another writer) is replaced on that condition.
+          Keys that may not read put that write plainly.
+        * 404 to ``If-Match`` (Amazon S3's answer when the key is gone: deleted behind this
+          store, or by a delete whose answer was lost): written as a new key.
+        * 403 or 501: the condition itself may be what is refused (Amazon S3 wants
+          ``s3:GetObject`` for ``If-Match``; a service without conditional writes says
+          ``NotImplemented``). The write is tried plainly; if that passes, this store writes
+          plainly from now on (said once in the log), else its refusal is the answer.
         """
         client = await self._get_client()
-        blind = False  # the key cannot be read (write-only keys): put as S3 always allowed
+        plain = not self._conditional
+        suspect = ""  # why this write went plain: the condition may be what is refused
         for _ in range(CONDITION_TRIES):
-            condition = {} if blind else self._condition(full)
+            condition = {} if plain else self._condition(full)
             try:
                 async with asyncio.timeout(self._deadline_s(len(data))):
                     resp = await client.put_object(
@@ -413,27 +359,35 @@ class S3ObjectStore:
                         **condition,
                     )
             except ClientError as exc:
+                if not condition:
+                    raise
                 code = str(exc.response.get("Error", {}).get("Code") or "")
                 status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-                if condition and (code == "NotImplemented" or status == 501):
-                    log.warning(
-                        "%s has no conditional writes (%s): a request given up on can land "
-                        "after a newer version of its key",
-                        self.config.describe(),
-                        code or status,
-                    )
-                    self._conditional = False
+                if "IfMatch" in condition and status == 404 and code != "NoSuchBucket":
+                    self._remember(full, None)
                     continue
-                if not condition or code != "PreconditionFailed":
+                if status in (403, 501):
+                    plain, suspect = True, code or str(status)
+                    continue
+                if status not in (409, 412):
                     raise
                 try:
                     current = await self._etag_now(full)
                 except StoreRefused:
-                    blind = True
+                    plain = True
                     continue
-                if current is not None and current.strip('"') == hashlib.md5(data).hexdigest():
+                if current is not None and current.strip('"') == await _md5(data):
                     return current.strip('"')  # an earlier attempt of this write landed
                 continue  # (``_etag_now`` remembered what is there: replace that)
+            if suspect and self._conditional:
+                self._conditional = False
+                log.warning(
+                    "%s refuses conditional writes (%s), not plain ones: its writes are plain "
+                    "from now on, and a request given up on can land after a newer version "
+                    "of its key",
+                    self.config.describe(),
+                    suspect,
+                )
             etag = str(resp.get("ETag", ""))
             self._remember(full, etag or None)
             return etag.strip('"')
@@ -465,7 +419,7 @@ class S3ObjectStore:
             async with asyncio.timeout(self._deadline_s(0)):
                 head = await client.head_object(Bucket=self.config.bucket, Key=full)
         except Exception as exc:
-            error = _map_error(exc, f"head {full}", self.config)
+            error = map_error(exc, f"head {full}", self.config)
             if not isinstance(error, ObjectNotFound):
                 raise error from exc
             self._remember(full, None)
@@ -498,14 +452,14 @@ class S3ObjectStore:
             client = await self._get_client()
             resp = await client.get_object(Bucket=self.config.bucket, Key=full, **ranged)
         except Exception as exc:
-            raise _map_error(exc, f"get {key}", self.config) from exc
+            raise map_error(exc, f"get {key}", self.config) from exc
         body = resp["Body"]
         try:
             while True:
                 try:
                     chunk = await body.read(chunk_size)
                 except Exception as exc:
-                    raise _map_error(exc, f"get {key}", self.config) from exc
+                    raise map_error(exc, f"get {key}", self.config) from exc
                 if not chunk:
                     return
                 yield chunk
@@ -523,7 +477,7 @@ class S3ObjectStore:
             client = await self._get_client()
             resp = await client.head_object(Bucket=self.config.bucket, Key=full)
         except Exception as exc:
-            error = _map_error(exc, f"head {key}", self.config)
+            error = map_error(exc, f"head {key}", self.config)
             if isinstance(error, ObjectNotFound):
                 return None
             raise error from exc
@@ -559,19 +513,19 @@ class S3ObjectStore:
         except StorageError:
             raise
         except Exception as exc:
-            raise _map_error(exc, f"list {prefix!r}", self.config) from exc
+            raise map_error(exc, f"list {prefix!r}", self.config) from exc
 
     async def delete(self, key: str) -> None:
         """Remove the object; deleting a missing key is not an error (S3 says so too)."""
         full = self._key(key)
+        self._remember(full, None)  # (before: a lost answer may hide a delete that was done)
         try:
             client = await self._get_client()
             await client.delete_object(Bucket=self.config.bucket, Key=full)
         except Exception as exc:
-            error = _map_error(exc, f"delete {key}", self.config)
+            error = map_error(exc, f"delete {key}", self.config)
             if not isinstance(error, ObjectNotFound):
                 raise error from exc
-        self._remember(full, None)
 
     async def presigned_url(
         self, key: str, method: str = "GET", expires_s: int = DEFAULT_PRESIGN_EXPIRY_S
@@ -592,5 +546,5 @@ class S3ObjectStore:
                 ExpiresIn=expires_s,
             )
         except Exception as exc:
-            raise _map_error(exc, f"presign {key}", self.config) from exc
+            raise map_error(exc, f"presign {key}", self.config) from exc
         return str(url)

@@ -26,7 +26,8 @@ from s3server import (
 )
 
 from storage.errors import ObjectNotFound, StoreRefused, StoreUnavailable
-from storage.s3 import CHECK_KEY, MIN_PART_BYTES, S3Config, S3ObjectStore, _map_error
+from storage.s3 import CHECK_KEY, MIN_PART_BYTES, S3Config, S3ObjectStore
+from storage.s3_errors import map_error
 
 NEVER_S = 20.0  # far past any deadline the test sets: a put still running then hangs
 
@@ -325,12 +326,12 @@ def test_what_a_failure_means_retry_or_refused(code: str, status: int, kind: typ
         {"Error": {"Code": code, "Message": "m"}, "ResponseMetadata": {"HTTPStatusCode": status}},
         "PutObject",
     )
-    assert isinstance(_map_error(err, "put k", S3Config(bucket="b")), kind)
+    assert isinstance(map_error(err, "put k", S3Config(bucket="b")), kind)
 
 
 def test_missing_credentials_are_refused_not_retried() -> None:
     """No credentials in the chain is this server's configuration: an operator must act."""
-    assert isinstance(_map_error(NoCredentialsError(), "put k", S3Config(bucket="b")), StoreRefused)
+    assert isinstance(map_error(NoCredentialsError(), "put k", S3Config(bucket="b")), StoreRefused)
 
 
 async def test_stream_a_range(store: S3ObjectStore) -> None:

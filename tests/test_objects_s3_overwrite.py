@@ -12,21 +12,26 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import re
 from collections.abc import AsyncIterator
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
+from botocore.exceptions import ClientError
 from s3server import (
     ACCESS_KEY,
+    READ_ONLY_ACCESS_KEY,
+    READ_ONLY_SECRET_KEY,
     SECRET_KEY,
     WRITE_ONLY_ACCESS_KEY,
     WRITE_ONLY_SECRET_KEY,
     SeaweedS3,
 )
 
+from storage.errors import StoreRefused, StoreUnavailable
 from storage.s3 import S3Config, S3ObjectStore
 
 KEY = "rec/s/index.m3u8"
@@ -156,24 +161,69 @@ async def test_keys_that_may_not_read_still_overwrite(s3: SeaweedS3, s3_bucket: 
     assert await plain_get(s3, s3_bucket) == b"new"
 
 
+@dataclass
+class Service:
+    """How the proxy answers conditional PUTs where another S3 service differs from
+    SeaweedFS (the rest passes through): Amazon S3's rules, as its conditional-writes guide
+    states them, or a service with no conditional writes at all."""
+
+    none: bool = False  # any conditional PUT: 501 NotImplemented
+    no_read: set[str] = field(default_factory=set)  # keys without s3:GetObject: If-Match is 403
+    gone_is_404: bool = False  # If-Match on a key that does not exist: 404 NoSuchKey (not 412)
+    conflicts: int = 0  # this many conditional PUTs: 409 ConditionalRequestConflict
+    seen: list[str] = field(default_factory=list)  # "PUT If-Match", "PUT plain", ...
+
+
+def s3_error(status: int, code: str) -> web.Response:
+    return web.Response(
+        status=status,
+        content_type="application/xml",
+        text=f"<Error><Code>{code}</Code><Message>{code}</Message></Error>",
+    )
+
+
 @pytest.fixture
-async def no_conditions(s3: SeaweedS3) -> AsyncIterator[tuple[str, list[str]]]:
-    """A proxy to the S3 server for a service without conditional writes: a request carrying
-    If-Match or If-None-Match gets S3's 501 NotImplemented; the rest pass through."""
-    seen: list[str] = []
+async def service(s3: SeaweedS3) -> AsyncIterator[tuple[str, Service]]:
+    """A proxy to the S3 server that answers as :class:`Service` says: its endpoint."""
+    rules = Service()
     hop = {"host", "content-length", "transfer-encoding", "expect", "connection"}
+
+    def exists(path: str) -> bool:
+        bucket, _, key = path.lstrip("/").partition("/")
+        try:
+            s3.client().head_object(Bucket=bucket, Key=key)
+        except ClientError:
+            return False
+        return True
+
+    def answer(request: web.Request) -> web.Response | None:
+        if_match = request.headers.get("If-Match")
+        kind = (
+            "If-Match"
+            if if_match
+            else "If-None-Match"
+            if "If-None-Match" in request.headers
+            else "plain"
+        )
+        rules.seen.append(f"{request.method} {kind}")
+        if request.method != "PUT" or kind == "plain":
+            return None
+        if rules.none:
+            return s3_error(501, "NotImplemented")
+        if rules.conflicts:
+            rules.conflicts -= 1
+            return s3_error(409, "ConditionalRequestConflict")
+        signer = re.search(r"Credential=([^/]+)/", request.headers.get("Authorization", ""))
+        if if_match and signer and signer.group(1) in rules.no_read:
+            return s3_error(403, "AccessDenied")
+        if if_match and rules.gone_is_404 and not exists(request.path):
+            return s3_error(404, "NoSuchKey")
+        return None
 
     async def forward(request: web.Request) -> web.StreamResponse:
         body = await request.read()
-        conditional = {"if-match", "if-none-match"} & {k.lower() for k in request.headers}
-        seen.append(f"{request.method} {'conditional' if conditional else 'plain'}")
-        if request.method == "PUT" and conditional:
-            return web.Response(
-                status=501,
-                content_type="application/xml",
-                text="<Error><Code>NotImplemented</Code><Message>A header you provided "
-                "implies functionality that is not implemented</Message></Error>",
-            )
+        if (refused := await asyncio.to_thread(answer, request)) is not None:
+            return refused
         headers = {k: v for k, v in request.headers.items() if k.lower() not in hop}
         headers["Host"] = request.headers["Host"]  # signed by the client: passed unchanged
         async with aiohttp.ClientSession(auto_decompress=False) as http:
@@ -195,18 +245,20 @@ async def no_conditions(s3: SeaweedS3) -> AsyncIterator[tuple[str, list[str]]]:
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield f"http://127.0.0.1:{port}", seen
+    yield f"http://127.0.0.1:{port}", rules
     await runner.cleanup()
 
 
+def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+
 async def test_a_service_without_conditional_writes_is_written_plainly(
-    no_conditions: tuple[str, list[str]],
-    s3: SeaweedS3,
-    s3_bucket: str,
-    caplog: pytest.LogCaptureFixture,
+    service: tuple[str, Service], s3: SeaweedS3, s3_bucket: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """NotImplemented for the condition: said once in the log, then every write is plain."""
-    endpoint, seen = no_conditions
+    endpoint, rules = service
+    rules.none = True
     store = S3ObjectStore(config(endpoint, s3_bucket))
     try:
         with caplog.at_level(logging.WARNING, logger="storage.s3"):
@@ -214,7 +266,113 @@ async def test_a_service_without_conditional_writes_is_written_plainly(
                 await store.put_bytes(KEY, b"v%d" % n)
     finally:
         await store.aclose()
-    assert seen == ["PUT conditional", "PUT plain", "PUT plain", "PUT plain"]
+    assert rules.seen == ["PUT If-None-Match", "PUT plain", "PUT plain", "PUT plain"]
     assert await plain_get(s3, s3_bucket) == b"v3"
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 1 and "no conditional writes" in warnings[0]
+    (warning,) = warnings_of(caplog)
+    assert "refuses conditional writes (NotImplemented)" in warning
+
+
+async def test_amazon_write_only_keys_overwrite_plainly(
+    service: tuple[str, Service], s3: SeaweedS3, s3_bucket: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Amazon S3 wants s3:GetObject for If-Match: keys that may only write (they pass the
+    start's check) were refused the playlist's second version for ever, and everything the
+    session spooled after it waited behind it. The refused condition is dropped instead."""
+    endpoint, rules = service
+    rules.no_read.add(WRITE_ONLY_ACCESS_KEY)
+    store = S3ObjectStore(
+        config(
+            endpoint, s3_bucket, access_key=WRITE_ONLY_ACCESS_KEY, secret_key=WRITE_ONLY_SECRET_KEY
+        )
+    )
+    try:
+        with caplog.at_level(logging.WARNING, logger="storage.s3"):
+            for n in (1, 2, 3):
+                await store.put_bytes(KEY, b"v%d" % n)
+    finally:
+        await store.aclose()
+    assert rules.seen == ["PUT If-None-Match", "PUT If-Match", "PUT plain", "PUT plain"]
+    assert await plain_get(s3, s3_bucket) == b"v3"
+    (warning,) = warnings_of(caplog)
+    assert "refuses conditional writes (AccessDenied)" in warning
+
+
+async def test_a_real_refusal_is_not_taken_for_the_condition(
+    service: tuple[str, Service], s3: SeaweedS3, s3_bucket: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Read-only keys: the conditional PUT is refused (403), and so is the plain one. That
+    refusal is the answer, and the store keeps its conditions."""
+    endpoint, rules = service
+    store = S3ObjectStore(
+        config(
+            endpoint, s3_bucket, access_key=READ_ONLY_ACCESS_KEY, secret_key=READ_ONLY_SECRET_KEY
+        )
+    )
+    try:
+        with pytest.raises(StoreRefused) as refused:
+            await store.put_bytes(KEY, b"v1")
+    finally:
+        await store.aclose()
+    assert refused.value.code == "AccessDenied"
+    assert rules.seen == ["PUT If-None-Match", "PUT plain"] and store._conditional
+    assert not warnings_of(caplog)
+
+
+async def test_a_key_deleted_behind_the_store_is_written_again(
+    service: tuple[str, Service], s3: SeaweedS3, s3_bucket: str
+) -> None:
+    """Amazon S3 answers If-Match on a key that is gone with 404, not 412: a playlist deleted
+    by someone else (or by a delete whose answer was lost) could never be written again."""
+    endpoint, rules = service
+    rules.gone_is_404 = True
+    store = S3ObjectStore(config(endpoint, s3_bucket))
+    try:
+        await store.put_bytes(KEY, b"v1")
+        await asyncio.to_thread(s3.client().delete_object, Bucket=s3_bucket, Key=KEY)
+        await store.put_bytes(KEY, b"v2")
+    finally:
+        await store.aclose()
+    assert rules.seen == ["PUT If-None-Match", "PUT If-Match", "PUT If-None-Match"]
+    assert await plain_get(s3, s3_bucket) == b"v2"
+
+
+async def test_a_delete_forgets_the_key_even_when_its_answer_is_lost(
+    service: tuple[str, Service], s3: SeaweedS3, s3_bucket: str
+) -> None:
+    """A delete that was done but whose answer was lost: the next write of the key is a
+    write of a new key (If-None-Match), not If-Match a version that is gone."""
+    endpoint, rules = service
+    rules.gone_is_404 = True
+    store = S3ObjectStore(config(endpoint, s3_bucket))
+    client = await store._get_client()
+
+    def lose_answer(**_: object) -> None:
+        raise TimeoutError("the answer was lost")
+
+    try:
+        await store.put_bytes(KEY, b"v1")
+        client.meta.events.register("after-call.s3.DeleteObject", lose_answer)
+        with pytest.raises(StoreUnavailable):
+            await store.delete(KEY)
+        client.meta.events.unregister("after-call.s3.DeleteObject", lose_answer)
+        await store.put_bytes(KEY, b"v2")
+    finally:
+        await store.aclose()
+    assert rules.seen == ["PUT If-None-Match", "DELETE plain", "PUT If-None-Match"]
+    assert await plain_get(s3, s3_bucket) == b"v2"
+
+
+async def test_a_conflicting_write_is_tried_again(
+    service: tuple[str, Service], s3: SeaweedS3, s3_bucket: str
+) -> None:
+    """Amazon S3's 409 ConditionalRequestConflict (another write of the key at the same
+    time) means: read the ETag and try again. It was taken as a refusal."""
+    endpoint, rules = service
+    rules.conflicts = 1
+    store = S3ObjectStore(config(endpoint, s3_bucket))
+    try:
+        await store.put_bytes(KEY, b"v1")
+    finally:
+        await store.aclose()
+    assert rules.seen == ["PUT If-None-Match", "HEAD plain", "PUT If-None-Match"]
+    assert await plain_get(s3, s3_bucket) == b"v1"
