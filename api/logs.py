@@ -52,16 +52,17 @@ class ClientErrorsQuiet(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        client = isinstance(exc, HttpProcessingError) and 400 <= (exc.code or 400) < 500
-        if client and record.levelno > logging.INFO:  # (aiohttp says some at DEBUG already)
-            assert isinstance(exc, HttpProcessingError)
-            said = " ".join(str(exc.message).split())
-            record.levelno, record.levelname = logging.INFO, "INFO"
-            record.msg = "bad request from %s: %d %s"
-            who = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
-            record.args = (who, exc.code or 400, said[:200])
-            record.exc_info = record.exc_text = None
-        return True
+        code = exc.code if isinstance(exc, HttpProcessingError) else None
+        if code is None or not 400 <= code < 500 or record.levelno <= logging.INFO:
+            return True  # (aiohttp says some at DEBUG already)
+        said = " ".join(str(getattr(exc, "message", "")).split())
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        record.msg = "bad request from %s: %d %s"
+        who = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+        record.args = (who, code, said[:200])
+        record.exc_info = record.exc_text = None
+        # (the level was checked before the filter ran: at WARNING the line is not wanted)
+        return logging.getLogger(record.name).isEnabledFor(logging.INFO)
 
 
 def setup_logging(level: str = "INFO", json_lines: bool = False) -> None:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import resource
 import sys
 from pathlib import Path
 
+from aiohttp.http_exceptions import BadHttpMessage, HttpProcessingError
 from conftest import API_KEY
 
 from api.cli import NOFILE_CEILING
+from api.logs import ClientErrorsQuiet
 
 KEEPALIVE_S = 1.0
 START_TIMEOUT_S = 30.0
@@ -102,3 +105,34 @@ async def test_a_request_that_does_not_parse_is_one_info_line_in_the_log(tmp_pat
     assert len(told) == 3 and all(" INFO " in line for line in told), told
     assert "Invalid header token: b'Bad Header' ^" in told[0]
     assert "Got more than 8190 bytes" in told[2]
+
+
+def test_the_quieted_line_follows_the_log_level() -> None:
+    """The level is checked before a filter runs: at WARNING the rewritten INFO line must not
+    show; an error of the server's own (a 500, or no status at all) keeps its ERROR."""
+    quiet = ClientErrorsQuiet()
+    server = logging.getLogger("aiohttp.server")
+
+    def record(exc: Exception) -> logging.LogRecord:
+        try:
+            raise exc
+        except Exception:
+            info = sys.exc_info()
+        return server.makeRecord(
+            server.name, logging.ERROR, __file__, 1, "Error handling request from %s",
+            ("127.0.0.1",), info,
+        )  # fmt: skip
+
+    before = server.level
+    try:
+        server.setLevel(logging.WARNING)
+        assert not quiet.filter(record(BadHttpMessage("Invalid header token")))
+        server.setLevel(logging.INFO)
+        told = record(BadHttpMessage("Invalid header token"))
+        assert quiet.filter(told) and told.levelno == logging.INFO and told.exc_info is None
+        assert told.getMessage() == "bad request from 127.0.0.1: 400 Invalid header token"
+        for own in (HttpProcessingError(code=500, message="boom"), HttpProcessingError()):
+            kept = record(own)
+            assert quiet.filter(kept) and kept.levelno == logging.ERROR and kept.exc_info
+    finally:
+        server.setLevel(before)
