@@ -28,19 +28,34 @@ from .keys import SETTINGS
 DECODED_CODINGS = ("gzip", "deflate") + ("br",) * HAS_BROTLI + ("zstd",) * HAS_ZSTD
 
 
-def check_coding(request: web.Request) -> None:
-    """Refuse a body in a content coding that is not decoded here: 415 naming the ones that
-    are (RFC 9110 15.5.16, ``Accept-Encoding``). aiohttp reads any other (``compress``, two
-    codings in a row, a misspelt one) as if it were not coded: compressed bytes then failed
-    as "not valid JSON", or were stored as the video's bytes."""
-    coding = request.headers.get("Content-Encoding", "").strip().lower()
-    if coding in ("", "identity") or coding in DECODED_CODINGS:
-        return
-    raise web.HTTPUnsupportedMediaType(
-        reason=f"Content-Encoding {coding[:40]!r} is not supported here: send the body as it "
-        f"is, or in one of {', '.join(DECODED_CODINGS)}",
-        headers={"Accept-Encoding": ", ".join(DECODED_CODINGS)},
+ACCEPT_ENCODING = {"Accept-Encoding": ", ".join(DECODED_CODINGS)}
+
+
+def coding_refused(request: web.Request) -> str | None:
+    """Why the body's content coding is refused here (``None``: it is read as it should be).
+
+    aiohttp decodes a body only when the coding is exactly one of ``DECODED_CODINGS``, and
+    reads any other (``compress``, a list such as ``gzip, identity``, a misspelt one) as if
+    it were not coded: compressed bytes then failed as "not valid JSON", or were stored as a
+    video's bytes. Several ``Content-Encoding`` lines make a list too (RFC 9110 5.3), of which
+    aiohttp would decode one at most."""
+    values = [v.strip().lower() for v in request.headers.getall("Content-Encoding", [])]
+    if all(v in ("", "identity") for v in values):
+        return None
+    if len(values) == 1 and values[0] in DECODED_CODINGS:
+        return None
+    said = ", ".join(values)[:40]
+    return (
+        f"Content-Encoding {said!r} is not supported here: send the body as it is, or in "
+        f"one of {', '.join(DECODED_CODINGS)}"
     )
+
+
+def check_coding(request: web.Request) -> None:
+    """Refuse a body whose coding is not decoded here (:func:`coding_refused`): 415 naming
+    the codings that are (RFC 9110 15.5.16, ``Accept-Encoding``)."""
+    if (reason := coding_refused(request)) is not None:
+        raise web.HTTPUnsupportedMediaType(reason=reason, headers=ACCEPT_ENCODING)
 
 
 class BodyTimeout(web.HTTPRequestTimeout, TimeoutError):

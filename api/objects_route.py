@@ -19,9 +19,9 @@ from ingest.errors import RpcCode
 from storage.errors import ObjectNotFound
 from storage.objects import ObjectInfo, ObjectStore
 
-from .bodies import expect_checked, readable_body
+from .bodies import ACCEPT_ENCODING, coding_refused, expect_checked, readable_body
 from .cors import objects_preflight
-from .errors import rpc_error
+from .errors import rpc_error, rpc_status
 from .keys import SETTINGS, SIGNER, STORE
 
 # A presigned PUT (a recording's tab video) may carry this much; larger gets 413. The body is
@@ -226,6 +226,9 @@ async def _may_put(request: web.Request) -> web.Response | None:
         await _admitted(request)
     except web.HTTPException as exc:
         return web.Response(status=exc.status, text=exc.text, content_type="application/json")
+    if (reason := coding_refused(request)) is not None:  # (before the body, not after it)
+        body = rpc_status(RpcCode.INVALID_ARGUMENT, reason)
+        return web.json_response(body, status=415, headers=ACCEPT_ENCODING)
     return None
 
 

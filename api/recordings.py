@@ -26,7 +26,7 @@ from storage.objects import ObjectStore
 from storage.recordings import RecordingRow, RecordingStatus
 
 from .auth import Principal
-from .bodies import expect_checked, readable_body
+from .bodies import ACCEPT_ENCODING, coding_refused, expect_checked, readable_body
 from .keys import API_KEYS, META, STORE
 from .objects_route import PLAYLIST_TYPE, PutRefusal, absolute_url, presigned_playlist
 from .recordings_events import EVENTS_CONTENT_TYPE, BodyError, decompress_stream, parse_upload
@@ -184,6 +184,8 @@ async def _may_create(request: web.Request) -> web.Response | None:
     limit = request.config_dict[RECORDINGS].max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         return _too_large(limit).response()
+    if (reason := coding_refused(request)) is not None:  # (before the body, not after it)
+        return RecordingsError(415, "unsupported_media_type", reason).response(ACCEPT_ENCODING)
     return None
 
 

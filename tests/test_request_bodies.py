@@ -14,6 +14,7 @@ from urllib.parse import SplitResult, urlsplit
 import aiohttp
 import pytest
 from conftest import API_KEY
+from multidict import CIMultiDict
 from recording import EVENT_PATH
 from test_recordings_functional import body, created_with_video, tenant_headers
 
@@ -240,3 +241,26 @@ async def test_a_large_upload_is_refused_before_its_body_is_sent(server: Any) ->
     assert nobody.startswith(b"HTTP/1.1 401")
     welcome = await expect_continue(server, "POST", "/v1/recordings", {**auth, **fine})
     assert welcome.startswith(b"HTTP/1.1 100")
+
+
+async def test_two_coding_lines_and_uploads_that_wait_for_100_are_refused(server: Any) -> None:
+    """Two ``Content-Encoding`` lines are a list (RFC 9110 5.3), of which aiohttp decodes one
+    at most: a gzip body sent with ``gzip`` and ``identity`` lines was stored still coded.
+    And an upload that waits for ``100 Continue`` hears the 415 before it sends its body."""
+    auth = await tenant_headers(server, "acme")
+    upload = await upload_url(server, auth)
+    coded = gzip.compress(b"webm bytes")
+    two = CIMultiDict([("Content-Encoding", "gzip"), ("Content-Encoding", "identity")])
+    async with aiohttp.ClientSession(auto_decompress=False) as http:
+        async with http.put(upload.geturl(), data=coded, headers=two) as resp:
+            assert (resp.status, resp.headers["Accept-Encoding"]) == (415, "gzip, deflate")
+            assert "'gzip, identity' is not supported" in (await resp.json())["message"]
+    keys = [info.key async for info in server.app[STORE].list("captures/")]
+    assert not [key for key in keys if key.endswith("video/original")]
+
+    target = f"{upload.path}?{upload.query}"
+    compress = {"Content-Length": "1000", "Content-Encoding": "compress"}
+    refused = await expect_continue(server, "PUT", target, compress)
+    assert refused.startswith(b"HTTP/1.1 415") and b"\r\nAccept-Encoding: gzip, deflate" in refused
+    create = await expect_continue(server, "POST", "/v1/recordings", {**auth, **compress})
+    assert create.startswith(b"HTTP/1.1 415")
