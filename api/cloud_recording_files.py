@@ -198,6 +198,7 @@ class CloudFiles:
                 data,
                 group=group or session.sid,
                 store_id=session.store_id if group is None else DEFAULT_STORE_ID,
+                replaceable=True,
             ),
         )
 

@@ -557,7 +557,9 @@ class SessionRecorder:
                 duration_ms=round(self._playlist.duration_s * 1000),
             )
         )
-        await self._to_spool(self._spool.add_bytes, self.key_playlist, text, group=self.session_id)
+        await self._to_spool(
+            self._spool.add_bytes, self.key_playlist, text, group=self.session_id, replaceable=True
+        )
 
     async def _finish(self, lane: WriterLane) -> None:
         for seg, _ in await lane.call("finish", self.session_id):

@@ -4,10 +4,10 @@ Each item is two files in the spool directory: ``<item_id>.data`` (the bytes) an
 ``<item_id>.json`` (its manifest). The manifest is written last, atomically, so an item is
 durable exactly when its manifest exists; a data file without one is a half-done ``add``
 and is dropped on recovery. Items of one group upload strictly in add order, one at a time;
-groups upload in parallel on a fixed pool of workers. A queued file that a later file of
-its group replaces (the same key in the same store: a playlist written again after every
-segment) is dropped unsent: after an outage, a session's backlog holds one playlist, not one
-per segment recorded meanwhile.
+groups upload in parallel on a fixed pool of workers. A queued ``replaceable`` file that a
+later one of its group replaces (the same key in the same store: a playlist written again
+after every segment) is dropped unsent: after an outage, a session's backlog holds one
+playlist, not one per segment recorded meanwhile.
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ class SpoolItem:
     content_type: str | None
     size: int
     added_at: datetime
+    replaceable: bool = False  # a later copy of its key makes it redundant (a playlist)
     attempts: int = 0  # upload attempts made so far (not persisted across restarts)
 
 
@@ -62,6 +63,9 @@ class _Group:
     queue: list[tuple[int, SpoolItem]] = field(default_factory=list)  # heap by item_id
     adding: set[int] = field(default_factory=set)  # ids reserved by adds still writing
     busy: bool = False  # queued on the ready queue or being uploaded by a worker
+    # superseded items whose files may still be on disk (id → key): removed before the copy
+    # that replaced them leaves the disk, or a restart would upload them over it
+    dropped: dict[int, str] = field(default_factory=dict)
 
 
 def _stem(item_id: int) -> str:
@@ -196,6 +200,7 @@ class Spool:
                         store_id=str(fields["store_id"]),
                         group=str(fields["group"]),
                         content_type=fields.get("content_type"),
+                        replaceable=bool(fields.get("replaceable", False)),
                         size=data.stat().st_size,  # the bytes we hold, whatever was planned
                         added_at=datetime.fromisoformat(fields["added_at"]),
                     )
@@ -268,13 +273,17 @@ class Spool:
         store_id: str = "default",
         content_type: str | None = None,
         over_cap: bool = False,
+        replaceable: bool = False,
     ) -> SpoolItem:
         """Write ``data`` into the spool and queue it; durable when this returns (``over_cap``:
-        as for ``add``, for a small file finishing a recording: its final playlist)."""
+        as for ``add``, for a small file finishing a recording: its final playlist).
+        ``replaceable``: a later replaceable copy of the key makes this one redundant while it
+        waits, and nothing queued after it needs it first (a playlist: nothing names it)."""
         item_id = self._reserve(group)
         return await self._add(
-            item_id, key, group, store_id, content_type, len(data), None, data, False, over_cap
-        )
+            item_id, key, group, store_id, content_type, len(data), None, data, False,
+            over_cap, replaceable,
+        )  # fmt: skip
 
     def _reserve(self, group: str) -> int:
         if not self._started:
@@ -306,6 +315,7 @@ class Spool:
         data: builtins.bytes,
         move: bool,
         over_cap: bool = False,
+        replaceable: bool = False,
     ) -> SpoolItem:
         if self._bytes + size > self.max_bytes and not over_cap:
             self._release(group, item_id, 0)
@@ -321,7 +331,9 @@ class Spool:
             raise SpoolFull(f"spool holds {self._bytes} bytes; {key} ({size} bytes) does not fit")
         self._bytes += size  # reserved before the await, so concurrent adds cannot overshoot
         store_id = self._retargeted.get((group, store_id), store_id)
-        item = SpoolItem(item_id, key, store_id, group, content_type, size, datetime.now(UTC))
+        item = SpoolItem(
+            item_id, key, store_id, group, content_type, size, datetime.now(UTC), replaceable
+        )
         self._writing[item_id] = store_id  # (its store is needed from now on: store_ids)
         try:
             await asyncio.to_thread(self._write_sync, item, src, data, move)
@@ -368,6 +380,7 @@ class Spool:
             "store_id": item.store_id,
             "group": item.group,
             "content_type": item.content_type,
+            "replaceable": item.replaceable,
             "size": item.size,
             "added_at": item.added_at.isoformat(),
         }
@@ -437,11 +450,14 @@ class Spool:
         """Drop the group's queued items for ``item``'s key and store but the newest (maybe
         not ``item``: an add that began later may be queued already), which overwrites them
         and goes up after all they follow. A head being tried (``busy``) stays: it may land."""
+        if not item.replaceable:
+            return []
         same = [
             (item_id, queued)
             for n, (item_id, queued) in enumerate(state.queue)
             if queued.key == item.key
             and queued.store_id == item.store_id
+            and queued.replaceable
             and not (n == 0 and state.busy)
         ]
         if len(same) < 2:
@@ -454,6 +470,7 @@ class Spool:
         for queued in dropped:
             self._pending -= 1
             self._bytes -= queued.size
+            state.dropped[queued.item_id] = queued.key
         self.superseded_total += len(dropped)
         return dropped
 
@@ -464,6 +481,9 @@ class Spool:
                 await asyncio.to_thread(self._remove_sync, item.item_id)
             except OSError:
                 log.exception("could not remove superseded spooled %s", item.key)
+                continue
+            if (state := self._groups.get(item.group)) is not None:
+                state.dropped.pop(item.item_id, None)
 
     def _settle_group(self, group: str) -> None:
         """Hand the group to a worker if its head may go now, or forget it when it is empty."""
@@ -534,11 +554,18 @@ class Spool:
             except Exception:
                 # the object is safe in the store; a failing hook must not re-upload forever
                 log.exception("on_uploaded hook failed for %s", item.key, extra=extra)
+        # older copies it superseded leave the disk first: left behind it, a restart would
+        # upload them over it
+        older = [i for i, key in state.dropped.items() if key == item.key and i < item.item_id]
         try:
-            await asyncio.to_thread(self._remove_sync, item.item_id)
+            await asyncio.to_thread(self._remove_sync, *older, item.item_id)
         except OSError:
             # confirmed all the same; a copy left behind is uploaded again after a restart
+            # (and supersedes the older ones again)
             log.exception("could not remove spooled %s", item.key, extra=extra)
+        else:
+            for i in older:
+                state.dropped.pop(i, None)
         heapq.heappop(state.queue)
         state.busy = False
         self._bytes -= item.size
@@ -564,12 +591,14 @@ class Spool:
         timer = asyncio.get_running_loop().call_later(delay_s, due)
         self._backoffs.add(timer)
 
-    def _remove_sync(self, item_id: int) -> None:
-        stem = _stem(item_id)
-        # manifest first: a crash in between leaves bare data, which recovery drops
-        remove_quietly(self.directory / (stem + MANIFEST_SUFFIX))
-        remove_quietly(self.directory / (stem + DATA_SUFFIX))
-        fsync_dir(self.directory)
+    def _remove_sync(self, *item_ids: int) -> None:
+        """Remove items' files, in this order (an error stops it there)."""
+        for item_id in item_ids:
+            stem = _stem(item_id)
+            # manifest first: a crash in between leaves bare data, which recovery drops
+            remove_quietly(self.directory / (stem + MANIFEST_SUFFIX))
+            remove_quietly(self.directory / (stem + DATA_SUFFIX))
+            fsync_dir(self.directory)
 
     # waiting -----------------------------------------------------------------------------
 

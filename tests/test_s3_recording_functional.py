@@ -179,6 +179,8 @@ async def test_store_down_mid_recording_then_back(
             metrics = await resp.text()
         assert int(_metric(metrics, "reelhouse_upload_queue_depth")) == spool.depth
         assert float(_metric(metrics, "reelhouse_upload_oldest_pending_seconds")) > 0
+        # the playlists written meanwhile wait as one (the newest), not one per segment
+        assert int(_metric(metrics, "reelhouse_uploads_superseded_total")) >= 1
 
         await asyncio.to_thread(own_s3.start)  # same ports, same data
         assert await spool.wait_idle(UPLOAD_TIMEOUT_S)

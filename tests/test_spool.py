@@ -453,26 +453,28 @@ async def test_a_file_written_again_replaces_its_queued_copies(
     tmp_path: Path, store: FlakyStore, make_spool: MakeSpool
 ) -> None:
     """A session's playlist goes into the spool after every segment: through an outage the
-    backlog kept every version, each sent when the store came back. Queued copies of a key are
-    dropped for the newest one; the copy already being tried stays (that attempt may land),
-    and the order of what is sent is kept."""
+    backlog kept every version, each sent when the store came back. Queued replaceable copies
+    of a key are dropped for the newest one; the copy already being tried stays (that attempt
+    may land), the order of what is sent is kept, and a file not marked replaceable (a
+    segment: a playlist queued before its copy may name it) is never dropped."""
     store.down = True
     spool = make_spool(store)
     await spool.start()
     await spool.add_bytes("s/seg0.ts", b"0", group="s")
     await store.wait_failures(1)  # the head is being tried (it waits for its retry)
     for n in range(1, 4):
-        await spool.add_bytes("s/index.m3u8", b"v%d" % n, group="s")
+        await spool.add_bytes("s/index.m3u8", b"v%d" % n, group="s", replaceable=True)
         await spool.add_bytes(f"s/seg{n}.ts", b"%d" % n, group="s")
-    await spool.add_bytes("s/index.m3u8", b"v4", group="s")
-    await spool.add_bytes("t/index.m3u8", b"other group", group="t")
-    assert (spool.depth, spool.superseded_total) == (6, 3)
-    assert spool.bytes == 1 + 3 + 2 + len(b"other group")
-    assert len(_spool_files(tmp_path)) == 12  # the dropped ones' files are gone
+    await spool.add_bytes("s/index.m3u8", b"v4", group="s", replaceable=True)
+    await spool.add_bytes("t/index.m3u8", b"other group", group="t", replaceable=True)
+    await spool.add_bytes("s/seg3.ts", b"3", group="s")  # not replaceable: both copies go
+    assert (spool.depth, spool.superseded_total) == (7, 3)
+    assert spool.bytes == 1 + 3 + 2 + len(b"other group") + 1
+    assert len(_spool_files(tmp_path)) == 14  # the dropped ones' files are gone
     store.down = False
     assert await spool.wait_idle(WAIT_S)
     assert [k for k in store.uploaded if k.startswith("s/")] == [
-        "s/seg0.ts", "s/seg1.ts", "s/seg2.ts", "s/seg3.ts", "s/index.m3u8",
+        "s/seg0.ts", "s/seg1.ts", "s/seg2.ts", "s/seg3.ts", "s/index.m3u8", "s/seg3.ts",
     ]  # fmt: skip
     assert await store.get_bytes("s/index.m3u8") == b"v4"
     assert _spool_files(tmp_path) == []
@@ -487,16 +489,18 @@ async def test_the_copy_being_sent_stays_and_recovery_supersedes_too(
     down.down = True
     first = make_spool(down)
     await first.start()
-    await first.add_bytes("s/index.m3u8", b"v1", group="s")
+    await first.add_bytes("s/index.m3u8", b"v1", group="s", replaceable=True)
     await down.wait_failures(1)
-    await first.add_bytes("s/index.m3u8", b"v2", group="s")  # v1 is the head: both stay
+    await first.add_bytes(
+        "s/index.m3u8", b"v2", group="s", replaceable=True
+    )  # v1 is the head: both stay
     assert (first.depth, first.superseded_total) == (2, 0)
     await first.aclose(drain_timeout=0)
     for name, data in (("00000000000000000003", b"v3"), ("00000000000000000004", b"v4")):
         # as a run that crashed after adding them (each durable: manifest written last)
         (tmp_path / "spool" / f"{name}.data").write_bytes(data)
         manifest = json.loads((tmp_path / "spool" / "00000000000000000002.json").read_bytes())
-        manifest.update(item_id=int(name), size=len(data))
+        manifest.update(item_id=int(name), size=len(data))  # (replaceable, as v2 was)
         (tmp_path / "spool" / f"{name}.json").write_text(json.dumps(manifest))
 
     up = FlakyStore(tmp_path / "objects")
@@ -507,3 +511,40 @@ async def test_the_copy_being_sent_stays_and_recovery_supersedes_too(
     assert up.uploaded == ["s/index.m3u8"]
     assert await up.get_bytes("s/index.m3u8") == b"v4"
     assert _spool_files(tmp_path) == []
+
+
+async def test_a_superseded_copy_left_on_disk_never_outlives_its_replacement(
+    tmp_path: Path, store: FlakyStore, make_spool: MakeSpool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A dropped copy whose files could not be removed (EIO, a cancelled add, a crash) was
+    uploaded at the next start, over the newer copy that had gone up meanwhile: a final
+    playlist went back to a live one. The newer copy keeps its files until the older are
+    gone, so a restart supersedes the older again."""
+    store.down = True
+    spool = make_spool(store)
+    await spool.start()
+    await spool.add_bytes("s/seg0.ts", b"0", group="s")
+    await store.wait_failures(1)  # the head waits for its retry
+    old = await spool.add_bytes("s/index.m3u8", b"live", group="s", replaceable=True)
+    real_remove = Spool._remove_sync
+
+    def failing(self: Spool, *item_ids: int) -> None:
+        if old.item_id in item_ids:
+            raise OSError(errno.EIO, "Input/output error")
+        real_remove(self, *item_ids)
+
+    monkeypatch.setattr(Spool, "_remove_sync", failing)
+    await spool.add_bytes(
+        "s/index.m3u8", b"final", group="s", replaceable=True
+    )  # supersedes "live"
+    store.down = False
+    assert await spool.wait_idle(WAIT_S)
+    assert await store.get_bytes("s/index.m3u8") == b"final"
+    await spool.aclose(drain_timeout=0)
+    monkeypatch.setattr(Spool, "_remove_sync", real_remove)
+
+    again = make_spool(store)  # the next start
+    await again.start()
+    assert await again.wait_idle(WAIT_S)
+    assert await store.get_bytes("s/index.m3u8") == b"final"
+    assert again.superseded_total == 1 and _spool_files(tmp_path) == []
