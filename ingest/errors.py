@@ -15,6 +15,7 @@ class CloseCode(IntEnum):
     INVALID_PAYLOAD = 1007  # a close reason that is not UTF-8 (RFC 6455)
     MESSAGE_TOO_BIG = 1009  # frame larger than the announced max_frame
     INTERNAL_ERROR = 1011  # the server failed; reconnect and resend
+    TRY_AGAIN_LATER = 1013  # the server holds max_connections (RFC 6455's registry)
     BAD_MESSAGE = 4000  # not msgpack, or not a map with a known "t"
     SCHEMA = 4001  # a known message with missing or wrong-typed fields
     UNAUTHENTICATED = 4002  # no or wrong token

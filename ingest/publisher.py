@@ -60,7 +60,7 @@ FILE_READ_BATCH = 32  # frames read per worker-thread call (a live pattern reads
 PING_IDLE_S_FRACTION = 0.5  # send a ping after this fraction of keepalive_s without sending
 
 # close codes after which the same session can go on (docs/protocol.md, "Close codes")
-RETRYABLE_CLOSE_CODES = frozenset({1001, 1006, 1011, 4007, 4008, 4010, 4012})
+RETRYABLE_CLOSE_CODES = frozenset({1001, 1006, 1011, 1013, 4007, 4008, 4010, 4012})
 # the session is over, or another connection owns it: stop without an error
 FINAL_CLOSE_CODES = frozenset({1000, 4004, 4009})
 TRACK_IDS = {"video": 0, "audio": 1}

@@ -30,6 +30,10 @@ Admit = Callable[[str, str, str | None, str], Awaitable[str]]
 BYE_DRAIN_TIMEOUT_S = 30.0  # how long `bye` waits for the last frames to be made safe
 # acks are held back (the newest goes when the socket drains) while this much is unsent
 ACK_BACKLOG_BYTES = 16 * 1024
+# upgrades taken past [ingest] max_connections, to hear their hello: a live session's
+# reconnect is let in over the cap (its stale connection, if any, is replaced), others are
+# closed 1013; one more than this is answered 503 before the upgrade
+HELLO_ROOM = 32
 
 
 class WsConnection:
@@ -122,9 +126,9 @@ class IngestHandler:
         """Run one connection to its end."""
         # (counted before the first await: upgrades that come together cannot all pass)
         cap = self._settings.max_connections
-        if len(self.connections) + self._upgrading >= cap:
+        if len(self.connections) + self._upgrading >= cap + min(cap, HELLO_ROOM):
             self.refused += 1
-            raise ConnectionsFull(f"this server holds {cap} ingest connections: try again later")
+            raise ConnectionsFull(self._full())
         # (no aiohttp heartbeat or autoping: the socket is ours once the upgrade is answered)
         ws = web.WebSocketResponse(protocols=(SUBPROTOCOL,), autoping=False, compress=False)
         stream = WsStream(self._settings.max_frame_bytes)
@@ -145,6 +149,18 @@ class IngestHandler:
         serving.add_done_callback(self._serving.discard)
         await asyncio.shield(serving)
         return ws
+
+    def _full(self) -> str:
+        cap = self._settings.max_connections
+        return f"this server holds {cap} ingest connections: try again later"
+
+    def _over_cap(self) -> bool:
+        """Past ``max_connections`` (this connection counted): what only a live session's
+        reconnect may be, never a new recording app or publisher."""
+        if len(self.connections) <= self._settings.max_connections:
+            return False
+        self.refused += 1
+        return True
 
     async def _serve(self, conn: WsConnection) -> None:
         try:
@@ -231,12 +247,16 @@ class IngestHandler:
         if hello["t"] != "hello":
             raise ProtocolError(CloseCode.SCHEMA, "the first message must be hello")
         if "appid" in hello:
+            if self._over_cap():
+                raise ProtocolError(CloseCode.TRY_AGAIN_LATER, self._full())
             await self._run_channel(conn, hello)
             return
         if not await self._authenticate(hello["token"]):
             raise ProtocolError(CloseCode.UNAUTHENTICATED, "invalid token")
         conn.ids = {k: hello.get(k, "") for k in PLATFORM_FIELDS}
         live = await self._manager.attach(conn, hello.get("session_id"))
+        if live is None and self._over_cap():  # (a waiting app: _serve's end detaches it)
+            raise ProtocolError(CloseCode.TRY_AGAIN_LATER, self._full())
         await conn.send(
             {
                 "t": "welcome",

@@ -455,16 +455,35 @@ async def test_a_plain_get_of_the_ingest_path_leaves_its_connection_usable(
         writer.close()
 
 
-async def test_connections_past_the_cap_wait_until_one_closes(server_factory: Any) -> None:
-    """Past ``[ingest] max_connections`` an upgrade is answered 503 UNAVAILABLE, in the
-    rpcStatus shape, with Retry-After, and counted; the connections held go on; a place frees
-    when one of them closes."""
+async def test_connections_past_the_cap_wait_but_a_live_session_goes_on(
+    server_factory: Any,
+) -> None:
+    """``[ingest] max_connections`` (2 here): past it a new recording app hears its hello
+    answered 1013; a live session's reconnect is let in (its stale connection replaced: a
+    recording must not wait for the keepalive to notice the dead one); and past the cap plus
+    as many again still in their hello, an upgrade is answered 503 UNAVAILABLE in the
+    rpcStatus shape, with Retry-After, before the upgrade. All counted; a place frees when a
+    connection closes."""
     server = await server_factory(ingest={"max_connections": 2})
     handler = server.app[INGEST]
     async with aiohttp.ClientSession() as http:
         waiting = await connect(http, server)
         await waiting.hello(server.api_key, platform_call_id="held")
-        second = await connect(http, server)
+        sid, stale = await recording_client(http, server)  # the cap is reached
+
+        newcomer = await connect(http, server)
+        await newcomer.send({"t": "hello", "v": 1, "token": server.api_key, "user_id": "new"})
+        assert await newcomer.closed() == (
+            1013, "this server holds 2 ingest connections: try again later"
+        )  # fmt: skip
+
+        back = await connect(http, server)  # the live session's reconnect
+        assert (await back.hello(server.api_key, session_id=sid))["session_id"] == sid
+        assert (await stale.closed())[0] == 4009
+        await back.send({"t": "ping", "ts": 7})
+        assert await back.recv() == {"t": "pong", "ts": 7}
+
+        silent = [await connect(http, server) for _ in range(2)]  # (no hello yet)
         head, body = await raw_upgrade(server)
         assert head.startswith(b"HTTP/1.1 503") and b"\r\nRetry-After: 5\r\n" in head
         assert json.loads(body) == {
@@ -473,19 +492,16 @@ async def test_connections_past_the_cap_wait_until_one_closes(server_factory: An
             "details": [],
         }
         async with http.get(f"{server.url}/metrics") as resp:
-            assert "\nreelhouse_ws_refused_total 1\n" in await resp.text()
-        await waiting.send({"t": "ping", "ts": 7})
-        assert await waiting.recv() == {"t": "pong", "ts": 7}
+            assert "\nreelhouse_ws_refused_total 2\n" in await resp.text()
 
         serving = set(handler._serving)
-        assert second.ws is not None
-        await second.ws.close()
+        assert silent[0].ws is not None
+        await silent[0].ws.close()
         done, _ = await asyncio.wait(
             serving, timeout=RECEIVE_TIMEOUT_S, return_when="FIRST_COMPLETED"
         )
         assert done
-        third = await connect(http, server)
-        assert (await third.hello(server.api_key, platform_call_id="next"))["state"] == "WAITING"
+        await connect(http, server)  # upgraded again
 
 
 async def raw_upgrade(server: Server) -> tuple[bytes, bytes]:
