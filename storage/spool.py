@@ -1,9 +1,8 @@
 """The durable spool: finished files wait here, fsync'd, until an object store confirms them.
 
-Each item is two files in the spool directory: ``<item_id>.data`` (the bytes) and
-``<item_id>.json`` (its manifest). The manifest is written last, atomically, so an item is
-durable exactly when its manifest exists; a data file without one is a half-done ``add``
-and is dropped on recovery. Items of one group upload strictly in add order, one at a time;
+Each item is two files in the spool directory, its bytes and its manifest, written as
+``storage.spool_disk`` says: durable once its manifest exists. Items of one group upload
+strictly in add order, one at a time;
 groups upload in parallel on a fixed pool of workers. A queued ``replaceable`` file that a
 later one of its group replaces (the same key in the same store: a playlist written again
 after every segment) is dropped unsent: after an outage, a session's backlog holds one
@@ -16,18 +15,23 @@ import asyncio
 import builtins
 import dataclasses
 import heapq
-import json
 import logging
-import os
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from .durable import TEMP_PREFIX, ensure_dir, fsync_dir, place_atomic, remove_quietly, write_atomic
 from .errors import SpoolFull, StoreRefused
 from .objects import ObjectInfo, ObjectStore
+from .spool_disk import (
+    SpoolItem,
+    data_name,
+    recover,
+    remove_items,
+    write_item,
+    write_manifest,
+)
 
 log = logging.getLogger(__name__)
 
@@ -36,26 +40,8 @@ DEFAULT_WORKERS = 4
 DEFAULT_RETRY_BASE_S = 0.2
 DEFAULT_RETRY_MAX_S = 30.0
 DEFAULT_DRAIN_TIMEOUT_S = 5.0
-DATA_SUFFIX = ".data"
-MANIFEST_SUFFIX = ".json"
-_ID_WIDTH = 20  # zero-padded so a directory listing sorts in item order
 
 OnUploaded = Callable[["SpoolItem", ObjectInfo, float], Awaitable[None]]
-
-
-@dataclass(frozen=True, slots=True)
-class SpoolItem:
-    """One file held by the spool until its upload is confirmed."""
-
-    item_id: int  # increases with every add; recovery re-enqueues in this order
-    key: str
-    store_id: str
-    group: str  # items of a group upload in add order, one after the other
-    content_type: str | None
-    size: int
-    added_at: datetime
-    replaceable: bool = False  # a later copy of its key makes it redundant (a playlist)
-    attempts: int = 0  # upload attempts made so far (not persisted across restarts)
 
 
 @dataclass(slots=True)
@@ -66,10 +52,6 @@ class _Group:
     # superseded items whose files may still be on disk (id → key): removed before the copy
     # that replaced them leaves the disk, or a restart would upload them over it
     dropped: dict[int, str] = field(default_factory=dict)
-
-
-def _stem(item_id: int) -> str:
-    return f"{item_id:0{_ID_WIDTH}d}"
 
 
 class Spool:
@@ -149,7 +131,8 @@ class Spool:
         if self._started:
             return
         self._started = True
-        items = await asyncio.to_thread(self._recover_sync)
+        items, unreadable = await asyncio.to_thread(recover, self.directory)
+        self.unreadable += unreadable
         dropped: list[SpoolItem] = []
         for item in items:
             self._next_id = max(self._next_id, item.item_id + 1)
@@ -164,52 +147,6 @@ class Spool:
         for n in range(self._workers):
             task = asyncio.create_task(self._worker(), name=f"spool-upload-{n}")
             self._tasks.add(task)
-
-    def _recover_sync(self) -> list[SpoolItem]:
-        ensure_dir(self.directory)
-        manifests: dict[int, Path] = {}
-        datas: dict[int, Path] = {}
-        for entry in os.scandir(self.directory):
-            path = Path(entry.path)
-            if entry.name.startswith(TEMP_PREFIX):
-                remove_quietly(path)  # an atomic write that never finished
-                continue
-            stem, _, suffix = entry.name.partition(".")
-            if not stem.isdigit():
-                continue
-            if "." + suffix == MANIFEST_SUFFIX:
-                manifests[int(stem)] = path
-            elif "." + suffix == DATA_SUFFIX:
-                datas[int(stem)] = path
-        items: list[SpoolItem] = []
-        for item_id in sorted(manifests.keys() | datas.keys()):
-            manifest, data = manifests.get(item_id), datas.get(item_id)
-            if manifest is None or data is None:
-                # add() crashed before its manifest (never acknowledged), or an upload was
-                # confirmed and its manifest removed first: either way nothing to keep
-                for leftover in (manifest, data):
-                    if leftover is not None:
-                        remove_quietly(leftover)
-                continue
-            try:
-                fields = json.loads(manifest.read_bytes())
-                items.append(
-                    SpoolItem(
-                        item_id=item_id,
-                        key=str(fields["key"]),
-                        store_id=str(fields["store_id"]),
-                        group=str(fields["group"]),
-                        content_type=fields.get("content_type"),
-                        replaceable=bool(fields.get("replaceable", False)),
-                        size=data.stat().st_size,  # the bytes we hold, whatever was planned
-                        added_at=datetime.fromisoformat(fields["added_at"]),
-                    )
-                )
-            except (ValueError, KeyError, TypeError) as exc:
-                # written atomically, so this is corruption: keep the files for a human
-                log.error("spool manifest %s unreadable, left in place: %s", manifest, exc)
-                self.unreadable += 1
-        return items
 
     async def aclose(self, drain_timeout: float = DEFAULT_DRAIN_TIMEOUT_S) -> None:
         """Stop accepting, let in-flight uploads finish for ``drain_timeout`` s, then stop.
@@ -336,12 +273,12 @@ class Spool:
         )
         self._writing[item_id] = store_id  # (its store is needed from now on: store_ids)
         try:
-            await asyncio.to_thread(self._write_sync, item, src, data, move)
+            await asyncio.to_thread(write_item, self.directory, item, src, data, move)
             if (moved := self._retargeted.get((group, store_id))) is not None:
                 # retargeted while its manifest was being written: written again
                 item = dataclasses.replace(item, store_id=moved)
                 self._writing[item_id] = moved
-                await asyncio.to_thread(self._write_manifest, item)
+                await asyncio.to_thread(write_manifest, self.directory, item)
         except BaseException:
             self._release(group, item_id, size)
             raise
@@ -354,39 +291,6 @@ class Spool:
             self._changed.notify_all()
         await self._forget(dropped)
         return item
-
-    def _write_sync(
-        self, item: SpoolItem, src: Path | None, data: builtins.bytes, move: bool
-    ) -> None:
-        stem = _stem(item.item_id)
-        data_path = self.directory / (stem + DATA_SUFFIX)
-        # the data and its manifest each fsync'd, then one fsync of the directory for both
-        # entries: add() returns only after it, and recovery drops either one alone
-        if src is not None:
-            place_atomic(src, data_path, move=move, sync_dir=False)
-        else:
-            write_atomic(data_path, data, sync_dir=False)
-        try:
-            self._write_manifest(item)
-        except BaseException:
-            remove_quietly(data_path)  # without a manifest the data would be dropped anyway
-            raise
-
-    def _write_manifest(self, item: SpoolItem) -> None:
-        """Write (or replace, atomically) an item's manifest, fsync'd with its directory."""
-        manifest = {
-            "item_id": item.item_id,
-            "key": item.key,
-            "store_id": item.store_id,
-            "group": item.group,
-            "content_type": item.content_type,
-            "replaceable": item.replaceable,
-            "size": item.size,
-            "added_at": item.added_at.isoformat(),
-        }
-        write_atomic(
-            self.directory / (_stem(item.item_id) + MANIFEST_SUFFIX), json.dumps(manifest).encode()
-        )
 
     # retargeting -------------------------------------------------------------------------
 
@@ -409,7 +313,7 @@ class Spool:
         moving = [item for _, item in state.queue if item.store_id == old]
         moved = [dataclasses.replace(item, store_id=new) for item in moving]
         for item in moved:
-            await asyncio.to_thread(self._write_manifest, item)
+            await asyncio.to_thread(write_manifest, self.directory, item)
         by_id = {item.item_id: item for item in moved}
         state = self._groups.get(group)  # (uploads may have confirmed some meanwhile)
         if state is not None:
@@ -425,8 +329,7 @@ class Spool:
         if state is None:
             return []
         return [
-            (item.key, self.directory / (_stem(item.item_id) + DATA_SUFFIX))
-            for _, item in sorted(state.queue)
+            (item.key, self.directory / data_name(item.item_id)) for _, item in sorted(state.queue)
         ]
 
     def store_ids(self) -> set[str]:
@@ -525,7 +428,7 @@ class Spool:
         self._attempting[group] = item.store_id
         try:
             store = self._resolve_store(item.store_id)
-            path = self.directory / (_stem(item.item_id) + DATA_SUFFIX)
+            path = self.directory / data_name(item.item_id)
             info = await store.put_file(item.key, path, item.content_type)
         except asyncio.CancelledError:
             raise
@@ -592,13 +495,7 @@ class Spool:
         self._backoffs.add(timer)
 
     def _remove_sync(self, *item_ids: int) -> None:
-        """Remove items' files, in this order (an error stops it there)."""
-        for item_id in item_ids:
-            stem = _stem(item_id)
-            # manifest first: a crash in between leaves bare data, which recovery drops
-            remove_quietly(self.directory / (stem + MANIFEST_SUFFIX))
-            remove_quietly(self.directory / (stem + DATA_SUFFIX))
-            fsync_dir(self.directory)
+        remove_items(self.directory, *item_ids)
 
     # waiting -----------------------------------------------------------------------------
 

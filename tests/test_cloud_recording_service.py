@@ -23,7 +23,8 @@ from mixer.mix_config import FileType, MixConfig
 from mixer.playlist import Playlist
 from storage.objects_local import LocalObjectStore
 from storage.registry import StoreRegistry
-from storage.spool import DATA_SUFFIX, MANIFEST_SUFFIX, Spool
+from storage.spool import Spool
+from storage.spool_disk import DATA_SUFFIX, MANIFEST_SUFFIX
 from storage.vendors import parse_storage_config
 
 pytestmark = pytest.mark.slow
