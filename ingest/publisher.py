@@ -108,7 +108,11 @@ class _SessionOver(Exception):
 
 
 class _Drop(Exception):
-    """The connection ended in a way that calls for a reconnect."""
+    """The connection ended in a way that calls for a reconnect (``wait_s``: not before)."""
+
+    def __init__(self, message: str, wait_s: float = 0.0) -> None:
+        super().__init__(message)
+        self.wait_s = wait_s
 
 
 class Publisher:
@@ -368,7 +372,7 @@ class Publisher:
                         f"gave up reconnecting after {RECONNECT_GIVE_UP_S:.0f} s: {exc}",
                         self._close_code,
                     ) from None
-                delay = next(delays)
+                delay = max(next(delays), exc.wait_s)
                 log.info("connection lost (%s); reconnecting in %.2f s", exc, delay)
                 self._emit("reconnect", delay_s=delay, reason=str(exc), code=self._close_code)
                 await asyncio.sleep(delay)
@@ -386,6 +390,13 @@ class Publisher:
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             if isinstance(exc, aiohttp.WSServerHandshakeError) and exc.status in (401, 403):
                 raise PublishError(f"handshake refused: {exc.status}", 4002) from None
+            if isinstance(exc, aiohttp.WSServerHandshakeError) and exc.status in (429, 503):
+                # the server is full: come back no sooner than it asks (Retry-After seconds)
+                wait = exc.headers.get("Retry-After", "") if exc.headers else ""
+                raise _Drop(
+                    f"server busy ({exc.status}), retry after {wait or '?'} s",
+                    float(wait) if wait.isdigit() else 0.0,
+                ) from None
             raise _Drop(f"connect failed: {type(exc).__name__}: {exc}") from None
         self._ws = ws
         self._emit("connect", url=self.url)

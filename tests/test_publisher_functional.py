@@ -4,6 +4,7 @@ and the ``reelhouse publish`` command."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ import aiohttp
 import pytest
 from conftest import Server
 from recording import count_frames, event, fetch_recording, start_session
+from wsclient import RawClient
 
 from api.apps import create_app_row
 from api.keys import CHANNELS, META
@@ -278,3 +280,32 @@ async def test_the_publisher_resumes_on_a_keyframe(server: Server, tmp_path: Pat
     assert "resume" in controls and result.frames_sent == result.frames_acked
     video, _ = await asyncio.to_thread(count_frames, mp4)
     assert video == pub.video_sent and video > 20
+
+
+async def test_a_full_server_is_tried_again_no_sooner_than_it_asks(server_factory: Any) -> None:
+    """At ``[ingest] max_connections`` (plus as many in their hello) the upgrade is answered
+    503 with Retry-After: 5; the client's next try waits that long, not its own 0.1 s."""
+    server = await server_factory(ingest={"max_connections": 1})
+    retried = asyncio.get_running_loop().create_future()
+
+    def on_event(name: str, info: dict[str, Any]) -> None:
+        if name == "reconnect" and not retried.done():
+            retried.set_result(info)
+
+    async with aiohttp.ClientSession() as http:
+        holders = [RawClient(http, server.url) for _ in range(2)]
+        for holder in holders:
+            await holder.connect()
+        publisher = Publisher(
+            TestPattern(width=320, height=240, duration_s=1.0), server=server.url,
+            api_key=server.api_key, platform_call_id="full", realtime=False, on_event=on_event,
+            session=http,
+        )  # fmt: skip
+        task = asyncio.create_task(publisher.publish())
+        try:
+            info = await asyncio.wait_for(retried, CLI_TIMEOUT_S)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    assert info["delay_s"] >= 5.0 and "server busy (503), retry after 5 s" in info["reason"]
