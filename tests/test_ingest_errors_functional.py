@@ -481,7 +481,9 @@ async def test_connections_past_the_cap_wait_but_a_live_session_goes_on(
         assert (await back.hello(server.api_key, session_id=sid))["session_id"] == sid
         assert (await stale.closed())[0] == 4009
         await back.send({"t": "ping", "ts": 7})
-        assert await back.recv() == {"t": "pong", "ts": 7}
+        while (answer := await back.recv())["t"] == "control":
+            pass  # (the start, again, when its ack had not been recorded yet)
+        assert answer == {"t": "pong", "ts": 7}
 
         silent = [await connect(http, server) for _ in range(2)]  # (no hello yet)
         head, body = await raw_upgrade(server)
