@@ -397,8 +397,6 @@ class S3ObjectStore:
         )
 
     def _condition(self, full: str) -> dict[str, str]:
-        if not self._conditional:
-            return {}
         etag = self._etags.get(full)
         return {"IfNoneMatch": "*"} if etag is None else {"IfMatch": etag}
 
@@ -414,19 +412,23 @@ class S3ObjectStore:
 
     async def _etag_now(self, full: str) -> str | None:
         """The key's ETag as the service has it now (``None``: absent), remembered."""
-        client = await self._get_client()
-        try:
-            async with asyncio.timeout(self._deadline_s(0)):
-                head = await client.head_object(Bucket=self.config.bucket, Key=full)
-        except Exception as exc:
-            error = map_error(exc, f"head {full}", self.config)
-            if not isinstance(error, ObjectNotFound):
-                raise error from exc
-            self._remember(full, None)
-            return None
-        etag = str(head.get("ETag", "")) or None
+        head = await self._head(full, f"head {full}")
+        etag = (str(head.get("ETag", "")) or None) if head is not None else None
         self._remember(full, etag)
         return etag
+
+    async def _head(self, full: str, what: str) -> dict[str, Any] | None:
+        """The HEAD of ``full`` (``None``: no such key), within a request's deadline."""
+        try:
+            client = await self._get_client()
+            async with asyncio.timeout(self._deadline_s(0)):
+                head: dict[str, Any] = await client.head_object(Bucket=self.config.bucket, Key=full)
+        except Exception as exc:
+            error = map_error(exc, what, self.config)
+            if isinstance(error, ObjectNotFound):
+                return None
+            raise error from exc
+        return head
 
     def _deadline_s(self, body_bytes: int) -> float:
         """How long one request may take at most: its timeouts, plus its body at the slowest
@@ -472,15 +474,9 @@ class S3ObjectStore:
 
     async def head(self, key: str) -> ObjectInfo | None:
         """The object's info, or ``None`` when there is no such key."""
-        full = self._key(key)
-        try:
-            client = await self._get_client()
-            resp = await client.head_object(Bucket=self.config.bucket, Key=full)
-        except Exception as exc:
-            error = map_error(exc, f"head {key}", self.config)
-            if isinstance(error, ObjectNotFound):
-                return None
-            raise error from exc
+        resp = await self._head(self._key(key), f"head {key}")
+        if resp is None:
+            return None
         return ObjectInfo(
             key=key,
             size=int(resp.get("ContentLength", 0)),

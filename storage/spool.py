@@ -378,13 +378,16 @@ class Spool:
         return dropped
 
     async def _forget(self, dropped: list[SpoolItem]) -> None:
-        """Remove superseded items' files (left behind, recovery supersedes them again)."""
+        """Remove superseded items' files (left behind, the copy that replaced them removes
+        them first, or recovery supersedes them again)."""
+        if not dropped:
+            return
+        try:
+            await asyncio.to_thread(self._remove_sync, *(item.item_id for item in dropped))
+        except OSError:
+            log.exception("could not remove %d superseded spooled files", len(dropped))
+            return
         for item in dropped:
-            try:
-                await asyncio.to_thread(self._remove_sync, item.item_id)
-            except OSError:
-                log.exception("could not remove superseded spooled %s", item.key)
-                continue
             if (state := self._groups.get(item.group)) is not None:
                 state.dropped.pop(item.item_id, None)
 
